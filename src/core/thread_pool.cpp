@@ -1,0 +1,104 @@
+#include "core/thread_pool.h"
+
+#include <algorithm>
+#include <memory>
+
+namespace gptq {
+
+int hardware_threads() {
+  const unsigned n = std::thread::hardware_concurrency();
+  return n == 0 ? 1 : int(n);
+}
+
+ThreadPool::ThreadPool(int n_threads) : n_threads_(std::max(1, n_threads)) {
+  for (int i = 1; i < n_threads_; ++i) threads_.emplace_back([this, i] { worker(i); });
+}
+
+ThreadPool::~ThreadPool() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  cv_start_.notify_all();
+  for (auto& t : threads_) t.join();
+}
+
+void ThreadPool::worker(int index) {
+  size_t seen = 0;
+  for (;;) {
+    const std::function<void(int, int)>* job;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_start_.wait(lock, [&] { return stop_ || generation_ != seen; });
+      if (stop_) return;
+      seen = generation_;
+      job = job_;
+    }
+    (*job)(index, n_threads_);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (--pending_ == 0) cv_done_.notify_one();
+    }
+  }
+}
+
+void ThreadPool::run(const std::function<void(int, int)>& fn) {
+  if (n_threads_ == 1) {
+    fn(0, 1);
+    return;
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    job_ = &fn;
+    pending_ = n_threads_ - 1;
+    ++generation_;
+  }
+  cv_start_.notify_all();
+  fn(0, n_threads_);
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_done_.wait(lock, [&] { return pending_ == 0; });
+  job_ = nullptr;
+}
+
+void ThreadPool::parallel_for(size_t begin, size_t end, const std::function<void(size_t, size_t)>& fn,
+                              size_t grain) {
+  if (end <= begin) return;
+  grain = std::max<size_t>(grain, 1);
+  const size_t n = end - begin;
+  const size_t n_grains = (n + grain - 1) / grain;
+  const size_t n_chunks = std::min<size_t>(n_grains, size_t(n_threads_));
+  if (n_chunks <= 1) {
+    fn(begin, end);
+    return;
+  }
+  run([&](int t, int) {
+    if (size_t(t) >= n_chunks) return;
+    const size_t g0 = n_grains * size_t(t) / n_chunks;
+    const size_t g1 = n_grains * size_t(t + 1) / n_chunks;
+    const size_t b = begin + g0 * grain;
+    const size_t e = std::min(end, begin + g1 * grain);
+    if (b < e) fn(b, e);
+  });
+}
+
+namespace {
+std::unique_ptr<ThreadPool>& global_slot() {
+  static std::unique_ptr<ThreadPool> pool;
+  return pool;
+}
+}  // namespace
+
+ThreadPool& ThreadPool::global() {
+  auto& p = global_slot();
+  if (!p) p = std::make_unique<ThreadPool>(hardware_threads());
+  return *p;
+}
+
+void ThreadPool::set_num_threads(int n) {
+  if (n <= 0) n = hardware_threads();
+  auto& p = global_slot();
+  if (p && p->size() == n) return;
+  p = std::make_unique<ThreadPool>(n);
+}
+
+}  // namespace gptq
