@@ -1,0 +1,62 @@
+// Sampling and text generation.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "gptq/model.h"
+#include "gptq/tokenizer.h"
+
+namespace gptq {
+
+struct SamplingParams {
+  float temperature = 0.8f;  // 0: greedy (argmax)
+  int top_k = 40;            // 0: off
+  float top_p = 0.95f;       // 1: off
+  float min_p = 0.05f;       // 0: off
+  float repetition_penalty = 1.0f;  // 1: off (HF rule: positive logits divided, negative multiplied)
+  int repeat_last_n = 64;           // how many recent tokens the penalty looks at (-1: all)
+  uint64_t seed = 0;
+};
+
+// Picks the next token from logits [vocab]. Order, as llama.cpp and transformers: repetition
+// penalty, then greedy if temperature == 0, else top-k, temperature, softmax, top-p, min-p, draw.
+class Sampler {
+ public:
+  explicit Sampler(const SamplingParams& p);
+  int32_t sample(std::vector<float> logits, const std::vector<int32_t>& history);
+  const SamplingParams& params() const { return p_; }
+
+ private:
+  SamplingParams p_;
+  std::mt19937_64 rng_;
+};
+
+struct GenerateOptions {
+  int max_new_tokens = 128;
+  SamplingParams sampling;
+  std::vector<std::string> stop;  // stop strings (not included in the output)
+  bool stop_at_eos = true;
+};
+
+struct GenerateResult {
+  std::vector<int32_t> prompt_ids, new_ids;
+  std::string text;                 // decoded new tokens (up to a stop string)
+  std::string stop_reason;          // "eos", "stop", "length", "context"
+  double prefill_seconds = 0, decode_seconds = 0;
+  int64_t decode_steps = 0;         // forward passes after the prefill
+};
+
+// Runs the prompt, then samples up to max_new_tokens, streaming finished text to on_text (never half a
+// UTF-8 character, never part of a stop string). Throws gptq::Error when the prompt does not fit in
+// the context.
+GenerateResult generate(Model& model, const Tokenizer& tok, const std::vector<int32_t>& prompt_ids,
+                        const GenerateOptions& opts, const std::function<void(const std::string&)>& on_text = {});
+
+// EOS ids: config.json/generation_config.json's, else the tokenizer's.
+std::vector<int32_t> eos_ids(const Model& model, const Tokenizer& tok);
+
+}  // namespace gptq

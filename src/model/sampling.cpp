@@ -1,0 +1,73 @@
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <unordered_set>
+
+#include "gptq/generate.h"
+
+namespace gptq {
+
+Sampler::Sampler(const SamplingParams& p) : p_(p), rng_(p.seed) {}
+
+int32_t Sampler::sample(std::vector<float> logits, const std::vector<int32_t>& history) {
+  const int32_t V = int32_t(logits.size());
+  if (p_.repetition_penalty != 1.0f && !history.empty()) {
+    const size_t n = p_.repeat_last_n < 0 ? history.size() : std::min(history.size(), size_t(p_.repeat_last_n));
+    std::unordered_set<int32_t> seen(history.end() - ptrdiff_t(n), history.end());
+    for (int32_t id : seen) {
+      if (id < 0 || id >= V) continue;
+      float& l = logits[size_t(id)];
+      l = l > 0 ? l / p_.repetition_penalty : l * p_.repetition_penalty;
+    }
+  }
+  if (p_.temperature <= 0.f) return int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
+
+  // Candidates sorted by logit, descending; top-k cuts the list first.
+  std::vector<int32_t> idx(static_cast<size_t>(V));
+  std::iota(idx.begin(), idx.end(), 0);
+  size_t n = size_t(V);
+  auto by_logit = [&](int32_t a, int32_t b) { return logits[size_t(a)] > logits[size_t(b)] || (logits[size_t(a)] == logits[size_t(b)] && a < b); };
+  if (p_.top_k > 0 && size_t(p_.top_k) < n) {
+    n = size_t(p_.top_k);
+    std::partial_sort(idx.begin(), idx.begin() + ptrdiff_t(n), idx.end(), by_logit);
+  } else {
+    std::sort(idx.begin(), idx.end(), by_logit);
+  }
+  idx.resize(n);
+  std::vector<double> prob(n);
+  const double mx = logits[size_t(idx[0])];
+  double sum = 0;
+  for (size_t i = 0; i < n; ++i) {
+    prob[i] = std::exp((double(logits[size_t(idx[i])]) - mx) / p_.temperature);
+    sum += prob[i];
+  }
+  for (auto& p : prob) p /= sum;
+  if (p_.top_p < 1.f) {  // smallest prefix whose mass reaches top_p (at least one token)
+    double cum = 0;
+    size_t keep = n;
+    for (size_t i = 0; i < n; ++i) {
+      cum += prob[i];
+      if (cum >= p_.top_p) {
+        keep = i + 1;
+        break;
+      }
+    }
+    n = keep;
+  }
+  if (p_.min_p > 0.f) {  // drop tokens below min_p times the most likely one's probability
+    size_t keep = 1;
+    while (keep < n && prob[keep] >= p_.min_p * prob[0]) ++keep;
+    n = keep;
+  }
+  double total = 0;
+  for (size_t i = 0; i < n; ++i) total += prob[i];
+  std::uniform_real_distribution<double> u(0.0, total);
+  double r = u(rng_), cum = 0;
+  for (size_t i = 0; i < n; ++i) {
+    cum += prob[i];
+    if (r < cum) return idx[i];
+  }
+  return idx[n - 1];
+}
+
+}  // namespace gptq

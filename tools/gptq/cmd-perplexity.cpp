@@ -1,0 +1,76 @@
+// gptq perplexity: the GPTQ/AutoGPTQ perplexity protocol on a text file.
+#include <cstdio>
+
+#include "common.h"
+#include "core/fs.h"
+#include "gptq/error.h"
+#include "gptq/perplexity.h"
+#include "gptq/tokenizer.h"
+
+namespace gptq::cli {
+
+Runner add_perplexity(CLI::App& app) {
+  struct Args {
+    std::string model, file, windows;
+    int64_t ctx = 0;
+    int threads = 0;
+    bool wikitext = false, json = false;
+  };
+  auto a = std::make_shared<Args>();
+  CLI::App* c = app.add_subcommand("perplexity", "Perplexity of a model on a text file (non-overlapping windows)");
+  c->add_option("-m,--model", a->model, "Model folder")->required();
+  c->add_option("-f,--file", a->file, "Text file")->required();
+  c->add_option("-c,--ctx", a->ctx, "Window length in tokens (default: the model's context)")->check(CLI::NonNegativeNumber);
+  c->add_option("--windows", a->windows, "Evaluate windows A..B-1 only, as A:B");
+  c->add_flag("--wikitext", a->wikitext, "Join the file's rows as GPTQ does for WikiText-2 (blank lines empty, joined by \\n\\n)");
+  c->add_option("-t,--threads", a->threads, "Threads (0: all cores)")->check(CLI::NonNegativeNumber);
+  c->add_flag("--json", a->json, "Print JSON: ppl, windows, tokens, ctx, sha256");
+  return [a]() {
+    PerplexityOptions o;
+    o.ctx = a->ctx;
+    if (!a->windows.empty()) {
+      const size_t colon = a->windows.find(':');
+      try {
+        if (colon == std::string::npos) throw std::invalid_argument("no colon");
+        size_t used = 0;
+        o.window_begin = std::stoll(a->windows.substr(0, colon), &used);
+        if (used != colon) throw std::invalid_argument("junk");
+        const std::string e = a->windows.substr(colon + 1);
+        o.window_end = std::stoll(e, &used);
+        if (used != e.size()) throw std::invalid_argument("junk");
+      } catch (const std::exception&) {
+        fail("--windows expects A:B (e.g. 128:192), got \"", a->windows, "\"");
+      }
+    }
+    const std::string raw = read_text_file(a->file);
+    LoadOptions lo;
+    lo.threads = a->threads;
+    auto model = Model::load(a->model, lo);
+    const Tokenizer tok = Tokenizer::from_model_dir(a->model);
+    const std::string text = a->wikitext ? wikitext_join(raw) : raw;
+    const auto ids = tok.encode(text, true);
+    const std::string sha = sha256_hex(raw);
+    const PerplexityResult r = perplexity(*model, ids, o);
+    if (a->json) {
+      nlohmann::json j;
+      j["ppl"] = r.ppl;
+      j["mean_nll"] = r.mean_nll;
+      j["windows"] = r.windows;
+      j["window_range"] = {o.window_begin, o.window_begin + r.windows};
+      j["total_windows"] = r.total_windows;
+      j["tokens"] = r.tokens;
+      j["ctx"] = r.ctx;
+      j["sha256"] = sha;
+      j["file"] = a->file;
+      j["seconds"] = r.seconds;
+      print_json(j);
+    } else {
+      std::printf("perplexity %.4f  (ctx %lld, windows %lld of %lld, %lld tokens, data sha256 %.16s…, %.1f s)\n", r.ppl,
+                  (long long)r.ctx, (long long)r.windows, (long long)r.total_windows, (long long)r.tokens, sha.c_str(),
+                  r.seconds);
+    }
+    return 0;
+  };
+}
+
+}  // namespace gptq::cli

@@ -1,0 +1,55 @@
+#include "common.h"
+
+#include <cstdio>
+
+#include "core/fs.h"
+#include "gptq/error.h"
+
+namespace gptq::cli {
+
+std::string human_bytes(double b) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int u = 0;
+  while (b >= 1024 && u < 4) {
+    b /= 1024;
+    ++u;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof buf, u == 0 ? "%.0f %s" : "%.2f %s", b, units[u]);
+  return buf;
+}
+
+std::string human_count(double n) {
+  char buf[32];
+  if (n >= 1e9)
+    std::snprintf(buf, sizeof buf, "%.2f B", n / 1e9);
+  else if (n >= 1e6)
+    std::snprintf(buf, sizeof buf, "%.2f M", n / 1e6);
+  else if (n >= 1e3)
+    std::snprintf(buf, sizeof buf, "%.2f K", n / 1e3);
+  else
+    std::snprintf(buf, sizeof buf, "%.0f", n);
+  return buf;
+}
+
+void print_json(const nlohmann::json& j) {
+  std::fputs(j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace).c_str(), stdout);
+  std::fputc('\n', stdout);
+}
+
+std::string model_name(const std::string& dir) {
+  std::string d = dir;
+  while (d.size() > 1 && d.back() == '/') d.pop_back();
+  const size_t s = d.rfind('/');
+  return s == std::string::npos ? d : d.substr(s + 1);
+}
+
+std::string read_prompt(const std::string& prompt, const std::string& file) {
+  if (!file.empty()) {
+    if (!prompt.empty()) fail("give either -p/--prompt or -f/--file, not both");
+    return read_text_file(file);
+  }
+  return prompt;
+}
+
+}  // namespace gptq::cli

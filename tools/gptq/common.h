@@ -1,0 +1,26 @@
+// Shared pieces of the gptq subcommands: option groups, error handling, output formatting.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+namespace gptq::cli {
+
+// Each subcommand registers itself on the app and returns the function that runs it.
+using Runner = std::function<int()>;
+Runner add_generate(CLI::App& app);
+Runner add_perplexity(CLI::App& app);
+Runner add_tokenize(CLI::App& app);
+Runner add_inspect(CLI::App& app);
+Runner add_bench(CLI::App& app);
+
+std::string human_bytes(double bytes);   // "41.45 MiB"
+std::string human_count(double n);       // "21.73 M"
+void print_json(const nlohmann::json& j);  // one object on stdout
+std::string model_name(const std::string& dir);  // last path component
+std::string read_prompt(const std::string& prompt, const std::string& file);  // -p TEXT or -f FILE
+
+}  // namespace gptq::cli
