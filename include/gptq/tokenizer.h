@@ -16,6 +16,9 @@ namespace gptq {
 class Tokenizer {
  public:
   // Throws gptq::Error naming the file when it is missing, malformed or of an unsupported kind.
+  // Like transformers' AutoTokenizer, also reads tokenizer_config.json from the same folder when
+  // present: with tokenizer_class LlamaTokenizer, transformers (v5) rebuilds a SentencePiece-style
+  // pipeline (Metaspace, byte fallback, no <unk>) whatever tokenizer.json says, and so do we.
   static Tokenizer from_file(const std::string& tokenizer_json_path);
   // Looks for tokenizer.json in a model folder.
   static Tokenizer from_model_dir(const std::string& dir);
@@ -57,8 +60,8 @@ class StreamDecoder {
  private:
   const Tokenizer& tok_;
   bool skip_special_;
-  std::vector<int32_t> ids_;
-  size_t emitted_ = 0;  // bytes of decode(ids_) already returned
+  std::vector<int32_t> ids_;  // the tail still being decoded, from a token whose text is already out
+  size_t emitted_ = 0;        // bytes of decode(ids_) already returned
 };
 
 }  // namespace gptq

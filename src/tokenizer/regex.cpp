@@ -1,0 +1,74 @@
+#include "tokenizer/regex.h"
+
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
+
+#include "gptq/error.h"
+#include "tokenizer/unicode.h"
+
+namespace gptq::tok {
+
+namespace {
+
+std::string pcre2_message(int code) {
+  PCRE2_UCHAR buf[256];
+  pcre2_get_error_message(code, buf, sizeof(buf));
+  return reinterpret_cast<const char*>(buf);
+}
+
+}  // namespace
+
+Regex::Regex(const std::string& pattern) : pattern_(pattern) {
+  int err = 0;
+  PCRE2_SIZE err_offset = 0;
+  pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
+                                   PCRE2_UTF | PCRE2_UCP, &err, &err_offset, nullptr);
+  if (code == nullptr)
+    fail("regex /", pattern, "/ does not compile at offset ", err_offset, ": ", pcre2_message(err));
+  code_ = code;
+  // JIT is an optimisation only: without it (unsupported CPU, SELinux) the interpreter still works.
+  jit_ = pcre2_jit_compile(code, PCRE2_JIT_COMPLETE) == 0;
+}
+
+Regex::~Regex() { pcre2_code_free(static_cast<pcre2_code*>(code_)); }
+
+void Regex::find_all(std::string_view text, const std::function<void(size_t, size_t)>& on_match) const {
+  auto* code = static_cast<pcre2_code*>(code_);
+  pcre2_match_data* md = pcre2_match_data_create_from_pattern(code, nullptr);
+  pcre2_match_context* mctx = pcre2_match_context_create(nullptr);
+  // Patterns like \s+(?!\S) backtrack over whole runs of spaces; the default 32 KiB JIT stack
+  // overflows on long runs, so give the JIT room to grow (reserved lazily by PCRE2).
+  pcre2_jit_stack* stack = jit_ ? pcre2_jit_stack_create(32 * 1024, 64 * 1024 * 1024, nullptr) : nullptr;
+  if (stack != nullptr) pcre2_jit_stack_assign(mctx, nullptr, stack);
+  struct Cleanup {
+    pcre2_match_data* md;
+    pcre2_match_context* mctx;
+    pcre2_jit_stack* stack;
+    ~Cleanup() {
+      pcre2_match_data_free(md);
+      pcre2_match_context_free(mctx);
+      if (stack != nullptr) pcre2_jit_stack_free(stack);
+    }
+  } cleanup{md, mctx, stack};
+
+  const auto* subject = reinterpret_cast<PCRE2_SPTR>(text.data());
+  size_t pos = 0;
+  while (pos < text.size()) {
+    const int rc = jit_ ? pcre2_jit_match(code, subject, text.size(), pos, PCRE2_NO_UTF_CHECK, md, mctx)
+                        : pcre2_match(code, subject, text.size(), pos, PCRE2_NO_UTF_CHECK, md, mctx);
+    if (rc == PCRE2_ERROR_NOMATCH) break;
+    if (rc < 0) fail("regex /", pattern_, "/ failed: ", pcre2_message(rc));
+    const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md);
+    const size_t start = ov[0], end = ov[1];
+    if (end > start) {
+      on_match(start, end);
+      pos = end;
+    } else {
+      // An empty match yields no piece; step over one character so the scan makes progress.
+      if (start >= text.size()) break;
+      pos = start + utf8_seq_len(static_cast<unsigned char>(text[start]));
+    }
+  }
+}
+
+}  // namespace gptq::tok
