@@ -44,8 +44,10 @@ constexpr LinearSlot kAllLinearSlots[] = {LinearSlot::kQ,    LinearSlot::kK,  Li
 class LinearObserver {
  public:
   virtual ~LinearObserver() = default;
-  // x: [T, K], the input of `slot` in decoder layer `layer`.
-  virtual void on_input(int64_t layer, LinearSlot slot, const float* x, int64_t T, int64_t K) = 0;
+  // x: [T, K], the input of `slot` in decoder layer `layer`. Returning false stops the layer's
+  // forward pass right there (the layer's input x is then left part-updated): calibration only
+  // needs to run a layer up to the modules it is collecting inputs for.
+  virtual bool on_input(int64_t layer, LinearSlot slot, const float* x, int64_t T, int64_t K) = 0;
 };
 
 struct LoadOptions {

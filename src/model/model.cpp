@@ -193,9 +193,10 @@ void Model::layer_forward(int64_t layer, KVCache& cache, float* x, int64_t T, Li
   // Attention block. h: [T, H]
   cpu::rms_norm(x, L.attn_norm.data(), T, H, float(c.rms_norm_eps), h.data());
   if (obs) {
-    obs->on_input(layer, LinearSlot::kQ, h.data(), T, H);
-    obs->on_input(layer, LinearSlot::kK, h.data(), T, H);
-    obs->on_input(layer, LinearSlot::kV, h.data(), T, H);
+    const bool go_q = obs->on_input(layer, LinearSlot::kQ, h.data(), T, H);
+    const bool go_k = obs->on_input(layer, LinearSlot::kK, h.data(), T, H);
+    const bool go_v = obs->on_input(layer, LinearSlot::kV, h.data(), T, H);
+    if (!(go_q && go_k && go_v)) return;
   }
   L.q->forward(h.data(), T, q.data());  // q: [T, nh*hd]
   L.k->forward(h.data(), T, k.data());  // k: [T, nkv*hd]
@@ -215,20 +216,21 @@ void Model::layer_forward(int64_t layer, KVCache& cache, float* x, int64_t T, Li
   }
   std::vector<float> att(static_cast<size_t>(T * nh * hd));  // [T, nh*hd]
   cpu::attention(q.data(), T, p0, nh, nkv, hd, kc.data(), vc.data(), att.data());
-  if (obs) obs->on_input(layer, LinearSlot::kO, att.data(), T, nh * hd);
+  if (obs && !obs->on_input(layer, LinearSlot::kO, att.data(), T, nh * hd)) return;
   L.o->forward(att.data(), T, h.data());
   for (int64_t i = 0; i < T * H; ++i) x[i] += h[size_t(i)];
   // MLP block.
   cpu::rms_norm(x, L.mlp_norm.data(), T, H, float(c.rms_norm_eps), h.data());
   if (obs) {
-    obs->on_input(layer, LinearSlot::kGate, h.data(), T, H);
-    obs->on_input(layer, LinearSlot::kUp, h.data(), T, H);
+    const bool go_gate = obs->on_input(layer, LinearSlot::kGate, h.data(), T, H);
+    const bool go_up = obs->on_input(layer, LinearSlot::kUp, h.data(), T, H);
+    if (!(go_gate && go_up)) return;
   }
   std::vector<float> g(static_cast<size_t>(T * F)), u(static_cast<size_t>(T * F));
   L.gate->forward(h.data(), T, g.data());
   L.up->forward(h.data(), T, u.data());
   cpu::silu_mul(g.data(), u.data(), T, F);
-  if (obs) obs->on_input(layer, LinearSlot::kDown, g.data(), T, F);
+  if (obs && !obs->on_input(layer, LinearSlot::kDown, g.data(), T, F)) return;
   L.down->forward(g.data(), T, h.data());
   for (int64_t i = 0; i < T * H; ++i) x[i] += h[size_t(i)];
 }

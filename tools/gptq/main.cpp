@@ -22,6 +22,7 @@ int main(int argc, char** argv) {
     gptq::cli::Runner r = f(app);
     cmds.emplace_back(app.get_subcommands({})[before], std::move(r));
   };
+  add(gptq::cli::add_quantize);
   add(gptq::cli::add_generate);
   add(gptq::cli::add_perplexity);
   add(gptq::cli::add_tokenize);

@@ -1,0 +1,61 @@
+// `gptq quantize`: a Hugging Face Llama-family model folder in, a GPTQ checkpoint out (the
+// AutoGPTQ/GPTQModel format of DESIGN.md that transformers, vLLM and ExLlamaV2 load).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace gptq {
+
+struct QuantizeOptions {
+  int bits = 4;                 // 2, 3, 4, 8
+  int group_size = 128;         // -1, 32, 64, 128 (any positive size works)
+  bool desc_act = false;        // act-order
+  bool static_groups = false;
+  bool sym = true;
+  double damp_percent = 0.01;
+  bool true_sequential = true;  // [k,v,q] -> [o] -> [up,gate] -> [down], each on quantized inputs
+  std::string method = "gptq";  // "gptq" or "rtn"
+  std::string format = "gptq";  // checkpoint_format: "gptq" (zeros stored minus one) or "gptq_v2"
+  std::string calibration_file; // text; required for gptq
+  int64_t seqlen = 0;           // calibration window length; 0: min(context, 2048)
+  int64_t nsamples = 128;       // calibration windows
+  int64_t calib_offset = 0;     // first calibration window
+  uint64_t max_shard_bytes = 0; // 0: one model.safetensors
+  int threads = 0;              // 0: all cores
+  bool force = false;           // replace an existing output folder
+  bool progress = true;         // progress bars on stderr
+  const std::atomic<bool>* cancel = nullptr;  // set (e.g. by SIGINT) to stop; nothing is written
+};
+
+struct ModuleReport {
+  std::string name;          // "model.layers.0.self_attn.q_proj"
+  int64_t out_features = 0, in_features = 0;
+  double loss = 0;           // the solver's sum (w-q)^2/d^2 (GPTQ only)
+  double rel_error = 0;      // ||(W-Q)X||^2 / ||WX||^2 on the calibration inputs
+  double damp_percent = 0;   // damping that succeeded (raised when the Cholesky failed)
+  int64_t dead_columns = 0;
+  double seconds = 0;
+};
+
+struct QuantizeReport {
+  std::vector<ModuleReport> modules;
+  int64_t calibration_tokens = 0;
+  double seconds_load = 0, seconds_forward = 0, seconds_hessian = 0, seconds_solve = 0, seconds_pack = 0,
+         seconds_write = 0, seconds_total = 0;
+  std::string out_dir;
+  uint64_t out_bytes = 0;
+  std::vector<std::string> warnings;
+};
+
+// Throws gptq::Error for bad options or inputs (calibration text too short, unsupported bits,
+// an already-quantized model, an existing output folder without force); on any error or
+// cancellation the output folder is left as it was.
+QuantizeReport quantize_model(const std::string& model_dir, const std::string& out_dir, const QuantizeOptions& opts);
+
+// "5GB", "500MB", "2GiB", "1000000" -> bytes (HF's decimal GB / binary GiB convention).
+uint64_t parse_size(const std::string& s);
+
+}  // namespace gptq

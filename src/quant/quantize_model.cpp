@@ -1,0 +1,333 @@
+// The quantization pipeline: calibration inputs flow through the decoder layer by layer; each
+// layer's linears are quantized in true-sequential groups from the Hessians of their inputs, the
+// layer then runs with its quantized weights to produce the next layer's inputs (IST-DASLab/gptq
+// llama_sequential, AutoGPTQ/GPTQModel).
+#include <cblas.h>
+
+#include <chrono>
+#include <cmath>
+#include <deque>
+#include <map>
+#include <set>
+#include <nlohmann/json.hpp>
+
+#include "core/fs.h"
+#include "core/half.h"
+#include "core/progress.h"
+#include "core/thread_pool.h"
+#include "gptq/error.h"
+#include "gptq/model.h"
+#include "gptq/quantize.h"
+#include "gptq/safetensors.h"
+#include "gptq/tokenizer.h"
+#include "gptq/version.h"
+#include "io/checkpoint_writer.h"
+#include "model/llama_weights.h"
+#include "quant/gptq.h"
+#include "quant/hessian.h"
+
+namespace gptq {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+// Linears that read the same input share one Hessian.
+enum class Input { kAttn, kO, kMlp, kDown };
+Input input_of(LinearSlot s) {
+  switch (s) {
+    case LinearSlot::kQ: case LinearSlot::kK: case LinearSlot::kV: return Input::kAttn;
+    case LinearSlot::kO: return Input::kO;
+    case LinearSlot::kGate: case LinearSlot::kUp: return Input::kMlp;
+    default: return Input::kDown;
+  }
+}
+// Position in the forward pass: a group's forward can stop after its last module.
+int forward_rank(LinearSlot s) { return int(input_of(s)); }
+
+std::vector<std::vector<LinearSlot>> sequential_groups(bool true_sequential) {
+  using S = LinearSlot;
+  if (!true_sequential) return {{S::kK, S::kV, S::kQ, S::kO, S::kUp, S::kGate, S::kDown}};
+  return {{S::kK, S::kV, S::kQ}, {S::kO}, {S::kUp, S::kGate}, {S::kDown}};
+}
+
+// Collects the inputs of one group's modules into their Hessians.
+class HessianObserver : public LinearObserver {
+ public:
+  HessianObserver(const std::vector<LinearSlot>& group, std::map<Input, quant::HessianAccumulator>& h, double& secs)
+      : hess_(h), seconds_(secs) {
+    for (LinearSlot s : group) last_rank_ = std::max(last_rank_, forward_rank(s)), wanted_.insert(input_of(s));
+  }
+  bool on_input(int64_t, LinearSlot slot, const float* x, int64_t T, int64_t K) override {
+    const Input in = input_of(slot);
+    if (wanted_.count(in) && !seen_.count(in)) {
+      seen_.insert(in);
+      const auto t0 = Clock::now();
+      hess_.at(in).add_batch(x, 1, T);
+      seconds_ += since(t0);
+    }
+    (void)K;
+    return forward_rank(slot) < last_rank_;
+  }
+  void next_sample() { seen_.clear(); }
+
+ private:
+  std::map<Input, quant::HessianAccumulator>& hess_;
+  double& seconds_;
+  std::set<Input> wanted_, seen_;
+  int last_rank_ = 0;
+};
+
+// sum_i (A H Aᵀ)_ii for A: [N, K], H: [K, K]: the squared output norm of A on the calibration inputs
+// (up to the Hessian's 2/n scale).
+double quad_form(const std::vector<float>& A, const std::vector<float>& H, int64_t N, int64_t K) {
+  std::vector<float> AH(A.size());
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(N), int(K), int(K), 1.f, A.data(), int(K), H.data(),
+              int(K), 0.f, AH.data(), int(K));
+  double s = 0;
+  for (size_t i = 0; i < A.size(); ++i) s += double(AH[i]) * A[i];
+  return s;
+}
+
+void check_options(const QuantizeOptions& o) {
+  quant::check_bits(o.bits);
+  if (o.group_size == 0 || o.group_size < -1) fail("--group-size must be -1 or positive, got ", o.group_size);
+  if (o.method != "gptq" && o.method != "rtn") fail("--method must be gptq or rtn, got \"", o.method, "\"");
+  if (o.format != "gptq" && o.format != "gptq_v2") fail("--format must be gptq or gptq_v2, got \"", o.format, "\"");
+  if (!(o.damp_percent > 0 && o.damp_percent < 1)) fail("--damp must be in (0, 1), got ", o.damp_percent);
+  if (o.method == "gptq") {
+    if (o.calibration_file.empty()) fail("GPTQ needs calibration text: give --calibration FILE");
+    if (o.nsamples <= 0) fail("--nsamples must be positive, got ", o.nsamples);
+    if (o.seqlen < 0) fail("--seqlen must be positive, got ", o.seqlen);
+    if (o.calib_offset < 0) fail("--calib-offset must be >= 0, got ", o.calib_offset);
+  }
+}
+
+std::string quant_config_json(const QuantizeOptions& o) {
+  nlohmann::ordered_json q;
+  q["bits"] = o.bits;
+  q["group_size"] = o.group_size;
+  q["damp_percent"] = o.damp_percent;
+  q["desc_act"] = o.desc_act;
+  q["static_groups"] = o.static_groups;
+  q["sym"] = o.sym;
+  q["true_sequential"] = o.true_sequential;
+  q["quant_method"] = "gptq";
+  q["checkpoint_format"] = o.format;
+  q["model_name_or_path"] = nullptr;
+  q["model_file_base_name"] = "model";
+  q["meta"] = {{"quantizer", {std::string("gptq.cpp:") + version()}},
+               {"method", o.method},
+               {"calibration_windows", o.method == "gptq" ? o.nsamples : 0},
+               {"calibration_seqlen", o.method == "gptq" ? o.seqlen : 0}};
+  return q.dump(2);
+}
+
+}  // namespace
+
+uint64_t parse_size(const std::string& s) {
+  size_t pos = 0;
+  double v = 0;
+  try {
+    v = std::stod(s, &pos);
+  } catch (const std::exception&) {
+    fail("cannot read size \"", s, "\" (e.g. 5GB, 500MB, 2GiB)");
+  }
+  std::string unit = s.substr(pos);
+  for (auto& c : unit) c = char(std::toupper(static_cast<unsigned char>(c)));
+  static const std::map<std::string, double> units = {{"", 1},      {"B", 1},          {"KB", 1e3},
+                                                      {"MB", 1e6},  {"GB", 1e9},       {"TB", 1e12},
+                                                      {"KIB", 1024}, {"MIB", 1048576.}, {"GIB", 1073741824.}};
+  auto it = units.find(unit);
+  if (it == units.end() || v <= 0) fail("cannot read size \"", s, "\" (e.g. 5GB, 500MB, 2GiB)");
+  return uint64_t(v * it->second);
+}
+
+QuantizeReport quantize_model(const std::string& model_dir, const std::string& out_dir, const QuantizeOptions& opts_in) {
+  const auto t_start = Clock::now();
+  QuantizeOptions o = opts_in;
+  check_options(o);
+  check_output_dir(out_dir, o.force);
+  QuantizeReport rep;
+  rep.out_dir = out_dir;
+  auto cancelled = [&] {
+    if (o.cancel && o.cancel->load()) fail("interrupted: nothing was written to ", out_dir);
+  };
+
+  LoadOptions lo;
+  lo.threads = o.threads;
+  auto model = Model::load(model_dir, lo);
+  const ModelConfig& cfg = model->config();
+  if (cfg.quant) fail(model_dir, ": the model is already quantized (", cfg.quant->bits, "-bit GPTQ): quantize the original");
+  quant::QuantSpec spec;
+  spec.bits = o.bits;
+  spec.group_size = o.group_size;
+  spec.sym = o.sym;
+  spec.desc_act = o.desc_act;
+  spec.static_groups = o.static_groups;
+  spec.damp_percent = o.damp_percent;
+  for (int64_t K : {cfg.hidden_size, cfg.num_heads * cfg.head_dim, cfg.intermediate_size}) {
+    try {
+      quant::check_spec(spec, K);
+      quant::qweight_rows(K, o.bits);
+    } catch (const Error& e) {
+      fail(model_dir, ": cannot quantize a layer with ", K, " inputs: ", e.what());
+    }
+  }
+  const quant::QuantFormat fmt = o.format == "gptq_v2" ? quant::QuantFormat::kGptqV2 : quant::QuantFormat::kGptqV1;
+  const int64_t H = cfg.hidden_size;
+
+  // Calibration windows: the file tokenized once (BOS at the start), windows offset..offset+n-1.
+  std::vector<int32_t> calib;
+  if (o.method == "gptq") {
+    if (o.seqlen == 0) o.seqlen = std::min<int64_t>(model->context_length(), 2048);
+    if (o.seqlen > model->context_length())
+      fail("--seqlen ", o.seqlen, " exceeds the model's context length ", model->context_length());
+    const Tokenizer tok = Tokenizer::from_model_dir(model_dir);
+    const std::vector<int32_t> ids = tok.encode(read_text_file(o.calibration_file), true);
+    const int64_t need = (o.calib_offset + o.nsamples) * o.seqlen;
+    if (int64_t(ids.size()) < need)
+      fail(o.calibration_file, ": ", ids.size(), " tokens, too short for windows ", o.calib_offset, "..",
+           o.calib_offset + o.nsamples - 1, " of ", o.seqlen, " tokens (needs ", need, ")");
+    calib.assign(ids.begin() + o.calib_offset * o.seqlen, ids.begin() + need);
+    rep.calibration_tokens = int64_t(calib.size());
+  }
+  rep.seconds_load = since(t_start);
+
+  const int64_t n = o.method == "gptq" ? o.nsamples : 0, T = o.seqlen;
+  std::vector<float> X(static_cast<size_t>(n * T * H));  // X: [n, T, H] inputs of the current layer
+  for (int64_t s = 0; s < n; ++s) model->embed(calib.data() + s * T, T, X.data() + s * T * H);
+  auto cache = model->new_cache(std::max<int64_t>(T, 1));
+  std::vector<float> tmp(static_cast<size_t>(T * H));
+
+  std::map<std::string, quant::PackedQuant> packed;
+  LlamaWeights& w = model->weights();
+  Progress bar("quantize", cfg.num_layers * 7, o.progress);
+  int64_t done = 0;
+  for (int64_t l = 0; l < cfg.num_layers; ++l) {
+    LlamaLayer& L = w.layers[size_t(l)];
+    for (const auto& group : sequential_groups(o.true_sequential)) {
+      std::map<Input, quant::HessianAccumulator> hess;
+      if (n > 0) {
+        for (LinearSlot s : group) hess.try_emplace(input_of(s), L.slot(s)->in_features());
+        HessianObserver obs(group, hess, rep.seconds_hessian);
+        const auto t0 = Clock::now();
+        const double h0 = rep.seconds_hessian;
+        for (int64_t s = 0; s < n; ++s) {
+          cancelled();
+          std::copy_n(X.data() + s * T * H, T * H, tmp.data());
+          obs.next_sample();
+          model->layer_forward(l, *cache, tmp.data(), T, &obs);
+        }
+        rep.seconds_forward += since(t0) - (rep.seconds_hessian - h0);
+      }
+      std::map<Input, std::vector<float>> Hs;
+      for (auto& [in, acc] : hess) Hs[in] = acc.take();
+      for (LinearSlot s : group) {
+        cancelled();
+        const auto t0 = Clock::now();
+        std::unique_ptr<Linear>& lin = L.slot(s);
+        const int64_t N = lin->out_features(), K = lin->in_features();
+        const std::string name = "model.layers." + std::to_string(l) + "." + linear_slot_name(s);
+        bar.update(done, name);
+        const std::vector<float> W = lin->dense_weight();  // W: [N, K]
+        const auto ts = Clock::now();
+        quant::QuantResult r;
+        if (o.method == "gptq") {
+          try {
+            r = quant::gptq_quantize(W.data(), Hs.at(input_of(s)).data(), N, K, spec);
+          } catch (const Error& e) {
+            fail(name, ": ", e.what());
+          }
+        } else {
+          r = quant::rtn_quantize(W.data(), N, K, spec);
+        }
+        rep.seconds_solve += since(ts);
+        const auto tp = Clock::now();
+        const std::vector<float>& bias = lin->bias();
+        quant::PackedQuant pq = quant::pack_result(r, fmt, bias.empty() ? nullptr : bias.data());
+        if (pq.wrapped_zeros > 0)
+          rep.warnings.push_back(name + ": " + std::to_string(pq.wrapped_zeros) +
+                                 " zero points of 0 wrap in the v1 format (loaders read them as 2^bits); "
+                                 "--format gptq_v2 stores them exactly");
+        std::vector<float> Q = quant::dequantize(pq.view());  // what the checkpoint computes
+        ModuleReport m;
+        m.name = name;
+        m.out_features = N;
+        m.in_features = K;
+        m.loss = r.loss;
+        m.damp_percent = r.damp_percent;
+        m.dead_columns = r.dead_columns;
+        if (o.method == "gptq" && r.damp_retries > 0)
+          rep.warnings.push_back(name + ": Hessian not positive definite at damp " + std::to_string(o.damp_percent) +
+                                 ", succeeded at " + std::to_string(r.damp_percent));
+        if (n > 0) {
+          std::vector<float> D(W.size());
+          for (size_t i = 0; i < W.size(); ++i) D[i] = W[i] - Q[i];
+          const std::vector<float>& Hm = Hs.at(input_of(s));
+          const double den = quad_form(W, Hm, N, K);
+          m.rel_error = den > 0 ? quad_form(D, Hm, N, K) / den : 0;
+        }
+        // Later groups and layers see this module's quantized output.
+        lin = std::make_unique<DenseLinear>(std::move(Q), K, N, bias);
+        packed.emplace(name, std::move(pq));
+        rep.seconds_pack += since(tp);
+        m.seconds = since(t0);
+        rep.modules.push_back(m);
+        bar.update(++done, name);
+      }
+    }
+    // This layer, now quantized, produces the next layer's inputs.
+    const auto t0 = Clock::now();
+    for (int64_t s = 0; s < n && l + 1 < cfg.num_layers; ++s) {
+      cancelled();
+      model->layer_forward(l, *cache, X.data() + s * T * H, T, nullptr);
+    }
+    rep.seconds_forward += since(t0);
+  }
+  bar.finish();
+  cancelled();
+
+  // The checkpoint: quantized linears as qweight/qzeros/scales/g_idx(/bias), everything else fp16.
+  const auto tw = Clock::now();
+  CheckpointFiles files;
+  std::deque<std::vector<uint16_t>> fp16;
+  const TensorStore store = TensorStore::open_dir(model_dir);
+  for (const auto& [name, t] : store.all()) {
+    const size_t dot = name.rfind('.');
+    const std::string prefix = name.substr(0, dot);
+    if (packed.count(prefix) && (name.substr(dot + 1) == "weight" || name.substr(dot + 1) == "bias")) continue;
+    if (t->dtype == DType::kF32 || t->dtype == DType::kBF16) {
+      auto& v = fp16.emplace_back(static_cast<size_t>(t->numel()));
+      for (int64_t i = 0; i < t->numel(); ++i) v[size_t(i)] = fp32_to_fp16(load_float(*t, i));
+      files.tensors.push_back({name, DType::kF16, t->shape, v.data(), v.size() * 2});
+    } else {
+      files.tensors.push_back({name, t->dtype, t->shape, t->data, t->nbytes});
+    }
+  }
+  for (const auto& [name, p] : packed) {
+    const int64_t G = int64_t(p.scales.size()) / p.N;
+    files.tensors.push_back({name + ".qweight", DType::kI32, {p.K * p.bits / 32, p.N}, p.qweight.data(), p.qweight.size() * 4});
+    files.tensors.push_back({name + ".qzeros", DType::kI32, {G, p.N * p.bits / 32}, p.qzeros.data(), p.qzeros.size() * 4});
+    files.tensors.push_back({name + ".scales", DType::kF16, {G, p.N}, p.scales.data(), p.scales.size() * 2});
+    files.tensors.push_back({name + ".g_idx", DType::kI32, {p.K}, p.g_idx.data(), p.g_idx.size() * 4});
+    if (!p.bias.empty()) files.tensors.push_back({name + ".bias", DType::kF16, {p.N}, p.bias.data(), p.bias.size() * 2});
+  }
+  nlohmann::ordered_json config = nlohmann::ordered_json::parse(read_text_file(path_join(model_dir, "config.json")));
+  const std::string qc = quant_config_json(o);
+  config["quantization_config"] = nlohmann::ordered_json::parse(qc);
+  config[config.contains("dtype") ? "dtype" : "torch_dtype"] = "float16";
+  files.text_files = {{"config.json", config.dump(2) + "\n"}, {"quantize_config.json", qc + "\n"}};
+  files.source_dir = model_dir;
+  files.copy_from_source = {"tokenizer.json",     "tokenizer_config.json", "tokenizer.model",
+                            "special_tokens_map.json", "generation_config.json", "added_tokens.json",
+                            "vocab.json",         "merges.txt",            "chat_template.jinja"};
+  files.max_shard_bytes = o.max_shard_bytes;
+  rep.out_bytes = write_checkpoint(out_dir, files, o.force);
+  rep.seconds_write = since(tw);
+  rep.seconds_total = since(t_start);
+  return rep;
+}
+
+}  // namespace gptq

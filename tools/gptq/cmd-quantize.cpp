@@ -1,0 +1,88 @@
+// gptq quantize: a model folder in, a GPTQ checkpoint out.
+#include <csignal>
+#include <cstdio>
+
+#include "common.h"
+#include "gptq/error.h"
+#include "gptq/quantize.h"
+
+namespace gptq::cli {
+
+namespace {
+std::atomic<bool> g_interrupted{false};
+extern "C" void on_signal(int) { g_interrupted = true; }
+}  // namespace
+
+Runner add_quantize(CLI::App& app) {
+  struct Args {
+    std::string model, out, max_shard;
+    QuantizeOptions o;
+    bool no_sym = false, no_true_seq = false, json = false, quiet = false;
+  };
+  auto a = std::make_shared<Args>();
+  QuantizeOptions& o = a->o;
+  CLI::App* c = app.add_subcommand("quantize", "Quantize a model with GPTQ (or RTN) into an AutoGPTQ/GPTQModel checkpoint");
+  c->add_option("-m,--model", a->model, "Model folder (Hugging Face layout, fp16/bf16/fp32)")->required();
+  c->add_option("-o,--output", a->out, "Output folder (refused if it exists, unless --force)")->required();
+  c->add_option("--bits", o.bits, "Bits per weight: 2, 3, 4 or 8")->check(CLI::IsMember({2, 3, 4, 8}));
+  c->add_option("--group-size", o.group_size, "Inputs per quantization group (-1: one group per row)");
+  c->add_flag("--desc-act,--act-order", o.desc_act, "Quantize columns in order of decreasing Hessian diagonal (g_idx)");
+  c->add_flag("--static-groups", o.static_groups, "With --desc-act: groups fixed before the column loop");
+  c->add_flag("--sym,!--no-sym", o.sym, "Symmetric grid (default) or asymmetric (--no-sym)");
+  c->add_option("--damp", o.damp_percent, "Damping, as a fraction of the mean Hessian diagonal");
+  c->add_flag("--true-sequential,!--no-true-sequential", o.true_sequential,
+              "Quantize [k,v,q] -> [o] -> [up,gate] -> [down], each from quantized inputs (default on)");
+  c->add_option("--calibration", o.calibration_file, "Calibration text file (e.g. C4, WikiText-2, your own text)");
+  c->add_option("--seqlen", o.seqlen, "Tokens per calibration window (default: min(context, 2048))");
+  c->add_option("--nsamples", o.nsamples, "Calibration windows");
+  c->add_option("--calib-offset", o.calib_offset, "First calibration window (skip this many windows)");
+  c->add_option("--method", o.method, "gptq or rtn (round-to-nearest, no calibration)")->check(CLI::IsMember({"gptq", "rtn"}));
+  c->add_option("--format", o.format, "checkpoint_format: gptq (zeros stored minus one) or gptq_v2")
+      ->check(CLI::IsMember({"gptq", "gptq_v2"}));
+  c->add_option("--max-shard-size", a->max_shard, "Split model.safetensors into shards of at most this size (e.g. 2GB)");
+  c->add_option("-t,--threads", o.threads, "Threads (0: all cores)")->check(CLI::NonNegativeNumber);
+  c->add_flag("--force", o.force, "Replace an existing output folder");
+  c->add_flag("--json", a->json, "Print the report as JSON");
+  c->add_flag("-q,--quiet", a->quiet, "No progress bar");
+  return [a]() {
+    QuantizeOptions& o = a->o;
+    if (!a->max_shard.empty()) o.max_shard_bytes = parse_size(a->max_shard);
+    o.progress = !a->quiet;
+    o.cancel = &g_interrupted;
+    std::signal(SIGINT, on_signal);
+    std::signal(SIGTERM, on_signal);
+    const QuantizeReport r = quantize_model(a->model, a->out, o);
+    for (const auto& w : r.warnings) std::fprintf(stderr, "warning: %s\n", w.c_str());
+    if (a->json) {
+      nlohmann::json j;
+      j["output"] = r.out_dir;
+      j["out_bytes"] = r.out_bytes;
+      j["calibration_tokens"] = r.calibration_tokens;
+      j["seconds"] = {{"load", r.seconds_load}, {"forward", r.seconds_forward}, {"hessian", r.seconds_hessian},
+                      {"solve", r.seconds_solve}, {"pack", r.seconds_pack}, {"write", r.seconds_write},
+                      {"total", r.seconds_total}};
+      for (const auto& m : r.modules)
+        j["modules"].push_back({{"name", m.name}, {"out", m.out_features}, {"in", m.in_features}, {"loss", m.loss},
+                                {"rel_error", m.rel_error}, {"damp_percent", m.damp_percent},
+                                {"dead_columns", m.dead_columns}, {"seconds", m.seconds}});
+      j["warnings"] = r.warnings;
+      print_json(j);
+      return 0;
+    }
+    std::printf("| module | shape | rel. error ‖ΔW·X‖²/‖W·X‖² | solver loss | damp | s |\n");
+    std::printf("| --- | ---: | ---: | ---: | ---: | ---: |\n");
+    for (const auto& m : r.modules)
+      std::printf("| %s | %lldx%lld | %.3e | %.4g | %.3g | %.2f |\n", m.name.c_str(), (long long)m.out_features,
+                  (long long)m.in_features, m.rel_error, m.loss, m.damp_percent, m.seconds);
+    std::printf("\n| phase | seconds |\n| --- | ---: |\n");
+    const std::pair<const char*, double> phases[] = {
+        {"load + tokenize", r.seconds_load}, {"forward passes", r.seconds_forward}, {"Hessians", r.seconds_hessian},
+        {"solver", r.seconds_solve}, {"packing", r.seconds_pack}, {"writing", r.seconds_write}, {"total", r.seconds_total}};
+    for (const auto& [k, v] : phases) std::printf("| %s | %.2f |\n", k, v);
+    std::printf("\nwrote %s (%s, %lld calibration tokens)\n", r.out_dir.c_str(), human_bytes(double(r.out_bytes)).c_str(),
+                (long long)r.calibration_tokens);
+    return 0;
+  };
+}
+
+}  // namespace gptq::cli
