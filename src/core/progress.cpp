@@ -32,6 +32,7 @@ void Progress::update(int64_t done, const std::string& note) {
   if (tty_) {
     if (done < total_ && now - last_draw_ < std::chrono::milliseconds(100)) return;
   } else {
+    if (done >= total_) return;  // finish() prints the last line
     const int decile = total_ > 0 ? int(10 * done / total_) : 10;
     if (decile == last_decile_) return;
     last_decile_ = decile;
