@@ -40,16 +40,6 @@ const char* linear_slot_name(LinearSlot s);  // "self_attn.q_proj", ... (HF name
 constexpr LinearSlot kAllLinearSlots[] = {LinearSlot::kQ,    LinearSlot::kK,  LinearSlot::kV,   LinearSlot::kO,
                                           LinearSlot::kGate, LinearSlot::kUp, LinearSlot::kDown};
 
-// Called with the input of every linear layer during forward passes that ask for it (calibration).
-class LinearObserver {
- public:
-  virtual ~LinearObserver() = default;
-  // x: [T, K], the input of `slot` in decoder layer `layer`. Returning false stops the layer's
-  // forward pass right there (the layer's input x is then left part-updated): calibration only
-  // needs to run a layer up to the modules it is collecting inputs for.
-  virtual bool on_input(int64_t layer, LinearSlot slot, const float* x, int64_t T, int64_t K) = 0;
-};
-
 struct LoadOptions {
   int threads = 0;  // 0: all hardware threads
 };
@@ -76,8 +66,16 @@ class Model {
   // x: [T, hidden] embeddings of tokens.
   void embed(const int32_t* tokens, int64_t T, float* x) const;
   // x: [T, hidden], updated in place by decoder layer `layer` at positions cache.size()...; the caller
-  // advances the cache (commit_tokens) after the last layer. observer may be null.
-  void layer_forward(int64_t layer, KVCache& cache, float* x, int64_t T, LinearObserver* observer);
+  // advances the cache (commit_tokens) after the last layer.
+  void layer_forward(int64_t layer, KVCache& cache, float* x, int64_t T);
+  // The stages layer_forward runs, in order (calibration runs them one by one, quantizing the
+  // linears of each stage before the next stage reads their outputs):
+  void attn_norm(int64_t layer, const float* x, int64_t T, float* h) const;   // h = RMSNorm(x)      [T, hidden]
+  void attention_block(int64_t layer, KVCache& cache, const float* h, int64_t T, float* att);  // q,k,v, RoPE, attention: att [T, heads*head_dim]
+  void attn_out(int64_t layer, const float* att, int64_t T, float* x);        // x += o_proj(att)
+  void mlp_norm(int64_t layer, const float* x, int64_t T, float* h) const;    // h = RMSNorm(x)
+  void mlp_act(int64_t layer, const float* h, int64_t T, float* g);           // g = silu(gate(h)) * up(h)  [T, ffn]
+  void mlp_out(int64_t layer, const float* g, int64_t T, float* x);           // x += down_proj(g)
   void commit_tokens(KVCache& cache, int64_t T) const;
   // x: [T, hidden] → logits [T, vocab] (final norm and lm_head).
   void head(const float* x, int64_t T, float* logits);

@@ -182,25 +182,26 @@ void rope_tables(const ModelConfig& c, int64_t p0, int64_t T, std::vector<float>
 
 }  // namespace
 
-void Model::layer_forward(int64_t layer, KVCache& cache, float* x, int64_t T, LinearObserver* obs) {
+void Model::attn_norm(int64_t layer, const float* x, int64_t T, float* h) const {
+  cpu::rms_norm(x, w_->layers[size_t(layer)].attn_norm.data(), T, config_.hidden_size, float(config_.rms_norm_eps), h);
+}
+
+void Model::mlp_norm(int64_t layer, const float* x, int64_t T, float* h) const {
+  cpu::rms_norm(x, w_->layers[size_t(layer)].mlp_norm.data(), T, config_.hidden_size, float(config_.rms_norm_eps), h);
+}
+
+void Model::attention_block(int64_t layer, KVCache& cache, const float* h, int64_t T, float* att) {
   const ModelConfig& c = config_;
-  const int64_t H = c.hidden_size, hd = c.head_dim, nh = c.num_heads, nkv = c.num_kv_heads, F = c.intermediate_size;
+  const int64_t hd = c.head_dim, nh = c.num_heads, nkv = c.num_kv_heads;
   const int64_t p0 = cache.len_;
   if (p0 + T > cache.max_len_)
     fail("sequence of ", p0 + T, " tokens does not fit in the context of ", cache.max_len_, " tokens");
   LlamaLayer& L = w_->layers[size_t(layer)];
-  std::vector<float> h(static_cast<size_t>(T * H)), q(static_cast<size_t>(T * nh * hd)), k(static_cast<size_t>(T * nkv * hd)), v(static_cast<size_t>(T * nkv * hd));
-  // Attention block. h: [T, H]
-  cpu::rms_norm(x, L.attn_norm.data(), T, H, float(c.rms_norm_eps), h.data());
-  if (obs) {
-    const bool go_q = obs->on_input(layer, LinearSlot::kQ, h.data(), T, H);
-    const bool go_k = obs->on_input(layer, LinearSlot::kK, h.data(), T, H);
-    const bool go_v = obs->on_input(layer, LinearSlot::kV, h.data(), T, H);
-    if (!(go_q && go_k && go_v)) return;
-  }
-  L.q->forward(h.data(), T, q.data());  // q: [T, nh*hd]
-  L.k->forward(h.data(), T, k.data());  // k: [T, nkv*hd]
-  L.v->forward(h.data(), T, v.data());
+  std::vector<float> q(static_cast<size_t>(T * nh * hd)), k(static_cast<size_t>(T * nkv * hd)),
+      v(static_cast<size_t>(T * nkv * hd));
+  L.q->forward(h, T, q.data());  // q: [T, nh*hd]
+  L.k->forward(h, T, k.data());  // k: [T, nkv*hd]
+  L.v->forward(h, T, v.data());
   std::vector<float> cs, sn;
   rope_tables(c, p0, T, cs, sn);
   cpu::rope(q.data(), T, nh, hd, nh * hd, cs.data(), sn.data());
@@ -214,25 +215,43 @@ void Model::layer_forward(int64_t layer, KVCache& cache, float* x, int64_t T, Li
       std::copy_n(v.data() + t * nkv * hd + j * hd, hd, vc[size_t(j)] + (p0 + t) * hd);
     }
   }
-  std::vector<float> att(static_cast<size_t>(T * nh * hd));  // [T, nh*hd]
-  cpu::attention(q.data(), T, p0, nh, nkv, hd, kc.data(), vc.data(), att.data());
-  if (obs && !obs->on_input(layer, LinearSlot::kO, att.data(), T, nh * hd)) return;
-  L.o->forward(att.data(), T, h.data());
-  for (int64_t i = 0; i < T * H; ++i) x[i] += h[size_t(i)];
-  // MLP block.
-  cpu::rms_norm(x, L.mlp_norm.data(), T, H, float(c.rms_norm_eps), h.data());
-  if (obs) {
-    const bool go_gate = obs->on_input(layer, LinearSlot::kGate, h.data(), T, H);
-    const bool go_up = obs->on_input(layer, LinearSlot::kUp, h.data(), T, H);
-    if (!(go_gate && go_up)) return;
-  }
-  std::vector<float> g(static_cast<size_t>(T * F)), u(static_cast<size_t>(T * F));
-  L.gate->forward(h.data(), T, g.data());
-  L.up->forward(h.data(), T, u.data());
-  cpu::silu_mul(g.data(), u.data(), T, F);
-  if (obs && !obs->on_input(layer, LinearSlot::kDown, g.data(), T, F)) return;
-  L.down->forward(g.data(), T, h.data());
-  for (int64_t i = 0; i < T * H; ++i) x[i] += h[size_t(i)];
+  cpu::attention(q.data(), T, p0, nh, nkv, hd, kc.data(), vc.data(), att);
+}
+
+void Model::attn_out(int64_t layer, const float* att, int64_t T, float* x) {
+  const int64_t H = config_.hidden_size;
+  std::vector<float> y(static_cast<size_t>(T * H));
+  w_->layers[size_t(layer)].o->forward(att, T, y.data());
+  for (int64_t i = 0; i < T * H; ++i) x[i] += y[size_t(i)];
+}
+
+void Model::mlp_act(int64_t layer, const float* h, int64_t T, float* g) {
+  const int64_t F = config_.intermediate_size;
+  LlamaLayer& L = w_->layers[size_t(layer)];
+  std::vector<float> u(static_cast<size_t>(T * F));
+  L.gate->forward(h, T, g);
+  L.up->forward(h, T, u.data());
+  cpu::silu_mul(g, u.data(), T, F);
+}
+
+void Model::mlp_out(int64_t layer, const float* g, int64_t T, float* x) {
+  const int64_t H = config_.hidden_size;
+  std::vector<float> y(static_cast<size_t>(T * H));
+  w_->layers[size_t(layer)].down->forward(g, T, y.data());
+  for (int64_t i = 0; i < T * H; ++i) x[i] += y[size_t(i)];
+}
+
+void Model::layer_forward(int64_t layer, KVCache& cache, float* x, int64_t T) {
+  const ModelConfig& c = config_;
+  std::vector<float> h(static_cast<size_t>(T * c.hidden_size));                // h: [T, H]
+  std::vector<float> att(static_cast<size_t>(T * c.num_heads * c.head_dim));   // att: [T, nh*hd]
+  std::vector<float> g(static_cast<size_t>(T * c.intermediate_size));          // g: [T, F]
+  attn_norm(layer, x, T, h.data());
+  attention_block(layer, cache, h.data(), T, att.data());
+  attn_out(layer, att.data(), T, x);
+  mlp_norm(layer, x, T, h.data());
+  mlp_act(layer, h.data(), T, g.data());
+  mlp_out(layer, g.data(), T, x);
 }
 
 void Model::commit_tokens(KVCache& cache, int64_t T) const {
@@ -254,7 +273,7 @@ void Model::forward(KVCache& cache, const int32_t* tokens, int64_t T, bool all_l
   const int64_t H = config_.hidden_size;
   std::vector<float> x(static_cast<size_t>(T * H));
   embed(tokens, T, x.data());
-  for (int64_t l = 0; l < config_.num_layers; ++l) layer_forward(l, cache, x.data(), T, nullptr);
+  for (int64_t l = 0; l < config_.num_layers; ++l) layer_forward(l, cache, x.data(), T);
   commit_tokens(cache, T);
   if (all_logits) {
     logits.resize(static_cast<size_t>(T * config_.vocab_size));

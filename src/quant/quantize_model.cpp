@@ -33,50 +33,13 @@ namespace {
 using Clock = std::chrono::steady_clock;
 double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-// Linears that read the same input share one Hessian.
-enum class Input { kAttn, kO, kMlp, kDown };
-Input input_of(LinearSlot s) {
-  switch (s) {
-    case LinearSlot::kQ: case LinearSlot::kK: case LinearSlot::kV: return Input::kAttn;
-    case LinearSlot::kO: return Input::kO;
-    case LinearSlot::kGate: case LinearSlot::kUp: return Input::kMlp;
-    default: return Input::kDown;
-  }
-}
-// Position in the forward pass: a group's forward can stop after its last module.
-int forward_rank(LinearSlot s) { return int(input_of(s)); }
-
-std::vector<std::vector<LinearSlot>> sequential_groups(bool true_sequential) {
-  using S = LinearSlot;
-  if (!true_sequential) return {{S::kK, S::kV, S::kQ, S::kO, S::kUp, S::kGate, S::kDown}};
-  return {{S::kK, S::kV, S::kQ}, {S::kO}, {S::kUp, S::kGate}, {S::kDown}};
-}
-
-// Collects the inputs of one group's modules into their Hessians.
-class HessianObserver : public LinearObserver {
- public:
-  HessianObserver(const std::vector<LinearSlot>& group, std::map<Input, quant::HessianAccumulator>& h, double& secs)
-      : hess_(h), seconds_(secs) {
-    for (LinearSlot s : group) last_rank_ = std::max(last_rank_, forward_rank(s)), wanted_.insert(input_of(s));
-  }
-  bool on_input(int64_t, LinearSlot slot, const float* x, int64_t T, int64_t K) override {
-    const Input in = input_of(slot);
-    if (wanted_.count(in) && !seen_.count(in)) {
-      seen_.insert(in);
-      const auto t0 = Clock::now();
-      hess_.at(in).add_batch(x, 1, T);
-      seconds_ += since(t0);
-    }
-    (void)K;
-    return forward_rank(slot) < last_rank_;
-  }
-  void next_sample() { seen_.clear(); }
-
- private:
-  std::map<Input, quant::HessianAccumulator>& hess_;
-  double& seconds_;
-  std::set<Input> wanted_, seen_;
-  int last_rank_ = 0;
+// The linears whose inputs each stage of a decoder layer produces, in true-sequential order
+// ([k,v,q] -> [o] -> [up,gate] -> [down], as IST-DASLab/gptq's llama_sequential).
+const std::vector<LinearSlot> kStageSlots[4] = {
+    {LinearSlot::kK, LinearSlot::kV, LinearSlot::kQ},
+    {LinearSlot::kO},
+    {LinearSlot::kUp, LinearSlot::kGate},
+    {LinearSlot::kDown},
 };
 
 // sum_i (A H Aᵀ)_ii for A: [N, K], H: [K, K]: the squared output norm of A on the calibration inputs
@@ -198,91 +161,133 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
   const int64_t n = o.method == "gptq" ? o.nsamples : 0, T = o.seqlen;
   std::vector<float> X(static_cast<size_t>(n * T * H));  // X: [n, T, H] inputs of the current layer
   for (int64_t s = 0; s < n; ++s) model->embed(calib.data() + s * T, T, X.data() + s * T * H);
-  auto cache = model->new_cache(std::max<int64_t>(T, 1));
-  std::vector<float> tmp(static_cast<size_t>(T * H));
+  auto cache = model->new_cache(std::max<int64_t>(T, 1));  // positions 0..T-1; never committed
 
   std::map<std::string, quant::PackedQuant> packed;
   LlamaWeights& w = model->weights();
   Progress bar("quantize", cfg.num_layers * 7, o.progress);
   int64_t done = 0;
-  for (int64_t l = 0; l < cfg.num_layers; ++l) {
+  // Quantizes the linears `slots` of layer l from Hessian H (empty for RTN) and swaps them for
+  // their dequantized versions, so that what runs next sees the quantized outputs.
+  auto quantize_slots = [&](int64_t l, const std::vector<LinearSlot>& slots, const std::vector<float>& H) {
     LlamaLayer& L = w.layers[size_t(l)];
-    for (const auto& group : sequential_groups(o.true_sequential)) {
-      std::map<Input, quant::HessianAccumulator> hess;
-      if (n > 0) {
-        for (LinearSlot s : group) hess.try_emplace(input_of(s), L.slot(s)->in_features());
-        HessianObserver obs(group, hess, rep.seconds_hessian);
-        const auto t0 = Clock::now();
-        const double h0 = rep.seconds_hessian;
-        for (int64_t s = 0; s < n; ++s) {
-          cancelled();
-          std::copy_n(X.data() + s * T * H, T * H, tmp.data());
-          obs.next_sample();
-          model->layer_forward(l, *cache, tmp.data(), T, &obs);
+    for (LinearSlot s : slots) {
+      cancelled();
+      const auto t0 = Clock::now();
+      std::unique_ptr<Linear>& lin = L.slot(s);
+      const int64_t N = lin->out_features(), K = lin->in_features();
+      const std::string name = "model.layers." + std::to_string(l) + "." + linear_slot_name(s);
+      bar.update(done, name);
+      const std::vector<float> W = lin->dense_weight();  // W: [N, K]
+      quant::QuantResult r;
+      if (o.method == "gptq") {
+        try {
+          r = quant::gptq_quantize(W.data(), H.data(), N, K, spec);
+        } catch (const Error& e) {
+          fail(name, ": ", e.what());
         }
-        rep.seconds_forward += since(t0) - (rep.seconds_hessian - h0);
-      }
-      std::map<Input, std::vector<float>> Hs;
-      for (auto& [in, acc] : hess) Hs[in] = acc.take();
-      for (LinearSlot s : group) {
-        cancelled();
-        const auto t0 = Clock::now();
-        std::unique_ptr<Linear>& lin = L.slot(s);
-        const int64_t N = lin->out_features(), K = lin->in_features();
-        const std::string name = "model.layers." + std::to_string(l) + "." + linear_slot_name(s);
-        bar.update(done, name);
-        const std::vector<float> W = lin->dense_weight();  // W: [N, K]
-        const auto ts = Clock::now();
-        quant::QuantResult r;
-        if (o.method == "gptq") {
-          try {
-            r = quant::gptq_quantize(W.data(), Hs.at(input_of(s)).data(), N, K, spec);
-          } catch (const Error& e) {
-            fail(name, ": ", e.what());
-          }
-        } else {
-          r = quant::rtn_quantize(W.data(), N, K, spec);
-        }
-        rep.seconds_solve += since(ts);
-        const auto tp = Clock::now();
-        const std::vector<float>& bias = lin->bias();
-        quant::PackedQuant pq = quant::pack_result(r, fmt, bias.empty() ? nullptr : bias.data());
-        if (pq.wrapped_zeros > 0)
-          rep.warnings.push_back(name + ": " + std::to_string(pq.wrapped_zeros) +
-                                 " zero points of 0 wrap in the v1 format (loaders read them as 2^bits); "
-                                 "--format gptq_v2 stores them exactly");
-        std::vector<float> Q = quant::dequantize(pq.view());  // what the checkpoint computes
-        ModuleReport m;
-        m.name = name;
-        m.out_features = N;
-        m.in_features = K;
-        m.loss = r.loss;
-        m.damp_percent = r.damp_percent;
-        m.dead_columns = r.dead_columns;
-        if (o.method == "gptq" && r.damp_retries > 0)
+        if (r.damp_retries > 0)
           rep.warnings.push_back(name + ": Hessian not positive definite at damp " + std::to_string(o.damp_percent) +
                                  ", succeeded at " + std::to_string(r.damp_percent));
-        if (n > 0) {
-          std::vector<float> D(W.size());
-          for (size_t i = 0; i < W.size(); ++i) D[i] = W[i] - Q[i];
-          const std::vector<float>& Hm = Hs.at(input_of(s));
-          const double den = quad_form(W, Hm, N, K);
-          m.rel_error = den > 0 ? quad_form(D, Hm, N, K) / den : 0;
-        }
-        // Later groups and layers see this module's quantized output.
-        lin = std::make_unique<DenseLinear>(std::move(Q), K, N, bias);
-        packed.emplace(name, std::move(pq));
-        rep.seconds_pack += since(tp);
-        m.seconds = since(t0);
-        rep.modules.push_back(m);
-        bar.update(++done, name);
+      } else {
+        r = quant::rtn_quantize(W.data(), N, K, spec);
       }
+      rep.seconds_solve += since(t0);
+      const auto tp = Clock::now();
+      const std::vector<float>& bias = lin->bias();
+      quant::PackedQuant pq = quant::pack_result(r, fmt, bias.empty() ? nullptr : bias.data());
+      if (pq.wrapped_zeros > 0)
+        rep.warnings.push_back(name + ": " + std::to_string(pq.wrapped_zeros) +
+                               " zero points of 0 wrap in the v1 format (loaders read them as 2^bits); "
+                               "--format gptq_v2 stores them exactly");
+      std::vector<float> Q = quant::dequantize(pq.view());  // exactly what the checkpoint computes
+      ModuleReport m;
+      m.name = name;
+      m.out_features = N;
+      m.in_features = K;
+      m.loss = r.loss;
+      m.damp_percent = r.damp_percent;
+      m.dead_columns = r.dead_columns;
+      if (!H.empty()) {
+        std::vector<float> D(W.size());
+        for (size_t i = 0; i < W.size(); ++i) D[i] = W[i] - Q[i];
+        const double den = quad_form(W, H, N, K);
+        m.rel_error = den > 0 ? quad_form(D, H, N, K) / den : 0;
+      }
+      lin = std::make_unique<DenseLinear>(std::move(Q), K, N, bias);
+      packed.emplace(name, std::move(pq));
+      rep.seconds_pack += since(tp);
+      m.seconds = since(t0);
+      rep.modules.push_back(m);
+      bar.update(++done, name);
     }
+  };
+
+  const int64_t A = cfg.num_heads * cfg.head_dim, F = cfg.intermediate_size;
+  std::vector<float> att(static_cast<size_t>(n * T * A));  // att: [n, T, A] attention outputs of the layer
+  std::vector<float> h(static_cast<size_t>(T * H)), x1(static_cast<size_t>(T * H)), g(static_cast<size_t>(T * F));
+  for (int64_t l = 0; l < cfg.num_layers; ++l) {
+    if (n == 0) {  // RTN needs no inputs
+      for (const auto& slots : kStageSlots) quantize_slots(l, slots, {});
+      continue;
+    }
+    // Each stage runs once over the calibration windows and yields the input of the next linears.
+    // True-sequential: those linears are quantized before the following stage runs. Otherwise all
+    // Hessians come from the original layer and everything is quantized at the end.
+    std::vector<std::vector<float>> stage_H(4);
+    for (int stage = 0; stage < 4; ++stage) {
+      quant::HessianAccumulator acc(stage == 1 ? A : stage == 3 ? F : H);
+      for (int64_t s = 0; s < n; ++s) {
+        cancelled();
+        float* xs = X.data() + s * T * H;  // the layer's input (true-sequential: updated in place to x + o(att))
+        float* as = att.data() + s * T * A;
+        const auto t0 = Clock::now();
+        const float* in = nullptr;
+        if (stage == 0) {
+          model->attn_norm(l, xs, T, h.data());
+          in = h.data();
+        } else if (stage == 1) {
+          model->attn_norm(l, xs, T, h.data());
+          model->attention_block(l, *cache, h.data(), T, as);
+          in = as;
+        } else {  // stages 2 and 3 read x1 = x + o(att)
+          float* x1p = xs;
+          if (!o.true_sequential) {
+            std::copy_n(xs, T * H, x1.data());
+            model->attn_out(l, as, T, x1.data());
+            x1p = x1.data();
+          } else if (stage == 2) {
+            model->attn_out(l, as, T, xs);  // with the quantized o_proj; xs keeps x1 from here on
+          }
+          model->mlp_norm(l, x1p, T, h.data());
+          in = h.data();
+          if (stage == 3) {
+            model->mlp_act(l, h.data(), T, g.data());
+            in = g.data();
+          }
+        }
+        rep.seconds_forward += since(t0);
+        const auto th = Clock::now();
+        acc.add_batch(in, 1, T);
+        rep.seconds_hessian += since(th);
+      }
+      stage_H[size_t(stage)] = acc.take();
+      if (o.true_sequential) quantize_slots(l, kStageSlots[stage], stage_H[size_t(stage)]);
+    }
+    if (!o.true_sequential)
+      for (int stage = 0; stage < 4; ++stage) quantize_slots(l, kStageSlots[stage], stage_H[size_t(stage)]);
     // This layer, now quantized, produces the next layer's inputs.
     const auto t0 = Clock::now();
     for (int64_t s = 0; s < n && l + 1 < cfg.num_layers; ++s) {
       cancelled();
-      model->layer_forward(l, *cache, X.data() + s * T * H, T, nullptr);
+      float* xs = X.data() + s * T * H;
+      if (o.true_sequential) {  // xs already holds x + o(att)
+        model->mlp_norm(l, xs, T, h.data());
+        model->mlp_act(l, h.data(), T, g.data());
+        model->mlp_out(l, g.data(), T, xs);
+      } else {
+        model->layer_forward(l, *cache, xs, T);
+      }
     }
     rep.seconds_forward += since(t0);
   }
