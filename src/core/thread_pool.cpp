@@ -1,5 +1,7 @@
 #include "core/thread_pool.h"
 
+#include <cblas.h>
+
 #include <algorithm>
 #include <memory>
 
@@ -88,14 +90,29 @@ std::unique_ptr<ThreadPool>& global_slot() {
 }
 }  // namespace
 
+// The pool owns the parallelism: BLAS runs single-threaded inside its tasks (OpenBLAS's own
+// threads on top of ours would oversubscribe the cores). Code that calls BLAS from one thread
+// for a big factorization raises it for that call (quant/blas_threads.h).
+static void single_threaded_blas() {
+  static const bool done = [] {
+    openblas_set_num_threads(1);
+    return true;
+  }();
+  (void)done;
+}
+
 ThreadPool& ThreadPool::global() {
   auto& p = global_slot();
-  if (!p) p = std::make_unique<ThreadPool>(hardware_threads());
+  if (!p) {
+    single_threaded_blas();
+    p = std::make_unique<ThreadPool>(hardware_threads());
+  }
   return *p;
 }
 
 void ThreadPool::set_num_threads(int n) {
   if (n <= 0) n = hardware_threads();
+  single_threaded_blas();
   auto& p = global_slot();
   if (p && p->size() == n) return;
   p = std::make_unique<ThreadPool>(n);

@@ -1,6 +1,4 @@
 // gptq: quantize, run and measure Llama-family models. One subcommand per cmd-*.cpp.
-#include <cblas.h>
-
 #include <cstdio>
 #include <exception>
 #include <new>
@@ -11,8 +9,6 @@
 #include "gptq/version.h"
 
 int main(int argc, char** argv) {
-  // Our thread pool splits the work; OpenBLAS runs single-threaded inside each task.
-  openblas_set_num_threads(1);
   CLI::App app{"gptq: GPTQ quantization and inference for Llama-family models"};
   app.set_version_flag("--version", std::string("gptq ") + gptq::version() + " (" + gptq::commit() + ")");
   app.require_subcommand(1);
