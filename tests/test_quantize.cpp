@@ -1,0 +1,262 @@
+// gptq quantize end to end: the checkpoint's format and files, determinism, bad input, and quality
+// against the GPTQ authors' solver (../shared/golden/<model>/reference_gptq.json).
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "cli_runner.h"
+#include "core/fs.h"
+#include "gptq/error.h"
+#include "gptq/model.h"
+#include "gptq/perplexity.h"
+#include "gptq/quantize.h"
+#include "gptq/safetensors.h"
+#include "gptq/tokenizer.h"
+#include "shared_paths.h"
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+struct Calib {
+  const char* model;
+  const char* file;
+  int64_t ctx;
+};
+const Calib kBaby = {"babyllama-361", "data/tinystories-sample/tiny.utf8", 256};
+const Calib kGutenberg = {"llama-gutenberg-22m", "data/gutenberg-heldout/heldout.txt", 1024};
+
+std::string out_dir(const std::string& tag) {
+  const fs::path p = fs::path(testing::TempDir()) / ("gptq_q_" + tag);
+  fs::remove_all(p);
+  return p.string();
+}
+
+gptq::QuantizeOptions calib_options(const Calib& c) {
+  gptq::QuantizeOptions o;
+  o.calibration_file = shared_path(c.file);
+  o.seqlen = c.ctx;
+  o.nsamples = 128;
+  o.progress = false;
+  return o;
+}
+
+// In-domain perplexity on windows 128..191, which calibration never sees.
+double calib_ppl(const std::string& dir, const Calib& c) {
+  auto m = gptq::Model::load(dir);
+  const auto tok = gptq::Tokenizer::from_model_dir(dir);
+  const auto ids = tok.encode(gptq::read_text_file(shared_path(c.file)));
+  gptq::PerplexityOptions p;
+  p.ctx = c.ctx;
+  p.window_begin = 128;
+  p.window_end = 192;
+  p.progress = false;
+  return gptq::perplexity(*m, ids, p).ppl;
+}
+
+#define NEED_SHARED(c)                                                                   \
+  if (!gptq_test::is_dir(shared_path(std::string("models/") + (c).model)))              \
+  GTEST_SKIP() << "../shared/models/" << (c).model << " not found: skipped"
+
+template <typename F>
+std::string error_of(F fn) {
+  try {
+    fn();
+  } catch (const gptq::Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+TEST(Quantize, CheckpointFormatFilesAndDeterminism) {
+  NEED_SHARED(kBaby);
+  const std::string src = shared_path("models/babyllama-361");
+  const std::string a = out_dir("fmt_a"), b = out_dir("fmt_b");
+  auto o = calib_options(kBaby);
+  o.nsamples = 16;
+  o.bits = 3;
+  o.group_size = 32;
+  o.desc_act = true;
+  const auto rep = gptq::quantize_model(src, a, o);
+  gptq::quantize_model(src, b, o);
+  EXPECT_EQ(gptq::read_text_file(a + "/model.safetensors"), gptq::read_text_file(b + "/model.safetensors"));
+  EXPECT_EQ(rep.modules.size(), 5u * 7u);
+  for (const char* f : {"config.json", "quantize_config.json", "tokenizer.json", "tokenizer_config.json",
+                        "tokenizer.model", "generation_config.json", "special_tokens_map.json"})
+    EXPECT_TRUE(fs::exists(fs::path(a) / f)) << f;
+  const json cfg = json::parse(gptq::read_text_file(a + "/config.json"));
+  const json& q = cfg["quantization_config"];
+  EXPECT_EQ(q["quant_method"], "gptq");
+  EXPECT_EQ(q["bits"], 3);
+  EXPECT_EQ(q["group_size"], 32);
+  EXPECT_EQ(q["desc_act"], true);
+  EXPECT_EQ(q["sym"], true);
+  EXPECT_EQ(q["checkpoint_format"], "gptq");
+  EXPECT_EQ(json::parse(gptq::read_text_file(a + "/quantize_config.json")), q);
+  gptq::SafetensorsFile st(a + "/model.safetensors");
+  EXPECT_EQ(st.metadata().at("format"), "pt");
+  const auto& t = st.tensors();
+  const std::string p = "model.layers.0.mlp.down_proj";  // K = 352, N = 128
+  EXPECT_EQ(t.count(p + ".weight"), 0u);
+  EXPECT_EQ(t.at(p + ".qweight").shape, (std::vector<int64_t>{352 * 3 / 32, 128}));
+  EXPECT_EQ(t.at(p + ".qweight").dtype, gptq::DType::kI32);
+  EXPECT_EQ(t.at(p + ".qzeros").shape, (std::vector<int64_t>{11, 128 * 3 / 32}));
+  EXPECT_EQ(t.at(p + ".scales").shape, (std::vector<int64_t>{11, 128}));
+  EXPECT_EQ(t.at(p + ".scales").dtype, gptq::DType::kF16);
+  EXPECT_EQ(t.at(p + ".g_idx").shape, (std::vector<int64_t>{352}));
+  EXPECT_EQ(t.at("model.embed_tokens.weight").dtype, gptq::DType::kF16);
+  EXPECT_EQ(t.at("model.norm.weight").dtype, gptq::DType::kF16);
+  // Symmetric v1: every stored zero is 2^(b-1) - 1.
+  const auto& qz = t.at("model.layers.0.self_attn.q_proj.qzeros");
+  const uint32_t* z = static_cast<const uint32_t*>(qz.data);
+  // 3-bit packing of 32 copies of 3 (0b011): the three words of a run
+  EXPECT_EQ(z[0], 0xDB6DB6DBu);
+  EXPECT_EQ(z[1], 0xB6DB6DB6u);
+  EXPECT_EQ(z[2], 0x6DB6DB6Du);
+  // act-order: g_idx is a permuted group map
+  const auto& gi = t.at(p + ".g_idx");
+  const int32_t* g = static_cast<const int32_t*>(gi.data);
+  bool monotone = true;
+  for (int i = 1; i < 352; ++i) monotone &= g[i] >= g[i - 1];
+  EXPECT_FALSE(monotone);
+  // the checkpoint runs
+  auto m = gptq::Model::load(a);
+  EXPECT_NE(m->weight_dtype_summary().find("GPTQ 3-bit g32"), std::string::npos);
+}
+
+TEST(Quantize, ShardsAndV2FormatAndRtn) {
+  NEED_SHARED(kBaby);
+  const std::string src = shared_path("models/babyllama-361");
+  const std::string a = out_dir("shards");
+  gptq::QuantizeOptions o;
+  o.method = "rtn";
+  o.format = "gptq_v2";
+  o.sym = false;
+  o.max_shard_bytes = 300000;
+  o.progress = false;
+  gptq::quantize_model(src, a, o);
+  EXPECT_FALSE(fs::exists(a + "/model.safetensors"));
+  const json idx = json::parse(gptq::read_text_file(a + "/model.safetensors.index.json"));
+  EXPECT_GE(idx["weight_map"].size(), 100u);
+  const auto store = gptq::TensorStore::open_dir(a);
+  EXPECT_GT(store.files().size(), 1u);
+  for (const auto& f : store.files()) EXPECT_LE(f->file_size(), 300000u + 64u * 1024u);
+  const json q = json::parse(gptq::read_text_file(a + "/config.json"))["quantization_config"];
+  EXPECT_EQ(q["checkpoint_format"], "gptq_v2");
+  EXPECT_EQ(q["sym"], false);
+  const double ppl = calib_ppl(a, kBaby);
+  EXPECT_LT(ppl, 3.3);  // reference RTN 4-bit g128 sym: 3.116
+}
+
+TEST(Quantize, BadInputIsRefusedAndNothingIsWritten) {
+  NEED_SHARED(kBaby);
+  const std::string src = shared_path("models/babyllama-361");
+  const std::string out = out_dir("bad");
+  auto o = calib_options(kBaby);
+  o.nsamples = 5000;  // tiny.utf8 has ~1019 windows of 256
+  EXPECT_NE(error_of([&] { gptq::quantize_model(src, out, o); }).find("too short"), std::string::npos);
+  o = calib_options(kBaby);
+  o.bits = 5;
+  EXPECT_NE(error_of([&] { gptq::quantize_model(src, out, o); }).find("bits"), std::string::npos);
+  o = calib_options(kBaby);
+  o.group_size = 0;
+  EXPECT_NE(error_of([&] { gptq::quantize_model(src, out, o); }).find("group"), std::string::npos);
+  o = calib_options(kBaby);
+  o.calibration_file.clear();
+  EXPECT_NE(error_of([&] { gptq::quantize_model(src, out, o); }).find("--calibration"), std::string::npos);
+  EXPECT_FALSE(fs::exists(out));
+
+  // interrupted: nothing at out, no partial folder left beside it
+  o = calib_options(kBaby);
+  o.nsamples = 8;
+  std::atomic<bool> cancel{true};
+  o.cancel = &cancel;
+  EXPECT_NE(error_of([&] { gptq::quantize_model(src, out, o); }).find("interrupted"), std::string::npos);
+  EXPECT_FALSE(fs::exists(out));
+  for (const auto& e : fs::directory_iterator(fs::path(out).parent_path()))
+    EXPECT_EQ(e.path().filename().string().find(".gptq_q_bad"), std::string::npos) << e.path();
+
+  // an existing output folder without --force; a quantized model as input
+  o.cancel = nullptr;
+  o.method = "rtn";
+  gptq::quantize_model(src, out, o);
+  EXPECT_NE(error_of([&] { gptq::quantize_model(src, out, o); }).find("exists"), std::string::npos);
+  EXPECT_NE(error_of([&] { gptq::quantize_model(out, out_dir("bad2"), o); }).find("already quantized"),
+            std::string::npos);
+  o.force = true;
+  gptq::quantize_model(src, out, o);  // replaced
+
+  // the CLI: one line, exit code 2
+  gptq_test::expect_cli_error(
+      gptq_test::run_cli({"quantize", "-m", src, "-o", out, "--method", "rtn"}), {"exists", "--force"});
+  gptq_test::expect_cli_error(gptq_test::run_cli({"quantize", "-m", src, "-o", out_dir("bad3"), "--bits", "5"}),
+                              {"--bits"});
+}
+
+// ---- quality against reference_gptq.json ----------------------------------------------------
+
+struct RefCase {
+  std::string method;
+  int bits, group;
+  bool desc_act, sym;
+  double ppl;
+};
+
+std::vector<RefCase> reference_cases(const Calib& c) {
+  std::vector<RefCase> out;
+  const std::string p = shared_path(std::string("golden/") + c.model + "/reference_gptq.json");
+  if (!gptq::file_exists(p)) return out;
+  const json ref = json::parse(gptq::read_text_file(p));
+  for (const auto& r : ref["results"]) {
+    if (r["method"] == "fp32") continue;
+    out.push_back({r["method"], r["bits"], r["group_size"], r["desc_act"], r["sym"], r["calib_ppl"]});
+  }
+  return out;
+}
+
+// Quantizes with every configuration of the reference and checks each lands within 1 % of the
+// reference perplexity (or below), and that GPTQ beats RTN at 3 and 4 bits.
+void check_reference_matrix(const Calib& c) {
+  const auto cases = reference_cases(c);
+  ASSERT_FALSE(cases.empty());
+  std::map<std::string, double> ours;
+  for (const auto& rc : cases) {
+    auto o = calib_options(c);
+    o.method = rc.method;
+    o.bits = rc.bits;
+    o.group_size = rc.group;
+    o.desc_act = rc.desc_act;
+    o.sym = rc.sym;
+    const std::string key = rc.method + " " + std::to_string(rc.bits) + "-bit g" + std::to_string(rc.group) +
+                            (rc.desc_act ? " act-order" : "") + (rc.sym ? " sym" : " asym");
+    const std::string dir = out_dir("ref");
+    gptq::quantize_model(shared_path(std::string("models/") + c.model), dir, o);
+    const double ppl = calib_ppl(dir, c);
+    ours[rc.method + std::to_string(rc.bits) + "g" + std::to_string(rc.group) + (rc.desc_act ? "a" : "") +
+         (rc.sym ? "" : "z")] = ppl;
+    std::printf("[ quality  ] %s %s: ppl %.4f, reference %.4f (%+.2f %%)\n", c.model, key.c_str(), ppl, rc.ppl,
+                100 * (ppl / rc.ppl - 1));
+    EXPECT_LE(ppl, rc.ppl * 1.01) << key;
+  }
+  for (int b : {3, 4}) {
+    const std::string g = "gptq" + std::to_string(b) + "g128", r = "rtn" + std::to_string(b) + "g128";
+    if (ours.count(g) && ours.count(r)) {
+      EXPECT_LT(ours[g], ours[r]) << b << " bits";
+    }
+  }
+}
+
+TEST(QuantizeQuality, Babyllama361MatchesReference) {
+  NEED_SHARED(kBaby);
+  check_reference_matrix(kBaby);
+}
+
+TEST(QuantizeQuality, SlowGutenberg22mMatchesReference) {
+  NEED_SHARED(kGutenberg);
+  check_reference_matrix(kGutenberg);
+}
+
+}  // namespace
