@@ -1,6 +1,6 @@
 // Greedy generation and WikiText-2 perplexity against the reference implementation
-// (../shared/golden/<model>/{greedy,perplexity}.json). The full-WikiText-2 cases are the slowest
-// tests of the suite (named *Slow*, left out of the sanitizer run).
+// (../shared/golden/<model>/{greedy,perplexity}.json). The full-WikiText-2 cases are among the
+// slowest tests of the suite (left out of the sanitizer run).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -45,7 +45,7 @@ TEST_P(Golden, GreedyContinuationsIdentical) {
 }
 
 TEST_P(Golden, PerplexityFirstWindowsFinite) {
-  // Quick check on a few windows (the full run is the Slow test below).
+  // Token and window counts and the data hash, on a couple of windows (the full run is below).
   auto model = gptq::Model::load(model_dir_);
   const auto tok = gptq::Tokenizer::from_model_dir(model_dir_);
   const json p = load("perplexity.json");
@@ -62,7 +62,7 @@ TEST_P(Golden, PerplexityFirstWindowsFinite) {
   EXPECT_TRUE(std::isfinite(r.ppl));
 }
 
-TEST_P(Golden, SlowWikitextPerplexityWithinTolerance) {
+TEST_P(Golden, WikitextPerplexityWithinTolerance) {
   auto model = gptq::Model::load(model_dir_);
   const auto tok = gptq::Tokenizer::from_model_dir(model_dir_);
   const json p = load("perplexity.json");
