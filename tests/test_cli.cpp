@@ -111,6 +111,34 @@ TEST(Cli, BenchTableAndJson) {
   EXPECT_GT(j["decode"]["tokens_per_s"].get<double>(), 0);
 }
 
+TEST(Cli, QuantizeThenCompare) {
+  NEED_MODEL(m, "babyllama-361");
+  const std::string out = testing::TempDir() + "/gptq_cli_q361";
+  fs::remove_all(out);
+  auto r = run_cli({"quantize", "-m", m, "-o", out, "--calibration", shared_path("data/tinystories-sample/tiny.utf8"),
+                    "--seqlen", "256", "--nsamples", "16", "-q"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.out.find("| model.layers.4.mlp.down_proj | 128x352 |"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("| solver |"), std::string::npos) << r.out;
+  r = run_cli({"inspect", out, "--json"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(json::parse(r.out)["quantization"]["bits"], 4);
+  r = run_cli({"bench", "--compare", m, out, "-p", "32", "-n", "8", "-r", "2", "-f",
+               shared_path("data/tinystories-sample/tiny.utf8"), "--ctx", "256", "--windows", "128:130", "--json"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const json j = json::parse(r.out);
+  ASSERT_EQ(j["models"].size(), 2u);
+  EXPECT_LT(j["models"][1]["file_bytes"].get<double>(), 0.25 * j["models"][0]["file_bytes"].get<double>());
+  EXPECT_GT(j["models"][1]["memory_bytes"].get<double>(), 0);
+  EXPECT_GT(j["models"][1]["ppl"].get<double>(), j["models"][0]["ppl"].get<double>() * 0.98);
+  r = run_cli({"bench", "--compare", m, out, "-p", "32", "-n", "8", "-r", "2"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.out.find("| size on disk |"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("| decode t/s (tg8) |"), std::string::npos) << r.out;
+  expect_cli_error(run_cli({"bench", "--compare", m, "/nonexistent/q", "-p", "8", "-n", "4", "-r", "1"}),
+                   {"/nonexistent/q"});
+}
+
 TEST(Cli, BadInputGivesOneLineAndExitCode2) {
   NEED_MODEL(m, "babyllama-105");
   expect_cli_error(run_cli({"generate", "-m", "/nonexistent/model", "-p", "hi"}), {"/nonexistent/model"});

@@ -27,6 +27,7 @@ class SafetensorsFile {
   const std::map<std::string, TensorView>& tensors() const { return tensors_; }
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   size_t file_size() const;
+  void drop_pages() const;  // see MappedFile::drop_pages
 
  private:
   std::string path_;

@@ -16,6 +16,9 @@ class MappedFile {
 
   const uint8_t* data() const { return data_; }
   size_t size() const { return size_; }
+  // Drops the resident pages of the mapping (they fault back in from the page cache when read
+  // again): after load-time repacking, memory then counts only what the model really uses.
+  void drop_pages() const;
 
  private:
   const uint8_t* data_ = nullptr;

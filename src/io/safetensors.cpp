@@ -97,6 +97,8 @@ SafetensorsFile::~SafetensorsFile() = default;
 
 size_t SafetensorsFile::file_size() const { return map_->size(); }
 
+void SafetensorsFile::drop_pages() const { map_->drop_pages(); }
+
 TensorStore TensorStore::open_dir(const std::string& dir) {
   TensorStore s;
   s.dir_ = dir;

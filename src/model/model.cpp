@@ -125,6 +125,10 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& op
     L.down = load_linear(s, c, p + "mlp.down_proj", H, F, c.mlp_bias);
   }
   m->w_ = std::move(w);
+  // Quantized layers were repacked into their own buffers: the file pages read for that need not
+  // stay resident (those still used, like the embeddings, fault back in from the page cache).
+  if (c.quant)
+    for (const auto& f : s.files()) f->drop_pages();
   return m;
 }
 

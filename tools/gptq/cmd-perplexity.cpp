@@ -28,20 +28,7 @@ Runner add_perplexity(CLI::App& app) {
   return [a]() {
     PerplexityOptions o;
     o.ctx = a->ctx;
-    if (!a->windows.empty()) {
-      const size_t colon = a->windows.find(':');
-      try {
-        if (colon == std::string::npos) throw std::invalid_argument("no colon");
-        size_t used = 0;
-        o.window_begin = std::stoll(a->windows.substr(0, colon), &used);
-        if (used != colon) throw std::invalid_argument("junk");
-        const std::string e = a->windows.substr(colon + 1);
-        o.window_end = std::stoll(e, &used);
-        if (used != e.size()) throw std::invalid_argument("junk");
-      } catch (const std::exception&) {
-        fail("--windows expects A:B (e.g. 128:192), got \"", a->windows, "\"");
-      }
-    }
+    parse_windows(a->windows, &o.window_begin, &o.window_end);
     const std::string raw = read_text_file(a->file);
     LoadOptions lo;
     lo.threads = a->threads;

@@ -44,6 +44,24 @@ std::string model_name(const std::string& dir) {
   return s == std::string::npos ? d : d.substr(s + 1);
 }
 
+void parse_windows(const std::string& spec, int64_t* begin, int64_t* end) {
+  if (spec.empty()) return;
+  const size_t colon = spec.find(':');
+  try {
+    if (colon == std::string::npos) throw std::invalid_argument("no colon");
+    size_t used = 0;
+    const int64_t b = std::stoll(spec.substr(0, colon), &used);
+    if (used != colon) throw std::invalid_argument("junk");
+    const std::string e = spec.substr(colon + 1);
+    const int64_t en = std::stoll(e, &used);
+    if (used != e.size()) throw std::invalid_argument("junk");
+    *begin = b;
+    *end = en;
+  } catch (const std::exception&) {
+    fail("--windows expects A:B (e.g. 128:192), got \"", spec, "\"");
+  }
+}
+
 std::string read_prompt(const std::string& prompt, const std::string& file) {
   if (!file.empty()) {
     if (!prompt.empty()) fail("give either -p/--prompt or -f/--file, not both");

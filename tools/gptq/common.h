@@ -22,6 +22,8 @@ std::string human_bytes(double bytes);   // "41.45 MiB"
 std::string human_count(double n);       // "21.73 M"
 void print_json(const nlohmann::json& j);  // one object on stdout
 std::string model_name(const std::string& dir);  // last path component
+// "A:B" -> [A, B); leaves begin/end unchanged when spec is empty.
+void parse_windows(const std::string& spec, int64_t* begin, int64_t* end);
 std::string read_prompt(const std::string& prompt, const std::string& file);  // -p TEXT or -f FILE
 
 }  // namespace gptq::cli
