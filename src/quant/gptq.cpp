@@ -1,0 +1,298 @@
+#include "quant/gptq.h"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <mutex>
+#include <numeric>
+
+#include "core/thread_pool.h"
+#include "gptq/error.h"
+#include "quant/blas_threads.h"
+#include "quant/quantizer.h"
+
+// LAPACK as bundled in libopenblas (its own threaded potrf/trtri); LAPACKE is not needed.
+extern "C" {
+void dpotrf_(const char* uplo, const int* n, double* a, const int* lda, int* info);
+void dtrtri_(const char* uplo, const char* diag, const int* n, double* a, const int* lda, int* info);
+}
+
+namespace gptq::quant {
+
+namespace {
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// Computes U: [K, K] fp32 row-major, the upper Cholesky factor of (Hp + damp*I)^-1, where
+// Hp = H[perm][:, perm] with `diag` replacing H's diagonal. Returns false when Hp + damp*I is not
+// positive definite.
+//
+// With J the index reversal, J Hp J = L L^T (LAPACK lower Cholesky) gives Hp = R R^T with the
+// upper-triangular R = J L J, hence Hp^-1 = (R^-1)^T R^-1 and U = R^-1 = J L^-1 J.
+// a: [K*K] double scratch, column-major for LAPACK.
+bool factor_hinv(const float* H, const float* diag, const std::vector<int64_t>& perm, int64_t K, double damp,
+                 std::vector<double>& a, float* U) {
+  const int n = int(K);
+  // M = J Hp J: M[i][j] = Hp[K-1-i][K-1-j] = H[q[i]][q[j]], q[i] = perm[K-1-i]. M is symmetric, so
+  // its row-major and column-major images are the same.
+  parallel_for(0, size_t(K), [&](size_t i0, size_t i1) {
+    for (int64_t i = int64_t(i0); i < int64_t(i1); ++i) {
+      const int64_t qi = perm[size_t(K - 1 - i)];
+      const float* h = H + qi * K;
+      double* ai = a.data() + i * K;
+      for (int64_t j = 0; j < K; ++j) ai[j] = h[perm[size_t(K - 1 - j)]];
+      ai[i] = double(diag[qi]) + damp;
+    }
+  });
+  int info = 0;
+  {
+    BlasThreadsScope all_threads(ThreadPool::global().size());
+    dpotrf_("L", &n, a.data(), &n, &info);
+    if (info != 0) return false;
+    dtrtri_("L", "N", &n, a.data(), &n, &info);
+    if (info != 0) return false;
+  }
+  // U[i][j] = Linv(K-1-i, K-1-j) = a[(K-1-i) + (K-1-j)*K] for i <= j; blocked because the source
+  // is read with stride K.
+  constexpr int64_t kB = 64;
+  parallel_for(0, size_t((K + kB - 1) / kB), [&](size_t b0, size_t b1) {
+    for (int64_t ib = int64_t(b0) * kB; ib < std::min<int64_t>(K, int64_t(b1) * kB); ib += kB) {
+      const int64_t ie = std::min(K, ib + kB);
+      for (int64_t i = ib; i < ie; ++i) std::fill(U + i * K, U + i * K + i, 0.f);
+      for (int64_t jb = ib; jb < K; jb += kB) {
+        const int64_t je = std::min(K, jb + kB);
+        for (int64_t j = jb; j < je; ++j) {
+          const double* col = a.data() + (K - 1 - j) * K;  // column K-1-j of Linv
+          for (int64_t i = ib; i < std::min(ie, j + 1); ++i) U[i * K + j] = float(col[K - 1 - i]);
+        }
+      }
+    }
+  });
+  return true;
+}
+
+}  // namespace
+
+void check_spec(const QuantSpec& spec, int64_t K) {
+  check_bits(spec.bits);
+  if (K <= 0) fail("cannot quantize a layer with ", K, " input features");
+  resolve_group_size(K, spec.group_size);
+  if (!(spec.damp_percent >= 0.0) || spec.damp_percent >= 1.0)
+    fail("damp_percent ", spec.damp_percent, " must be in [0, 1)");
+  if (spec.block_size <= 0) fail("block_size ", spec.block_size, " must be positive");
+  if (spec.max_damp_retries < 0) fail("max_damp_retries must be >= 0");
+}
+
+QuantResult gptq_quantize(const float* W, const float* H, int64_t N, int64_t K, const QuantSpec& spec) {
+  check_spec(spec, K);
+  if (N <= 0) fail("cannot quantize a layer with ", N, " output features");
+  const int maxq = max_code(spec.bits);
+  const bool whole_row = spec.group_size == -1;
+  const int64_t G = resolve_group_size(K, spec.group_size);
+  const bool static_groups = spec.static_groups && !whole_row;
+
+  QuantResult res;
+  res.N = N;
+  res.K = K;
+  res.bits = spec.bits;
+  res.group_size = spec.group_size;
+  res.n_groups = num_groups(K, spec.group_size);
+  res.codes.resize(size_t(N * K));
+  res.Wq.resize(size_t(N * K));
+  res.scales.resize(size_t(res.n_groups * N));
+  res.zeros.resize(size_t(res.n_groups * N));
+  res.g_idx.resize(static_cast<size_t>(K));
+
+  // The whole-row grid comes from W before dead columns are zeroed (fasterquant's first find_params).
+  if (whole_row) {
+    parallel_for(0, size_t(N), [&](size_t n0, size_t n1) {
+      for (int64_t n = int64_t(n0); n < int64_t(n1); ++n) {
+        const GridParams p = find_params(W + n * K, K, maxq, spec.sym);
+        res.scales[size_t(n)] = p.scale;
+        res.zeros[size_t(n)] = int32_t(p.zero);
+      }
+    });
+  }
+
+  // Dead inputs: never seen non-zero in calibration, so nothing constrains them.
+  std::vector<float> diag(static_cast<size_t>(K));  // diag(H) after the dead fix
+  std::vector<uint8_t> dead(static_cast<size_t>(K), 0);
+  for (int64_t k = 0; k < K; ++k) {
+    diag[size_t(k)] = H[k * K + k];
+    if (diag[size_t(k)] == 0.f) {
+      dead[size_t(k)] = 1;
+      diag[size_t(k)] = 1.f;
+      ++res.dead_columns;
+    }
+  }
+
+  std::vector<int64_t> perm(static_cast<size_t>(K));
+  std::iota(perm.begin(), perm.end(), int64_t(0));
+  if (spec.desc_act)
+    std::stable_sort(perm.begin(), perm.end(),
+                     [&](int64_t a, int64_t b) { return diag[size_t(a)] > diag[size_t(b)]; });
+
+  // Wp: [N, K] = W with dead columns zeroed, columns permuted (the solver's working copy).
+  std::vector<float> Wp(static_cast<size_t>(N * K));
+  parallel_for(0, size_t(N), [&](size_t n0, size_t n1) {
+    for (int64_t n = int64_t(n0); n < int64_t(n1); ++n)
+      for (int64_t i = 0; i < K; ++i) {
+        const int64_t k = perm[size_t(i)];
+        Wp[size_t(n * K + i)] = dead[size_t(k)] ? 0.f : W[n * K + k];
+      }
+  });
+
+  // Static groups: grids of the original column groups, from the dead-zeroed W.
+  if (static_groups) {
+    parallel_for(0, size_t(N), [&](size_t n0, size_t n1) {
+      std::vector<float> row(static_cast<size_t>(G));
+      for (int64_t n = int64_t(n0); n < int64_t(n1); ++n)
+        for (int64_t g = 0; g < res.n_groups; ++g) {
+          const int64_t k0 = g * G, k1 = std::min(K, k0 + G);
+          for (int64_t k = k0; k < k1; ++k) row[size_t(k - k0)] = dead[size_t(k)] ? 0.f : W[n * K + k];
+          const GridParams p = find_params(row.data(), k1 - k0, maxq, spec.sym);
+          res.scales[size_t(g * N + n)] = p.scale;
+          res.zeros[size_t(g * N + n)] = int32_t(p.zero);
+        }
+    });
+  }
+
+  for (int64_t k = 0; k < K; ++k) res.g_idx[size_t(k)] = whole_row ? 0 : int32_t(k / G);
+  if (spec.desc_act && !static_groups && !whole_row)
+    for (int64_t i = 0; i < K; ++i) res.g_idx[size_t(perm[size_t(i)])] = int32_t(i / G);
+
+  // Hinv: [K, K] upper Cholesky factor of (Hp + damp I)^-1, retrying with more damping.
+  auto t0 = std::chrono::steady_clock::now();
+  double mean_diag = 0;
+  for (float d : diag) mean_diag += d;
+  mean_diag /= double(K);
+  std::vector<float> U(static_cast<size_t>(K * K));
+  {
+    std::vector<double> a(static_cast<size_t>(K * K));
+    double pct = spec.damp_percent;
+    for (int attempt = 0;; ++attempt) {
+      const double damp = pct * mean_diag;
+      if (factor_hinv(H, diag.data(), perm, K, damp, a, U.data())) {
+        res.damp = damp;
+        res.damp_percent = pct;
+        res.damp_retries = attempt;
+        break;
+      }
+      if (attempt == spec.max_damp_retries)
+        fail("the Hessian is not positive definite even with damp_percent ", pct, " (", attempt,
+             " retries); the calibration data may be too small or degenerate for this layer");
+      pct = pct > 0 ? pct * 10.0 : 0.01;  // damp_percent 0 still deserves a retry
+    }
+  }
+  res.seconds_factor = seconds_since(t0);
+
+  // Column loop. Rows are independent given U, so each thread runs the whole blocked algorithm on
+  // its own rows; the lazy update of the columns right of a block is one sgemm per thread.
+  t0 = std::chrono::steady_clock::now();
+  const int64_t B = spec.block_size;
+  std::mutex loss_mu;
+  BlasThreadsScope one_blas_thread(1);
+  parallel_for(
+      0, size_t(N),
+      [&](size_t r0_, size_t r1_) {
+        const int64_t r0 = int64_t(r0_), R = int64_t(r1_) - r0;
+        std::vector<float> W1(static_cast<size_t>(R * B));    // [R, B] in-block copy receiving the eager updates
+        std::vector<float> Err1(static_cast<size_t>(R * B));  // [R, B] scaled errors of the block
+        std::vector<GridParams> cur(static_cast<size_t>(R));  // each row's grid of the current group
+        double loss = 0;
+        for (int64_t i1 = 0; i1 < K; i1 += B) {
+          const int64_t i2 = std::min(K, i1 + B), cnt = i2 - i1;
+          for (int64_t r = 0; r < R; ++r) {
+            const int64_t n = r0 + r;
+            float* w1 = W1.data() + r * B;
+            float* e1 = Err1.data() + r * B;
+            const float* wrow = Wp.data() + n * K;  // block-start state of the row
+            std::copy(wrow + i1, wrow + i2, w1);
+            for (int64_t i = 0; i < cnt; ++i) {
+              const int64_t col = i1 + i;
+              GridParams p;
+              if (whole_row) {
+                p = {res.scales[size_t(n)], float(res.zeros[size_t(n)])};
+              } else if (static_groups) {
+                const int64_t g = perm[size_t(col)] / G;
+                p = {res.scales[size_t(g * N + n)], float(res.zeros[size_t(g * N + n)])};
+              } else {
+                if (col % G == 0) {
+                  cur[size_t(r)] = find_params(wrow + col, std::min(G, K - col), maxq, spec.sym);
+                  res.scales[size_t((col / G) * N + n)] = cur[size_t(r)].scale;
+                  res.zeros[size_t((col / G) * N + n)] = int32_t(cur[size_t(r)].zero);
+                }
+                p = cur[size_t(r)];
+              }
+              const float w = w1[i];
+              const float q = quantize_code(w, p.scale, p.zero, maxq);
+              const float dq = dequantize_code(q, p.scale, p.zero);
+              const int64_t k = perm[size_t(col)];
+              res.codes[size_t(n * K + k)] = uint8_t(q);
+              res.Wq[size_t(n * K + k)] = dq;
+              const float* u = U.data() + col * K;  // row `col` of Hinv
+              const float d = u[col];
+              loss += double(w - dq) * double(w - dq) / (double(d) * double(d));
+              const float err = (w - dq) / d;
+              for (int64_t j = i + 1; j < cnt; ++j) w1[j] -= err * u[i1 + j];
+              e1[i] = err;
+            }
+          }
+          // Wp[rows, i2:] -= Err1[rows, :cnt] * Hinv[i1:i2, i2:]
+          if (i2 < K)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(R), int(K - i2), int(cnt), -1.f,
+                        Err1.data(), int(B), U.data() + i1 * K + i2, int(K), 1.f, Wp.data() + r0 * K + i2,
+                        int(K));
+        }
+        std::lock_guard<std::mutex> lock(loss_mu);
+        res.loss += loss / 2;
+      },
+      16);
+  res.seconds_solve = seconds_since(t0);
+  return res;
+}
+
+QuantResult rtn_quantize(const float* W, int64_t N, int64_t K, const QuantSpec& spec) {
+  check_spec(spec, K);
+  if (N <= 0) fail("cannot quantize a layer with ", N, " output features");
+  const int maxq = max_code(spec.bits);
+  const int64_t G = resolve_group_size(K, spec.group_size);
+  QuantResult res;
+  res.N = N;
+  res.K = K;
+  res.bits = spec.bits;
+  res.group_size = spec.group_size;
+  res.n_groups = num_groups(K, spec.group_size);
+  res.codes.resize(size_t(N * K));
+  res.Wq.resize(size_t(N * K));
+  res.scales.resize(size_t(res.n_groups * N));
+  res.zeros.resize(size_t(res.n_groups * N));
+  res.g_idx.resize(static_cast<size_t>(K));
+  for (int64_t k = 0; k < K; ++k) res.g_idx[size_t(k)] = int32_t(k / G);
+  parallel_for(0, size_t(N), [&](size_t n0, size_t n1) {
+    for (int64_t n = int64_t(n0); n < int64_t(n1); ++n)
+      for (int64_t g = 0; g < res.n_groups; ++g) {
+        const int64_t k0 = g * G, k1 = std::min(K, k0 + G);
+        const GridParams p = find_params(W + n * K + k0, k1 - k0, maxq, spec.sym);
+        res.scales[size_t(g * N + n)] = p.scale;
+        res.zeros[size_t(g * N + n)] = int32_t(p.zero);
+        for (int64_t k = k0; k < k1; ++k) {
+          const float q = quantize_code(W[n * K + k], p.scale, p.zero, maxq);
+          res.codes[size_t(n * K + k)] = uint8_t(q);
+          res.Wq[size_t(n * K + k)] = dequantize_code(q, p.scale, p.zero);
+        }
+      }
+  });
+  return res;
+}
+
+PackedQuant pack_result(const QuantResult& r, QuantFormat format, const float* bias) {
+  return pack_quantized(r.codes.data(), r.scales.data(), r.zeros.data(), r.g_idx.data(), bias, r.bits,
+                        r.group_size, r.K, r.N, format);
+}
+
+}  // namespace gptq::quant

@@ -1,0 +1,73 @@
+// The GPTQ solver (Frantar et al. 2022) as IST-DASLab/gptq GPTQ.fasterquant implements it, with
+// AutoGPTQ/GPTQModel's act-order + static-groups variant and g_idx output. And round-to-nearest.
+//
+// Faithfulness notes (each is what the reference does, kept so results match it):
+//  - With group_size == -1 the grid comes from the whole row of W *before* dead columns are zeroed.
+//  - Dead inputs (H[i,i] == 0) get H[i,i] = 1 and W[:,i] = 0.
+//  - Act-order permutes columns by diag(H) descending (ties: lower index first; torch leaves tie
+//    order unspecified).
+//  - damp = damp_percent * mean(diag(H)), added to the diagonal; Hinv = upper Cholesky factor of
+//    H^-1. We compute it as the inverse of the "upper-lower" Cholesky factor of H (H = R R^T,
+//    Hinv = R^-1), in double: mathematically the same matrix in half the flops of
+//    cholesky -> cholesky_inverse -> cholesky, and without forming H^-1.
+//  - Group parameters (without static groups) are computed at each group start from the W
+//    columns as they stand at the start of the current block of block_size columns: they include
+//    the lazy updates of earlier blocks but not the in-block error feedback (fasterquant reads W,
+//    not its in-block copy W1).
+//  - Static groups: one grid per group of *original* columns, computed before the loop (after dead
+//    zeroing); act-order then visits columns in permuted order, each using its original group.
+//  - When the Cholesky fails (H + damp*I not positive definite) the damping is multiplied by 10
+//    and the factorization retried, up to max_damp_retries times; the result reports it.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "quant/format.h"
+
+namespace gptq::quant {
+
+struct QuantSpec {
+  int bits = 4;              // 2, 3, 4, 8
+  int group_size = 128;      // -1: one group per row
+  bool sym = true;           // symmetric grid (zero = 2^(bits-1))
+  bool desc_act = false;     // act-order
+  bool static_groups = false;
+  double damp_percent = 0.01;
+  int block_size = 128;      // lazy-update block width (does not change the result)
+  int max_damp_retries = 4;  // damping x10 per retry
+};
+
+struct QuantResult {
+  int64_t N = 0, K = 0;
+  int bits = 4, group_size = 128;
+  int64_t n_groups = 0;
+  std::vector<uint8_t> codes;   // [N, K] in the original column order
+  std::vector<float> scales;    // [n_groups, N]
+  std::vector<int32_t> zeros;   // [n_groups, N], in [0, 2^bits-1]
+  std::vector<int32_t> g_idx;   // [K]
+  std::vector<float> Wq;        // [N, K] quantized-dequantized W (fp32 scales)
+  // Solver statistics (GPTQ only).
+  double damp = 0;              // absolute value added to diag(H) in the successful factorization
+  double damp_percent = 0;      // relative damping that succeeded (spec.damp_percent * 10^retries)
+  int damp_retries = 0;
+  int64_t dead_columns = 0;
+  double loss = 0;              // sum (w - q)^2 / Hinv[i,i]^2 / 2, fasterquant's "error"
+  double seconds_factor = 0;    // Cholesky + triangular inverse
+  double seconds_solve = 0;     // column loop
+};
+
+// W: [N, K] fp32 row-major (N outputs, K inputs). H: [K, K] from HessianAccumulator (not modified).
+// Throws gptq::Error for bad specs or when H stays non positive definite after the retries.
+QuantResult gptq_quantize(const float* W, const float* H, int64_t N, int64_t K, const QuantSpec& spec);
+
+// Round-to-nearest on the same grid (per row, per group of group_size columns), no error feedback.
+QuantResult rtn_quantize(const float* W, int64_t N, int64_t K, const QuantSpec& spec);
+
+// Packs a result for the checkpoint writer. bias: [N] fp32 or nullptr.
+PackedQuant pack_result(const QuantResult& r, QuantFormat format, const float* bias = nullptr);
+
+// Throws gptq::Error when spec cannot be applied to a K-input layer.
+void check_spec(const QuantSpec& spec, int64_t K);
+
+}  // namespace gptq::quant

@@ -1,0 +1,348 @@
+// The quantizer grid, the Hessian accumulator and the GPTQ solver, the latter against a float64
+// textbook (unblocked, eager-update) GPTQ loop written here.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "gptq/error.h"
+#include "quant/format.h"
+#include "quant/gptq.h"
+#include "quant/hessian.h"
+#include "quant/quantizer.h"
+
+using namespace gptq::quant;
+
+namespace {
+
+std::vector<float> randn(size_t n, uint32_t seed, float sd = 1.f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0.f, sd);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+// X: [n, K] with correlated columns (a random mixing of i.i.d. noise plus per-column scales),
+// like activations feeding a linear layer.
+std::vector<float> correlated_inputs(int64_t n, int64_t K, uint32_t seed) {
+  const auto Z = randn(size_t(n * K), seed);
+  const auto A = randn(size_t(K * K), seed + 1, 1.f / std::sqrt(float(K)));
+  std::vector<float> X(size_t(n * K), 0.f);
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t j = 0; j < K; ++j) {
+      float s = Z[size_t(t * K + j)];
+      for (int64_t i = 0; i < K; ++i) s += 2.f * Z[size_t(t * K + i)] * A[size_t(i * K + j)];
+      X[size_t(t * K + j)] = s * (0.5f + float(j % 7) / 4.f);
+    }
+  return X;
+}
+
+std::vector<float> hessian_of(const std::vector<float>& X, int64_t n, int64_t K) {
+  HessianAccumulator acc(K);
+  acc.add_batch(X.data(), n, 1);
+  return acc.take();
+}
+
+// Upper Cholesky factor U of A (A = U^T U). A: [K, K] double.
+std::vector<double> cholesky_upper(std::vector<double> A, int64_t K) {
+  for (int64_t j = 0; j < K; ++j) {
+    for (int64_t k = 0; k < j; ++k) A[size_t(j * K + j)] -= A[size_t(k * K + j)] * A[size_t(k * K + j)];
+    A[size_t(j * K + j)] = std::sqrt(A[size_t(j * K + j)]);
+    for (int64_t i = j + 1; i < K; ++i) {
+      for (int64_t k = 0; k < j; ++k) A[size_t(j * K + i)] -= A[size_t(k * K + j)] * A[size_t(k * K + i)];
+      A[size_t(j * K + i)] /= A[size_t(j * K + j)];
+    }
+    for (int64_t i = 0; i < j; ++i) A[size_t(j * K + i)] = 0;
+  }
+  return A;
+}
+
+std::vector<double> inverse(std::vector<double> A, int64_t K) {  // Gauss-Jordan, SPD input
+  std::vector<double> I(size_t(K * K), 0.0);
+  for (int64_t i = 0; i < K; ++i) I[size_t(i * K + i)] = 1;
+  for (int64_t c = 0; c < K; ++c) {
+    const double p = A[size_t(c * K + c)];
+    for (int64_t j = 0; j < K; ++j) {
+      A[size_t(c * K + j)] /= p;
+      I[size_t(c * K + j)] /= p;
+    }
+    for (int64_t r = 0; r < K; ++r) {
+      if (r == c) continue;
+      const double f = A[size_t(r * K + c)];
+      for (int64_t j = 0; j < K; ++j) {
+        A[size_t(r * K + j)] -= f * A[size_t(c * K + j)];
+        I[size_t(r * K + j)] -= f * I[size_t(c * K + j)];
+      }
+    }
+  }
+  return I;
+}
+
+// Textbook GPTQ in float64: explicit Hinv, upper Cholesky, one column at a time with the error
+// pushed into every later column immediately. The only concession to fasterquant is where group
+// grids are read from: the W of the last block start (see gptq.h), which equals the fully
+// updated W at block starts.
+struct RefResult {
+  std::vector<uint8_t> codes;  // [N, K] original order
+  std::vector<float> scales;   // [n_groups, N]
+};
+RefResult reference_gptq(const std::vector<float>& W0, const std::vector<float>& H0, int64_t N, int64_t K,
+                         const QuantSpec& spec) {
+  const int maxq = (1 << spec.bits) - 1;
+  const int64_t G = spec.group_size == -1 ? K : spec.group_size, ng = (K + G - 1) / G;
+  RefResult res{std::vector<uint8_t>(size_t(N * K)), std::vector<float>(size_t(ng * N))};
+  std::vector<GridParams> row_grid(static_cast<size_t>(N));
+  for (int64_t n = 0; n < N; ++n) row_grid[size_t(n)] = find_params(W0.data() + n * K, K, maxq, spec.sym);
+  std::vector<double> H(H0.begin(), H0.end());
+  std::vector<float> Wd = W0;  // dead-zeroed, original order
+  for (int64_t k = 0; k < K; ++k)
+    if (H[size_t(k * K + k)] == 0) {
+      H[size_t(k * K + k)] = 1;
+      for (int64_t n = 0; n < N; ++n) Wd[size_t(n * K + k)] = 0;
+    }
+  std::vector<int64_t> perm(static_cast<size_t>(K));
+  std::iota(perm.begin(), perm.end(), int64_t(0));
+  if (spec.desc_act)
+    std::stable_sort(perm.begin(), perm.end(),
+                     [&](int64_t a, int64_t b) { return H[size_t(a * K + a)] > H[size_t(b * K + b)]; });
+  double mean = 0;
+  for (int64_t k = 0; k < K; ++k) mean += H[size_t(k * K + k)] / double(K);
+  std::vector<double> Hp(size_t(K * K));
+  for (int64_t i = 0; i < K; ++i)
+    for (int64_t j = 0; j < K; ++j) Hp[size_t(i * K + j)] = H[size_t(perm[size_t(i)] * K + perm[size_t(j)])];
+  for (int64_t i = 0; i < K; ++i) Hp[size_t(i * K + i)] += spec.damp_percent * mean;
+  const auto U = cholesky_upper(inverse(Hp, K), K);
+
+  std::vector<double> Wp(size_t(N * K));
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t i = 0; i < K; ++i) Wp[size_t(n * K + i)] = Wd[size_t(n * K + perm[size_t(i)])];
+  std::vector<float> snap(static_cast<size_t>(K));
+  for (int64_t n = 0; n < N; ++n) {
+    double* w = Wp.data() + n * K;
+    GridParams p = row_grid[size_t(n)];
+    for (int64_t i = 0; i < K; ++i) {
+      if (i % spec.block_size == 0)
+        for (int64_t j = 0; j < K; ++j) snap[size_t(j)] = float(w[j]);
+      if (spec.group_size != -1) {
+        if (spec.static_groups) {
+          const int64_t g = perm[size_t(i)] / G, k0 = g * G, len = std::min(G, K - k0);
+          p = find_params(Wd.data() + n * K + k0, len, maxq, spec.sym);
+        } else if (i % G == 0) {
+          p = find_params(snap.data() + i, std::min(G, K - i), maxq, spec.sym);
+          res.scales[size_t((i / G) * N + n)] = p.scale;
+        }
+      }
+      const float q = quantize_code(float(w[i]), p.scale, p.zero, maxq);
+      res.codes[size_t(n * K + perm[size_t(i)])] = uint8_t(q);
+      const double err = (w[i] - double(dequantize_code(q, p.scale, p.zero))) / U[size_t(i * K + i)];
+      for (int64_t j = i + 1; j < K; ++j) w[j] -= err * U[size_t(i * K + j)];
+    }
+  }
+  return res;
+}
+
+// ||(W - Q) X^T||^2 for X: [n, K].
+double layer_error(const std::vector<float>& W, const std::vector<float>& Q, const std::vector<float>& X,
+                   int64_t N, int64_t K, int64_t n) {
+  double e = 0;
+  for (int64_t r = 0; r < N; ++r)
+    for (int64_t t = 0; t < n; ++t) {
+      double s = 0;
+      for (int64_t k = 0; k < K; ++k)
+        s += (double(W[size_t(r * K + k)]) - Q[size_t(r * K + k)]) * X[size_t(t * K + k)];
+      e += s * s;
+    }
+  return e;
+}
+
+}  // namespace
+
+TEST(QuantGrid, FindParamsAndRounding) {
+  GridParams p = find_params(std::vector<float>(4, 0.f).data(), 4, 15, true);  // all zero
+  EXPECT_FLOAT_EQ(p.scale, 2.f / 15.f);
+  EXPECT_EQ(p.zero, 8.f);
+  p = find_params(std::vector<float>(4, 0.f).data(), 4, 15, false);
+  EXPECT_EQ(p.zero, 7.f);  // fp32: 1 / (2/15) = 7.4999996, as in the reference
+  const std::vector<float> pos = {0.5f, 1.5f, 3.0f};
+  p = find_params(pos.data(), 3, 15, true);  // no negative value: xmin stays 0 (reference quirk)
+  EXPECT_FLOAT_EQ(p.scale, 3.f / 15.f);
+  EXPECT_EQ(p.zero, 8.f);
+  const std::vector<float> mixed = {-1.f, 0.25f, 3.f};
+  p = find_params(mixed.data(), 3, 7, false);
+  EXPECT_FLOAT_EQ(p.scale, 4.f / 7.f);
+  EXPECT_EQ(p.zero, std::nearbyint(1.f / (4.f / 7.f)));
+  p = find_params(mixed.data(), 3, 7, true);
+  EXPECT_FLOAT_EQ(p.scale, 6.f / 7.f);
+  EXPECT_EQ(p.zero, 4.f);
+  EXPECT_EQ(quantize_code(2.5f, 1.f, 0.f, 15), 2.f);   // ties to even
+  EXPECT_EQ(quantize_code(3.5f, 1.f, 0.f, 15), 4.f);
+  EXPECT_EQ(quantize_code(-9.f, 1.f, 8.f, 15), 0.f);   // clamped
+  EXPECT_EQ(quantize_code(100.f, 1.f, 8.f, 15), 15.f);
+}
+
+TEST(QuantHessian, MatchesRunningAverageOfBatches) {
+  // (600, 5): several tiles of the upper-triangle sweep; (40, 300): tokens split into chunks.
+  for (auto [K, T] : {std::pair<int64_t, int64_t>{40, 5}, {600, 5}, {40, 300}}) {
+    const auto X1 = randn(size_t(2 * T * K), 11), X2 = randn(size_t(3 * T * K), 12);
+    HessianAccumulator acc(K);
+    acc.add_batch(X1.data(), 2, T);
+    acc.add_batch(X2.data(), 3, T);
+    EXPECT_EQ(acc.nsamples(), 5);
+    const auto H = acc.take();
+    double max_err = 0, max_ref = 0;
+    for (int64_t i = 0; i < K; ++i)
+      for (int64_t j = 0; j < K; ++j) {
+        double s = 0;
+        for (int64_t t = 0; t < 2 * T; ++t) s += double(X1[size_t(t * K + i)]) * X1[size_t(t * K + j)];
+        for (int64_t t = 0; t < 3 * T; ++t) s += double(X2[size_t(t * K + i)]) * X2[size_t(t * K + j)];
+        s *= 2.0 / 5.0;  // 2/nsamples, nsamples counting sequences
+        max_err = std::max(max_err, std::fabs(s - H[size_t(i * K + j)]));
+        max_ref = std::max(max_ref, std::fabs(s));
+      }
+    EXPECT_LT(max_err, 1e-5 * max_ref) << "K " << K;
+  }
+}
+
+TEST(QuantGptq, MatchesFloat64Reference) {
+  const int64_t N = 16;
+  int cases = 0;
+  for (int64_t K : {64, 96})
+    for (bool act : {false, true})
+      for (bool sym : {true, false})
+        for (bool stat : {false, true})
+          for (int G : {32, -1}) {
+            if (stat && (!act || G == -1)) continue;  // static groups only matter with act-order
+            QuantSpec spec;
+            spec.bits = 4;
+            spec.group_size = G;
+            spec.sym = sym;
+            spec.desc_act = act;
+            spec.static_groups = stat;
+            spec.block_size = 48;  // group starts inside blocks, and blocks across groups
+            const uint32_t seed = uint32_t(K * 7 + act * 3 + sym * 5 + stat * 11 + (G > 0));
+            const auto W = randn(size_t(N * K), seed);
+            const auto X = correlated_inputs(256, K, seed + 100);
+            const auto H = hessian_of(X, 256, K);
+            const QuantResult r = gptq_quantize(W.data(), H.data(), N, K, spec);
+            const RefResult ref = reference_gptq(W, H, N, K, spec);
+            int64_t diff = 0;
+            for (size_t i = 0; i < r.codes.size(); ++i) diff += r.codes[i] != ref.codes[i];
+            // fp32 vs fp64 may flip a value lying on a rounding boundary (then its row diverges).
+            EXPECT_LE(diff, int64_t(r.codes.size() / 100))
+                << "K " << K << " act " << act << " sym " << sym << " static " << stat << " G " << G;
+            EXPECT_EQ(r.damp_retries, 0);
+            ++cases;
+          }
+  EXPECT_EQ(cases, 20);
+}
+
+TEST(QuantGptq, GidxAndGroupsWithActOrder) {
+  const int64_t N = 8, K = 96, G = 32;
+  const auto W = randn(size_t(N * K), 3);
+  const auto X = correlated_inputs(128, K, 4);
+  const auto H = hessian_of(X, 128, K);
+  QuantSpec spec;
+  spec.group_size = int(G);
+  spec.desc_act = true;
+  const QuantResult r = gptq_quantize(W.data(), H.data(), N, K, spec);
+  // g_idx[perm[i]] = i / G with perm sorting diag(H) descending.
+  std::vector<int64_t> perm(static_cast<size_t>(K));
+  std::iota(perm.begin(), perm.end(), int64_t(0));
+  std::stable_sort(perm.begin(), perm.end(),
+                   [&](int64_t a, int64_t b) { return H[size_t(a * K + a)] > H[size_t(b * K + b)]; });
+  for (int64_t i = 0; i < K; ++i) EXPECT_EQ(r.g_idx[size_t(perm[size_t(i)])], i / G);
+  // Every Wq entry is its code on its group's grid, in the original column order.
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t g = r.g_idx[size_t(k)];
+      EXPECT_EQ(r.Wq[size_t(n * K + k)], dequantize_code(float(r.codes[size_t(n * K + k)]),
+                                                         r.scales[size_t(g * N + n)],
+                                                         float(r.zeros[size_t(g * N + n)])));
+    }
+  spec.static_groups = true;
+  const QuantResult s = gptq_quantize(W.data(), H.data(), N, K, spec);
+  for (int64_t k = 0; k < K; ++k) EXPECT_EQ(s.g_idx[size_t(k)], k / G);
+}
+
+TEST(QuantGptq, BeatsRtnOnLayerObjective) {
+  const int64_t N = 32, K = 128, n = 512;
+  const auto W = randn(size_t(N * K), 21, 0.05f);
+  const auto X = correlated_inputs(n, K, 22);
+  const auto H = hessian_of(X, n, K);
+  for (int bits : {2, 3, 4})
+    for (bool act : {false, true}) {
+      QuantSpec spec;
+      spec.bits = bits;
+      spec.group_size = 32;
+      spec.desc_act = act;
+      const QuantResult g = gptq_quantize(W.data(), H.data(), N, K, spec);
+      const QuantResult r = rtn_quantize(W.data(), N, K, spec);
+      const double eg = layer_error(W, g.Wq, X, N, K, n), er = layer_error(W, r.Wq, X, N, K, n);
+      EXPECT_LT(eg, 0.8 * er) << "bits " << bits << " act " << act << ": gptq " << eg << " rtn " << er;
+    }
+}
+
+TEST(QuantGptq, DeadColumnsAndDampingRetries) {
+  const int64_t N = 8, K = 64;
+  const auto W = randn(size_t(N * K), 31);
+  auto X = correlated_inputs(128, K, 32);
+  for (int64_t t = 0; t < 128; ++t) X[size_t(t * K + 5)] = 0.f;  // input 5 never active
+  auto H = hessian_of(X, 128, K);
+  QuantSpec spec;
+  spec.group_size = 32;
+  spec.sym = false;
+  QuantResult r = gptq_quantize(W.data(), H.data(), N, K, spec);
+  EXPECT_EQ(r.dead_columns, 1);
+  for (int64_t n = 0; n < N; ++n) EXPECT_EQ(r.Wq[size_t(n * K + 5)], 0.f);
+
+  // An indefinite H: diag entry -0.5 with mean(diag) ~ 1 needs damp_percent 1.0 (two retries).
+  std::vector<float> Hi(size_t(K * K), 0.f);
+  for (int64_t k = 0; k < K; ++k) Hi[size_t(k * K + k)] = k == 0 ? -0.5f : 1.f;
+  r = gptq_quantize(W.data(), Hi.data(), N, K, spec);
+  EXPECT_EQ(r.damp_retries, 2);
+  EXPECT_NEAR(r.damp_percent, 1.0, 1e-12);
+  spec.max_damp_retries = 1;
+  EXPECT_THROW(gptq_quantize(W.data(), Hi.data(), N, K, spec), gptq::Error);
+}
+
+TEST(QuantGptq, PackedResultDequantizesToWq) {
+  const int64_t N = 64, K = 96;
+  const auto W = randn(size_t(N * K), 41);
+  const auto X = correlated_inputs(128, K, 42);
+  const auto H = hessian_of(X, 128, K);
+  for (int bits : {2, 3, 4, 8})
+    for (auto fmt : {QuantFormat::kGptqV1, QuantFormat::kGptqV2}) {
+      QuantSpec spec;
+      spec.bits = bits;
+      spec.group_size = 32;
+      spec.sym = false;
+      spec.desc_act = true;
+      const QuantResult r = gptq_quantize(W.data(), H.data(), N, K, spec);
+      const PackedQuant p = pack_result(r, fmt);
+      const auto Wd = dequantize(p.view());
+      for (size_t i = 0; i < Wd.size(); ++i) {
+        const int64_t n = int64_t(i) / K, k = int64_t(i) % K, g = r.g_idx[size_t(k)];
+        if (fmt == QuantFormat::kGptqV1 && r.zeros[size_t(g * N + n)] == 0) continue;  // wraps, see format.h
+        // Only the fp16 rounding of the scale separates the two.
+        EXPECT_NEAR(Wd[i], r.Wq[i], 1e-3 * std::fabs(r.Wq[i]) + 1e-7) << "bits " << bits;
+      }
+    }
+}
+
+TEST(QuantGptq, RejectsBadSpecs) {
+  const std::vector<float> W(64 * 4, 1.f), H(64 * 64, 0.f);
+  QuantSpec spec;
+  spec.bits = 5;
+  EXPECT_THROW(gptq_quantize(W.data(), H.data(), 4, 64, spec), gptq::Error);
+  EXPECT_THROW(rtn_quantize(W.data(), 4, 64, spec), gptq::Error);
+  spec = QuantSpec{};
+  spec.group_size = 0;
+  EXPECT_THROW(gptq_quantize(W.data(), H.data(), 4, 64, spec), gptq::Error);
+  spec = QuantSpec{};
+  spec.damp_percent = -0.1;
+  EXPECT_THROW(gptq_quantize(W.data(), H.data(), 4, 64, spec), gptq::Error);
+}
