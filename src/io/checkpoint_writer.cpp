@@ -63,7 +63,12 @@ uint64_t write_checkpoint(const std::string& out_dir, const CheckpointFiles& fil
     for (const auto& [name, text] : files.text_files) write_file_atomic((tmp / name).string(), text);
     for (const auto& name : files.copy_from_source) {
       const fs::path src = fs::path(files.source_dir) / name;
-      if (fs::is_regular_file(src)) fs::copy_file(src, tmp / name, fs::copy_options::overwrite_existing);
+      if (fs::is_regular_file(src)) {
+        fs::copy_file(src, tmp / name, fs::copy_options::overwrite_existing);
+        // the output is the user's: writable even when the source folder was read-only
+        fs::permissions(tmp / name, fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read |
+                                        fs::perms::others_read);
+      }
     }
     uint64_t bytes = 0;
     for (const auto& e : fs::directory_iterator(tmp)) bytes += e.file_size();
