@@ -4,6 +4,8 @@
 
 #include <atomic>
 #include <cctype>
+#include <cmath>
+#include <deque>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
@@ -295,5 +297,65 @@ std::vector<RefConfig> ref_configs() {
 
 INSTANTIATE_TEST_SUITE_P(Reference, ReferenceQuality, ::testing::ValuesIn(ref_configs()),
                          [](const auto& info) { return ref_name(info.param); });
+
+}  // namespace
+
+namespace {
+
+// A Qwen2-style model (q/k/v biases) made from babyllama-361 with random biases: the biases must
+// survive quantization (stored fp16 next to qweight) and be applied when the checkpoint runs.
+TEST(Quantize, Qwen2BiasesSurviveQuantization) {
+  NEED_SHARED(kBaby);
+  const std::string src = shared_path("models/babyllama-361");
+  const fs::path dir = fs::path(testing::TempDir()) / "gptq_q_qwen2";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  for (const char* f : {"tokenizer.json", "tokenizer_config.json"}) fs::copy_file(fs::path(src) / f, dir / f);
+  json cfg = json::parse(gptq::read_text_file(src + "/config.json"));
+  cfg["architectures"] = {"Qwen2ForCausalLM"};
+  cfg["model_type"] = "qwen2";
+  gptq::write_file_atomic((dir / "config.json").string(), cfg.dump());
+  gptq::SafetensorsFile f(src + "/model.safetensors");
+  std::vector<gptq::TensorToWrite> ts;
+  for (const auto& [name, t] : f.tensors()) ts.push_back({name, t.dtype, t.shape, t.data, t.nbytes});
+  std::deque<std::vector<float>> biases;
+  uint32_t seed = 1;
+  for (int l = 0; l < 5; ++l)
+    for (const char* p : {"q_proj", "k_proj", "v_proj"}) {
+      const int64_t n = std::string(p) == "q_proj" ? 128 : 64;
+      auto& b = biases.emplace_back(static_cast<size_t>(n));
+      for (auto& v : b) v = float((seed = seed * 1664525u + 1013904223u) >> 8) / float(1 << 24) - 0.5f;
+      ts.push_back({"model.layers." + std::to_string(l) + ".self_attn." + p + ".bias", gptq::DType::kF32, {n},
+                    b.data(), b.size() * 4});
+    }
+  gptq::write_safetensors((dir / "model.safetensors").string(), ts);
+
+  gptq::QuantizeOptions o;
+  o.method = "rtn";
+  o.bits = 8;
+  o.progress = false;
+  const std::string out = out_dir("qwen2_q");
+  gptq::quantize_model(dir.string(), out, o);
+  gptq::SafetensorsFile q(out + "/model.safetensors");
+  ASSERT_TRUE(q.tensors().count("model.layers.2.self_attn.k_proj.bias"));
+  EXPECT_EQ(q.tensors().at("model.layers.2.self_attn.k_proj.bias").dtype, gptq::DType::kF16);
+
+  auto run = [](const std::string& d) {
+    auto m = gptq::Model::load(d);
+    const std::vector<int32_t> ids = {1, 259, 289, 260, 270, 270, 263, 259, 273};
+    auto c = m->new_cache();
+    std::vector<float> logits;
+    m->forward(*c, ids.data(), int64_t(ids.size()), false, logits);
+    return logits;
+  };
+  const auto with_bias = run(dir.string()), quantized = run(out), original = run(src);
+  auto rel = [](const std::vector<float>& a, const std::vector<float>& b) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < a.size(); ++i) num += (a[i] - b[i]) * (a[i] - b[i]), den += a[i] * a[i];
+    return std::sqrt(num / den);
+  };
+  EXPECT_GT(rel(with_bias, original), 0.05);   // the biases matter
+  EXPECT_LT(rel(with_bias, quantized), 0.02);  // and the 8-bit checkpoint keeps them
+}
 
 }  // namespace
