@@ -87,14 +87,9 @@ void check_spec(const QuantSpec& spec, int64_t K) {
   if (spec.max_damp_retries < 0) fail("max_damp_retries must be >= 0");
 }
 
-QuantResult gptq_quantize(const float* W, const float* H, int64_t N, int64_t K, const QuantSpec& spec) {
-  check_spec(spec, K);
-  if (N <= 0) fail("cannot quantize a layer with ", N, " output features");
-  const int maxq = max_code(spec.bits);
-  const bool whole_row = spec.group_size == -1;
-  const int64_t G = resolve_group_size(K, spec.group_size);
-  const bool static_groups = spec.static_groups && !whole_row;
-
+namespace {
+// A result of the right sizes for an N x K layer, checked against spec.
+QuantResult empty_result(int64_t N, int64_t K, const QuantSpec& spec) {
   QuantResult res;
   res.N = N;
   res.K = K;
@@ -106,6 +101,19 @@ QuantResult gptq_quantize(const float* W, const float* H, int64_t N, int64_t K, 
   res.scales.resize(size_t(res.n_groups * N));
   res.zeros.resize(size_t(res.n_groups * N));
   res.g_idx.resize(static_cast<size_t>(K));
+  return res;
+}
+}  // namespace
+
+QuantResult gptq_quantize(const float* W, const float* H, int64_t N, int64_t K, const QuantSpec& spec) {
+  check_spec(spec, K);
+  if (N <= 0) fail("cannot quantize a layer with ", N, " output features");
+  const int maxq = max_code(spec.bits);
+  const bool whole_row = spec.group_size == -1;
+  const int64_t G = resolve_group_size(K, spec.group_size);
+  const bool static_groups = spec.static_groups && !whole_row;
+
+  QuantResult res = empty_result(N, K, spec);
 
   // The whole-row grid comes from W before dead columns are zeroed (fasterquant's first find_params).
   if (whole_row) {
@@ -261,17 +269,7 @@ QuantResult rtn_quantize(const float* W, int64_t N, int64_t K, const QuantSpec& 
   if (N <= 0) fail("cannot quantize a layer with ", N, " output features");
   const int maxq = max_code(spec.bits);
   const int64_t G = resolve_group_size(K, spec.group_size);
-  QuantResult res;
-  res.N = N;
-  res.K = K;
-  res.bits = spec.bits;
-  res.group_size = spec.group_size;
-  res.n_groups = num_groups(K, spec.group_size);
-  res.codes.resize(size_t(N * K));
-  res.Wq.resize(size_t(N * K));
-  res.scales.resize(size_t(res.n_groups * N));
-  res.zeros.resize(size_t(res.n_groups * N));
-  res.g_idx.resize(static_cast<size_t>(K));
+  QuantResult res = empty_result(N, K, spec);
   for (int64_t k = 0; k < K; ++k) res.g_idx[size_t(k)] = int32_t(k / G);
   parallel_for(0, size_t(N), [&](size_t n0, size_t n1) {
     for (int64_t n = int64_t(n0); n < int64_t(n1); ++n)
