@@ -17,7 +17,9 @@ void check_output_dir(const std::string& out_dir, bool force) {
   if (out_dir.empty()) fail("no output folder given");
   if (fs::exists(out_dir) && !force) fail(out_dir, ": output folder exists (use --force to replace it)");
   const fs::path parent = fs::absolute(fs::path(out_dir)).parent_path();
-  if (!fs::is_directory(parent)) fail(out_dir, ": parent folder ", parent.string(), " does not exist");
+  std::error_code ec;
+  fs::create_directories(parent, ec);  // like mkdir -p
+  if (!fs::is_directory(parent)) fail(out_dir, ": cannot create the parent folder ", parent.string());
 }
 
 uint64_t write_checkpoint(const std::string& out_dir, const CheckpointFiles& files, bool force) {
