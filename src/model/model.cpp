@@ -288,24 +288,23 @@ void Model::forward(KVCache& cache, const int32_t* tokens, int64_t T, bool all_l
   }
 }
 
-size_t Model::weight_bytes() const {
-  size_t n = w_->embed.nbytes + w_->final_norm.size() * 4;
-  if (!w_->lm_head_tied) n += w_->lm_head->weight_bytes();
-  for (auto& L : w_->layers) {
+// Decoder layers and final norm: read once per token, held once.
+static size_t layer_bytes(const LlamaWeights& w) {
+  size_t n = w.final_norm.size() * 4;
+  for (auto& L : w.layers) {
     n += (L.attn_norm.size() + L.mlp_norm.size()) * 4;
-    for (LinearSlot s : kAllLinearSlots) n += const_cast<LlamaLayer&>(L).slot(s)->weight_bytes();
+    for (auto* lin : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) n += (*lin)->weight_bytes();
   }
   return n;
 }
 
+size_t Model::weight_bytes() const {
+  return layer_bytes(*w_) + w_->embed.nbytes + (w_->lm_head_tied ? 0 : w_->lm_head->weight_bytes());
+}
+
 size_t Model::bytes_per_token() const {
-  size_t n = size_t(config_.hidden_size) * dtype_size(w_->embed.dtype) + w_->final_norm.size() * 4;
-  n += w_->lm_head->weight_bytes();
-  for (auto& L : w_->layers) {
-    n += (L.attn_norm.size() + L.mlp_norm.size()) * 4;
-    for (LinearSlot s : kAllLinearSlots) n += const_cast<LlamaLayer&>(L).slot(s)->weight_bytes();
-  }
-  return n;
+  // one embedding row, every layer, the whole lm_head (the embedding again when tied)
+  return layer_bytes(*w_) + size_t(config_.hidden_size) * dtype_size(w_->embed.dtype) + w_->lm_head->weight_bytes();
 }
 
 size_t Model::file_bytes() const { return store_->total_file_bytes(); }

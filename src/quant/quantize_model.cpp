@@ -8,7 +8,6 @@
 #include <cmath>
 #include <deque>
 #include <map>
-#include <set>
 #include <nlohmann/json.hpp>
 
 #include "core/fs.h"
