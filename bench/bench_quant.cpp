@@ -16,6 +16,7 @@
 #include "backend/cpu/qgemm.h"
 #include "core/thread_pool.h"
 #include "quant/format.h"
+#include "test_pool.h"
 #include "quant/gptq.h"
 #include "quant/hessian.h"
 
@@ -55,7 +56,7 @@ void BM_QuantQgemmDecode(benchmark::State& state) {
   openblas_set_num_threads(1);
   const int64_t K = state.range(0), N = state.range(1);
   const PackedQuant p = random_layer(K, N, int(state.range(2)), 128, state.range(3) != 0);
-  const PreparedQuantMatrix w = prepare(p.view());
+  const PreparedQuantMatrix w = prepare(p.view(), test_pool());
   QgemmOptions opt;
   opt.isa = isa_arg(state.range(4));
   if (!qgemm_isa_supported(opt.isa)) {
@@ -65,7 +66,7 @@ void BM_QuantQgemmDecode(benchmark::State& state) {
   const auto x = randn(size_t(K), 2);
   std::vector<float> y(static_cast<size_t>(N));
   for (auto _ : state) {
-    qgemm(w, x.data(), 1, y.data(), opt);
+    qgemm(test_pool(), w, x.data(), 1, y.data(), opt);
     benchmark::DoNotOptimize(y.data());
   }
   const double bytes = double(w.checkpoint_bytes());
@@ -88,13 +89,13 @@ void BM_QuantQgemmPrefill(benchmark::State& state) {
   openblas_set_num_threads(1);
   const int64_t T = state.range(0), K = state.range(1), N = state.range(2);
   const PackedQuant p = random_layer(K, N, 4, 128, false);
-  const PreparedQuantMatrix w = prepare(p.view());
+  const PreparedQuantMatrix w = prepare(p.view(), test_pool());
   QgemmOptions opt;
   opt.max_direct_t = state.range(3);
   const auto x = randn(size_t(T * K), 3);
   std::vector<float> y(size_t(T * N));
   for (auto _ : state) {
-    qgemm(w, x.data(), T, y.data(), opt);
+    qgemm(test_pool(), w, x.data(), T, y.data(), opt);
     benchmark::DoNotOptimize(y.data());
   }
   state.counters["GFLOP/s"] =
@@ -115,7 +116,7 @@ BENCHMARK(BM_QuantQgemmPrefill)
 
 // fp32 sgemm over the same shape, for the prefill roofline on this machine.
 void BM_QuantSgemmReference(benchmark::State& state) {
-  openblas_set_num_threads(gptq::ThreadPool::global().size());
+  openblas_set_num_threads(test_pool().size());
   const int64_t T = state.range(0), K = state.range(1), N = state.range(2);
   const auto x = randn(size_t(T * K), 3), W = randn(size_t(N * K), 4);
   std::vector<float> y(size_t(T * N));
@@ -135,7 +136,7 @@ void BM_QuantGptqQuantize(benchmark::State& state) {
   openblas_set_num_threads(1);
   const int64_t K = state.range(0), N = state.range(1), n = 2 * K;
   const auto X = randn(size_t(n * K), 5);
-  HessianAccumulator acc(K);
+  HessianAccumulator acc(test_pool(), K);
   acc.add_batch(X.data(), 1, n);
   const auto H = acc.take();
   const auto W = randn(size_t(N * K), 6);
@@ -143,7 +144,7 @@ void BM_QuantGptqQuantize(benchmark::State& state) {
   spec.desc_act = state.range(2) != 0;
   double factor = 0, solve = 0;
   for (auto _ : state) {
-    const QuantResult r = gptq_quantize(W.data(), H.data(), N, K, spec);
+    const QuantResult r = gptq_quantize(test_pool(), W.data(), H.data(), N, K, spec);
     factor += r.seconds_factor;
     solve += r.seconds_solve;
     benchmark::DoNotOptimize(r.codes.data());
@@ -164,7 +165,7 @@ void BM_QuantHessian(benchmark::State& state) {
   openblas_set_num_threads(1);
   const int64_t K = state.range(0), T = state.range(1);
   const auto X = randn(size_t(T * K), 7);
-  HessianAccumulator acc(K);
+  HessianAccumulator acc(test_pool(), K);
   for (auto _ : state) acc.add_batch(X.data(), 1, T);
   state.counters["GFLOP/s"] = benchmark::Counter(double(K) * double(K + 1) * double(T) * double(state.iterations()) / 1e9,
                                                  benchmark::Counter::kIsRate);
@@ -173,7 +174,7 @@ BENCHMARK(BM_QuantHessian)->Args({4096, 2048})->Args({11008, 2048})->Unit(benchm
 
 // The alternative we did not take: one cblas_ssyrk call, OpenBLAS threading itself.
 void BM_QuantHessianSsyrk(benchmark::State& state) {
-  openblas_set_num_threads(gptq::ThreadPool::global().size());
+  openblas_set_num_threads(test_pool().size());
   const int64_t K = state.range(0), T = state.range(1);
   const auto X = randn(size_t(T * K), 7);
   std::vector<float> H(size_t(K * K), 0.f);

@@ -10,6 +10,7 @@
 
 #include "gptq/error.h"
 #include "quant/format.h"
+#include "test_pool.h"
 #include "quant/gptq.h"
 #include "quant/hessian.h"
 #include "quant/quantizer.h"
@@ -42,7 +43,7 @@ std::vector<float> correlated_inputs(int64_t n, int64_t K, uint32_t seed) {
 }
 
 std::vector<float> hessian_of(const std::vector<float>& X, int64_t n, int64_t K) {
-  HessianAccumulator acc(K);
+  HessianAccumulator acc(test_pool(), K);
   acc.add_batch(X.data(), n, 1);
   return acc.take();
 }
@@ -188,7 +189,7 @@ TEST(QuantHessian, MatchesRunningAverageOfBatches) {
   // (600, 5): several tiles of the upper-triangle sweep; (40, 300): tokens split into chunks.
   for (auto [K, T] : {std::pair<int64_t, int64_t>{40, 5}, {600, 5}, {40, 300}}) {
     const auto X1 = randn(size_t(2 * T * K), 11), X2 = randn(size_t(3 * T * K), 12);
-    HessianAccumulator acc(K);
+    HessianAccumulator acc(test_pool(), K);
     acc.add_batch(X1.data(), 2, T);
     acc.add_batch(X2.data(), 3, T);
     EXPECT_EQ(acc.nsamples(), 5);
@@ -227,7 +228,7 @@ TEST(QuantGptq, MatchesFloat64Reference) {
             const auto W = randn(size_t(N * K), seed);
             const auto X = correlated_inputs(256, K, seed + 100);
             const auto H = hessian_of(X, 256, K);
-            const QuantResult r = gptq_quantize(W.data(), H.data(), N, K, spec);
+            const QuantResult r = gptq_quantize(test_pool(), W.data(), H.data(), N, K, spec);
             const RefResult ref = reference_gptq(W, H, N, K, spec);
             int64_t diff = 0;
             for (size_t i = 0; i < r.codes.size(); ++i) diff += r.codes[i] != ref.codes[i];
@@ -248,7 +249,7 @@ TEST(QuantGptq, GidxAndGroupsWithActOrder) {
   QuantSpec spec;
   spec.group_size = int(G);
   spec.desc_act = true;
-  const QuantResult r = gptq_quantize(W.data(), H.data(), N, K, spec);
+  const QuantResult r = gptq_quantize(test_pool(), W.data(), H.data(), N, K, spec);
   // g_idx[perm[i]] = i / G with perm sorting diag(H) descending.
   std::vector<int64_t> perm(static_cast<size_t>(K));
   std::iota(perm.begin(), perm.end(), int64_t(0));
@@ -264,7 +265,7 @@ TEST(QuantGptq, GidxAndGroupsWithActOrder) {
                                                          float(r.zeros[size_t(g * N + n)])));
     }
   spec.static_groups = true;
-  const QuantResult s = gptq_quantize(W.data(), H.data(), N, K, spec);
+  const QuantResult s = gptq_quantize(test_pool(), W.data(), H.data(), N, K, spec);
   for (int64_t k = 0; k < K; ++k) EXPECT_EQ(s.g_idx[size_t(k)], k / G);
 }
 
@@ -279,8 +280,8 @@ TEST(QuantGptq, BeatsRtnOnLayerObjective) {
       spec.bits = bits;
       spec.group_size = 32;
       spec.desc_act = act;
-      const QuantResult g = gptq_quantize(W.data(), H.data(), N, K, spec);
-      const QuantResult r = rtn_quantize(W.data(), N, K, spec);
+      const QuantResult g = gptq_quantize(test_pool(), W.data(), H.data(), N, K, spec);
+      const QuantResult r = rtn_quantize(test_pool(), W.data(), N, K, spec);
       const double eg = layer_error(W, g.Wq, X, N, K, n), er = layer_error(W, r.Wq, X, N, K, n);
       EXPECT_LT(eg, 0.8 * er) << "bits " << bits << " act " << act << ": gptq " << eg << " rtn " << er;
     }
@@ -295,18 +296,18 @@ TEST(QuantGptq, DeadColumnsAndDampingRetries) {
   QuantSpec spec;
   spec.group_size = 32;
   spec.sym = false;
-  QuantResult r = gptq_quantize(W.data(), H.data(), N, K, spec);
+  QuantResult r = gptq_quantize(test_pool(), W.data(), H.data(), N, K, spec);
   EXPECT_EQ(r.dead_columns, 1);
   for (int64_t n = 0; n < N; ++n) EXPECT_EQ(r.Wq[size_t(n * K + 5)], 0.f);
 
   // An indefinite H: diag entry -0.5 with mean(diag) ~ 1 needs damp_percent 1.0 (two retries).
   std::vector<float> Hi(size_t(K * K), 0.f);
   for (int64_t k = 0; k < K; ++k) Hi[size_t(k * K + k)] = k == 0 ? -0.5f : 1.f;
-  r = gptq_quantize(W.data(), Hi.data(), N, K, spec);
+  r = gptq_quantize(test_pool(), W.data(), Hi.data(), N, K, spec);
   EXPECT_EQ(r.damp_retries, 2);
   EXPECT_NEAR(r.damp_percent, 1.0, 1e-12);
   spec.max_damp_retries = 1;
-  EXPECT_THROW(gptq_quantize(W.data(), Hi.data(), N, K, spec), gptq::Error);
+  EXPECT_THROW(gptq_quantize(test_pool(), W.data(), Hi.data(), N, K, spec), gptq::Error);
 }
 
 TEST(QuantGptq, PackedResultDequantizesToWq) {
@@ -321,7 +322,7 @@ TEST(QuantGptq, PackedResultDequantizesToWq) {
       spec.group_size = 32;
       spec.sym = false;
       spec.desc_act = true;
-      const QuantResult r = gptq_quantize(W.data(), H.data(), N, K, spec);
+      const QuantResult r = gptq_quantize(test_pool(), W.data(), H.data(), N, K, spec);
       const PackedQuant p = pack_result(r, fmt);
       const auto Wd = dequantize(p.view());
       for (size_t i = 0; i < Wd.size(); ++i) {
@@ -337,12 +338,12 @@ TEST(QuantGptq, RejectsBadSpecs) {
   const std::vector<float> W(64 * 4, 1.f), H(64 * 64, 0.f);
   QuantSpec spec;
   spec.bits = 5;
-  EXPECT_THROW(gptq_quantize(W.data(), H.data(), 4, 64, spec), gptq::Error);
-  EXPECT_THROW(rtn_quantize(W.data(), 4, 64, spec), gptq::Error);
+  EXPECT_THROW(gptq_quantize(test_pool(), W.data(), H.data(), 4, 64, spec), gptq::Error);
+  EXPECT_THROW(rtn_quantize(test_pool(), W.data(), 4, 64, spec), gptq::Error);
   spec = QuantSpec{};
   spec.group_size = 0;
-  EXPECT_THROW(gptq_quantize(W.data(), H.data(), 4, 64, spec), gptq::Error);
+  EXPECT_THROW(gptq_quantize(test_pool(), W.data(), H.data(), 4, 64, spec), gptq::Error);
   spec = QuantSpec{};
   spec.damp_percent = -0.1;
-  EXPECT_THROW(gptq_quantize(W.data(), H.data(), 4, 64, spec), gptq::Error);
+  EXPECT_THROW(gptq_quantize(test_pool(), W.data(), H.data(), 4, 64, spec), gptq::Error);
 }

@@ -12,6 +12,7 @@
 #include "core/half.h"
 #include "gptq/error.h"
 #include "quant/format.h"
+#include "test_pool.h"
 
 using namespace gptq::quant;
 using namespace gptq::cpu;
@@ -102,7 +103,7 @@ TEST(QuantQgemm, MatchesDequantizedMatmul) {
             const Case c{bits, G, act, sym, fmt, (bits + G) % 2 == 0};
             const int64_t N = bits == 3 ? 96 : 80;  // 80: a padded last column tile
             const PackedQuant p = random_layer(c, K, N, uint32_t(bits * 1000 + G * 10 + act * 2 + sym));
-            const PreparedQuantMatrix w = prepare(p.view());
+            const PreparedQuantMatrix w = prepare(p.view(), test_pool());
             EXPECT_EQ(w.perm.empty(), !act || G == -1);  // one group: nothing to reorder
             const auto W = dequantize(p.view());         // [N, K]
             for (int64_t T : {1, 3, 6, 17, 40}) {  // decode passes of 1, 3, 4+2, 4*4+1 rows
@@ -118,7 +119,7 @@ TEST(QuantQgemm, MatchesDequantizedMatmul) {
                   QgemmOptions opt;
                   opt.isa = isa;
                   opt.max_direct_t = max_direct;
-                  qgemm(w, x.data(), T, y.data(), opt);
+                  qgemm(test_pool(), w, x.data(), T, y.data(), opt);
                   EXPECT_LT(normalized_error(ref, y), 1e-5)
                       << describe(c) << " T " << T << " isa " << isa_name(isa) << " max_direct_t " << max_direct;
                   ++checked;
@@ -137,13 +138,13 @@ TEST(QuantQgemm, RejectsBadInputs) {
   std::string why;
   EXPECT_FALSE(can_implement(m, &why));
   EXPECT_NE(why.find("bits"), std::string::npos) << why;
-  EXPECT_THROW(prepare(m), gptq::Error);
+  EXPECT_THROW(prepare(m, test_pool()), gptq::Error);
   m = p.view();
   m.group_size = -3;
-  EXPECT_THROW(prepare(m), gptq::Error);
+  EXPECT_THROW(prepare(m, test_pool()), gptq::Error);
   m = p.view();
   m.N = 12;  // 12 * 4 bits is not a whole number of qzeros words
-  EXPECT_THROW(prepare(m), gptq::Error);
+  EXPECT_THROW(prepare(m, test_pool()), gptq::Error);
   p.g_idx[3] = 9;
-  EXPECT_THROW(prepare(p.view()), gptq::Error);
+  EXPECT_THROW(prepare(p.view(), test_pool()), gptq::Error);
 }

@@ -26,6 +26,7 @@ BenchResult run_bench(Model& model, int n_prompt, int n_gen, int repeats);
 
 // Sustained read bandwidth of main memory, bytes/s: all threads sum a buffer much larger than the
 // caches; best of `repeats`.
-double measure_read_bandwidth(size_t bytes = size_t(1) << 30, int repeats = 5);
+class ThreadPool;
+double measure_read_bandwidth(ThreadPool& pool, size_t bytes = size_t(1) << 30, int repeats = 5);
 
 }  // namespace gptq

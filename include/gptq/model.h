@@ -13,6 +13,7 @@
 namespace gptq {
 
 class TensorStore;
+class ThreadPool;
 struct LlamaWeights;
 
 // Keys and values of one sequence: [layer][kv_head][position][head_dim], fp32.
@@ -89,6 +90,7 @@ class Model {
   std::string weight_dtype_summary() const;  // e.g. "F16" or "F16 + GPTQ 4-bit g128"
 
   LlamaWeights& weights() { return *w_; }
+  ThreadPool& thread_pool() const;
 
  private:
   Model() = default;
@@ -96,6 +98,7 @@ class Model {
   std::string dir_;
   std::unique_ptr<TensorStore> store_;
   std::unique_ptr<LlamaWeights> w_;
+  std::unique_ptr<ThreadPool> pool_;
 };
 
 // Resident memory of this process now, and its peak (from /proc/self/status), in bytes.

@@ -1,9 +1,10 @@
 #include "core/thread_pool.h"
 
-#include <cblas.h>
-
 #include <algorithm>
-#include <memory>
+#include <stdexcept>
+#include <system_error>
+
+#include "gptq/error.h"
 
 namespace gptq {
 
@@ -12,20 +13,16 @@ int hardware_threads() {
   return n == 0 ? 1 : int(n);
 }
 
-ThreadPool::ThreadPool(int n_threads) : n_threads_(std::max(1, n_threads)) {
-  for (int i = 1; i < n_threads_; ++i) threads_.emplace_back([this, i] { worker(i); });
-}
-
-ThreadPool::~ThreadPool() {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    stop_ = true;
-  }
-  cv_start_.notify_all();
-  for (auto& t : threads_) t.join();
-}
-
 namespace {
+// The pool whose task the calling thread is running (for the nesting check).
+thread_local const ThreadPool* t_current = nullptr;
+
+struct CurrentScope {
+  const ThreadPool* saved;
+  explicit CurrentScope(const ThreadPool* p) : saved(t_current) { t_current = p; }
+  ~CurrentScope() { t_current = saved; }
+};
+
 // Decoding one token runs ~50 short jobs back to back; waking a thread blocked on a condition
 // variable costs tens of microseconds, so both sides spin this long before they block.
 constexpr int kSpin = 1 << 14;
@@ -35,6 +32,44 @@ inline void cpu_relax() {
 #endif
 }
 }  // namespace
+
+ThreadPool::ThreadPool(int n_threads) {
+  const int hw = hardware_threads();
+  if (n_threads <= 0) n_threads = hw;
+  n_threads_ = std::clamp(n_threads, 1, 4 * hw);
+  try {
+    threads_.reserve(size_t(n_threads_ - 1));
+    for (int i = 1; i < n_threads_; ++i) threads_.emplace_back([this, i] { worker(i); });
+  } catch (const std::system_error& e) {
+    stop_workers();
+    fail("cannot start ", n_threads_, " threads (", threads_.size() + 1, " started): ", e.what());
+  }
+}
+
+ThreadPool::~ThreadPool() { stop_workers(); }
+
+void ThreadPool::stop_workers() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  cv_start_.notify_all();
+  for (auto& t : threads_)
+    if (t.joinable()) t.join();
+  threads_.clear();
+}
+
+bool ThreadPool::in_task() const { return t_current == this; }
+
+void ThreadPool::run_task(const std::function<void(int, int)>& fn, int index) {
+  CurrentScope scope(this);
+  try {
+    fn(index, n_threads_);
+  } catch (...) {
+    std::lock_guard<std::mutex> lock(err_mu_);
+    if (!error_) error_ = std::current_exception();
+  }
+}
 
 void ThreadPool::worker(int index) {
   size_t seen = 0;
@@ -47,7 +82,7 @@ void ThreadPool::worker(int index) {
     }
     if (stop_.load()) return;
     seen = generation_.load(std::memory_order_acquire);
-    (*job_.load(std::memory_order_acquire))(index, n_threads_);
+    run_task(*job_.load(std::memory_order_acquire), index);
     if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
       std::lock_guard<std::mutex> lock(mu_);
       cv_done_.notify_one();
@@ -56,22 +91,30 @@ void ThreadPool::worker(int index) {
 }
 
 void ThreadPool::run(const std::function<void(int, int)>& fn) {
+  if (in_task()) throw std::logic_error("ThreadPool::run called from inside one of its own tasks (pools do not nest)");
+  std::lock_guard<std::mutex> call(call_mu_);
+  error_ = nullptr;
   if (n_threads_ == 1) {
-    fn(0, 1);
-    return;
+    run_task(fn, 0);
+  } else {
+    job_.store(&fn, std::memory_order_release);
+    pending_.store(n_threads_ - 1, std::memory_order_release);
+    {
+      std::lock_guard<std::mutex> lock(mu_);  // pairs with the workers' predicate check: no lost wake-up
+      generation_.fetch_add(1, std::memory_order_acq_rel);
+    }
+    cv_start_.notify_all();
+    run_task(fn, 0);
+    for (int i = 0; i < kSpin && pending_.load(std::memory_order_acquire) != 0; ++i) cpu_relax();
+    if (pending_.load(std::memory_order_acquire) != 0) {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_done_.wait(lock, [&] { return pending_.load() == 0; });
+    }
   }
-  job_.store(&fn, std::memory_order_release);
-  pending_.store(n_threads_ - 1, std::memory_order_release);
-  {
-    std::lock_guard<std::mutex> lock(mu_);  // pairs with the workers' predicate check: no lost wake-up
-    generation_.fetch_add(1, std::memory_order_acq_rel);
-  }
-  cv_start_.notify_all();
-  fn(0, n_threads_);
-  for (int i = 0; i < kSpin && pending_.load(std::memory_order_acquire) != 0; ++i) cpu_relax();
-  if (pending_.load(std::memory_order_acquire) != 0) {
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_done_.wait(lock, [&] { return pending_.load() == 0; });
+  if (error_) {
+    std::exception_ptr e = error_;
+    error_ = nullptr;
+    std::rethrow_exception(e);
   }
 }
 
@@ -83,6 +126,8 @@ void ThreadPool::parallel_for(size_t begin, size_t end, const std::function<void
   const size_t n_grains = (n + grain - 1) / grain;
   const size_t n_chunks = std::min<size_t>(n_grains, size_t(n_threads_));
   if (n_chunks <= 1) {
+    if (in_task()) throw std::logic_error("ThreadPool::parallel_for called from inside one of its own tasks");
+    CurrentScope scope(this);
     fn(begin, end);
     return;
   }
@@ -94,41 +139,6 @@ void ThreadPool::parallel_for(size_t begin, size_t end, const std::function<void
     const size_t e = std::min(end, begin + g1 * grain);
     if (b < e) fn(b, e);
   });
-}
-
-namespace {
-std::unique_ptr<ThreadPool>& global_slot() {
-  static std::unique_ptr<ThreadPool> pool;
-  return pool;
-}
-}  // namespace
-
-// The pool owns the parallelism: BLAS runs single-threaded inside its tasks (OpenBLAS's own
-// threads on top of ours would oversubscribe the cores). Code that calls BLAS from one thread
-// for a big factorization raises it for that call (quant/blas_threads.h).
-static void single_threaded_blas() {
-  static const bool done = [] {
-    openblas_set_num_threads(1);
-    return true;
-  }();
-  (void)done;
-}
-
-ThreadPool& ThreadPool::global() {
-  auto& p = global_slot();
-  if (!p) {
-    single_threaded_blas();
-    p = std::make_unique<ThreadPool>(hardware_threads());
-  }
-  return *p;
-}
-
-void ThreadPool::set_num_threads(int n) {
-  if (n <= 0) n = hardware_threads();
-  single_threaded_blas();
-  auto& p = global_slot();
-  if (p && p->size() == n) return;
-  p = std::make_unique<ThreadPool>(n);
 }
 
 }  // namespace gptq

@@ -1,10 +1,21 @@
-// A fixed pool of worker threads with a blocking parallel_for.
-// One pool per process (ThreadPool::global()), sized by set_num_threads() or the core count.
+// A fixed pool of worker threads with a blocking parallel_for. An instance, never a global: each
+// CPU backend owns one (DESIGN.md), and kernels receive the pool they run on.
+//
+// Contract:
+//  - run()/parallel_for() block until every task finished. A task that throws does not leave the
+//    others running a destroyed job: all tasks of the call finish, then the first exception is
+//    rethrown in the caller.
+//  - Callers on different threads are served one call at a time (a mutex), never interleaved.
+//  - Calling run() from inside one of the same pool's tasks would deadlock; it throws
+//    std::logic_error instead (a programmer error: kernels must not nest).
+//  - If creating a thread fails part-way, the constructor stops the ones it started and
+//    rethrows as gptq::Error (no thread is left blocked).
 #pragma once
 
 #include <atomic>
 #include <condition_variable>
 #include <cstddef>
+#include <exception>
 #include <functional>
 #include <mutex>
 #include <thread>
@@ -14,7 +25,8 @@ namespace gptq {
 
 class ThreadPool {
  public:
-  explicit ThreadPool(int n_threads);
+  // n_threads <= 0: all hardware threads; capped at 4x the hardware threads (more only thrash).
+  explicit ThreadPool(int n_threads = 0);
   ~ThreadPool();
   ThreadPool(const ThreadPool&) = delete;
   ThreadPool& operator=(const ThreadPool&) = delete;
@@ -26,31 +38,28 @@ class ThreadPool {
 
   // Splits [begin, end) into contiguous chunks, at most one per thread, and calls
   // fn(chunk_begin, chunk_end) for each. Chunks are multiples of `grain` (except the last).
-  void parallel_for(size_t begin, size_t end, const std::function<void(size_t, size_t)>& fn,
-                    size_t grain = 1);
+  void parallel_for(size_t begin, size_t end, const std::function<void(size_t, size_t)>& fn, size_t grain = 1);
 
-  static ThreadPool& global();
-  // Resizes the global pool; 0 means "all hardware threads".
-  static void set_num_threads(int n);
+  // Whether the calling thread is running one of this pool's tasks.
+  bool in_task() const;
 
  private:
   void worker(int index);
+  void stop_workers();
+  void run_task(const std::function<void(int, int)>& fn, int index);
 
   int n_threads_;
   std::vector<std::thread> threads_;
+  std::mutex call_mu_;  // one run() at a time
   std::mutex mu_;
   std::condition_variable cv_start_, cv_done_;
   std::atomic<const std::function<void(int, int)>*> job_{nullptr};
   std::atomic<size_t> generation_{0};
   std::atomic<int> pending_{0};
   std::atomic<bool> stop_{false};
+  std::mutex err_mu_;
+  std::exception_ptr error_;
 };
-
-// Shorthand for ThreadPool::global().parallel_for.
-inline void parallel_for(size_t begin, size_t end, const std::function<void(size_t, size_t)>& fn,
-                         size_t grain = 1) {
-  ThreadPool::global().parallel_for(begin, end, fn, grain);
-}
 
 int hardware_threads();
 

@@ -36,7 +36,7 @@ BenchResult run_bench(Model& model, int n_prompt, int n_gen, int repeats) {
   r.n_prompt = n_prompt;
   r.n_gen = n_gen;
   r.repeats = repeats;
-  r.threads = ThreadPool::global().size();
+  r.threads = model.thread_pool().size();
   r.bytes_per_token = model.bytes_per_token();
   if (repeats < 1) fail("bench needs at least one repeat");
   if (n_prompt + 1 > model.context_length() || n_gen + 1 > model.context_length())
@@ -79,18 +79,18 @@ BenchResult run_bench(Model& model, int n_prompt, int n_gen, int repeats) {
   return r;
 }
 
-double measure_read_bandwidth(size_t bytes, int repeats) {
+double measure_read_bandwidth(ThreadPool& pool, size_t bytes, int repeats) {
   const size_t n = bytes / sizeof(float);
   std::vector<float> buf(n);
-  parallel_for(0, n, [&](size_t a, size_t b) {
+  pool.parallel_for(0, n, [&](size_t a, size_t b) {
     for (size_t i = a; i < b; ++i) buf[i] = float(i & 7);
   }, 1 << 16);
   double best = 0;
   const bool simd = cpu::active_simd() >= cpu::SimdLevel::kAvx2;
-  std::vector<double> sink(static_cast<size_t>(ThreadPool::global().size()));
+  std::vector<double> sink(static_cast<size_t>(pool.size()));
   for (int r = 0; r < repeats; ++r) {
     const auto t0 = Clock::now();
-    ThreadPool::global().run([&](int t, int nt) {
+    pool.run([&](int t, int nt) {
       const size_t a = n * size_t(t) / size_t(nt), b = n * size_t(t + 1) / size_t(nt);
       double s = 0;
       if (simd) {

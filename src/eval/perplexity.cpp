@@ -69,7 +69,7 @@ PerplexityResult perplexity(Model& model, const std::vector<int32_t>& tokens, co
     model.forward(*cache, ids, r.ctx, true, logits);
     // NLL of each predicted token: logsumexp(row) - row[target]; rows in parallel.
     std::vector<double> tok_nll(static_cast<size_t>(r.ctx - 1));
-    parallel_for(0, size_t(r.ctx - 1), [&](size_t t0, size_t t1) {
+    model.thread_pool().parallel_for(0, size_t(r.ctx - 1), [&](size_t t0, size_t t1) {
       for (size_t t = t0; t < t1; ++t) {
         const float* row = logits.data() + t * size_t(V);
         float mx = row[0];

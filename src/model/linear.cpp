@@ -27,8 +27,8 @@ DenseLinear::DenseLinear(std::vector<float> w, int64_t in, int64_t out, std::vec
   bias_ = std::move(bias);
 }
 
-void DenseLinear::forward(const float* x, int64_t T, float* y) const {
-  cpu::dense_matmul(x, T, in_, data_, dtype_, out_, bias_.empty() ? nullptr : bias_.data(), y);
+void DenseLinear::forward(ThreadPool& pool, const float* x, int64_t T, float* y) const {
+  cpu::dense_matmul(pool, x, T, in_, data_, dtype_, out_, bias_.empty() ? nullptr : bias_.data(), y);
 }
 
 size_t DenseLinear::weight_bytes() const {

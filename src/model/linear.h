@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "core/thread_pool.h"
 #include "gptq/tensor.h"
 
 namespace gptq {
@@ -16,7 +17,7 @@ class Linear {
   int64_t in_features() const { return in_; }
   int64_t out_features() const { return out_; }
   // y: [T, out] = x: [T, in] · Wᵀ (+ bias)
-  virtual void forward(const float* x, int64_t T, float* y) const = 0;
+  virtual void forward(ThreadPool& pool, const float* x, int64_t T, float* y) const = 0;
   virtual size_t weight_bytes() const = 0;  // bytes held for W (and bias, scales, ...)
   virtual std::string kind() const = 0;     // "F16", "GPTQ 4-bit g128", ...
   // W as fp32 [out, in] (quantized layers dequantize); for calibration and tests.
@@ -37,7 +38,7 @@ class DenseLinear : public Linear {
   // Owns an fp32 copy (e.g. a dequantized matrix). w: [out * in].
   DenseLinear(std::vector<float> w, int64_t in, int64_t out, std::vector<float> bias);
 
-  void forward(const float* x, int64_t T, float* y) const override;
+  void forward(ThreadPool& pool, const float* x, int64_t T, float* y) const override;
   size_t weight_bytes() const override;
   std::string kind() const override;
   std::vector<float> dense_weight() const override;

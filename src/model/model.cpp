@@ -1,4 +1,6 @@
 // Loading a Llama-family model folder and running its forward pass (fp32 arithmetic).
+#include <cblas.h>
+
 #include <cmath>
 #include <fstream>
 #include <set>
@@ -71,7 +73,7 @@ std::vector<float> load_norm(const TensorStore& s, const std::string& name, int6
   return tensor_to_f32(t);
 }
 
-std::unique_ptr<Linear> load_linear(const TensorStore& s, const ModelConfig& c, const std::string& prefix,
+std::unique_ptr<Linear> load_linear(ThreadPool& pool, const TensorStore& s, const ModelConfig& c, const std::string& prefix,
                                     int64_t out, int64_t in, bool has_bias) {
   const TensorView* bias = nullptr;
   if (s.has(prefix + ".bias")) {
@@ -80,7 +82,7 @@ std::unique_ptr<Linear> load_linear(const TensorStore& s, const ModelConfig& c, 
   } else if (has_bias) {
     s.get(prefix + ".bias");  // throws "missing tensor"
   }
-  if (c.quant && s.has(prefix + ".qweight")) return load_gptq_linear(s, *c.quant, prefix, out, in, bias);
+  if (c.quant && s.has(prefix + ".qweight")) return load_gptq_linear(pool, s, *c.quant, prefix, out, in, bias);
   const TensorView& w = s.get(prefix + ".weight");
   check_shape(w, {out, in}, "[out_features, in_features]");
   return std::make_unique<DenseLinear>(w, bias);
@@ -89,8 +91,9 @@ std::unique_ptr<Linear> load_linear(const TensorStore& s, const ModelConfig& c, 
 }  // namespace
 
 std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& opts) {
-  ThreadPool::set_num_threads(opts.threads);
   std::unique_ptr<Model> m(new Model());
+  m->pool_ = std::make_unique<ThreadPool>(opts.threads);
+  openblas_set_num_threads(1);  // BLAS runs inside our pool's tasks
   m->dir_ = dir;
   m->config_ = ModelConfig::from_dir(dir);
   const ModelConfig& c = m->config_;
@@ -109,20 +112,20 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& op
   if (w->lm_head_tied)
     w->lm_head = std::make_unique<DenseLinear>(w->embed, nullptr);
   else
-    w->lm_head = load_linear(s, c, "lm_head", c.vocab_size, H, false);
+    w->lm_head = load_linear(*m->pool_, s, c, "lm_head", c.vocab_size, H, false);
   w->layers.resize(static_cast<size_t>(c.num_layers));
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     LlamaLayer& L = w->layers[size_t(l)];
     L.attn_norm = load_norm(s, p + "input_layernorm.weight", H);
     L.mlp_norm = load_norm(s, p + "post_attention_layernorm.weight", H);
-    L.q = load_linear(s, c, p + "self_attn.q_proj", c.num_heads * hd, H, c.attention_bias);
-    L.k = load_linear(s, c, p + "self_attn.k_proj", c.num_kv_heads * hd, H, c.attention_bias);
-    L.v = load_linear(s, c, p + "self_attn.v_proj", c.num_kv_heads * hd, H, c.attention_bias);
-    L.o = load_linear(s, c, p + "self_attn.o_proj", H, c.num_heads * hd, false);
-    L.gate = load_linear(s, c, p + "mlp.gate_proj", F, H, c.mlp_bias);
-    L.up = load_linear(s, c, p + "mlp.up_proj", F, H, c.mlp_bias);
-    L.down = load_linear(s, c, p + "mlp.down_proj", H, F, c.mlp_bias);
+    L.q = load_linear(*m->pool_, s, c, p + "self_attn.q_proj", c.num_heads * hd, H, c.attention_bias);
+    L.k = load_linear(*m->pool_, s, c, p + "self_attn.k_proj", c.num_kv_heads * hd, H, c.attention_bias);
+    L.v = load_linear(*m->pool_, s, c, p + "self_attn.v_proj", c.num_kv_heads * hd, H, c.attention_bias);
+    L.o = load_linear(*m->pool_, s, c, p + "self_attn.o_proj", H, c.num_heads * hd, false);
+    L.gate = load_linear(*m->pool_, s, c, p + "mlp.gate_proj", F, H, c.mlp_bias);
+    L.up = load_linear(*m->pool_, s, c, p + "mlp.up_proj", F, H, c.mlp_bias);
+    L.down = load_linear(*m->pool_, s, c, p + "mlp.down_proj", H, F, c.mlp_bias);
   }
   m->w_ = std::move(w);
   // Quantized layers were repacked into their own buffers: the file pages read for that need not
@@ -133,6 +136,8 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& op
 }
 
 Model::~Model() = default;
+
+ThreadPool& Model::thread_pool() const { return *pool_; }
 
 std::unique_ptr<KVCache> Model::new_cache(int64_t max_tokens) const {
   if (max_tokens <= 0 || max_tokens > context_length()) max_tokens = context_length();
@@ -187,11 +192,11 @@ void rope_tables(const ModelConfig& c, int64_t p0, int64_t T, std::vector<float>
 }  // namespace
 
 void Model::attn_norm(int64_t layer, const float* x, int64_t T, float* h) const {
-  cpu::rms_norm(x, w_->layers[size_t(layer)].attn_norm.data(), T, config_.hidden_size, float(config_.rms_norm_eps), h);
+  cpu::rms_norm(*pool_, x, w_->layers[size_t(layer)].attn_norm.data(), T, config_.hidden_size, float(config_.rms_norm_eps), h);
 }
 
 void Model::mlp_norm(int64_t layer, const float* x, int64_t T, float* h) const {
-  cpu::rms_norm(x, w_->layers[size_t(layer)].mlp_norm.data(), T, config_.hidden_size, float(config_.rms_norm_eps), h);
+  cpu::rms_norm(*pool_, x, w_->layers[size_t(layer)].mlp_norm.data(), T, config_.hidden_size, float(config_.rms_norm_eps), h);
 }
 
 void Model::attention_block(int64_t layer, KVCache& cache, const float* h, int64_t T, float* att) {
@@ -203,9 +208,9 @@ void Model::attention_block(int64_t layer, KVCache& cache, const float* h, int64
   LlamaLayer& L = w_->layers[size_t(layer)];
   std::vector<float> q(static_cast<size_t>(T * nh * hd)), k(static_cast<size_t>(T * nkv * hd)),
       v(static_cast<size_t>(T * nkv * hd));
-  L.q->forward(h, T, q.data());  // q: [T, nh*hd]
-  L.k->forward(h, T, k.data());  // k: [T, nkv*hd]
-  L.v->forward(h, T, v.data());
+  L.q->forward(*pool_, h, T, q.data());  // q: [T, nh*hd]
+  L.k->forward(*pool_, h, T, k.data());  // k: [T, nkv*hd]
+  L.v->forward(*pool_, h, T, v.data());
   std::vector<float> cs, sn;
   rope_tables(c, p0, T, cs, sn);
   cpu::rope(q.data(), T, nh, hd, nh * hd, cs.data(), sn.data());
@@ -219,13 +224,13 @@ void Model::attention_block(int64_t layer, KVCache& cache, const float* h, int64
       std::copy_n(v.data() + t * nkv * hd + j * hd, hd, vc[size_t(j)] + (p0 + t) * hd);
     }
   }
-  cpu::attention(q.data(), T, p0, nh, nkv, hd, kc.data(), vc.data(), att);
+  cpu::attention(*pool_, q.data(), T, p0, nh, nkv, hd, kc.data(), vc.data(), att);
 }
 
 void Model::attn_out(int64_t layer, const float* att, int64_t T, float* x) {
   const int64_t H = config_.hidden_size;
   std::vector<float> y(static_cast<size_t>(T * H));
-  w_->layers[size_t(layer)].o->forward(att, T, y.data());
+  w_->layers[size_t(layer)].o->forward(*pool_, att, T, y.data());
   for (int64_t i = 0; i < T * H; ++i) x[i] += y[size_t(i)];
 }
 
@@ -233,15 +238,15 @@ void Model::mlp_act(int64_t layer, const float* h, int64_t T, float* g) {
   const int64_t F = config_.intermediate_size;
   LlamaLayer& L = w_->layers[size_t(layer)];
   std::vector<float> u(static_cast<size_t>(T * F));
-  L.gate->forward(h, T, g);
-  L.up->forward(h, T, u.data());
-  cpu::silu_mul(g, u.data(), T, F);
+  L.gate->forward(*pool_, h, T, g);
+  L.up->forward(*pool_, h, T, u.data());
+  cpu::silu_mul(*pool_, g, u.data(), T, F);
 }
 
 void Model::mlp_out(int64_t layer, const float* g, int64_t T, float* x) {
   const int64_t H = config_.hidden_size;
   std::vector<float> y(static_cast<size_t>(T * H));
-  w_->layers[size_t(layer)].down->forward(g, T, y.data());
+  w_->layers[size_t(layer)].down->forward(*pool_, g, T, y.data());
   for (int64_t i = 0; i < T * H; ++i) x[i] += y[size_t(i)];
 }
 
@@ -266,8 +271,8 @@ void Model::commit_tokens(KVCache& cache, int64_t T) const {
 void Model::head(const float* x, int64_t T, float* logits) {
   const int64_t H = config_.hidden_size;
   std::vector<float> h(static_cast<size_t>(T * H));
-  cpu::rms_norm(x, w_->final_norm.data(), T, H, float(config_.rms_norm_eps), h.data());
-  w_->lm_head->forward(h.data(), T, logits);
+  cpu::rms_norm(*pool_, x, w_->final_norm.data(), T, H, float(config_.rms_norm_eps), h.data());
+  w_->lm_head->forward(*pool_, h.data(), T, logits);
 }
 
 void Model::forward(KVCache& cache, const int32_t* tokens, int64_t T, bool all_logits, std::vector<float>& logits) {

@@ -11,13 +11,13 @@ namespace {
 // Holds the kernel layout of one GPTQ layer (built once at load time from the mapped tensors).
 class GptqLinear : public Linear {
  public:
-  GptqLinear(const quant::QuantMatrix& m, std::vector<float> bias, std::string kind)
-      : Linear(m.K, m.N), w_(cpu::prepare(m)), kind_(std::move(kind)), q_(m) {
+  GptqLinear(ThreadPool& pool, const quant::QuantMatrix& m, std::vector<float> bias, std::string kind)
+      : Linear(m.K, m.N), w_(cpu::prepare(m, pool)), kind_(std::move(kind)), q_(m) {
     bias_ = std::move(bias);
   }
 
-  void forward(const float* x, int64_t T, float* y) const override {
-    cpu::qgemm(w_, x, T, y);
+  void forward(ThreadPool& pool, const float* x, int64_t T, float* y) const override {
+    cpu::qgemm(pool, w_, x, T, y);
     if (!bias_.empty())
       for (int64_t t = 0; t < T; ++t)
         for (int64_t n = 0; n < out_; ++n) y[t * out_ + n] += bias_[size_t(n)];
@@ -50,7 +50,7 @@ const TensorView& require(const TensorStore& s, const std::string& name, DType d
 
 }  // namespace
 
-std::unique_ptr<Linear> load_gptq_linear(const TensorStore& s, const QuantConfig& q, const std::string& prefix,
+std::unique_ptr<Linear> load_gptq_linear(ThreadPool& pool, const TensorStore& s, const QuantConfig& q, const std::string& prefix,
                                          int64_t out, int64_t in, const TensorView* bias) {
   if (!quant::is_supported_bits(q.bits)) fail(s.dir(), ": quantization_config bits ", q.bits, " is not supported (2, 3, 4, 8)");
   if (q.checkpoint_format != "gptq" && q.checkpoint_format != "gptq_v2")
@@ -81,7 +81,7 @@ std::unique_ptr<Linear> load_gptq_linear(const TensorStore& s, const QuantConfig
   }
   std::string kind = "GPTQ " + std::to_string(q.bits) + "-bit g" + std::to_string(q.group_size) +
                      (q.desc_act ? " act-order" : "");
-  return std::make_unique<GptqLinear>(m, std::move(b), std::move(kind));
+  return std::make_unique<GptqLinear>(pool, m, std::move(b), std::move(kind));
 }
 
 }  // namespace gptq

@@ -3,7 +3,6 @@
 #include <algorithm>
 
 #include "core/half.h"
-#include "core/thread_pool.h"
 #include "gptq/error.h"
 
 namespace gptq::quant {
@@ -83,20 +82,12 @@ void pack_qweight(const uint8_t* codes, int64_t N, int64_t K, int bits, int32_t*
   const uint32_t maxq = (1u << bits) - 1;
   for (int64_t i = 0; i < N * K; ++i)
     if (codes[i] > maxq) fail("code ", int(codes[i]), " does not fit in ", bits, " bits");
-  // One column's stream per n: threads own contiguous n, so the strided word writes of
-  // neighbouring columns share cache lines.
-  parallel_for(0, size_t(N), [&](size_t n0, size_t n1) {
-    for (int64_t n = int64_t(n0); n < int64_t(n1); ++n)
-      pack_stream(codes + n * K, K, bits, reinterpret_cast<uint32_t*>(qweight) + n, N);
-  });
+  for (int64_t n = 0; n < N; ++n) pack_stream(codes + n * K, K, bits, reinterpret_cast<uint32_t*>(qweight) + n, N);
 }
 
 void unpack_qweight(const int32_t* qweight, int64_t N, int64_t K, int bits, uint8_t* codes) {
   qweight_rows(K, bits);
-  parallel_for(0, size_t(N), [&](size_t n0, size_t n1) {
-    for (int64_t n = int64_t(n0); n < int64_t(n1); ++n)
-      unpack_stream(reinterpret_cast<const uint32_t*>(qweight) + n, N, K, bits, codes + n * K);
-  });
+  for (int64_t n = 0; n < N; ++n) unpack_stream(reinterpret_cast<const uint32_t*>(qweight) + n, N, K, bits, codes + n * K);
 }
 
 int64_t pack_qzeros(const int32_t* zeros, int64_t n_groups, int64_t N, int bits, QuantFormat format,

@@ -34,12 +34,12 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 // With J the index reversal, J Hp J = L L^T (LAPACK lower Cholesky) gives Hp = R R^T with the
 // upper-triangular R = J L J, hence Hp^-1 = (R^-1)^T R^-1 and U = R^-1 = J L^-1 J.
 // a: [K*K] double scratch, column-major for LAPACK.
-bool factor_hinv(const float* H, const float* diag, const std::vector<int64_t>& perm, int64_t K, double damp,
+bool factor_hinv(ThreadPool& pool, const float* H, const float* diag, const std::vector<int64_t>& perm, int64_t K, double damp,
                  std::vector<double>& a, float* U) {
   const int n = int(K);
   // M = J Hp J: M[i][j] = Hp[K-1-i][K-1-j] = H[q[i]][q[j]], q[i] = perm[K-1-i]. M is symmetric, so
   // its row-major and column-major images are the same.
-  parallel_for(0, size_t(K), [&](size_t i0, size_t i1) {
+  pool.parallel_for(0, size_t(K), [&](size_t i0, size_t i1) {
     for (int64_t i = int64_t(i0); i < int64_t(i1); ++i) {
       const int64_t qi = perm[size_t(K - 1 - i)];
       const float* h = H + qi * K;
@@ -50,7 +50,7 @@ bool factor_hinv(const float* H, const float* diag, const std::vector<int64_t>& 
   });
   int info = 0;
   {
-    BlasThreadsScope all_threads(ThreadPool::global().size());
+    BlasThreadsScope all_threads(pool.size());
     dpotrf_("L", &n, a.data(), &n, &info);
     if (info != 0) return false;
     dtrtri_("L", "N", &n, a.data(), &n, &info);
@@ -59,7 +59,7 @@ bool factor_hinv(const float* H, const float* diag, const std::vector<int64_t>& 
   // U[i][j] = Linv(K-1-i, K-1-j) = a[(K-1-i) + (K-1-j)*K] for i <= j; blocked because the source
   // is read with stride K.
   constexpr int64_t kB = 64;
-  parallel_for(0, size_t((K + kB - 1) / kB), [&](size_t b0, size_t b1) {
+  pool.parallel_for(0, size_t((K + kB - 1) / kB), [&](size_t b0, size_t b1) {
     for (int64_t ib = int64_t(b0) * kB; ib < std::min<int64_t>(K, int64_t(b1) * kB); ib += kB) {
       const int64_t ie = std::min(K, ib + kB);
       for (int64_t i = ib; i < ie; ++i) std::fill(U + i * K, U + i * K + i, 0.f);
@@ -105,7 +105,7 @@ QuantResult empty_result(int64_t N, int64_t K, const QuantSpec& spec) {
 }
 }  // namespace
 
-QuantResult gptq_quantize(const float* W, const float* H, int64_t N, int64_t K, const QuantSpec& spec) {
+QuantResult gptq_quantize(ThreadPool& pool, const float* W, const float* H, int64_t N, int64_t K, const QuantSpec& spec) {
   check_spec(spec, K);
   if (N <= 0) fail("cannot quantize a layer with ", N, " output features");
   const int maxq = max_code(spec.bits);
@@ -117,7 +117,7 @@ QuantResult gptq_quantize(const float* W, const float* H, int64_t N, int64_t K, 
 
   // The whole-row grid comes from W before dead columns are zeroed (fasterquant's first find_params).
   if (whole_row) {
-    parallel_for(0, size_t(N), [&](size_t n0, size_t n1) {
+    pool.parallel_for(0, size_t(N), [&](size_t n0, size_t n1) {
       for (int64_t n = int64_t(n0); n < int64_t(n1); ++n) {
         const GridParams p = find_params(W + n * K, K, maxq, spec.sym);
         res.scales[size_t(n)] = p.scale;
@@ -146,7 +146,7 @@ QuantResult gptq_quantize(const float* W, const float* H, int64_t N, int64_t K, 
 
   // Wp: [N, K] = W with dead columns zeroed, columns permuted (the solver's working copy).
   std::vector<float> Wp(static_cast<size_t>(N * K));
-  parallel_for(0, size_t(N), [&](size_t n0, size_t n1) {
+  pool.parallel_for(0, size_t(N), [&](size_t n0, size_t n1) {
     for (int64_t n = int64_t(n0); n < int64_t(n1); ++n)
       for (int64_t i = 0; i < K; ++i) {
         const int64_t k = perm[size_t(i)];
@@ -156,7 +156,7 @@ QuantResult gptq_quantize(const float* W, const float* H, int64_t N, int64_t K, 
 
   // Static groups: grids of the original column groups, from the dead-zeroed W.
   if (static_groups) {
-    parallel_for(0, size_t(N), [&](size_t n0, size_t n1) {
+    pool.parallel_for(0, size_t(N), [&](size_t n0, size_t n1) {
       std::vector<float> row(static_cast<size_t>(G));
       for (int64_t n = int64_t(n0); n < int64_t(n1); ++n)
         for (int64_t g = 0; g < res.n_groups; ++g) {
@@ -184,7 +184,7 @@ QuantResult gptq_quantize(const float* W, const float* H, int64_t N, int64_t K, 
     double pct = spec.damp_percent;
     for (int attempt = 0;; ++attempt) {
       const double damp = pct * mean_diag;
-      if (factor_hinv(H, diag.data(), perm, K, damp, a, U.data())) {
+      if (factor_hinv(pool, H, diag.data(), perm, K, damp, a, U.data())) {
         res.damp = damp;
         res.damp_percent = pct;
         res.damp_retries = attempt;
@@ -204,7 +204,7 @@ QuantResult gptq_quantize(const float* W, const float* H, int64_t N, int64_t K, 
   const int64_t B = spec.block_size;
   std::mutex loss_mu;
   BlasThreadsScope one_blas_thread(1);
-  parallel_for(
+  pool.parallel_for(
       0, size_t(N),
       [&](size_t r0_, size_t r1_) {
         const int64_t r0 = int64_t(r0_), R = int64_t(r1_) - r0;
@@ -264,14 +264,14 @@ QuantResult gptq_quantize(const float* W, const float* H, int64_t N, int64_t K, 
   return res;
 }
 
-QuantResult rtn_quantize(const float* W, int64_t N, int64_t K, const QuantSpec& spec) {
+QuantResult rtn_quantize(ThreadPool& pool, const float* W, int64_t N, int64_t K, const QuantSpec& spec) {
   check_spec(spec, K);
   if (N <= 0) fail("cannot quantize a layer with ", N, " output features");
   const int maxq = max_code(spec.bits);
   const int64_t G = resolve_group_size(K, spec.group_size);
   QuantResult res = empty_result(N, K, spec);
   for (int64_t k = 0; k < K; ++k) res.g_idx[size_t(k)] = int32_t(k / G);
-  parallel_for(0, size_t(N), [&](size_t n0, size_t n1) {
+  pool.parallel_for(0, size_t(N), [&](size_t n0, size_t n1) {
     for (int64_t n = int64_t(n0); n < int64_t(n1); ++n)
       for (int64_t g = 0; g < res.n_groups; ++g) {
         const int64_t k0 = g * G, k1 = std::min(K, k0 + G);

@@ -23,6 +23,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/thread_pool.h"
 #include "quant/format.h"
 
 namespace gptq::quant {
@@ -59,10 +60,10 @@ struct QuantResult {
 
 // W: [N, K] fp32 row-major (N outputs, K inputs). H: [K, K] from HessianAccumulator (not modified).
 // Throws gptq::Error for bad specs or when H stays non positive definite after the retries.
-QuantResult gptq_quantize(const float* W, const float* H, int64_t N, int64_t K, const QuantSpec& spec);
+QuantResult gptq_quantize(ThreadPool& pool, const float* W, const float* H, int64_t N, int64_t K, const QuantSpec& spec);
 
 // Round-to-nearest on the same grid (per row, per group of group_size columns), no error feedback.
-QuantResult rtn_quantize(const float* W, int64_t N, int64_t K, const QuantSpec& spec);
+QuantResult rtn_quantize(ThreadPool& pool, const float* W, int64_t N, int64_t K, const QuantSpec& spec);
 
 // Packs a result for the checkpoint writer. bias: [N] fp32 or nullptr.
 PackedQuant pack_result(const QuantResult& r, QuantFormat format, const float* bias = nullptr);

@@ -28,7 +28,7 @@ int64_t pick_tile(int64_t K, int64_t threads) {
 
 }  // namespace
 
-HessianAccumulator::HessianAccumulator(int64_t K) : K_(K), H_(size_t(K * K), 0.f) {
+HessianAccumulator::HessianAccumulator(ThreadPool& pool, int64_t K) : pool_(pool), K_(K), H_(size_t(K * K), 0.f) {
   GPTQ_ASSERT(K > 0);
 }
 
@@ -39,7 +39,7 @@ void HessianAccumulator::add_batch(const float* x, int64_t samples, int64_t T) {
   nsamples_ += samples;
   const float alpha = float(2.0 / double(nsamples_));
 
-  const int64_t threads = ThreadPool::global().size();
+  const int64_t threads = pool_.size();
   const int64_t tile = pick_tile(K, threads), nb = (K + tile - 1) / tile;
   std::vector<std::pair<int64_t, int64_t>> tiles;  // (row block, col block), row <= col
   for (int64_t i = 0; i < nb; ++i)
@@ -57,7 +57,7 @@ void HessianAccumulator::add_batch(const float* x, int64_t samples, int64_t T) {
   // Diagonal tiles (half cost) are spread through the list, so contiguous ranges roughly balance.
   const int64_t n_items = int64_t(tiles.size()) * chunks;
   BlasThreadsScope one_blas_thread(1);
-  parallel_for(0, size_t(n_items), [&](size_t a, size_t b) {
+  pool_.parallel_for(0, size_t(n_items), [&](size_t a, size_t b) {
     for (int64_t item = int64_t(a); item < int64_t(b); ++item) {
       const int64_t c = item / int64_t(tiles.size());
       const auto [bi, bj] = tiles[size_t(item % int64_t(tiles.size()))];
@@ -76,7 +76,7 @@ void HessianAccumulator::add_batch(const float* x, int64_t samples, int64_t T) {
     }
   });
   if (chunks > 1) {
-    parallel_for(0, size_t(K), [&](size_t i0, size_t i1) {
+    pool_.parallel_for(0, size_t(K), [&](size_t i0, size_t i1) {
       for (int64_t i = int64_t(i0); i < int64_t(i1); ++i)
         for (int64_t c = 1; c < chunks; ++c) {
           const float* src = scratch_.data() + (c - 1) * K * K + i * K;
@@ -92,7 +92,7 @@ std::vector<float> HessianAccumulator::take() {
   // Mirror the upper triangle in 64x64 blocks so that the transposed writes stay in cache.
   constexpr int64_t kB = 64;
   float* h = H_.data();
-  parallel_for(0, size_t((K + kB - 1) / kB), [&](size_t b0, size_t b1) {
+  pool_.parallel_for(0, size_t((K + kB - 1) / kB), [&](size_t b0, size_t b1) {
     for (int64_t jb = int64_t(b0) * kB; jb < int64_t(b1) * kB && jb < K; jb += kB)  // lower rows j
       for (int64_t ib = 0; ib <= jb; ib += kB)                                        // source rows i
         for (int64_t j = jb; j < std::min(K, jb + kB); ++j)

@@ -15,11 +15,13 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/thread_pool.h"
+
 namespace gptq::quant {
 
 class HessianAccumulator {
  public:
-  explicit HessianAccumulator(int64_t K);
+  HessianAccumulator(ThreadPool& pool, int64_t K);
 
   // x: [samples*T, K] fp32 row-major (tokens of `samples` sequences of T tokens each).
   void add_batch(const float* x, int64_t samples, int64_t T);
@@ -31,6 +33,7 @@ class HessianAccumulator {
   std::vector<float> take();
 
  private:
+  ThreadPool& pool_;
   int64_t K_;
   int64_t nsamples_ = 0;
   std::vector<float> H_;        // [K, K], upper tiles valid

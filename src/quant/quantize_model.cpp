@@ -181,7 +181,7 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
       quant::QuantResult r;
       if (o.method == "gptq") {
         try {
-          r = quant::gptq_quantize(W.data(), H.data(), N, K, spec);
+          r = quant::gptq_quantize(model->thread_pool(), W.data(), H.data(), N, K, spec);
         } catch (const Error& e) {
           fail(name, ": ", e.what());
         }
@@ -189,7 +189,7 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
           rep.warnings.push_back(name + ": Hessian not positive definite at damp " + std::to_string(o.damp_percent) +
                                  ", succeeded at " + std::to_string(r.damp_percent));
       } else {
-        r = quant::rtn_quantize(W.data(), N, K, spec);
+        r = quant::rtn_quantize(model->thread_pool(), W.data(), N, K, spec);
       }
       rep.seconds_solve += since(t0);
       const auto tp = Clock::now();
@@ -235,7 +235,7 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
     // Hessians come from the original layer and everything is quantized at the end.
     std::vector<std::vector<float>> stage_H(4);
     for (int stage = 0; stage < 4; ++stage) {
-      quant::HessianAccumulator acc(stage == 1 ? A : stage == 3 ? F : H);
+      quant::HessianAccumulator acc(model->thread_pool(), stage == 1 ? A : stage == 3 ? F : H);
       for (int64_t s = 0; s < n; ++s) {
         cancelled();
         float* xs = X.data() + s * T * H;  // the layer's input (true-sequential: updated in place to x + o(att))

@@ -92,7 +92,7 @@ Runner add_generate(CLI::App& app) {
       j["decode_tokens_per_s"] = tg;
       j["load_seconds"] = load_s;
       j["memory_bytes"] = peak_rss_bytes();
-      j["threads"] = ThreadPool::global().size();
+      j["threads"] = model->thread_pool().size();
       print_json(j);
     } else {
       std::fputc('\n', stdout);

@@ -60,20 +60,20 @@ void dense_row_to_f32(const void* w, DType wt, int64_t K, int64_t row, float* ou
   to_f32(static_cast<const uint8_t*>(w) + size_t(row) * size_t(K) * dtype_size(wt), wt, K, out);
 }
 
-void dense_matmul(const float* x, int64_t T, int64_t K, const void* w, DType wt, int64_t N, const float* bias,
+void dense_matmul(ThreadPool& pool, const float* x, int64_t T, int64_t K, const void* w, DType wt, int64_t N, const float* bias,
                   float* y) {
   GPTQ_ASSERT(wt == DType::kF32 || wt == DType::kF16 || wt == DType::kBF16);
   const size_t es = dtype_size(wt);
   const bool simd = active_simd() >= SimdLevel::kAvx2;
   if (T <= kSmallT) {
-    parallel_for(0, size_t(N), [&](size_t n0, size_t n1) {
+    pool.parallel_for(0, size_t(N), [&](size_t n0, size_t n1) {
       if (simd)
         dot_rows_avx2(x, T, K, w, wt, int64_t(n0), int64_t(n1), N, y);
       else
         dot_rows_scalar(x, T, K, w, wt, int64_t(n0), int64_t(n1), N, y);
     }, 16);
   } else {
-    parallel_for(0, size_t(N), [&](size_t b0, size_t b1) {
+    pool.parallel_for(0, size_t(N), [&](size_t b0, size_t b1) {
       thread_local std::vector<float> buf;
       for (size_t n0 = b0; n0 < b1; n0 += kRowBlock) {
         const int64_t nb = std::min<int64_t>(kRowBlock, int64_t(b1 - n0));

@@ -3,6 +3,7 @@
 
 #include <cstdint>
 
+#include "core/thread_pool.h"
 #include "gptq/tensor.h"
 
 namespace gptq::cpu {
@@ -11,8 +12,8 @@ namespace gptq::cpu {
 // W is row-major in `wt` (F32, F16 or BF16), converted to fp32 on the fly: small T uses SIMD dot
 // products over each row (reads W once, bandwidth-bound); larger T converts blocks of 64 rows into a
 // per-thread fp32 buffer and multiplies them with OpenBLAS sgemm (compute-bound).
-// Multithreaded over N with the global thread pool.
-void dense_matmul(const float* x, int64_t T, int64_t K, const void* w, DType wt, int64_t N, const float* bias,
+// Multithreaded over N on `pool`; sgemm runs single-threaded inside its tasks.
+void dense_matmul(ThreadPool& pool, const float* x, int64_t T, int64_t K, const void* w, DType wt, int64_t N, const float* bias,
                   float* y);
 
 // Row i of W converted to fp32 (embedding lookup).

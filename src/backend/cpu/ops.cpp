@@ -11,8 +11,8 @@
 
 namespace gptq::cpu {
 
-void rms_norm(const float* x, const float* w, int64_t T, int64_t D, float eps, float* y) {
-  parallel_for(0, size_t(T), [&](size_t t0, size_t t1) {
+void rms_norm(ThreadPool& pool, const float* x, const float* w, int64_t T, int64_t D, float eps, float* y) {
+  pool.parallel_for(0, size_t(T), [&](size_t t0, size_t t1) {
     for (size_t t = t0; t < t1; ++t) {
       const float* xr = x + t * D;
       float* yr = y + t * D;
@@ -40,8 +40,8 @@ void rope(float* x, int64_t T, int64_t n_heads, int64_t hd, int64_t stride, cons
   }
 }
 
-void silu_mul(float* g, const float* u, int64_t T, int64_t F) {
-  parallel_for(0, size_t(T * F), [&](size_t i0, size_t i1) {
+void silu_mul(ThreadPool& pool, float* g, const float* u, int64_t T, int64_t F) {
+  pool.parallel_for(0, size_t(T * F), [&](size_t i0, size_t i1) {
     for (size_t i = i0; i < i1; ++i) {
       const float v = g[i];
       g[i] = v / (1.f + std::exp(-v)) * u[i];
@@ -49,7 +49,7 @@ void silu_mul(float* g, const float* u, int64_t T, int64_t F) {
   }, 4096);
 }
 
-void attention(const float* q, int64_t T, int64_t p0, int64_t n_heads, int64_t n_kv, int64_t hd,
+void attention(ThreadPool& pool, const float* q, int64_t T, int64_t p0, int64_t n_heads, int64_t n_kv, int64_t hd,
                float* const* k_cache, float* const* v_cache, float* out) {
   const int64_t group = n_heads / n_kv;
   const int64_t ld = n_heads * hd;
@@ -57,7 +57,7 @@ void attention(const float* q, int64_t T, int64_t p0, int64_t n_heads, int64_t n
   constexpr int64_t kRows = 256;  // query rows per score block: bounds the scratch to kRows x L
   const int64_t n_blocks = (T + kRows - 1) / kRows;
   // One task per (head, block of query rows).
-  parallel_for(0, size_t(n_heads * n_blocks), [&](size_t i0, size_t i1) {
+  pool.parallel_for(0, size_t(n_heads * n_blocks), [&](size_t i0, size_t i1) {
     std::vector<float> s;
     for (size_t i = i0; i < i1; ++i) {
       const int64_t h = int64_t(i) / n_blocks;

@@ -69,7 +69,7 @@ bool can_implement(const quant::QuantMatrix& m, std::string* why) {
   return true;
 }
 
-PreparedQuantMatrix prepare(const quant::QuantMatrix& m) {
+PreparedQuantMatrix prepare(const quant::QuantMatrix& m, ThreadPool& pool) {
   quant::validate(m);
   constexpr int64_t TN = PreparedQuantMatrix::kTileN;
   PreparedQuantMatrix p;
@@ -113,7 +113,7 @@ PreparedQuantMatrix prepare(const quant::QuantMatrix& m) {
   quant::unpack_qzeros(m.qzeros, ng, N, m.bits, m.format, zeros.data());
   p.scales.assign(size_t(p.n_tiles * ng * TN), 0);
   p.zeros.assign(size_t(p.n_tiles * ng * TN), 0);
-  parallel_for(0, size_t(p.n_tiles), [&](size_t t0, size_t t1) {
+  pool.parallel_for(0, size_t(p.n_tiles), [&](size_t t0, size_t t1) {
     std::vector<uint8_t> row(codes.empty() ? 0 : size_t(K));
     for (int64_t t = int64_t(t0); t < int64_t(t1); ++t) {
       const int64_t n0 = t * TN, nc = std::min(TN, N - n0);
@@ -151,7 +151,7 @@ void qgemm_scalar(const QgemmCall& c) {
   constexpr int64_t TN = PreparedQuantMatrix::kTileN;
   const int64_t K = m.K, N = m.N, ng = m.n_groups, bits = m.bits;
   const uint32_t mask = (1u << bits) - 1;
-  parallel_for(0, size_t(m.n_tiles), [&](size_t t0, size_t t1) {
+  c.pool->parallel_for(0, size_t(m.n_tiles), [&](size_t t0, size_t t1) {
     for (int64_t t = int64_t(t0); t < int64_t(t1); ++t) {
       const uint32_t* qt = m.qweight.data() + t * m.words_per_col * TN;  // [words_per_col][32]
       for (int64_t j = 0; j < std::min(TN, N - t * TN); ++j) {
@@ -178,7 +178,7 @@ void qgemm_scalar(const QgemmCall& c) {
 
 }  // namespace detail
 
-void qgemm(const PreparedQuantMatrix& w, const float* x, int64_t T, float* y, const QgemmOptions& opt) {
+void qgemm(ThreadPool& pool, const PreparedQuantMatrix& w, const float* x, int64_t T, float* y, const QgemmOptions& opt) {
   GPTQ_ASSERT(T >= 0);
   if (T == 0) return;
   QgemmIsa isa = opt.isa == QgemmIsa::kAuto ? qgemm_best_isa() : opt.isa;
@@ -210,14 +210,11 @@ void qgemm(const PreparedQuantMatrix& w, const float* x, int64_t T, float* y, co
   call.T = T;
   call.y = y;
   call.max_direct_t = opt.max_direct_t;
-  {
-    // The prefill path calls sgemm from every pool thread.
-    quant::BlasThreadsScope one_blas_thread(1);
-    switch (isa) {
-      case QgemmIsa::kAvx512: detail::qgemm_avx512(call); break;
-      case QgemmIsa::kAvx2: detail::qgemm_avx2(call); break;
-      default: detail::qgemm_scalar(call); break;
-    }
+  call.pool = &pool;
+  switch (isa) {
+    case QgemmIsa::kAvx512: detail::qgemm_avx512(call); break;
+    case QgemmIsa::kAvx2: detail::qgemm_avx2(call); break;
+    default: detail::qgemm_scalar(call); break;
   }
   if (!w.bias.empty())
     for (int64_t t = 0; t < T; ++t)

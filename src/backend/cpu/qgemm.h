@@ -34,6 +34,7 @@
 #include <string>
 #include <vector>
 
+#include "core/thread_pool.h"
 #include "quant/format.h"
 
 namespace gptq::cpu {
@@ -72,7 +73,7 @@ struct PreparedQuantMatrix {
 bool can_implement(const quant::QuantMatrix& m, std::string* why = nullptr);
 
 // Validates m (gptq::Error on bad input) and builds the kernel layout.
-PreparedQuantMatrix prepare(const quant::QuantMatrix& m);
+PreparedQuantMatrix prepare(const quant::QuantMatrix& m, ThreadPool& pool);
 
 struct QgemmOptions {
   QgemmIsa isa = QgemmIsa::kAuto;  // a forced ISA this CPU lacks is a programmer error
@@ -83,6 +84,7 @@ struct QgemmOptions {
 // gptq::parallel_for, so it must not be called from inside a parallel_for task (the pool does not
 // nest). OpenBLAS is held to one thread for the duration of the call (sgemm runs inside our
 // threads) and restored afterwards.
-void qgemm(const PreparedQuantMatrix& w, const float* x, int64_t T, float* y, const QgemmOptions& opt = {});
+void qgemm(ThreadPool& pool, const PreparedQuantMatrix& w, const float* x, int64_t T, float* y,
+           const QgemmOptions& opt = {});
 
 }  // namespace gptq::cpu

@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "backend/cpu/qgemm.h"
+#include "core/thread_pool.h"
 
 namespace gptq::cpu::detail {
 
@@ -15,6 +16,7 @@ struct QgemmCall {
   int64_t T = 0;
   float* y = nullptr;           // [T, N], overwritten (bias is added by the dispatcher)
   int64_t max_direct_t = 64;
+  ThreadPool* pool = nullptr;
 };
 
 // Every path fills c.y completely; the SIMD ones require c.w->unit_aligned.

@@ -181,7 +181,7 @@ template <int BITS>
 void run_bits(const QgemmCall& c) {
   const bool direct = c.T <= c.max_direct_t;
   const size_t grain = direct ? 1 : 4;
-  parallel_for(
+  c.pool->parallel_for(
       0, size_t(c.w->n_tiles),
       [&](size_t t0, size_t t1) {
         if (direct)
