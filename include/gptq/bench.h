@@ -26,7 +26,6 @@ BenchResult run_bench(Model& model, int n_prompt, int n_gen, int repeats);
 
 // Sustained read bandwidth of main memory, bytes/s: all threads sum a buffer much larger than the
 // caches; best of `repeats`.
-class ThreadPool;
-double measure_read_bandwidth(ThreadPool& pool, size_t bytes = size_t(1) << 30, int repeats = 5);
+double measure_read_bandwidth(int threads, size_t bytes = size_t(1) << 30, int repeats = 5);
 
 }  // namespace gptq

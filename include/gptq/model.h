@@ -1,6 +1,6 @@
-// A loaded Llama-family model (Llama, Mistral, Qwen2) and its forward pass on the CPU.
-// Weights stay memory-mapped in their file dtype and are converted to fp32 on the fly, so memory
-// after load is about the size of the files; all arithmetic is fp32.
+// A loaded Llama-family model (Llama, Mistral, Qwen2) and its one forward pass over a backend.
+// Weights stay memory-mapped in their file dtype on the CPU (converted to fp32 on the fly), so
+// memory after load is about the size of the files; activations are fp32.
 #pragma once
 
 #include <cstdint>
@@ -13,36 +13,100 @@
 namespace gptq {
 
 class TensorStore;
-class ThreadPool;
+class Backend;
+class Weight;
+struct Tensor;
+struct BatchPlan;
 struct LlamaWeights;
-
-// Keys and values of one sequence: [layer][kv_head][position][head_dim], fp32.
-class KVCache {
- public:
-  KVCache(const ModelConfig& c, int64_t max_tokens);
-  int64_t size() const { return len_; }  // tokens already in the cache
-  int64_t capacity() const { return max_len_; }
-  void clear() { len_ = 0; }
-  // Forget everything after the first n tokens (n <= size()).
-  void truncate(int64_t n);
-  size_t bytes() const { return (k_.size() + v_.size()) * sizeof(float); }
-
-  float* k(int64_t layer, int64_t kv_head) { return k_.data() + (layer * n_kv_ + kv_head) * max_len_ * hd_; }
-  float* v(int64_t layer, int64_t kv_head) { return v_.data() + (layer * n_kv_ + kv_head) * max_len_ * hd_; }
-
- private:
-  friend class Model;
-  int64_t n_kv_, hd_, max_len_, len_ = 0;
-  std::vector<float> k_, v_;
-};
+struct Workspace;
 
 enum class LinearSlot { kQ, kK, kV, kO, kGate, kUp, kDown };
 const char* linear_slot_name(LinearSlot s);  // "self_attn.q_proj", ... (HF names under model.layers.N.)
 constexpr LinearSlot kAllLinearSlots[] = {LinearSlot::kQ,    LinearSlot::kK,  LinearSlot::kV,   LinearSlot::kO,
                                           LinearSlot::kGate, LinearSlot::kUp, LinearSlot::kDown};
 
+// The paged KV cache: a pool of fixed-size blocks (every layer's keys and values of block_size
+// token slots), allocated in chunks as sequences grow, and a block table per sequence. Memory
+// follows the tokens held, not the context length; freeing a sequence returns its blocks.
+struct KVCacheOptions {
+  bool fp16 = false;         // store K/V in fp16 (half the memory) instead of fp32
+  int64_t block_size = 16;   // token slots per block
+  int64_t max_tokens = 0;    // cap on the slots of the pool (0: no cap); a sequence that needs more fails
+};
+
+class KVCache {
+ public:
+  ~KVCache();
+  KVCache(const KVCache&) = delete;
+  KVCache& operator=(const KVCache&) = delete;
+
+  int64_t add_sequence();                 // a new empty sequence's id
+  void free_sequence(int64_t seq);        // returns its blocks to the pool
+  bool has_sequence(int64_t seq) const;
+  int64_t seq_len(int64_t seq) const;     // tokens held
+  void truncate(int64_t seq, int64_t n);  // forget everything after the first n tokens
+  int64_t context_length() const { return ctx_; }  // the most positions a sequence may hold
+
+  // Single-sequence use: sequence 0, created on first use.
+  int64_t size() const { return has_sequence(0) ? seq_len(0) : 0; }
+  int64_t capacity() const { return ctx_; }
+  void clear();  // frees every sequence
+
+  int64_t blocks_in_use() const;
+  size_t bytes_allocated() const;  // device memory held by the pool
+  int64_t block_size() const { return opt_.block_size; }
+  bool fp16() const { return opt_.fp16; }
+
+ private:
+  friend class Model;
+  struct Impl;
+  KVCache(Backend& backend, const ModelConfig& c, int64_t ctx, const KVCacheOptions& o);
+  void ensure(int64_t seq, int64_t n_tokens);  // blocks for positions 0..n_tokens-1
+  Backend& backend_;
+  KVCacheOptions opt_;
+  int64_t ctx_;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Which logits a sequence of a batch wants.
+enum class Logits { kNone, kLast, kAll };
+
+// A batch: any mix of sequences, each with its new tokens (a prompt to prefill, one decode token,
+// or anything between), appended at the positions after what the cache holds for it.
+struct Batch {
+  struct Entry {
+    int64_t seq = 0;
+    std::vector<int32_t> tokens;
+    Logits logits = Logits::kLast;
+  };
+  std::vector<Entry> entries;
+  void add(int64_t seq, const int32_t* tokens, int64_t n, Logits l = Logits::kLast) {
+    entries.push_back({seq, std::vector<int32_t>(tokens, tokens + n), l});
+  }
+  int64_t n_tokens() const {
+    int64_t n = 0;
+    for (const auto& e : entries) n += int64_t(e.tokens.size());
+    return n;
+  }
+};
+
+// What a decoder layer computes, as four stages; each stage starts with the input of its linears.
+enum class Stage { kAttnIn = 0, kAttnOut = 1, kMlpIn = 2, kMlpOut = 3, kDone = 4 };
+// [q, k, v] read RMSNorm(x); [o] reads the attention output; [gate, up] read RMSNorm(x + o);
+// [down] reads silu(gate) * up.
+const std::vector<LinearSlot>& stage_slots(Stage s);
+
+// Sees each stage's input before its linears run (calibration: Hessians); returning false stops
+// the layer right there (the stage's linears do not run).
+class LayerObserver {
+ public:
+  virtual ~LayerObserver() = default;
+  virtual bool observe(int64_t layer, Stage stage, const Tensor& input) = 0;
+};
+
 struct LoadOptions {
-  int threads = 0;  // 0: all hardware threads
+  int threads = 0;  // CPU threads; 0: all hardware threads
+  std::shared_ptr<Backend> backend;  // null: a CPU backend with `threads`
 };
 
 class Model {
@@ -55,50 +119,49 @@ class Model {
   const std::string& dir() const { return dir_; }
   int64_t context_length() const { return config_.max_position_embeddings; }
   int64_t vocab_size() const { return config_.vocab_size; }
+  Backend& backend() const { return *backend_; }
 
-  std::unique_ptr<KVCache> new_cache(int64_t max_tokens = 0) const;  // 0: the context length
+  // ctx: the most positions a sequence may hold (0 or above the model's: the model's context).
+  std::unique_ptr<KVCache> new_cache(int64_t ctx = 0, const KVCacheOptions& o = {}) const;
 
-  // Runs tokens[0..T) at positions cache.size() .. cache.size()+T-1 and appends them to the cache.
-  // logits: [T, vocab] when all_logits, else [1, vocab] for the last token.
-  // Throws gptq::Error when the tokens do not fit in the cache or an id is out of the vocabulary.
+  // The forward pass. Runs every entry's tokens at the positions after its cached ones and
+  // appends them to the cache. logits: [rows, vocab], the rows each entry asked for (kLast: 1,
+  // kAll: its token count) in batch order. Throws gptq::Error for ids outside the vocabulary,
+  // sequences that exceed the context, unknown sequences, an exhausted cache pool.
+  void forward(const Batch& batch, KVCache& cache, std::vector<float>& logits);
+  // One sequence (the cache's sequence 0): logits [T, vocab] when all_logits, else [1, vocab].
   void forward(KVCache& cache, const int32_t* tokens, int64_t T, bool all_logits, std::vector<float>& logits);
 
-  // Pieces of the forward pass, for layer-by-layer work (GPTQ calibration).
-  // x: [T, hidden] embeddings of tokens.
-  void embed(const int32_t* tokens, int64_t T, float* x) const;
-  // x: [T, hidden], updated in place by decoder layer `layer` at positions cache.size()...; the caller
-  // advances the cache (commit_tokens) after the last layer.
-  void layer_forward(int64_t layer, KVCache& cache, float* x, int64_t T);
-  // The stages layer_forward runs, in order (calibration runs them one by one, quantizing the
-  // linears of each stage before the next stage reads their outputs):
-  void attn_norm(int64_t layer, const float* x, int64_t T, float* h) const;   // h = RMSNorm(x)      [T, hidden]
-  void attention_block(int64_t layer, KVCache& cache, const float* h, int64_t T, float* att);  // q,k,v, RoPE, attention: att [T, heads*head_dim]
-  void attn_out(int64_t layer, const float* att, int64_t T, float* x);        // x += o_proj(att)
-  void mlp_norm(int64_t layer, const float* x, int64_t T, float* h) const;    // h = RMSNorm(x)
-  void mlp_act(int64_t layer, const float* h, int64_t T, float* g);           // g = silu(gate(h)) * up(h)  [T, ffn]
-  void mlp_out(int64_t layer, const float* g, int64_t T, float* x);           // x += down_proj(g)
-  void commit_tokens(KVCache& cache, int64_t T) const;
-  // x: [T, hidden] → logits [T, vocab] (final norm and lm_head).
-  void head(const float* x, int64_t T, float* logits);
+  // ---- layer-level access (calibration, tests); see backend/backend.h for the types.
+  // Plans a batch against the cache (allocating its blocks); nothing is committed until commit().
+  BatchPlan plan(const Batch& batch, KVCache& cache);
+  void commit(const Batch& batch, KVCache& cache);
+  void embed(const BatchPlan& plan, const Tensor& x);  // x: [T, hidden]
+  // Runs decoder layer `layer` from stage `from` on the plan's rows; returns the stage it stopped
+  // at (kDone when it ran to the end). x (and att when resuming at kAttnOut) are the caller's.
+  Stage run_layer(int64_t layer, const BatchPlan& plan, KVCache& cache, const Tensor& x, const Tensor& att,
+                  Stage from, LayerObserver* obs);
+  const Weight& linear(int64_t layer, LinearSlot s) const;
+  void set_linear(int64_t layer, LinearSlot s, std::unique_ptr<Weight> w);  // swap a linear's weights
 
-  // Bytes of the weights as held in memory (mapped file bytes of used tensors + converted copies).
+  // Bytes of the weights as held in memory (mapped file bytes of used tensors + repacked copies).
   size_t weight_bytes() const;
   // Bytes of weights read to produce one token (every linear once + norms + one embedding row).
   size_t bytes_per_token() const;
   size_t file_bytes() const;
   int64_t parameter_count() const;
   std::string weight_dtype_summary() const;  // e.g. "F16" or "F16 + GPTQ 4-bit g128"
-
-  LlamaWeights& weights() { return *w_; }
-  ThreadPool& thread_pool() const;
+  int threads() const;
 
  private:
-  Model() = default;
+  Model();
+  void run_rows(const BatchPlan& plan, KVCache& cache, std::vector<float>& logits);
   ModelConfig config_;
   std::string dir_;
+  std::shared_ptr<Backend> backend_;
   std::unique_ptr<TensorStore> store_;
   std::unique_ptr<LlamaWeights> w_;
-  std::unique_ptr<ThreadPool> pool_;
+  std::unique_ptr<Workspace> ws_;
 };
 
 // Resident memory of this process now, and its peak (from /proc/self/status), in bytes.

@@ -36,7 +36,7 @@ BenchResult run_bench(Model& model, int n_prompt, int n_gen, int repeats) {
   r.n_prompt = n_prompt;
   r.n_gen = n_gen;
   r.repeats = repeats;
-  r.threads = model.thread_pool().size();
+  r.threads = model.threads();
   r.bytes_per_token = model.bytes_per_token();
   if (repeats < 1) fail("bench needs at least one repeat");
   if (n_prompt + 1 > model.context_length() || n_gen + 1 > model.context_length())
@@ -79,7 +79,8 @@ BenchResult run_bench(Model& model, int n_prompt, int n_gen, int repeats) {
   return r;
 }
 
-double measure_read_bandwidth(ThreadPool& pool, size_t bytes, int repeats) {
+double measure_read_bandwidth(int threads, size_t bytes, int repeats) {
+  ThreadPool pool(threads);
   const size_t n = bytes / sizeof(float);
   std::vector<float> buf(n);
   pool.parallel_for(0, n, [&](size_t a, size_t b) {

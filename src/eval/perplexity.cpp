@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "core/progress.h"
+#include "backend/cpu/cpu_backend.h"
 #include "core/thread_pool.h"
 #include "gptq/error.h"
 
@@ -59,6 +60,10 @@ PerplexityResult perplexity(Model& model, const std::vector<int32_t>& tokens, co
          r.tokens, " tokens in the text)");
   const int64_t V = model.vocab_size();
   auto cache = model.new_cache(r.ctx);
+  ThreadPool* be_pool = cpu_pool(model.backend());
+  std::unique_ptr<ThreadPool> own;
+  if (!be_pool) own = std::make_unique<ThreadPool>(0);
+  ThreadPool& pool = be_pool ? *be_pool : *own;
   std::vector<float> logits;
   Progress bar("perplexity", e - b, opts.progress);
   const auto t0 = std::chrono::steady_clock::now();
@@ -69,7 +74,7 @@ PerplexityResult perplexity(Model& model, const std::vector<int32_t>& tokens, co
     model.forward(*cache, ids, r.ctx, true, logits);
     // NLL of each predicted token: logsumexp(row) - row[target]; rows in parallel.
     std::vector<double> tok_nll(static_cast<size_t>(r.ctx - 1));
-    model.thread_pool().parallel_for(0, size_t(r.ctx - 1), [&](size_t t0, size_t t1) {
+    pool.parallel_for(0, size_t(r.ctx - 1), [&](size_t t0, size_t t1) {
       for (size_t t = t0; t < t1; ++t) {
         const float* row = logits.data() + t * size_t(V);
         float mx = row[0];

@@ -1,28 +1,45 @@
-// The weights of a Llama-family decoder, as the forward pass uses them.
+// The weights of a Llama-family decoder as backend handles, and the forward pass's workspace.
 #pragma once
 
+#include <array>
 #include <memory>
 #include <vector>
 
+#include "backend/backend.h"
 #include "gptq/model.h"
-#include "gptq/tensor.h"
-#include "model/linear.h"
 
 namespace gptq {
 
-struct LlamaLayer {
-  std::vector<float> attn_norm, mlp_norm;  // [hidden]
-  std::unique_ptr<Linear> q, k, v, o, gate, up, down;
+// A small fp32 vector held in backend memory (norm weights, RoPE frequencies): [1, n].
+struct DeviceVector {
+  std::shared_ptr<void> mem;
+  Tensor t;
+};
 
-  std::unique_ptr<Linear>& slot(LinearSlot s);
+struct LlamaLayer {
+  DeviceVector attn_norm, mlp_norm;  // [1, hidden]
+  std::array<std::unique_ptr<Weight>, 7> linears;  // indexed by LinearSlot
+  std::unique_ptr<Weight>& slot(LinearSlot s) { return linears[size_t(s)]; }
+  const Weight& get(LinearSlot s) const { return *linears[size_t(s)]; }
 };
 
 struct LlamaWeights {
-  TensorView embed;                  // [vocab, hidden], file dtype
-  std::vector<float> final_norm;     // [hidden]
-  std::unique_ptr<Linear> lm_head;   // [vocab, hidden]; the embedding when tied
-  bool lm_head_tied = false;
+  std::unique_ptr<Weight> embed;    // [vocab, hidden], dense in the file dtype
+  std::unique_ptr<Weight> lm_head;  // [vocab, hidden]; null when tied (the embedding is used)
+  DeviceVector final_norm;          // [1, hidden]
+  DeviceVector inv_freq;            // [1, head_dim/2] RoPE inverse frequencies (scaling applied)
   std::vector<LlamaLayer> layers;
+  const Weight& head() const { return lm_head ? *lm_head : *embed; }
+};
+
+// Activations of one forward call, sized for `rows` tokens and `logit_rows` rows of logits;
+// grown (never shrunk) when a bigger batch arrives.
+struct Workspace {
+  int64_t rows = 0, logit_rows = 0;
+  uint64_t plan_id = 0;  // the plan whose RoPE angles `cs` holds
+  std::vector<std::shared_ptr<void>> mem;
+  Tensor x, h, q, k, v, att, g, u, tmp, cs;  // [rows, ...]
+  Tensor hl, logits;                          // [logit_rows, hidden], [logit_rows, vocab]
 };
 
 }  // namespace gptq

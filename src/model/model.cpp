@@ -1,337 +1,176 @@
-// Loading a Llama-family model folder and running its forward pass (fp32 arithmetic).
-#include <cblas.h>
-
-#include <cmath>
+// THE forward pass: one implementation for prefill, decode, mixed batches and calibration, over
+// the backend interface.
+#include <atomic>
 #include <fstream>
 #include <set>
 #include <sstream>
 
-#include "backend/cpu/gemm.h"
-#include "backend/cpu/ops.h"
-#include "core/fs.h"
-#include "core/thread_pool.h"
+#include "backend/backend.h"
 #include "gptq/error.h"
 #include "gptq/model.h"
-#include "gptq/safetensors.h"
+#include "model/kv_cache.h"
 #include "model/llama_weights.h"
-#include "model/quant_linear.h"
 
 namespace gptq {
 
-const char* linear_slot_name(LinearSlot s) {
-  switch (s) {
-    case LinearSlot::kQ: return "self_attn.q_proj";
-    case LinearSlot::kK: return "self_attn.k_proj";
-    case LinearSlot::kV: return "self_attn.v_proj";
-    case LinearSlot::kO: return "self_attn.o_proj";
-    case LinearSlot::kGate: return "mlp.gate_proj";
-    case LinearSlot::kUp: return "mlp.up_proj";
-    case LinearSlot::kDown: return "mlp.down_proj";
-  }
-  return "?";
+const std::vector<LinearSlot>& stage_slots(Stage s) {
+  // True-sequential order within a stage, as IST-DASLab/gptq's llama_sequential: k, v, q; up, gate.
+  static const std::vector<LinearSlot> k[4] = {
+      {LinearSlot::kK, LinearSlot::kV, LinearSlot::kQ},
+      {LinearSlot::kO},
+      {LinearSlot::kUp, LinearSlot::kGate},
+      {LinearSlot::kDown},
+  };
+  static const std::vector<LinearSlot> none;
+  return s == Stage::kDone ? none : k[int(s)];
 }
 
-std::unique_ptr<Linear>& LlamaLayer::slot(LinearSlot s) {
-  switch (s) {
-    case LinearSlot::kQ: return q;
-    case LinearSlot::kK: return k;
-    case LinearSlot::kV: return v;
-    case LinearSlot::kO: return o;
-    case LinearSlot::kGate: return gate;
-    case LinearSlot::kUp: return up;
-    case LinearSlot::kDown: return down;
-  }
-  return q;
-}
-
-KVCache::KVCache(const ModelConfig& c, int64_t max_tokens)
-    : n_kv_(c.num_kv_heads), hd_(c.head_dim), max_len_(max_tokens) {
-  const size_t n = size_t(c.num_layers * n_kv_ * max_len_ * hd_);
-  k_.assign(n, 0.f);
-  v_.assign(n, 0.f);
-}
-
-void KVCache::truncate(int64_t n) {
-  GPTQ_ASSERT(n >= 0 && n <= len_);
-  len_ = n;
+std::unique_ptr<KVCache> Model::new_cache(int64_t ctx, const KVCacheOptions& o) const {
+  if (ctx <= 0 || ctx > context_length()) ctx = context_length();
+  return std::unique_ptr<KVCache>(new KVCache(*backend_, config_, ctx, o));
 }
 
 namespace {
 
-void check_shape(const TensorView& t, std::vector<int64_t> expected, const char* what) {
-  if (t.shape != expected) {
-    TensorView e;
-    e.shape = expected;
-    fail(t.file, ": tensor ", t.name, " has shape ", t.shape_str(), " but config.json implies ", e.shape_str(), " (",
-         what, ")");
-  }
+void ensure_workspace(Backend& be, const ModelConfig& c, Workspace& ws, int64_t rows, int64_t logit_rows) {
+  if (rows <= ws.rows && logit_rows <= ws.logit_rows) return;
+  rows = std::max(rows, ws.rows);
+  logit_rows = std::max(logit_rows, ws.logit_rows);
+  ws = Workspace{};
+  ws.rows = rows;
+  ws.logit_rows = logit_rows;
+  const int64_t H = c.hidden_size, A = c.num_heads * c.head_dim, KV = c.num_kv_heads * c.head_dim,
+                F = c.intermediate_size;
+  auto make = [&](int64_t r, int64_t cols) {
+    ws.mem.emplace_back();
+    return be.alloc_f32(r, cols, ws.mem.back());
+  };
+  ws.x = make(rows, H);
+  ws.h = make(rows, H);
+  ws.tmp = make(rows, H);
+  ws.q = make(rows, A);
+  ws.att = make(rows, A);
+  ws.k = make(rows, KV);
+  ws.v = make(rows, KV);
+  ws.g = make(rows, F);
+  ws.u = make(rows, F);
+  ws.cs = make(rows, c.head_dim);
+  ws.hl = make(logit_rows, H);
+  ws.logits = make(logit_rows, c.vocab_size);
 }
 
-std::vector<float> load_norm(const TensorStore& s, const std::string& name, int64_t hidden) {
-  const TensorView& t = s.get(name);
-  check_shape(t, {hidden}, "hidden_size");
-  return tensor_to_f32(t);
-}
-
-std::unique_ptr<Linear> load_linear(ThreadPool& pool, const TensorStore& s, const ModelConfig& c, const std::string& prefix,
-                                    int64_t out, int64_t in, bool has_bias) {
-  const TensorView* bias = nullptr;
-  if (s.has(prefix + ".bias")) {
-    bias = &s.get(prefix + ".bias");
-    check_shape(*bias, {out}, "bias of the output size");
-  } else if (has_bias) {
-    s.get(prefix + ".bias");  // throws "missing tensor"
-  }
-  if (c.quant && s.has(prefix + ".qweight")) return load_gptq_linear(pool, s, *c.quant, prefix, out, in, bias);
-  const TensorView& w = s.get(prefix + ".weight");
-  check_shape(w, {out, in}, "[out_features, in_features]");
-  return std::make_unique<DenseLinear>(w, bias);
-}
+Tensor rows_of(const Tensor& t, int64_t T) { return t.slice_rows(0, T); }
 
 }  // namespace
 
-std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& opts) {
-  std::unique_ptr<Model> m(new Model());
-  m->pool_ = std::make_unique<ThreadPool>(opts.threads);
-  openblas_set_num_threads(1);  // BLAS runs inside our pool's tasks
-  m->dir_ = dir;
-  m->config_ = ModelConfig::from_dir(dir);
-  const ModelConfig& c = m->config_;
-  m->store_ = std::make_unique<TensorStore>(TensorStore::open_dir(dir));
-  const TensorStore& s = *m->store_;
-  auto w = std::make_unique<LlamaWeights>();
-
-  const int64_t H = c.hidden_size, hd = c.head_dim, F = c.intermediate_size;
-  w->embed = s.get("model.embed_tokens.weight");
-  check_shape(w->embed, {c.vocab_size, H}, "[vocab_size, hidden_size]");
-  if (w->embed.dtype != DType::kF32 && w->embed.dtype != DType::kF16 && w->embed.dtype != DType::kBF16)
-    fail(w->embed.file, ": tensor ", w->embed.name, " has dtype ", dtype_name(w->embed.dtype), ", expected F32/F16/BF16");
-  w->final_norm = load_norm(s, "model.norm.weight", H);
-  // Tied: HF ignores a stored lm_head.weight and uses the embedding.
-  w->lm_head_tied = c.tie_word_embeddings;
-  if (w->lm_head_tied)
-    w->lm_head = std::make_unique<DenseLinear>(w->embed, nullptr);
-  else
-    w->lm_head = load_linear(*m->pool_, s, c, "lm_head", c.vocab_size, H, false);
-  w->layers.resize(static_cast<size_t>(c.num_layers));
-  for (int64_t l = 0; l < c.num_layers; ++l) {
-    const std::string p = "model.layers." + std::to_string(l) + ".";
-    LlamaLayer& L = w->layers[size_t(l)];
-    L.attn_norm = load_norm(s, p + "input_layernorm.weight", H);
-    L.mlp_norm = load_norm(s, p + "post_attention_layernorm.weight", H);
-    L.q = load_linear(*m->pool_, s, c, p + "self_attn.q_proj", c.num_heads * hd, H, c.attention_bias);
-    L.k = load_linear(*m->pool_, s, c, p + "self_attn.k_proj", c.num_kv_heads * hd, H, c.attention_bias);
-    L.v = load_linear(*m->pool_, s, c, p + "self_attn.v_proj", c.num_kv_heads * hd, H, c.attention_bias);
-    L.o = load_linear(*m->pool_, s, c, p + "self_attn.o_proj", H, c.num_heads * hd, false);
-    L.gate = load_linear(*m->pool_, s, c, p + "mlp.gate_proj", F, H, c.mlp_bias);
-    L.up = load_linear(*m->pool_, s, c, p + "mlp.up_proj", F, H, c.mlp_bias);
-    L.down = load_linear(*m->pool_, s, c, p + "mlp.down_proj", H, F, c.mlp_bias);
+BatchPlan Model::plan(const Batch& batch, KVCache& cache) {
+  static std::atomic<uint64_t> next_id{1};
+  if (batch.entries.empty()) fail("forward pass needs at least one sequence");
+  BatchPlan p;
+  p.id = next_id++;
+  KVCache::Impl& I = *cache.impl_;
+  const int64_t bs = cache.opt_.block_size;
+  std::set<int64_t> seen;
+  for (const auto& e : batch.entries) {
+    if (e.tokens.empty()) fail("forward pass needs at least one token per sequence");
+    if (!seen.insert(e.seq).second) fail("sequence ", e.seq, " appears twice in one batch");
+    if (e.seq == 0 && !cache.has_sequence(0) && I.next_id == 0) cache.add_sequence();  // single-sequence use
+    const int64_t pos0 = cache.seq_len(e.seq), n = int64_t(e.tokens.size());
+    cache.ensure(e.seq, pos0 + n);
+    for (int32_t id : e.tokens)
+      if (id < 0 || id >= config_.vocab_size) fail("token id ", id, " is outside the vocabulary of ", config_.vocab_size);
   }
-  m->w_ = std::move(w);
-  // Quantized layers were repacked into their own buffers: the file pages read for that need not
-  // stay resident (those still used, like the embeddings, fault back in from the page cache).
-  if (c.quant)
-    for (const auto& f : s.files()) f->drop_pages();
-  return m;
-}
-
-Model::~Model() = default;
-
-ThreadPool& Model::thread_pool() const { return *pool_; }
-
-std::unique_ptr<KVCache> Model::new_cache(int64_t max_tokens) const {
-  if (max_tokens <= 0 || max_tokens > context_length()) max_tokens = context_length();
-  return std::make_unique<KVCache>(config_, max_tokens);
-}
-
-void Model::embed(const int32_t* tokens, int64_t T, float* x) const {
-  const int64_t H = config_.hidden_size;
-  for (int64_t t = 0; t < T; ++t) {
-    if (tokens[t] < 0 || tokens[t] >= config_.vocab_size)
-      fail("token id ", tokens[t], " is outside the vocabulary of ", config_.vocab_size);
-    cpu::dense_row_to_f32(w_->embed.data, w_->embed.dtype, H, tokens[t], x + t * H);
-  }
-}
-
-namespace {
-
-// cos/sin of the rotary angles for positions p0..p0+T-1, as HF computes them: inverse frequencies
-// in fp32, angle = fp32(position) * inv_freq in fp32, then cos/sin.
-void rope_tables(const ModelConfig& c, int64_t p0, int64_t T, std::vector<float>& cos, std::vector<float>& sin) {
-  const int64_t half = c.head_dim / 2;
-  std::vector<float> inv(static_cast<size_t>(half));
-  for (int64_t i = 0; i < half; ++i) {
-    inv[size_t(i)] = float(1.0 / std::pow(c.rope_theta, double(float(2 * i) / float(c.head_dim))));
-  }
-  const RopeScaling& rs = c.rope_scaling;
-  if (rs.type == "linear") {
-    for (auto& f : inv) f = float(f / rs.factor);
-  } else if (rs.type == "llama3") {
-    const double old_ctx = double(rs.original_max_position_embeddings);
-    const double low_wl = old_ctx / rs.low_freq_factor, high_wl = old_ctx / rs.high_freq_factor;
-    for (auto& f : inv) {
-      const double wl = 2 * M_PI / f;
-      double v = wl > low_wl ? f / rs.factor : f;
-      if (!(wl < high_wl) && !(wl > low_wl)) {
-        const double smooth = (old_ctx / wl - rs.low_freq_factor) / (rs.high_freq_factor - rs.low_freq_factor);
-        v = (1 - smooth) * v / rs.factor + smooth * v;
-      }
-      f = float(v);
+  for (const auto& e : batch.entries) {
+    const KVCache::Impl::Seq& s = I.seq(e.seq);
+    const int64_t row0 = p.n_tokens(), pos0 = s.len, n = int64_t(e.tokens.size());
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t pos = pos0 + i;
+      p.tokens.push_back(e.tokens[size_t(i)]);
+      p.positions.push_back(int32_t(pos));
+      p.slots.push_back(int64_t(s.blocks[size_t(pos / bs)]) * bs + pos % bs);
     }
+    p.seqs.push_back({row0, n, pos0, s.blocks.data(), int64_t(s.blocks.size())});
+    if (e.logits == Logits::kLast) p.logit_rows.push_back(row0 + n - 1);
+    if (e.logits == Logits::kAll)
+      for (int64_t i = 0; i < n; ++i) p.logit_rows.push_back(row0 + i);
   }
-  cos.resize(static_cast<size_t>(T * half));
-  sin.resize(static_cast<size_t>(T * half));
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t i = 0; i < half; ++i) {
-      const float a = float(p0 + t) * inv[size_t(i)];
-      cos[size_t(t * half + i)] = float(std::cos(double(a)));
-      sin[size_t(t * half + i)] = float(std::sin(double(a)));
-    }
+  ensure_workspace(*backend_, config_, *ws_, p.n_tokens(), int64_t(p.logit_rows.size()));
+  backend_->rope_angles(w_->inv_freq.t, p, rows_of(ws_->cs, p.n_tokens()));
+  ws_->plan_id = p.id;
+  return p;
 }
 
-}  // namespace
-
-void Model::attn_norm(int64_t layer, const float* x, int64_t T, float* h) const {
-  cpu::rms_norm(*pool_, x, w_->layers[size_t(layer)].attn_norm.data(), T, config_.hidden_size, float(config_.rms_norm_eps), h);
+void Model::commit(const Batch& batch, KVCache& cache) {
+  for (const auto& e : batch.entries) cache.impl_->seq(e.seq).len += int64_t(e.tokens.size());
 }
 
-void Model::mlp_norm(int64_t layer, const float* x, int64_t T, float* h) const {
-  cpu::rms_norm(*pool_, x, w_->layers[size_t(layer)].mlp_norm.data(), T, config_.hidden_size, float(config_.rms_norm_eps), h);
-}
+void Model::embed(const BatchPlan& plan, const Tensor& x) { backend_->embed(*w_->embed, plan, x); }
 
-void Model::attention_block(int64_t layer, KVCache& cache, const float* h, int64_t T, float* att) {
+Stage Model::run_layer(int64_t l, const BatchPlan& plan, KVCache& cache, const Tensor& x, const Tensor& att, Stage from,
+                       LayerObserver* obs) {
+  GPTQ_ASSERT(ws_->plan_id == plan.id, "run_layer: the plan is not the model's latest (call plan() first)");
+  GPTQ_ASSERT(from <= Stage::kMlpIn, "a layer resumes at kAttnIn, kAttnOut or kMlpIn");
   const ModelConfig& c = config_;
-  const int64_t hd = c.head_dim, nh = c.num_heads, nkv = c.num_kv_heads;
-  const int64_t p0 = cache.len_;
-  if (p0 + T > cache.max_len_)
-    fail("sequence of ", p0 + T, " tokens does not fit in the context of ", cache.max_len_, " tokens");
-  LlamaLayer& L = w_->layers[size_t(layer)];
-  std::vector<float> q(static_cast<size_t>(T * nh * hd)), k(static_cast<size_t>(T * nkv * hd)),
-      v(static_cast<size_t>(T * nkv * hd));
-  L.q->forward(*pool_, h, T, q.data());  // q: [T, nh*hd]
-  L.k->forward(*pool_, h, T, k.data());  // k: [T, nkv*hd]
-  L.v->forward(*pool_, h, T, v.data());
-  std::vector<float> cs, sn;
-  rope_tables(c, p0, T, cs, sn);
-  cpu::rope(q.data(), T, nh, hd, nh * hd, cs.data(), sn.data());
-  cpu::rope(k.data(), T, nkv, hd, nkv * hd, cs.data(), sn.data());
-  std::vector<float*> kc(static_cast<size_t>(nkv)), vc(static_cast<size_t>(nkv));
-  for (int64_t j = 0; j < nkv; ++j) {
-    kc[size_t(j)] = cache.k(layer, j);
-    vc[size_t(j)] = cache.v(layer, j);
-    for (int64_t t = 0; t < T; ++t) {
-      std::copy_n(k.data() + t * nkv * hd + j * hd, hd, kc[size_t(j)] + (p0 + t) * hd);
-      std::copy_n(v.data() + t * nkv * hd + j * hd, hd, vc[size_t(j)] + (p0 + t) * hd);
-    }
+  Backend& be = *backend_;
+  const LlamaLayer& L = w_->layers.at(size_t(l));
+  const int64_t T = plan.n_tokens();
+  const float eps = float(c.rms_norm_eps);
+  Workspace& ws = *ws_;
+  const Tensor h = rows_of(ws.h, T), tmp = rows_of(ws.tmp, T);
+  Stage s = from;
+  if (s == Stage::kAttnIn) {
+    be.rms_norm(x, L.attn_norm.t, eps, h);  // h: [T, H]
+    if (obs && !obs->observe(l, Stage::kAttnIn, h)) return Stage::kAttnIn;
+    const Tensor q = rows_of(ws.q, T), k = rows_of(ws.k, T), v = rows_of(ws.v, T), cs = rows_of(ws.cs, T);
+    be.linear(L.get(LinearSlot::kQ), h, q);  // q: [T, nh*hd]
+    be.linear(L.get(LinearSlot::kK), h, k);  // k: [T, nkv*hd]
+    be.linear(L.get(LinearSlot::kV), h, v);
+    be.rope(q, c.num_heads, c.head_dim, cs);
+    be.rope(k, c.num_kv_heads, c.head_dim, cs);
+    be.attention(l, q, k, v, cache.impl_->view(), plan, c.num_heads, att);  // att: [T, nh*hd]
+    s = Stage::kAttnOut;
   }
-  cpu::attention(*pool_, q.data(), T, p0, nh, nkv, hd, kc.data(), vc.data(), att);
+  if (s == Stage::kAttnOut) {
+    if (obs && !obs->observe(l, Stage::kAttnOut, att)) return Stage::kAttnOut;
+    be.linear(L.get(LinearSlot::kO), att, tmp);
+    be.add(x, tmp);  // x += o(att)
+    s = Stage::kMlpIn;
+  }
+  be.rms_norm(x, L.mlp_norm.t, eps, h);
+  if (obs && !obs->observe(l, Stage::kMlpIn, h)) return Stage::kMlpIn;
+  const Tensor g = rows_of(ws.g, T), u = rows_of(ws.u, T);
+  be.linear(L.get(LinearSlot::kGate), h, g);  // g: [T, F]
+  be.linear(L.get(LinearSlot::kUp), h, u);
+  be.silu_mul(g, u);  // g = silu(gate(h)) * up(h)
+  if (obs && !obs->observe(l, Stage::kMlpOut, g)) return Stage::kMlpOut;
+  be.linear(L.get(LinearSlot::kDown), g, tmp);
+  be.add(x, tmp);  // x += down(g)
+  return Stage::kDone;
 }
 
-void Model::attn_out(int64_t layer, const float* att, int64_t T, float* x) {
-  const int64_t H = config_.hidden_size;
-  std::vector<float> y(static_cast<size_t>(T * H));
-  w_->layers[size_t(layer)].o->forward(*pool_, att, T, y.data());
-  for (int64_t i = 0; i < T * H; ++i) x[i] += y[size_t(i)];
-}
-
-void Model::mlp_act(int64_t layer, const float* h, int64_t T, float* g) {
-  const int64_t F = config_.intermediate_size;
-  LlamaLayer& L = w_->layers[size_t(layer)];
-  std::vector<float> u(static_cast<size_t>(T * F));
-  L.gate->forward(*pool_, h, T, g);
-  L.up->forward(*pool_, h, T, u.data());
-  cpu::silu_mul(*pool_, g, u.data(), T, F);
-}
-
-void Model::mlp_out(int64_t layer, const float* g, int64_t T, float* x) {
-  const int64_t H = config_.hidden_size;
-  std::vector<float> y(static_cast<size_t>(T * H));
-  w_->layers[size_t(layer)].down->forward(*pool_, g, T, y.data());
-  for (int64_t i = 0; i < T * H; ++i) x[i] += y[size_t(i)];
-}
-
-void Model::layer_forward(int64_t layer, KVCache& cache, float* x, int64_t T) {
-  const ModelConfig& c = config_;
-  std::vector<float> h(static_cast<size_t>(T * c.hidden_size));                // h: [T, H]
-  std::vector<float> att(static_cast<size_t>(T * c.num_heads * c.head_dim));   // att: [T, nh*hd]
-  std::vector<float> g(static_cast<size_t>(T * c.intermediate_size));          // g: [T, F]
-  attn_norm(layer, x, T, h.data());
-  attention_block(layer, cache, h.data(), T, att.data());
-  attn_out(layer, att.data(), T, x);
-  mlp_norm(layer, x, T, h.data());
-  mlp_act(layer, h.data(), T, g.data());
-  mlp_out(layer, g.data(), T, x);
-}
-
-void Model::commit_tokens(KVCache& cache, int64_t T) const {
-  GPTQ_ASSERT(cache.len_ + T <= cache.max_len_);
-  cache.len_ += T;
-}
-
-void Model::head(const float* x, int64_t T, float* logits) {
-  const int64_t H = config_.hidden_size;
-  std::vector<float> h(static_cast<size_t>(T * H));
-  cpu::rms_norm(*pool_, x, w_->final_norm.data(), T, H, float(config_.rms_norm_eps), h.data());
-  w_->lm_head->forward(*pool_, h.data(), T, logits);
+void Model::forward(const Batch& batch, KVCache& cache, std::vector<float>& logits) {
+  const BatchPlan p = plan(batch, cache);
+  const int64_t T = p.n_tokens(), R = int64_t(p.logit_rows.size());
+  Workspace& ws = *ws_;
+  const Tensor x = rows_of(ws.x, T), att = rows_of(ws.att, T);
+  embed(p, x);
+  for (int64_t l = 0; l < config_.num_layers; ++l) run_layer(l, p, cache, x, att, Stage::kAttnIn, nullptr);
+  commit(batch, cache);
+  logits.resize(size_t(R * config_.vocab_size));
+  if (R == 0) return;
+  // Only the rows that want logits go through the final norm and lm_head.
+  const Tensor hl = rows_of(ws.hl, R), out = rows_of(ws.logits, R);
+  backend_->gather_rows(x, p.logit_rows, hl);
+  backend_->rms_norm(hl, w_->final_norm.t, float(config_.rms_norm_eps), hl);
+  backend_->linear(w_->head(), hl, out);
+  backend_->to_host(out, logits.data());
 }
 
 void Model::forward(KVCache& cache, const int32_t* tokens, int64_t T, bool all_logits, std::vector<float>& logits) {
   if (T <= 0) fail("forward pass needs at least one token");
-  if (cache.len_ + T > cache.max_len_)
-    fail("sequence of ", cache.len_ + T, " tokens does not fit in the context of ", cache.max_len_, " tokens");
-  const int64_t H = config_.hidden_size;
-  std::vector<float> x(static_cast<size_t>(T * H));
-  embed(tokens, T, x.data());
-  for (int64_t l = 0; l < config_.num_layers; ++l) layer_forward(l, cache, x.data(), T);
-  commit_tokens(cache, T);
-  if (all_logits) {
-    logits.resize(static_cast<size_t>(T * config_.vocab_size));
-    head(x.data(), T, logits.data());
-  } else {
-    logits.resize(static_cast<size_t>(config_.vocab_size));
-    head(x.data() + (T - 1) * H, 1, logits.data());
-  }
-}
-
-// Decoder layers and final norm: read once per token, held once.
-static size_t layer_bytes(const LlamaWeights& w) {
-  size_t n = w.final_norm.size() * 4;
-  for (auto& L : w.layers) {
-    n += (L.attn_norm.size() + L.mlp_norm.size()) * 4;
-    for (auto* lin : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) n += (*lin)->weight_bytes();
-  }
-  return n;
-}
-
-size_t Model::weight_bytes() const {
-  return layer_bytes(*w_) + w_->embed.nbytes + (w_->lm_head_tied ? 0 : w_->lm_head->weight_bytes());
-}
-
-size_t Model::bytes_per_token() const {
-  // one embedding row, every layer, the whole lm_head (the embedding again when tied)
-  return layer_bytes(*w_) + size_t(config_.hidden_size) * dtype_size(w_->embed.dtype) + w_->lm_head->weight_bytes();
-}
-
-size_t Model::file_bytes() const { return store_->total_file_bytes(); }
-
-int64_t Model::parameter_count() const {
-  const ModelConfig& c = config_;
-  const int64_t H = c.hidden_size, hd = c.head_dim, F = c.intermediate_size;
-  int64_t per_layer = 2 * H + H * c.num_heads * hd * 2 + H * c.num_kv_heads * hd * 2 + 3 * H * F;
-  if (c.attention_bias) per_layer += c.num_heads * hd + 2 * c.num_kv_heads * hd;
-  int64_t n = c.vocab_size * H + H + per_layer * c.num_layers;
-  if (!c.tie_word_embeddings) n += c.vocab_size * H;
-  return n;
-}
-
-std::string Model::weight_dtype_summary() const {
-  std::set<std::string> kinds;
-  kinds.insert(dtype_name(w_->embed.dtype));
-  for (auto& L : w_->layers)
-    for (LinearSlot s : kAllLinearSlots) kinds.insert(const_cast<LlamaLayer&>(L).slot(s)->kind());
-  std::string out;
-  for (const auto& k : kinds) out += (out.empty() ? "" : " + ") + k;
-  return out;
+  Batch b;
+  b.add(0, tokens, T, all_logits ? Logits::kAll : Logits::kLast);
+  forward(b, cache, logits);
 }
 
 namespace {

@@ -200,7 +200,7 @@ Runner add_bench(CLI::App& app) {
     lo.threads = a->threads;
     auto model = Model::load(a->model, lo);
     const BenchResult r = run_bench(*model, a->n_prompt, a->n_gen, a->reps);
-    const double bw = a->no_bandwidth ? 0 : measure_read_bandwidth(model->thread_pool());
+    const double bw = a->no_bandwidth ? 0 : measure_read_bandwidth(model->threads());
     // Decode roofline: every weight byte read once per token at the measured bandwidth.
     const double roofline = bw > 0 ? bw / double(r.bytes_per_token) : 0;
     const std::string name = model_name(a->model);

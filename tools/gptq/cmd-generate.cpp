@@ -92,7 +92,7 @@ Runner add_generate(CLI::App& app) {
       j["decode_tokens_per_s"] = tg;
       j["load_seconds"] = load_s;
       j["memory_bytes"] = peak_rss_bytes();
-      j["threads"] = model->thread_pool().size();
+      j["threads"] = model->threads();
       print_json(j);
     } else {
       std::fputc('\n', stdout);

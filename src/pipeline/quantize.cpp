@@ -13,7 +13,6 @@
 #include "core/fs.h"
 #include "core/half.h"
 #include "core/progress.h"
-#include "core/thread_pool.h"
 #include "gptq/error.h"
 #include "gptq/model.h"
 #include "gptq/quantize.h"
@@ -21,7 +20,8 @@
 #include "gptq/tokenizer.h"
 #include "gptq/version.h"
 #include "io/checkpoint_writer.h"
-#include "model/llama_weights.h"
+#include "backend/backend.h"
+#include "backend/cpu/cpu_backend.h"
 #include "quant/gptq.h"
 #include "quant/hessian.h"
 
@@ -120,6 +120,7 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
   LoadOptions lo;
   lo.threads = o.threads;
   auto model = Model::load(model_dir, lo);
+  Backend& be = model->backend();
   const ModelConfig& cfg = model->config();
   if (cfg.quant) fail(model_dir, ": the model is already quantized (", cfg.quant->bits, "-bit GPTQ): quantize the original");
   quant::QuantSpec spec;
@@ -156,32 +157,87 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
     rep.calibration_tokens = int64_t(calib.size());
   }
   rep.seconds_load = since(t_start);
+  // The solver runs on the host, on the CPU backend's threads (or a pool of its own).
+  std::unique_ptr<ThreadPool> own_pool;
+  auto* cpu_be = dynamic_cast<CpuBackend*>(&be);
+  if (!cpu_be) own_pool = std::make_unique<ThreadPool>(o.threads);
+  ThreadPool& pool = cpu_be ? cpu_be->pool() : *own_pool;
+  // The calibration path runs fixed-order kernels: the same bytes on any CPU and thread count.
+  be.set_deterministic(true);
 
   const int64_t n = o.method == "gptq" ? o.nsamples : 0, T = o.seqlen;
-  std::vector<float> X(static_cast<size_t>(n * T * H));  // X: [n, T, H] inputs of the current layer
-  for (int64_t s = 0; s < n; ++s) model->embed(calib.data() + s * T, T, X.data() + s * T * H);
-  auto cache = model->new_cache(std::max<int64_t>(T, 1));  // positions 0..T-1; never committed
+  const int64_t A = cfg.num_heads * cfg.head_dim;
+  // X: [n*T, H] the current layer's input for every window (true-sequential: updated in place to
+  // x + o(att) once o_proj is quantized); ATT: [n*T, A] the attention outputs.
+  std::shared_ptr<void> x_mem, att_mem, scratch_mem;
+  Tensor X, ATT, scratch;
+  auto cache = model->new_cache(std::max<int64_t>(T, 1));
+  const int64_t seq = cache->add_sequence();
+  // One window = one sequence at positions 0..T-1 (the cache is emptied before each).
+  auto window_plan = [&](int64_t w) {
+    cache->truncate(seq, 0);
+    Batch b;
+    b.add(seq, calib.data() + w * T, T, Logits::kNone);
+    return model->plan(b, *cache);
+  };
+  if (n > 0) {
+    X = be.alloc_f32(n * T, H, x_mem);
+    ATT = be.alloc_f32(n * T, A, att_mem);
+    if (!o.true_sequential) scratch = be.alloc_f32(T, H, scratch_mem);
+    for (int64_t w = 0; w < n; ++w) model->embed(window_plan(w), X.slice_rows(w * T, T));
+  }
+
+  // Accumulates the Hessians of the stages it is asked for and stops the layer after `stop`.
+  struct Tap final : LayerObserver {
+    std::unique_ptr<HessianAccumulator> acc[4];
+    Stage stop = Stage::kDone;
+    double seconds = 0;
+    bool observe(int64_t, Stage s, const Tensor& x) override {
+      if (acc[int(s)]) {
+        const auto t0 = Clock::now();
+        acc[int(s)]->add(x, 1);
+        seconds += since(t0);
+      }
+      return s != stop;
+    }
+  } tap;
+  // Runs layer l over every window from stage `from`, through the tap.
+  auto run_windows = [&](int64_t l, Stage from, bool on_copy) {
+    const auto t0 = Clock::now();
+    tap.seconds = 0;
+    for (int64_t w = 0; w < n; ++w) {
+      cancelled();
+      const BatchPlan p = window_plan(w);
+      Tensor x = X.slice_rows(w * T, T);
+      if (on_copy) {  // leaves X as it was
+        be.copy(x, scratch);
+        x = scratch;
+      }
+      model->run_layer(l, p, *cache, x, ATT.slice_rows(w * T, T), from, &tap);
+    }
+    rep.seconds_hessian += tap.seconds;
+    rep.seconds_forward += since(t0) - tap.seconds;
+  };
 
   std::map<std::string, quant::PackedQuant> packed;
-  LlamaWeights& w = model->weights();
   Progress bar("quantize", cfg.num_layers * 7, o.progress);
   int64_t done = 0;
   // Quantizes the linears `slots` of layer l from Hessian H (empty for RTN) and swaps them for
   // their dequantized versions, so that what runs next sees the quantized outputs.
   auto quantize_slots = [&](int64_t l, const std::vector<LinearSlot>& slots, const std::vector<float>& H) {
-    LlamaLayer& L = w.layers[size_t(l)];
     for (LinearSlot s : slots) {
       cancelled();
       const auto t0 = Clock::now();
-      std::unique_ptr<Linear>& lin = L.slot(s);
-      const int64_t N = lin->out_features(), K = lin->in_features();
+      const Weight& lin = model->linear(l, s);
+      const int64_t N = lin.out_features(), K = lin.in_features();
       const std::string name = "model.layers." + std::to_string(l) + "." + linear_slot_name(s);
       bar.update(done, name);
-      const std::vector<float> W = lin->dense_weight();  // W: [N, K]
+      const std::vector<float> W = lin.dense();  // W: [N, K]
+      const std::vector<float> bias = lin.bias();
       quant::QuantResult r;
       if (o.method == "gptq") {
         try {
-          r = quant::gptq_quantize(model->thread_pool(), W.data(), H.data(), N, K, spec);
+          r = quant::gptq_quantize(pool, W.data(), H.data(), N, K, spec);
         } catch (const Error& e) {
           fail(name, ": ", e.what());
         }
@@ -189,17 +245,16 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
           rep.warnings.push_back(name + ": Hessian not positive definite at damp " + std::to_string(o.damp_percent) +
                                  ", succeeded at " + std::to_string(r.damp_percent));
       } else {
-        r = quant::rtn_quantize(model->thread_pool(), W.data(), N, K, spec);
+        r = quant::rtn_quantize(pool, W.data(), N, K, spec);
       }
       rep.seconds_solve += since(t0);
       const auto tp = Clock::now();
-      const std::vector<float>& bias = lin->bias();
       quant::PackedQuant pq = quant::pack_result(r, fmt, bias.empty() ? nullptr : bias.data());
       if (pq.wrapped_zeros > 0)
         rep.warnings.push_back(name + ": " + std::to_string(pq.wrapped_zeros) +
                                " zero points of 0 wrap in the v1 format (loaders read them as 2^bits); "
                                "--format gptq_v2 stores them exactly");
-      std::vector<float> Q = quant::dequantize(pq.view());  // exactly what the checkpoint computes
+      const std::vector<float> Q = quant::dequantize(pq.view());  // exactly what the checkpoint computes
       ModuleReport m;
       m.name = name;
       m.out_features = N;
@@ -213,7 +268,7 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
         const double den = quad_form(W, H, N, K);
         m.rel_error = den > 0 ? quad_form(D, H, N, K) / den : 0;
       }
-      lin = std::make_unique<DenseLinear>(std::move(Q), K, N, bias);
+      model->set_linear(l, s, be.dense_weight({Q.data(), DType::kF32, N, K, bias.empty() ? nullptr : bias.data(), true}));
       packed.emplace(name, std::move(pq));
       rep.seconds_pack += since(tp);
       m.seconds = since(t0);
@@ -222,73 +277,39 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
     }
   };
 
-  const int64_t A = cfg.num_heads * cfg.head_dim, F = cfg.intermediate_size;
-  std::vector<float> att(static_cast<size_t>(n * T * A));  // att: [n, T, A] attention outputs of the layer
-  std::vector<float> h(static_cast<size_t>(T * H)), x1(static_cast<size_t>(T * H)), g(static_cast<size_t>(T * F));
+  const int64_t stage_k[4] = {H, A, H, cfg.intermediate_size};
   for (int64_t l = 0; l < cfg.num_layers; ++l) {
     if (n == 0) {  // RTN needs no inputs
-      for (const auto& slots : kStageSlots) quantize_slots(l, slots, {});
+      for (int s = 0; s < 4; ++s) quantize_slots(l, stage_slots(Stage(s)), {});
       continue;
     }
-    // Each stage runs once over the calibration windows and yields the input of the next linears.
-    // True-sequential: those linears are quantized before the following stage runs. Otherwise all
-    // Hessians come from the original layer and everything is quantized at the end.
-    std::vector<std::vector<float>> stage_H(4);
-    for (int stage = 0; stage < 4; ++stage) {
-      quant::HessianAccumulator acc(model->thread_pool(), stage == 1 ? A : stage == 3 ? F : H);
-      for (int64_t s = 0; s < n; ++s) {
-        cancelled();
-        float* xs = X.data() + s * T * H;  // the layer's input (true-sequential: updated in place to x + o(att))
-        float* as = att.data() + s * T * A;
-        const auto t0 = Clock::now();
-        const float* in = nullptr;
-        if (stage == 0) {
-          model->attn_norm(l, xs, T, h.data());
-          in = h.data();
-        } else if (stage == 1) {
-          model->attn_norm(l, xs, T, h.data());
-          model->attention_block(l, *cache, h.data(), T, as);
-          in = as;
-        } else {  // stages 2 and 3 read x1 = x + o(att)
-          float* x1p = xs;
-          if (!o.true_sequential) {
-            std::copy_n(xs, T * H, x1.data());
-            model->attn_out(l, as, T, x1.data());
-            x1p = x1.data();
-          } else if (stage == 2) {
-            model->attn_out(l, as, T, xs);  // with the quantized o_proj; xs keeps x1 from here on
-          }
-          model->mlp_norm(l, x1p, T, h.data());
-          in = h.data();
-          if (stage == 3) {
-            model->mlp_act(l, h.data(), T, g.data());
-            in = g.data();
-          }
-        }
-        rep.seconds_forward += since(t0);
-        const auto th = Clock::now();
-        acc.add_batch(in, 1, T);
-        rep.seconds_hessian += since(th);
+    if (o.true_sequential) {
+      // Each stage's linears are quantized before the next stage reads their outputs. A stage
+      // resumes where the previous one stopped: kAttnIn → (q,k,v) → kAttnOut → (o, x += o(att)) →
+      // kMlpIn → (gate, up) → kMlpOut.
+      const Stage from[4] = {Stage::kAttnIn, Stage::kAttnIn, Stage::kAttnOut, Stage::kMlpIn};
+      for (int s = 0; s < 4; ++s) {
+        for (auto& a : tap.acc) a.reset();
+        tap.acc[s] = be.hessian(stage_k[s]);
+        tap.stop = Stage(s);
+        run_windows(l, from[s], false);
+        quantize_slots(l, stage_slots(Stage(s)), tap.acc[s]->take());
       }
-      stage_H[size_t(stage)] = acc.take();
-      if (o.true_sequential) quantize_slots(l, kStageSlots[stage], stage_H[size_t(stage)]);
+      // x already holds x + o(att): the quantized MLP completes the layer.
+      for (auto& a : tap.acc) a.reset();
+      tap.stop = Stage::kDone;
+      if (l + 1 < cfg.num_layers) run_windows(l, Stage::kMlpIn, false);
+    } else {
+      // All Hessians from the original layer (on a copy of x), then everything is quantized.
+      for (int s = 0; s < 4; ++s) tap.acc[s] = be.hessian(stage_k[s]);
+      tap.stop = Stage::kDone;
+      run_windows(l, Stage::kAttnIn, true);
+      std::vector<float> Hs[4];
+      for (int s = 0; s < 4; ++s) Hs[s] = tap.acc[s]->take();
+      for (auto& a : tap.acc) a.reset();
+      for (int s = 0; s < 4; ++s) quantize_slots(l, stage_slots(Stage(s)), Hs[s]);
+      if (l + 1 < cfg.num_layers) run_windows(l, Stage::kAttnIn, false);
     }
-    if (!o.true_sequential)
-      for (int stage = 0; stage < 4; ++stage) quantize_slots(l, kStageSlots[stage], stage_H[size_t(stage)]);
-    // This layer, now quantized, produces the next layer's inputs.
-    const auto t0 = Clock::now();
-    for (int64_t s = 0; s < n && l + 1 < cfg.num_layers; ++s) {
-      cancelled();
-      float* xs = X.data() + s * T * H;
-      if (o.true_sequential) {  // xs already holds x + o(att)
-        model->mlp_norm(l, xs, T, h.data());
-        model->mlp_act(l, h.data(), T, g.data());
-        model->mlp_out(l, g.data(), T, xs);
-      } else {
-        model->layer_forward(l, *cache, xs, T);
-      }
-    }
-    rep.seconds_forward += since(t0);
   }
   bar.finish();
   cancelled();

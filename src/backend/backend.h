@@ -1,0 +1,152 @@
+// The backend interface: the coarse operations of the Llama forward pass and of GPTQ calibration,
+// over tensor views of the backend's own memory (DESIGN.md "The shape of the engine").
+//
+// A backend makes weight handles once at load, in whatever layout its kernels want (dense in the
+// file dtype; GPTQ of any bits repacked, act-order rows reordered), and runs ops on activations the
+// caller allocated from it (a workspace sized once per batch shape, so a CUDA backend can capture a
+// decode step as a graph). Ops are asynchronous on devices that are; to_host() synchronizes.
+// CpuBackend (backend/cpu/cpu_backend.h) is the readable reference every other backend is
+// tested against (tests/test_backend_ops.cpp).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+#include "quant/format.h"
+
+namespace gptq {
+
+// A linear layer's weights y = x·Wᵀ + b as one backend holds them.
+class Weight {
+ public:
+  virtual ~Weight() = default;
+  int64_t in_features() const { return in_; }
+  int64_t out_features() const { return out_; }
+  virtual std::string kind() const = 0;         // "F16", "GPTQ 4-bit g128 act-order"
+  virtual size_t bytes() const = 0;             // bytes read per use: the decode traffic
+  virtual std::vector<float> dense() const = 0; // W as fp32 [out, in] on the host (calibration, tests)
+  virtual const std::vector<float>& bias() const { return bias_; }  // [out] or empty, host
+
+ protected:
+  Weight(int64_t in, int64_t out) : in_(in), out_(out) {}
+  int64_t in_, out_;
+  std::vector<float> bias_;
+};
+
+// Dense weights as they lie in a (memory-mapped) file: not copied unless `copy`, so the data must
+// outlive the handle then. data: [out, in] row-major in dtype (F32/F16/BF16); bias: [out] or null.
+struct DenseWeightDesc {
+  const void* data = nullptr;
+  DType dtype = DType::kF32;
+  int64_t out = 0, in = 0;
+  const float* bias = nullptr;
+  bool copy = false;
+};
+
+// The paged KV cache's memory as the attention op sees it. The cache is a pool of blocks of
+// `block_size` token slots; a block holds every layer: [layer][K, V][kv_head][block_size][head_dim]
+// in `dtype` (F32 or F16). Sequences own blocks through block tables (model/kv_cache.h).
+struct KVLayout {
+  int64_t n_layers = 0, n_kv_heads = 0, head_dim = 0, block_size = 16;
+  DType dtype = DType::kF32;
+  size_t head_bytes() const { return size_t(block_size * head_dim) * dtype_size(dtype); }  // one head, K or V
+  size_t layer_bytes() const { return 2 * size_t(n_kv_heads) * head_bytes(); }
+  size_t block_bytes() const { return size_t(n_layers) * layer_bytes(); }
+};
+
+struct KVView {
+  KVLayout layout;
+  void* const* blocks = nullptr;  // base address of each block id
+};
+
+// One sequence of a batch as attention sees it: rows [row0, row0 + n_rows) of the batch are its
+// new tokens at positions pos0 .. pos0 + n_rows - 1; row i attends to the sequence's positions
+// 0 .. pos0 + i (causal), read through its block table (position p is slot p % block_size of
+// block block_table[p / block_size]).
+struct AttnSeq {
+  int64_t row0 = 0, n_rows = 0, pos0 = 0;
+  const int32_t* block_table = nullptr;
+  int64_t n_blocks = 0;
+};
+
+// The host-side description of one forward call (a CUDA backend uploads it once per call).
+struct BatchPlan {
+  std::vector<int32_t> tokens;     // [T]
+  std::vector<int32_t> positions;  // [T]
+  std::vector<int64_t> slots;      // [T] cache slot of each token: block * block_size + offset
+  std::vector<AttnSeq> seqs;
+  std::vector<int64_t> logit_rows; // rows whose logits are wanted, in output order
+  uint64_t id = 0;                 // distinguishes plans (the model's workspace follows the latest)
+  int64_t n_tokens() const { return int64_t(tokens.size()); }
+};
+
+// GPTQ's H = 2/n Σ x xᵀ over calibration inputs (the semantics of quant/hessian.h).
+class HessianAccumulator {
+ public:
+  virtual ~HessianAccumulator() = default;
+  // x: [samples*T, K] inputs of `samples` sequences.
+  virtual void add(const Tensor& x, int64_t samples) = 0;
+  virtual std::vector<float> take() = 0;  // H: [K, K] on the host; resets
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual Device device() const = 0;
+  virtual std::string name() const = 0;  // "cpu (AVX2, 2 threads)"
+  virtual int threads() const { return 1; }
+
+  // ---- memory
+  // Uninitialized device memory, freed with its last reference.
+  virtual std::shared_ptr<void> alloc(size_t bytes) = 0;
+  Tensor alloc_f32(int64_t rows, int64_t cols, std::shared_ptr<void>& owner) {
+    owner = alloc(size_t(rows * cols) * sizeof(float));
+    return Tensor{owner.get(), DType::kF32, device(), rows, cols, cols};
+  }
+  virtual void upload(void* dst, const void* src, size_t bytes) = 0;
+  virtual void to_host(const Tensor& src, float* dst) = 0;          // F32 view → host [rows, cols]
+  virtual void from_host(const float* src, const Tensor& dst) = 0;  // host [rows, cols] → F32 view
+  virtual void fill_zero(const Tensor& t) = 0;
+  virtual void copy(const Tensor& src, const Tensor& dst) = 0;      // same shape, F32
+
+  // ---- weights
+  virtual std::unique_ptr<Weight> dense_weight(const DenseWeightDesc& d) = 0;
+  // m: views into a checkpoint (validated here; gptq::Error for what cannot run); bias [N] or null.
+  virtual std::unique_ptr<Weight> gptq_weight(const quant::QuantMatrix& m, const float* bias) = 0;
+
+  // ---- ops. T = the rows of the batch; all tensors F32 unless said.
+  // y[t, :] = table[plan.tokens[t], :]; table: a dense weight [vocab, H]. Ids are checked by the caller.
+  virtual void embed(const Weight& table, const BatchPlan& plan, const Tensor& y) = 0;
+  // y[T, N] = x[T, K]·Wᵀ (+ bias). y must not alias x.
+  virtual void linear(const Weight& w, const Tensor& x, const Tensor& y) = 0;
+  // y = x / sqrt(mean(x²) + eps) * w, per row; w: [1, D]; y may alias x.
+  virtual void rms_norm(const Tensor& x, const Tensor& w, float eps, const Tensor& y) = 0;
+  // cs[t, :] = cos(pos_t · inv_freq) | sin(pos_t · inv_freq)   inv_freq: [1, hd/2], cs: [T, hd]
+  // (angles in fp32 as transformers computes them). Once per forward, shared by every layer.
+  virtual void rope_angles(const Tensor& inv_freq, const BatchPlan& plan, const Tensor& cs) = 0;
+  // Rotate-half RoPE in place on x: [T, n_heads*hd] with cs from rope_angles.
+  virtual void rope(const Tensor& x, int64_t n_heads, int64_t head_dim, const Tensor& cs) = 0;
+  // Writes k, v: [T, n_kv*hd] into the cache slots of layer `layer`, then causal GQA attention of
+  // q: [T, n_heads*hd] for every sequence of the plan: out: [T, n_heads*hd].
+  virtual void attention(int64_t layer, const Tensor& q, const Tensor& k, const Tensor& v, const KVView& kv,
+                         const BatchPlan& plan, int64_t n_heads, const Tensor& out) = 0;
+  virtual void silu_mul(const Tensor& g, const Tensor& u) = 0;  // g = silu(g) * u
+  virtual void add(const Tensor& x, const Tensor& y) = 0;       // x += y
+  // y[i, :] = x[rows[i], :]
+  virtual void gather_rows(const Tensor& x, const std::vector<int64_t>& rows, const Tensor& y) = 0;
+  virtual std::unique_ptr<HessianAccumulator> hessian(int64_t K) = 0;
+
+  // Fixed-order arithmetic on the calibration path (same bytes on any CPU and thread count) where
+  // the backend offers it; see README "Reproducibility".
+  virtual void set_deterministic(bool on) { (void)on; }
+};
+
+struct CpuBackendOptions {
+  int threads = 0;  // 0: all hardware threads
+};
+std::unique_ptr<Backend> make_cpu_backend(const CpuBackendOptions& o = {});
+
+}  // namespace gptq

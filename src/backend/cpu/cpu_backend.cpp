@@ -1,0 +1,369 @@
+#include "backend/cpu/cpu_backend.h"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "backend/cpu/cpu_features.h"
+#include "backend/cpu/gemm.h"
+#include "backend/cpu/qgemm.h"
+#include "core/half.h"
+#include "quant/hessian.h"
+
+namespace gptq {
+
+namespace {
+
+class CpuDenseWeight final : public Weight {
+ public:
+  CpuDenseWeight(const DenseWeightDesc& d) : Weight(d.in, d.out), data_(d.data), dtype_(d.dtype) {
+    GPTQ_ASSERT(dtype_ == DType::kF32 || dtype_ == DType::kF16 || dtype_ == DType::kBF16);
+    if (d.copy) {
+      const size_t n = size_t(d.in * d.out) * dtype_size(dtype_);
+      owned_.resize((n + 3) / 4);
+      std::memcpy(owned_.data(), d.data, n);
+      data_ = owned_.data();
+    }
+    if (d.bias) bias_.assign(d.bias, d.bias + d.out);
+  }
+  std::string kind() const override { return dtype_name(dtype_); }
+  size_t bytes() const override { return size_t(in_ * out_) * dtype_size(dtype_) + bias_.size() * 4; }
+  std::vector<float> dense() const override {
+    std::vector<float> w(size_t(in_ * out_));
+    cpu::to_f32(data_, dtype_, in_ * out_, w.data());
+    return w;
+  }
+  const void* data() const { return data_; }
+  DType dtype() const { return dtype_; }
+
+ private:
+  const void* data_;
+  DType dtype_;
+  std::vector<float> owned_;  // 4-byte words holding a copy when asked
+};
+
+class CpuGptqWeight final : public Weight {
+ public:
+  CpuGptqWeight(ThreadPool& pool, const quant::QuantMatrix& m, const float* bias)
+      : Weight(m.K, m.N), w_(cpu::prepare(m, pool)), q_(m) {
+    if (bias) bias_.assign(bias, bias + m.N);
+    bool act_order = false;
+    if (m.g_idx) {
+      const int64_t G = quant::resolve_group_size(m.K, m.group_size);
+      for (int64_t k = 0; k < m.K && !act_order; ++k) act_order = m.g_idx[k] != k / G;
+    }
+    kind_ = "GPTQ " + std::to_string(m.bits) + "-bit g" + std::to_string(m.group_size) + (act_order ? " act-order" : "");
+  }
+  std::string kind() const override { return kind_; }
+  size_t bytes() const override {
+    return size_t(w_.checkpoint_bytes()) + (w_.perm.empty() ? 0 : size_t(in_) * 4) + bias_.size() * 4;
+  }
+  std::vector<float> dense() const override { return quant::dequantize(q_); }
+  const cpu::PreparedQuantMatrix& prepared() const { return w_; }
+
+ private:
+  cpu::PreparedQuantMatrix w_;
+  quant::QuantMatrix q_;  // views into the mapped checkpoint, valid while the model lives
+  std::string kind_;
+};
+
+void check_cpu(const Tensor& t) { GPTQ_ASSERT(t.device == Device::kCpu && t.dtype == DType::kF32, "not a CPU F32 tensor"); }
+
+void add_bias(const std::vector<float>& b, const Tensor& y) {
+  if (b.empty()) return;
+  for (int64_t t = 0; t < y.rows; ++t) {
+    float* r = y.f32() + t * y.stride;
+    for (int64_t n = 0; n < y.cols; ++n) r[n] += b[size_t(n)];
+  }
+}
+
+// dot(a, b) over n in the fixed order of the calibration path: 8 lanes, lane l sums the elements
+// k ≡ l (mod 8) in increasing k with fused multiply-add, then a fixed tree. The same bits on
+// every CPU and SIMD width.
+float dot_fixed(const float* a, const float* b, int64_t n) {
+  float l[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (int64_t k = 0; k < n; ++k) l[k & 7] = std::fma(a[k], b[k], l[k & 7]);
+  return ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
+}
+
+}  // namespace
+
+CpuBackend::CpuBackend(const CpuBackendOptions& o) : pool_(o.threads) {
+  // BLAS policy: our pool owns the parallelism; OpenBLAS runs single-threaded inside its tasks.
+  openblas_set_num_threads(1);
+}
+
+CpuBackend::~CpuBackend() = default;
+
+std::string CpuBackend::name() const {
+  return cat("cpu (", cpu::simd_name(cpu::active_simd()), ", ", pool_.size(), " threads)");
+}
+
+std::shared_ptr<void> CpuBackend::alloc(size_t bytes) {
+  // 64-byte aligned, so SIMD loads of a row start never split a cache line.
+  void* p = ::operator new(std::max<size_t>(bytes, 1), std::align_val_t(64));
+  return std::shared_ptr<void>(p, [](void* q) { ::operator delete(q, std::align_val_t(64)); });
+}
+
+void CpuBackend::upload(void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
+
+void CpuBackend::to_host(const Tensor& src, float* dst) {
+  check_cpu(src);
+  for (int64_t r = 0; r < src.rows; ++r) std::memcpy(dst + r * src.cols, src.f32() + r * src.stride, size_t(src.cols) * 4);
+}
+
+void CpuBackend::from_host(const float* src, const Tensor& dst) {
+  check_cpu(dst);
+  for (int64_t r = 0; r < dst.rows; ++r) std::memcpy(dst.f32() + r * dst.stride, src + r * dst.cols, size_t(dst.cols) * 4);
+}
+
+void CpuBackend::fill_zero(const Tensor& t) {
+  check_cpu(t);
+  for (int64_t r = 0; r < t.rows; ++r) std::fill_n(t.f32() + r * t.stride, t.cols, 0.f);
+}
+
+void CpuBackend::copy(const Tensor& src, const Tensor& dst) {
+  check_cpu(src);
+  check_cpu(dst);
+  GPTQ_ASSERT(src.rows == dst.rows && src.cols == dst.cols);
+  for (int64_t r = 0; r < src.rows; ++r) std::memcpy(dst.f32() + r * dst.stride, src.f32() + r * src.stride, size_t(src.cols) * 4);
+}
+
+std::unique_ptr<Weight> CpuBackend::dense_weight(const DenseWeightDesc& d) { return std::make_unique<CpuDenseWeight>(d); }
+
+std::unique_ptr<Weight> CpuBackend::gptq_weight(const quant::QuantMatrix& m, const float* bias) {
+  return std::make_unique<CpuGptqWeight>(pool_, m, bias);
+}
+
+void CpuBackend::embed(const Weight& table, const BatchPlan& plan, const Tensor& y) {
+  check_cpu(y);
+  const auto* t = dynamic_cast<const CpuDenseWeight*>(&table);
+  GPTQ_ASSERT(t, "embedding table must be a dense weight");
+  const int64_t H = t->in_features();
+  GPTQ_ASSERT(y.cols == H && y.rows == plan.n_tokens());
+  for (int64_t i = 0; i < y.rows; ++i) {
+    const int32_t id = plan.tokens[size_t(i)];
+    GPTQ_ASSERT(id >= 0 && id < t->out_features());
+    cpu::dense_row_to_f32(t->data(), t->dtype(), H, id, y.f32() + i * y.stride);
+  }
+}
+
+void CpuBackend::linear(const Weight& w, const Tensor& x, const Tensor& y) {
+  check_cpu(x);
+  check_cpu(y);
+  GPTQ_ASSERT(x.cols == w.in_features() && y.cols == w.out_features() && x.rows == y.rows);
+  GPTQ_ASSERT(x.contiguous() && y.contiguous(), "linear needs contiguous rows");
+  if (x.rows == 0) return;
+  if (const auto* d = dynamic_cast<const CpuDenseWeight*>(&w)) {
+    cpu::dense_matmul(pool_, x.f32(), x.rows, x.cols, d->data(), d->dtype(), y.cols, nullptr, y.f32());
+  } else {
+    const auto* g = dynamic_cast<const CpuGptqWeight*>(&w);
+    GPTQ_ASSERT(g, "weight was not made by the CPU backend");
+    cpu::qgemm(pool_, g->prepared(), x.f32(), x.rows, y.f32());
+  }
+  add_bias(w.bias(), y);
+}
+
+void CpuBackend::rms_norm(const Tensor& x, const Tensor& w, float eps, const Tensor& y) {
+  check_cpu(x);
+  check_cpu(y);
+  const int64_t D = x.cols;
+  GPTQ_ASSERT(w.cols == D && y.cols == D && y.rows == x.rows);
+  const float* wp = w.f32();
+  pool_.parallel_for(0, size_t(x.rows), [&](size_t t0, size_t t1) {
+    for (size_t t = t0; t < t1; ++t) {
+      const float* xr = x.f32() + t * x.stride;
+      float* yr = y.f32() + t * y.stride;
+      double ss = 0;
+      for (int64_t i = 0; i < D; ++i) ss += double(xr[i]) * xr[i];
+      const float inv = 1.f / std::sqrt(float(ss / double(D)) + eps);
+      for (int64_t i = 0; i < D; ++i) yr[i] = wp[i] * (xr[i] * inv);
+    }
+  }, 8);
+}
+
+void CpuBackend::rope_angles(const Tensor& inv_freq, const BatchPlan& plan, const Tensor& cs) {
+  check_cpu(cs);
+  const int64_t half = inv_freq.cols;
+  GPTQ_ASSERT(cs.cols == 2 * half && cs.rows == plan.n_tokens());
+  const float* inv = inv_freq.f32();
+  for (int64_t t = 0; t < cs.rows; ++t) {
+    float* c = cs.f32() + t * cs.stride;
+    const float p = float(plan.positions[size_t(t)]);
+    for (int64_t i = 0; i < half; ++i) {
+      const float a = p * inv[i];
+      c[i] = float(std::cos(double(a)));
+      c[half + i] = float(std::sin(double(a)));
+    }
+  }
+}
+
+void CpuBackend::rope(const Tensor& x, int64_t n_heads, int64_t hd, const Tensor& cs) {
+  check_cpu(x);
+  GPTQ_ASSERT(x.cols == n_heads * hd && cs.cols == hd && cs.rows == x.rows);
+  const int64_t half = hd / 2;
+  for (int64_t t = 0; t < x.rows; ++t) {
+    const float* c = cs.f32() + t * cs.stride;
+    const float* s = c + half;
+    for (int64_t h = 0; h < n_heads; ++h) {
+      float* v = x.f32() + t * x.stride + h * hd;
+      for (int64_t i = 0; i < half; ++i) {
+        const float x1 = v[i], x2 = v[i + half];
+        v[i] = x1 * c[i] - x2 * s[i];
+        v[i + half] = x2 * c[i] + x1 * s[i];
+      }
+    }
+  }
+}
+
+void CpuBackend::attention(int64_t layer, const Tensor& q, const Tensor& k, const Tensor& v, const KVView& kv,
+                           const BatchPlan& plan, int64_t n_heads, const Tensor& out) {
+  check_cpu(q);
+  check_cpu(out);
+  const KVLayout& L = kv.layout;
+  const int64_t hd = L.head_dim, nkv = L.n_kv_heads, bs = L.block_size, T = q.rows;
+  GPTQ_ASSERT(q.cols == n_heads * hd && k.cols == nkv * hd && v.cols == nkv * hd && out.cols == q.cols);
+  GPTQ_ASSERT(n_heads % nkv == 0 && layer >= 0 && layer < L.n_layers);
+  const bool f16 = L.dtype == DType::kF16;
+  const size_t es = dtype_size(L.dtype);
+  auto head_ptr = [&](int32_t block, int64_t which, int64_t kvh) -> char* {  // which: 0 = K, 1 = V
+    return static_cast<char*>(kv.blocks[block]) + size_t(layer) * L.layer_bytes() +
+           size_t(which * nkv + kvh) * L.head_bytes();
+  };
+  // 1. The new keys and values into their slots.
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t slot = plan.slots[size_t(t)];
+    const int32_t b = int32_t(slot / bs);
+    const int64_t off = slot % bs;
+    for (int64_t j = 0; j < nkv; ++j)
+      for (int64_t which = 0; which < 2; ++which) {
+        const float* src = (which == 0 ? k : v).f32() + t * (which == 0 ? k : v).stride + j * hd;
+        char* dst = head_ptr(b, which, j) + size_t(off * hd) * es;
+        if (f16) {
+          auto* d = reinterpret_cast<uint16_t*>(dst);
+          for (int64_t i = 0; i < hd; ++i) d[i] = fp32_to_fp16(src[i]);
+        } else {
+          std::memcpy(dst, src, size_t(hd) * 4);
+        }
+      }
+  }
+  // 2. One task per (sequence, head, block of query rows). Scores in the fixed dot order;
+  // softmax in double; P·V accumulated key by key in position order.
+  constexpr int64_t kRows = 64;
+  struct Item { int64_t seq, head, r0, nr; };
+  std::vector<Item> items;
+  for (size_t s = 0; s < plan.seqs.size(); ++s)
+    for (int64_t h = 0; h < n_heads; ++h)
+      for (int64_t r0 = 0; r0 < plan.seqs[s].n_rows; r0 += kRows)
+        items.push_back({int64_t(s), h, r0, std::min(kRows, plan.seqs[s].n_rows - r0)});
+  const int64_t group = n_heads / nkv;
+  const float scale = 1.f / std::sqrt(float(hd));
+  pool_.parallel_for(0, items.size(), [&](size_t i0, size_t i1) {
+    std::vector<float> sc, kbuf(size_t(bs * hd)), vbuf(size_t(bs * hd));
+    for (size_t it = i0; it < i1; ++it) {
+      const Item& w = items[it];
+      const AttnSeq& S = plan.seqs[size_t(w.seq)];
+      const int64_t kvh = w.head / group;
+      const int64_t lk = S.pos0 + w.r0 + w.nr;  // keys the last row of this block sees
+      sc.assign(size_t(w.nr * lk), 0.f);
+      auto load = [&](int64_t which, int64_t blk, std::vector<float>& buf) -> const float* {
+        const char* p = head_ptr(S.block_table[blk], which, kvh);
+        if (!f16) return reinterpret_cast<const float*>(p);
+        const auto* h16 = reinterpret_cast<const uint16_t*>(p);
+        for (int64_t i = 0; i < bs * hd; ++i) buf[size_t(i)] = fp16_to_fp32(h16[i]);
+        return buf.data();
+      };
+      // sc[r, j] = scale · q_r · k_j for the keys each row sees.
+      for (int64_t j0 = 0; j0 < lk; j0 += bs) {
+        const float* K = load(0, j0 / bs, kbuf);
+        for (int64_t r = 0; r < w.nr; ++r) {
+          const int64_t row = S.row0 + w.r0 + r, visible = S.pos0 + w.r0 + r + 1;
+          const float* qr = q.f32() + row * q.stride + w.head * hd;
+          for (int64_t j = j0; j < std::min(j0 + bs, visible); ++j)
+            sc[size_t(r * lk + j)] = scale * dot_fixed(qr, K + (j - j0) * hd, hd);
+        }
+      }
+      for (int64_t r = 0; r < w.nr; ++r) {
+        float* row = sc.data() + r * lk;
+        const int64_t visible = S.pos0 + w.r0 + r + 1;
+        float mx = -std::numeric_limits<float>::infinity();
+        for (int64_t j = 0; j < visible; ++j) mx = std::max(mx, row[j]);
+        double sum = 0;
+        for (int64_t j = 0; j < visible; ++j) {
+          row[j] = std::exp(row[j] - mx);
+          sum += row[j];
+        }
+        const float inv = float(1.0 / sum);
+        for (int64_t j = 0; j < visible; ++j) row[j] *= inv;
+        float* o = out.f32() + (S.row0 + w.r0 + r) * out.stride + w.head * hd;
+        std::fill_n(o, hd, 0.f);
+      }
+      for (int64_t j0 = 0; j0 < lk; j0 += bs) {
+        const float* V = load(1, j0 / bs, vbuf);
+        for (int64_t r = 0; r < w.nr; ++r) {
+          const int64_t visible = S.pos0 + w.r0 + r + 1;
+          float* o = out.f32() + (S.row0 + w.r0 + r) * out.stride + w.head * hd;
+          const float* p = sc.data() + r * lk;
+          for (int64_t j = j0; j < std::min(j0 + bs, visible); ++j) {
+            const float* vr = V + (j - j0) * hd;
+            const float pj = p[j];
+            for (int64_t i = 0; i < hd; ++i) o[i] = std::fma(pj, vr[i], o[i]);
+          }
+        }
+      }
+    }
+  });
+}
+
+void CpuBackend::silu_mul(const Tensor& g, const Tensor& u) {
+  check_cpu(g);
+  GPTQ_ASSERT(g.contiguous() && u.contiguous() && g.rows == u.rows && g.cols == u.cols);
+  float* gp = g.f32();
+  const float* up = u.f32();
+  pool_.parallel_for(0, size_t(g.numel()), [&](size_t i0, size_t i1) {
+    for (size_t i = i0; i < i1; ++i) {
+      const float x = gp[i];
+      gp[i] = x / (1.f + std::exp(-x)) * up[i];
+    }
+  }, 4096);
+}
+
+void CpuBackend::add(const Tensor& x, const Tensor& y) {
+  check_cpu(x);
+  GPTQ_ASSERT(x.rows == y.rows && x.cols == y.cols);
+  for (int64_t r = 0; r < x.rows; ++r) {
+    float* a = x.f32() + r * x.stride;
+    const float* b = y.f32() + r * y.stride;
+    for (int64_t i = 0; i < x.cols; ++i) a[i] += b[i];
+  }
+}
+
+void CpuBackend::gather_rows(const Tensor& x, const std::vector<int64_t>& rows, const Tensor& y) {
+  GPTQ_ASSERT(y.rows == int64_t(rows.size()) && y.cols == x.cols);
+  for (size_t i = 0; i < rows.size(); ++i)
+    std::memcpy(y.f32() + int64_t(i) * y.stride, x.f32() + rows[i] * x.stride, size_t(x.cols) * 4);
+}
+
+namespace {
+class CpuHessian final : public HessianAccumulator {
+ public:
+  CpuHessian(ThreadPool& pool, int64_t K) : acc_(pool, K) {}
+  void add(const Tensor& x, int64_t samples) override {
+    GPTQ_ASSERT(x.contiguous() && x.cols == acc_.K() && x.rows % samples == 0);
+    acc_.add_batch(x.f32(), samples, x.rows / samples);
+  }
+  std::vector<float> take() override { return acc_.take(); }
+
+ private:
+  quant::HessianAccumulator acc_;
+};
+}  // namespace
+
+std::unique_ptr<HessianAccumulator> CpuBackend::hessian(int64_t K) { return std::make_unique<CpuHessian>(pool_, K); }
+
+std::unique_ptr<Backend> make_cpu_backend(const CpuBackendOptions& o) { return std::make_unique<CpuBackend>(o); }
+
+}  // namespace gptq

@@ -1,0 +1,254 @@
+// Loading a Llama-family model folder into backend weight handles.
+#include <cmath>
+#include <set>
+
+#include "backend/backend.h"
+#include "core/fs.h"
+#include "gptq/error.h"
+#include "gptq/model.h"
+#include "gptq/safetensors.h"
+#include "model/llama_weights.h"
+
+namespace gptq {
+
+const char* linear_slot_name(LinearSlot s) {
+  switch (s) {
+    case LinearSlot::kQ: return "self_attn.q_proj";
+    case LinearSlot::kK: return "self_attn.k_proj";
+    case LinearSlot::kV: return "self_attn.v_proj";
+    case LinearSlot::kO: return "self_attn.o_proj";
+    case LinearSlot::kGate: return "mlp.gate_proj";
+    case LinearSlot::kUp: return "mlp.up_proj";
+    case LinearSlot::kDown: return "mlp.down_proj";
+  }
+  return "?";
+}
+
+namespace {
+
+void check_shape(const TensorView& t, std::vector<int64_t> expected, const char* what) {
+  if (t.shape != expected) {
+    TensorView e;
+    e.shape = expected;
+    fail(t.file, ": tensor ", t.name, " has shape ", t.shape_str(), " but config.json implies ", e.shape_str(), " (",
+         what, ")");
+  }
+}
+
+void check_float(const TensorView& t) {
+  if (t.dtype != DType::kF32 && t.dtype != DType::kF16 && t.dtype != DType::kBF16)
+    fail(t.file, ": tensor ", t.name, " has dtype ", dtype_name(t.dtype), ", expected F32, F16 or BF16");
+}
+
+std::vector<float> to_f32(const TensorView& t) {
+  check_float(t);
+  std::vector<float> out(static_cast<size_t>(t.numel()));
+  for (int64_t i = 0; i < t.numel(); ++i) out[size_t(i)] = load_float(t, i);
+  return out;
+}
+
+DeviceVector device_vector(Backend& be, const std::vector<float>& v) {
+  DeviceVector d;
+  d.t = be.alloc_f32(1, int64_t(v.size()), d.mem);
+  be.from_host(v.data(), d.t);
+  return d;
+}
+
+DeviceVector load_norm(Backend& be, const TensorStore& s, const std::string& name, int64_t hidden) {
+  const TensorView& t = s.get(name);
+  check_shape(t, {hidden}, "hidden_size");
+  return device_vector(be, to_f32(t));
+}
+
+const TensorView& require(const TensorStore& s, const std::string& name, DType dtype, std::vector<int64_t> shape,
+                          const char* what) {
+  const TensorView& t = s.get(name);
+  if (t.dtype != dtype)
+    fail(t.file, ": tensor ", name, " has dtype ", dtype_name(t.dtype), ", expected ", dtype_name(dtype), " (", what, ")");
+  if (t.shape != shape) {
+    TensorView e;
+    e.shape = shape;
+    fail(t.file, ": tensor ", name, " has shape ", t.shape_str(), " but the config implies ", e.shape_str(), " (", what,
+         ")");
+  }
+  return t;
+}
+
+std::unique_ptr<Weight> load_gptq(Backend& be, const TensorStore& s, const QuantConfig& q, const std::string& prefix,
+                                  int64_t out, int64_t in, const float* bias) {
+  if (!quant::is_supported_bits(q.bits)) fail(s.dir(), ": quantization_config bits ", q.bits, " is not supported (2, 3, 4, 8)");
+  if (q.checkpoint_format != "gptq" && q.checkpoint_format != "gptq_v2")
+    fail(s.dir(), ": checkpoint_format \"", q.checkpoint_format, "\" is not supported (gptq, gptq_v2)");
+  if ((in * q.bits) % 32 != 0 || (out * q.bits) % 32 != 0)
+    fail(s.dir(), ": ", prefix, " has ", in, " inputs and ", out, " outputs; ", q.bits,
+         "-bit packing needs in*bits and out*bits to be multiples of 32");
+  const int64_t G = quant::num_groups(in, q.group_size);
+  quant::QuantMatrix m;
+  m.bits = q.bits;
+  m.group_size = q.group_size;
+  m.K = in;
+  m.N = out;
+  m.format = q.checkpoint_format == "gptq_v2" ? quant::QuantFormat::kGptqV2 : quant::QuantFormat::kGptqV1;
+  m.qweight = static_cast<const int32_t*>(
+      require(s, prefix + ".qweight", DType::kI32, {in * q.bits / 32, out}, "qweight [in*bits/32, out]").data);
+  m.qzeros = static_cast<const int32_t*>(
+      require(s, prefix + ".qzeros", DType::kI32, {G, out * q.bits / 32}, "qzeros [groups, out*bits/32]").data);
+  m.scales = static_cast<const uint16_t*>(require(s, prefix + ".scales", DType::kF16, {G, out}, "scales [groups, out]").data);
+  if (s.has(prefix + ".g_idx"))
+    m.g_idx = static_cast<const int32_t*>(require(s, prefix + ".g_idx", DType::kI32, {in}, "g_idx [in]").data);
+  try {
+    quant::validate(m);
+    return be.gptq_weight(m, bias);
+  } catch (const Error& e) {
+    fail(s.dir(), ": ", prefix, ": ", e.what());
+  }
+}
+
+std::unique_ptr<Weight> load_linear(Backend& be, const TensorStore& s, const ModelConfig& c, const std::string& prefix,
+                                    int64_t out, int64_t in, bool has_bias) {
+  std::vector<float> bias;
+  if (s.has(prefix + ".bias")) {
+    const TensorView& b = s.get(prefix + ".bias");
+    check_shape(b, {out}, "bias of the output size");
+    bias = to_f32(b);
+  } else if (has_bias) {
+    s.get(prefix + ".bias");  // throws "missing tensor"
+  }
+  const float* bp = bias.empty() ? nullptr : bias.data();
+  if (c.quant && s.has(prefix + ".qweight")) return load_gptq(be, s, *c.quant, prefix, out, in, bp);
+  const TensorView& w = s.get(prefix + ".weight");
+  check_shape(w, {out, in}, "[out_features, in_features]");
+  check_float(w);
+  return be.dense_weight({w.data, w.dtype, out, in, bp, false});
+}
+
+// RoPE inverse frequencies as transformers computes them: in fp32, with linear or llama3 scaling.
+std::vector<float> rope_inv_freq(const ModelConfig& c) {
+  const int64_t half = c.head_dim / 2;
+  std::vector<float> inv(static_cast<size_t>(half));
+  for (int64_t i = 0; i < half; ++i)
+    inv[size_t(i)] = float(1.0 / std::pow(c.rope_theta, double(float(2 * i) / float(c.head_dim))));
+  const RopeScaling& rs = c.rope_scaling;
+  if (rs.type == "linear") {
+    for (auto& f : inv) f = float(f / rs.factor);
+  } else if (rs.type == "llama3") {
+    const double old_ctx = double(rs.original_max_position_embeddings);
+    const double low_wl = old_ctx / rs.low_freq_factor, high_wl = old_ctx / rs.high_freq_factor;
+    for (auto& f : inv) {
+      const double wl = 2 * M_PI / f;
+      double v = wl > low_wl ? f / rs.factor : f;
+      if (!(wl < high_wl) && !(wl > low_wl)) {
+        const double smooth = (old_ctx / wl - rs.low_freq_factor) / (rs.high_freq_factor - rs.low_freq_factor);
+        v = (1 - smooth) * v / rs.factor + smooth * v;
+      }
+      f = float(v);
+    }
+  }
+  return inv;
+}
+
+}  // namespace
+
+Model::Model() = default;
+Model::~Model() = default;
+
+std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& opts) {
+  std::unique_ptr<Model> m(new Model());
+  m->dir_ = dir;
+  m->config_ = ModelConfig::from_dir(dir);
+  m->backend_ = opts.backend;
+  if (!m->backend_) {
+    CpuBackendOptions co;
+    co.threads = opts.threads;
+    m->backend_ = make_cpu_backend(co);
+  }
+  Backend& be = *m->backend_;
+  const ModelConfig& c = m->config_;
+  m->store_ = std::make_unique<TensorStore>(TensorStore::open_dir(dir));
+  const TensorStore& s = *m->store_;
+  auto w = std::make_unique<LlamaWeights>();
+  m->ws_ = std::make_unique<Workspace>();
+
+  const int64_t H = c.hidden_size, hd = c.head_dim, F = c.intermediate_size;
+  const TensorView& emb = s.get("model.embed_tokens.weight");
+  check_shape(emb, {c.vocab_size, H}, "[vocab_size, hidden_size]");
+  check_float(emb);
+  w->embed = be.dense_weight({emb.data, emb.dtype, c.vocab_size, H, nullptr, false});
+  w->final_norm = load_norm(be, s, "model.norm.weight", H);
+  w->inv_freq = device_vector(be, rope_inv_freq(c));
+  // Tied: HF ignores a stored lm_head.weight and uses the embedding.
+  if (!c.tie_word_embeddings) w->lm_head = load_linear(be, s, c, "lm_head", c.vocab_size, H, false);
+  w->layers.resize(static_cast<size_t>(c.num_layers));
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    LlamaLayer& L = w->layers[size_t(l)];
+    L.attn_norm = load_norm(be, s, p + "input_layernorm.weight", H);
+    L.mlp_norm = load_norm(be, s, p + "post_attention_layernorm.weight", H);
+    const struct { LinearSlot slot; int64_t out, in; bool bias; } shapes[] = {
+        {LinearSlot::kQ, c.num_heads * hd, H, c.attention_bias},   {LinearSlot::kK, c.num_kv_heads * hd, H, c.attention_bias},
+        {LinearSlot::kV, c.num_kv_heads * hd, H, c.attention_bias}, {LinearSlot::kO, H, c.num_heads * hd, false},
+        {LinearSlot::kGate, F, H, c.mlp_bias},                     {LinearSlot::kUp, F, H, c.mlp_bias},
+        {LinearSlot::kDown, H, F, c.mlp_bias}};
+    for (const auto& sh : shapes)
+      L.slot(sh.slot) = load_linear(be, s, c, p + linear_slot_name(sh.slot), sh.out, sh.in, sh.bias);
+  }
+  m->w_ = std::move(w);
+  // Quantized layers were repacked into their own buffers: the file pages read for that need not
+  // stay resident (those still used, like the embeddings, fault back in from the page cache).
+  if (c.quant)
+    for (const auto& f : s.files()) f->drop_pages();
+  return m;
+}
+
+const Weight& Model::linear(int64_t layer, LinearSlot s) const { return w_->layers.at(size_t(layer)).get(s); }
+
+void Model::set_linear(int64_t layer, LinearSlot s, std::unique_ptr<Weight> w) {
+  auto& slot = w_->layers.at(size_t(layer)).slot(s);
+  GPTQ_ASSERT(w && w->in_features() == slot->in_features() && w->out_features() == slot->out_features());
+  slot = std::move(w);
+}
+
+// Decoder layers and final norm: read once per token, held once.
+static size_t layer_bytes(const LlamaWeights& w) {
+  size_t n = size_t(w.final_norm.t.cols) * 4;
+  for (const auto& L : w.layers) {
+    n += size_t(L.attn_norm.t.cols + L.mlp_norm.t.cols) * 4;
+    for (const auto& lin : L.linears) n += lin->bytes();
+  }
+  return n;
+}
+
+size_t Model::weight_bytes() const {
+  return layer_bytes(*w_) + w_->embed->bytes() + (w_->lm_head ? w_->lm_head->bytes() : 0);
+}
+
+size_t Model::bytes_per_token() const {
+  // one embedding row, every layer, the whole lm_head (the embedding again when tied)
+  return layer_bytes(*w_) + w_->embed->bytes() / size_t(config_.vocab_size) + w_->head().bytes();
+}
+
+size_t Model::file_bytes() const { return store_->total_file_bytes(); }
+
+int Model::threads() const { return backend_->threads(); }
+
+int64_t Model::parameter_count() const {
+  const ModelConfig& c = config_;
+  const int64_t H = c.hidden_size, hd = c.head_dim, F = c.intermediate_size;
+  int64_t per_layer = 2 * H + H * c.num_heads * hd * 2 + H * c.num_kv_heads * hd * 2 + 3 * H * F;
+  if (c.attention_bias) per_layer += c.num_heads * hd + 2 * c.num_kv_heads * hd;
+  int64_t n = c.vocab_size * H + H + per_layer * c.num_layers;
+  if (!c.tie_word_embeddings) n += c.vocab_size * H;
+  return n;
+}
+
+std::string Model::weight_dtype_summary() const {
+  std::set<std::string> kinds;
+  kinds.insert(w_->embed->kind());
+  for (const auto& L : w_->layers)
+    for (const auto& lin : L.linears) kinds.insert(lin->kind());
+  std::string out;
+  for (const auto& k : kinds) out += (out.empty() ? "" : " + ") + k;
+  return out;
+}
+
+}  // namespace gptq
