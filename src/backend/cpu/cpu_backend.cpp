@@ -1,6 +1,7 @@
 #include "backend/cpu/cpu_backend.h"
 
 #include <cblas.h>
+#include <immintrin.h>
 
 #include <algorithm>
 #include <cmath>
@@ -81,13 +82,37 @@ void add_bias(const std::vector<float>& b, const Tensor& y) {
 }
 
 // dot(a, b) over n in the fixed order of the calibration path: 8 lanes, lane l sums the elements
-// k ≡ l (mod 8) in increasing k with fused multiply-add, then a fixed tree. The same bits on
-// every CPU and SIMD width.
-float dot_fixed(const float* a, const float* b, int64_t n) {
+// k ≡ l (mod 8) in increasing k with fused multiply-add, then a fixed tree. The scalar and AVX2
+// versions give the same bits, so results do not depend on the CPU.
+float dot_fixed_scalar(const float* a, const float* b, int64_t n) {
   float l[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   for (int64_t k = 0; k < n; ++k) l[k & 7] = std::fma(a[k], b[k], l[k & 7]);
   return ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
 }
+
+__attribute__((target("avx2,fma"))) float dot_fixed_avx2(const float* a, const float* b, int64_t n) {
+  __m256 acc = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 8 <= n; k += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), _mm256_loadu_ps(b + k), acc);
+  alignas(32) float l[8];
+  _mm256_store_ps(l, acc);
+  for (int64_t j = 0; k < n; ++k, ++j) l[j] = std::fma(a[k], b[k], l[j]);
+  return ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
+}
+
+// o[i] += p * v[i], one fused multiply-add per element (lanes independent: any width, same bits).
+void axpy_fixed_scalar(float p, const float* v, float* o, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) o[i] = std::fma(p, v[i], o[i]);
+}
+
+__attribute__((target("avx2,fma"))) void axpy_fixed_avx2(float p, const float* v, float* o, int64_t n) {
+  const __m256 pv = _mm256_set1_ps(p);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(o + i, _mm256_fmadd_ps(pv, _mm256_loadu_ps(v + i), _mm256_loadu_ps(o + i)));
+  for (; i < n; ++i) o[i] = std::fma(p, v[i], o[i]);
+}
+
+bool use_avx2() { return cpu::active_simd() >= cpu::SimdLevel::kAvx2; }
 
 }  // namespace
 
@@ -261,6 +286,8 @@ void CpuBackend::attention(int64_t layer, const Tensor& q, const Tensor& k, cons
         items.push_back({int64_t(s), h, r0, std::min(kRows, plan.seqs[s].n_rows - r0)});
   const int64_t group = n_heads / nkv;
   const float scale = 1.f / std::sqrt(float(hd));
+  const auto dot = use_avx2() ? dot_fixed_avx2 : dot_fixed_scalar;
+  const auto axpy = use_avx2() ? axpy_fixed_avx2 : axpy_fixed_scalar;
   pool_.parallel_for(0, items.size(), [&](size_t i0, size_t i1) {
     std::vector<float> sc, kbuf(size_t(bs * hd)), vbuf(size_t(bs * hd));
     for (size_t it = i0; it < i1; ++it) {
@@ -283,7 +310,7 @@ void CpuBackend::attention(int64_t layer, const Tensor& q, const Tensor& k, cons
           const int64_t row = S.row0 + w.r0 + r, visible = S.pos0 + w.r0 + r + 1;
           const float* qr = q.f32() + row * q.stride + w.head * hd;
           for (int64_t j = j0; j < std::min(j0 + bs, visible); ++j)
-            sc[size_t(r * lk + j)] = scale * dot_fixed(qr, K + (j - j0) * hd, hd);
+            sc[size_t(r * lk + j)] = scale * dot(qr, K + (j - j0) * hd, hd);
         }
       }
       for (int64_t r = 0; r < w.nr; ++r) {
@@ -307,11 +334,7 @@ void CpuBackend::attention(int64_t layer, const Tensor& q, const Tensor& k, cons
           const int64_t visible = S.pos0 + w.r0 + r + 1;
           float* o = out.f32() + (S.row0 + w.r0 + r) * out.stride + w.head * hd;
           const float* p = sc.data() + r * lk;
-          for (int64_t j = j0; j < std::min(j0 + bs, visible); ++j) {
-            const float* vr = V + (j - j0) * hd;
-            const float pj = p[j];
-            for (int64_t i = 0; i < hd; ++i) o[i] = std::fma(pj, vr[i], o[i]);
-          }
+          for (int64_t j = j0; j < std::min(j0 + bs, visible); ++j) axpy(p[j], V + (j - j0) * hd, o, hd);
         }
       }
     }

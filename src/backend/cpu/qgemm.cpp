@@ -10,7 +10,6 @@
 #include "core/half.h"
 #include "core/thread_pool.h"
 #include "gptq/error.h"
-#include "quant/blas_threads.h"
 
 namespace gptq::cpu {
 
