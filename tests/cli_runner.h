@@ -29,11 +29,15 @@ inline std::string shell_quote(const std::string& s) {
   return q + "'";
 }
 
-// args are passed to the shell quoted one by one.
-inline CliResult run_cli(const std::vector<std::string>& args) {
+// args are passed to the shell quoted one by one; env: "NAME=value" assignments for the command.
+inline CliResult run_cli(const std::vector<std::string>& args, const std::vector<std::string>& env_vars = {}) {
   static int counter = 0;
   const std::string base = testing::TempDir() + "/gptq_cli_" + std::to_string(::getpid()) + "_" + std::to_string(counter++);
-  std::string cmd = shell_quote(GPTQ_CLI_PATH);
+  // GPTQ_CLI (environment) wins, so a test binary can run on another machine beside its gptq.
+  const char* env = std::getenv("GPTQ_CLI");
+  std::string cmd;
+  for (const auto& e : env_vars) cmd += e + " ";
+  cmd += shell_quote(env && *env ? env : GPTQ_CLI_PATH);
   for (const auto& a : args) cmd += " " + shell_quote(a);
   cmd += " >" + base + ".out 2>" + base + ".err </dev/null";
   const int status = std::system(cmd.c_str());
