@@ -8,6 +8,7 @@
 #include <random>
 #include <vector>
 
+#include "core/half.h"
 #include "gptq/error.h"
 #include "quant/format.h"
 #include "test_pool.h"
@@ -312,9 +313,12 @@ TEST(QuantGptq, DeadColumnsAndDampingRetries) {
 
 TEST(QuantGptq, PackedResultDequantizesToWq) {
   const int64_t N = 64, K = 96;
-  const auto W = randn(size_t(N * K), 41);
+  auto W = randn(size_t(N * K), 41);
+  // Row 3 all positive: asymmetric grids keep xmin at 0 there, so its zeros are 0 and wrap in v1.
+  for (int64_t k = 0; k < K; ++k) W[size_t(3 * K + k)] = std::fabs(W[size_t(3 * K + k)]) + 0.05f;
   const auto X = correlated_inputs(128, K, 42);
   const auto H = hessian_of(X, 128, K);
+  int64_t wrapped_entries = 0;
   for (int bits : {2, 3, 4, 8})
     for (auto fmt : {QuantFormat::kGptqV1, QuantFormat::kGptqV2}) {
       QuantSpec spec;
@@ -324,14 +328,24 @@ TEST(QuantGptq, PackedResultDequantizesToWq) {
       spec.desc_act = true;
       const QuantResult r = gptq_quantize(test_pool(), W.data(), H.data(), N, K, spec);
       const PackedQuant p = pack_result(r, fmt);
+      const int64_t zero_zeros = std::count(r.zeros.begin(), r.zeros.end(), 0);
+      EXPECT_EQ(p.wrapped_zeros, fmt == QuantFormat::kGptqV1 ? zero_zeros : 0) << "bits " << bits;
       const auto Wd = dequantize(p.view());
       for (size_t i = 0; i < Wd.size(); ++i) {
         const int64_t n = int64_t(i) / K, k = int64_t(i) % K, g = r.g_idx[size_t(k)];
-        if (fmt == QuantFormat::kGptqV1 && r.zeros[size_t(g * N + n)] == 0) continue;  // wraps, see format.h
+        if (fmt == QuantFormat::kGptqV1 && r.zeros[size_t(g * N + n)] == 0) {
+          // v1 stores zero-1 = -1 masked to 2^b-1; loaders add 1 back unmasked and read 2^b (format.h).
+          const float s = gptq::fp16_to_fp32(gptq::fp32_to_fp16(r.scales[size_t(g * N + n)]));
+          EXPECT_EQ(Wd[i], s * float(int(r.codes[i]) - (1 << bits))) << "bits " << bits << " wrapped zero";
+          ++wrapped_entries;
+          continue;
+        }
         // Only the fp16 rounding of the scale separates the two.
         EXPECT_NEAR(Wd[i], r.Wq[i], 1e-3 * std::fabs(r.Wq[i]) + 1e-7) << "bits " << bits;
       }
     }
+  // Row 3's zeros are 0: the wrapped branch above really ran.
+  EXPECT_NE(wrapped_entries, 0) << "the test data no longer exercises the v1 zero wrap";
 }
 
 TEST(QuantGptq, RejectsBadSpecs) {

@@ -35,7 +35,33 @@ std::string read_file(const std::string& path) {
 
 bool valid_utf8(const std::string& s) { return gptq::tok::utf8_valid_prefix(s) == s.size(); }
 
+// Whether s is nothing but U+FFFD replacement characters (or empty).
+bool only_replacement_chars(const std::string& s) {
+  if (s.size() % 3 != 0) return false;
+  for (size_t i = 0; i < s.size(); i += 3)
+    if (s.compare(i, 3, "\xEF\xBF\xBD") != 0) return false;
+  return true;
+}
+
+// How many byte-fallback tokens (<0xHH>) end `ids`, looking through specials and unknown ids.
+size_t trailing_byte_tokens(const Tokenizer& tok, const std::vector<int32_t>& ids) {
+  size_t m = 0;
+  for (size_t i = ids.size(); i-- > 0;) {
+    const int32_t id = ids[i];
+    if (id < 0 || id >= tok.vocab_size() || tok.is_special(id)) continue;
+    const std::string t = tok.token_text(id);
+    if (t.size() != 6 || t.compare(0, 3, "<0x") != 0 || t[5] != '>') break;
+    ++m;
+  }
+  return m;
+}
+
 // Pushes ids one at a time; every piece must be whole UTF-8 and the pieces must add up to decode().
+// Text must come out as it becomes final; what flush() still has is only what could have changed:
+// the bytes of an unfinished character (as U+FFFD), or, for byte-fallback tokenizers, the trailing
+// run of byte tokens (transformers replaces every byte of a run that is not valid UTF-8 as a
+// whole, so even a finished character of the run is not final). Without this a decoder that held
+// everything until flush() would pass every check here.
 std::string stream_decode(const Tokenizer& tok, const std::vector<int32_t>& ids, bool skip_special = true) {
   StreamDecoder sd(tok, skip_special);
   std::string all;
@@ -44,7 +70,14 @@ std::string stream_decode(const Tokenizer& tok, const std::vector<int32_t>& ids,
     EXPECT_TRUE(valid_utf8(piece)) << "push(" << id << ") returned half a character";
     all += piece;
   }
-  all += sd.flush();
+  const std::string tail = sd.flush();
+  const size_t byte_run = trailing_byte_tokens(tok, ids);
+  if (byte_run == 0)
+    EXPECT_TRUE(only_replacement_chars(tail)) << "flush() returned text that push() held back: '" << tail << "'";
+  else
+    EXPECT_LE(tail.size(), 3 * byte_run) << "flush() returned more than the trailing " << byte_run
+                                         << " byte tokens: '" << tail << "'";
+  all += tail;
   return all;
 }
 

@@ -24,8 +24,11 @@ struct SamplingParams {
 
 // Picks the next token from logits [vocab]. Order, as llama.cpp and transformers: repetition
 // penalty, then greedy if temperature == 0, else top-k, temperature, softmax, top-p, min-p, draw.
+// Greedy ties go to the lowest token id. The same seed and inputs give the same tokens.
 class Sampler {
  public:
+  // Throws gptq::Error for parameters outside their ranges: temperature < 0, top_p outside (0, 1],
+  // min_p outside [0, 1], repetition_penalty <= 0 (and NaN or infinite values).
   explicit Sampler(const SamplingParams& p);
   int32_t sample(std::vector<float> logits, const std::vector<int32_t>& history);
   const SamplingParams& params() const { return p_; }

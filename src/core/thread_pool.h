@@ -7,7 +7,8 @@
 //    rethrown in the caller.
 //  - Callers on different threads are served one call at a time (a mutex), never interleaved.
 //  - Calling run() from inside one of the same pool's tasks would deadlock; it throws
-//    std::logic_error instead (a programmer error: kernels must not nest).
+//    std::logic_error instead (a programmer error: kernels must not nest). This includes calls
+//    through another pool (a task of A runs pool B, whose task calls A), on any of B's threads.
 //  - If creating a thread fails part-way, the constructor stops the ones it started and
 //    rethrows as gptq::Error (no thread is left blocked).
 #pragma once
@@ -40,13 +41,15 @@ class ThreadPool {
   // fn(chunk_begin, chunk_end) for each. Chunks are multiples of `grain` (except the last).
   void parallel_for(size_t begin, size_t end, const std::function<void(size_t, size_t)>& fn, size_t grain = 1);
 
-  // Whether the calling thread is running one of this pool's tasks.
+  // Whether the calling thread is running one of this pool's tasks, directly or through tasks of
+  // other pools that such a task started.
   bool in_task() const;
 
  private:
   void worker(int index);
   void stop_workers();
-  void run_task(const std::function<void(int, int)>& fn, int index);
+  // caller_scope: the nesting chain the task runs inside (the caller's, see thread_pool.cpp).
+  void run_task(const std::function<void(int, int)>& fn, int index, const void* caller_scope);
 
   int n_threads_;
   std::vector<std::thread> threads_;
@@ -54,6 +57,7 @@ class ThreadPool {
   std::mutex mu_;
   std::condition_variable cv_start_, cv_done_;
   std::atomic<const std::function<void(int, int)>*> job_{nullptr};
+  const void* caller_scope_ = nullptr;  // the caller's nesting chain for the current job
   std::atomic<size_t> generation_{0};
   std::atomic<int> pending_{0};
   std::atomic<bool> stop_{false};

@@ -3,13 +3,30 @@
 #include <numeric>
 #include <unordered_set>
 
+#include "gptq/error.h"
 #include "gptq/generate.h"
 
 namespace gptq {
 
-Sampler::Sampler(const SamplingParams& p) : p_(p), rng_(p.seed) {}
+namespace {
+// The ranges transformers' logits warpers accept (they raise ValueError outside them); a value
+// outside them used to be taken silently (a negative temperature sampled greedily, top_p 0 or 7
+// and a penalty of -1 gave some other distribution than asked for). Comparisons are written so
+// that NaN fails them.
+void check_params(const SamplingParams& p) {
+  if (!(p.temperature >= 0.f) || !std::isfinite(p.temperature))
+    fail("sampling: temperature must be a finite number >= 0 (0: greedy), got ", p.temperature);
+  if (!(p.top_p > 0.f && p.top_p <= 1.f)) fail("sampling: top_p must be in (0, 1] (1: off), got ", p.top_p);
+  if (!(p.min_p >= 0.f && p.min_p <= 1.f)) fail("sampling: min_p must be in [0, 1] (0: off), got ", p.min_p);
+  if (!(p.repetition_penalty > 0.f) || !std::isfinite(p.repetition_penalty))
+    fail("sampling: repetition_penalty must be a finite number > 0 (1: off), got ", p.repetition_penalty);
+}
+}  // namespace
+
+Sampler::Sampler(const SamplingParams& p) : p_(p), rng_(p.seed) { check_params(p_); }
 
 int32_t Sampler::sample(std::vector<float> logits, const std::vector<int32_t>& history) {
+  GPTQ_ASSERT(!logits.empty(), "Sampler::sample needs at least one logit");
   const int32_t V = int32_t(logits.size());
   if (p_.repetition_penalty != 1.0f && !history.empty()) {
     const size_t n = p_.repeat_last_n < 0 ? history.size() : std::min(history.size(), size_t(p_.repeat_last_n));
