@@ -114,7 +114,8 @@ class Backend {
 
   // ---- weights
   virtual std::unique_ptr<Weight> dense_weight(const DenseWeightDesc& d) = 0;
-  // m: views into a checkpoint (validated here; gptq::Error for what cannot run); bias [N] or null.
+  // m: views into a checkpoint (validated here; gptq::Error for what cannot run). bias: [N] fp32,
+  // or null for m.bias (fp16) or none; either way it is added once and bias() returns it.
   virtual std::unique_ptr<Weight> gptq_weight(const quant::QuantMatrix& m, const float* bias) = 0;
 
   // ---- ops. T = the rows of the batch; all tensors F32 unless said.

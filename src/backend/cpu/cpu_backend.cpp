@@ -46,11 +46,21 @@ class CpuDenseWeight final : public Weight {
   std::vector<float> owned_;  // 4-byte words holding a copy when asked
 };
 
+quant::QuantMatrix without_bias(quant::QuantMatrix m) {
+  m.bias = nullptr;
+  return m;
+}
+
 class CpuGptqWeight final : public Weight {
  public:
+  // The bias is the argument's, else the matrix's own (fp16); the backend adds it once.
   CpuGptqWeight(ThreadPool& pool, const quant::QuantMatrix& m, const float* bias)
-      : Weight(m.K, m.N), w_(cpu::prepare(m, pool)), q_(m) {
-    if (bias) bias_.assign(bias, bias + m.N);
+      : Weight(m.K, m.N), w_(cpu::prepare(without_bias(m), pool)), q_(m) {
+    if (bias) {
+      bias_.assign(bias, bias + m.N);
+    } else if (m.bias) {
+      for (int64_t n = 0; n < m.N; ++n) bias_.push_back(fp16_to_fp32(m.bias[n]));
+    }
     bool act_order = false;
     if (m.g_idx) {
       const int64_t G = quant::resolve_group_size(m.K, m.group_size);

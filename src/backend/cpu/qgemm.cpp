@@ -3,6 +3,8 @@
 // qgemm_avx512.cpp.
 #include "backend/cpu/qgemm.h"
 
+#include "backend/cpu/cpu_features.h"
+
 #include <algorithm>
 #include <numeric>
 
@@ -49,8 +51,10 @@ bool qgemm_isa_supported(QgemmIsa isa) {
 }
 
 QgemmIsa qgemm_best_isa() {
-  if (cpu_has_avx512()) return QgemmIsa::kAvx512;
-  if (cpu_has_avx2()) return QgemmIsa::kAvx2;
+  // The CPU's best, capped by cpu::force_simd (tests run every level).
+  const SimdLevel cap = active_simd();
+  if (cpu_has_avx512() && cap >= SimdLevel::kAvx512) return QgemmIsa::kAvx512;
+  if (cpu_has_avx2() && cap >= SimdLevel::kAvx2) return QgemmIsa::kAvx2;
   return QgemmIsa::kScalar;
 }
 
