@@ -267,8 +267,8 @@ GPTQ_FIX_AVX2 void dsub_micro_avx2(int64_t K, int64_t nc, const double* A, int64
     c0[r] = _mm256_maskload_pd(C + r * ldc, k0);
     c1[r] = _mm256_maskload_pd(C + r * ldc + 4, k1);
   }
-  for (int64_t k = 0; k < K; ++k) {
-    const __m256d b0 = _mm256_maskload_pd(B + k * ldb, k0), b1 = _mm256_maskload_pd(B + k * ldb + 4, k1);
+  for (int64_t k = 0; k < K; ++k) {  // B: a zero-padded panel of 8 columns
+    const __m256d b0 = _mm256_loadu_pd(B + k * ldb), b1 = _mm256_loadu_pd(B + k * ldb + 4);
     for (int r = 0; r < MR; ++r) {
       const __m256d a = _mm256_broadcast_sd(A + r * lda + k);  // fnmadd == fma(-a, b, c) exactly
       c0[r] = _mm256_fnmadd_pd(a, b0, c0[r]);
@@ -374,10 +374,10 @@ GPTQ_FIX_AVX512 inline __mmask16 mask16(int64_t n) {
   return n >= 16 ? __mmask16(0xFFFF) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1);
 }
 
-// Rows [0,MR) x columns [0,nc) (nc <= 64) of gemm_nn.
-template <int MR>
-GPTQ_FIX_AVX512 void nn_micro_avx512(int64_t K, int64_t nc, float alpha, const float* A, int64_t lda,
-                                     const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+// Rows [0,MR) x columns [0,nc) (nc <= 64) of gemm_nn; FULL: nc == 64 (no masks in the k loop).
+template <int MR, bool FULL>
+GPTQ_FIX_AVX512 void nn_micro_avx512_t(int64_t K, int64_t nc, float alpha, const float* A, int64_t lda,
+                                       const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   __m512 acc[MR][4];
   for (int r = 0; r < MR; ++r)
     for (int j = 0; j < 4; ++j) acc[r][j] = _mm512_setzero_ps();
@@ -385,7 +385,7 @@ GPTQ_FIX_AVX512 void nn_micro_avx512(int64_t K, int64_t nc, float alpha, const f
   for (int64_t k = 0; k < K; ++k) {
     const float* b = B + k * ldb;
     __m512 bv[4];
-    for (int j = 0; j < 4; ++j) bv[j] = _mm512_maskz_loadu_ps(mk[j], b + 16 * j);
+    for (int j = 0; j < 4; ++j) bv[j] = FULL ? _mm512_loadu_ps(b + 16 * j) : _mm512_maskz_loadu_ps(mk[j], b + 16 * j);
     for (int r = 0; r < MR; ++r) {
       const __m512 a = _mm512_set1_ps(A[r * lda + k]);
       for (int j = 0; j < 4; ++j) acc[r][j] = _mm512_fmadd_ps(a, bv[j], acc[r][j]);
@@ -400,6 +400,15 @@ GPTQ_FIX_AVX512 void nn_micro_avx512(int64_t K, int64_t nc, float alpha, const f
       if (beta != 0.f) v = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(mk[j], c), v);
       _mm512_mask_storeu_ps(c, mk[j], v);
     }
+}
+
+template <int MR>
+GPTQ_FIX_AVX512 void nn_micro_avx512(int64_t K, int64_t nc, float alpha, const float* A, int64_t lda,
+                                     const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  if (nc == 64)
+    nn_micro_avx512_t<MR, true>(K, nc, alpha, A, lda, B, ldb, beta, C, ldc);
+  else
+    nn_micro_avx512_t<MR, false>(K, nc, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 GPTQ_FIX_AVX512 void nn_tile_avx512(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t K, float alpha,
@@ -435,9 +444,9 @@ GPTQ_FIX_AVX512 void dsub_micro_avx512(int64_t K, int64_t nc, const double* A, i
   __m512d c[MR][4];
   for (int r = 0; r < MR; ++r)
     for (int j = 0; j < 4; ++j) c[r][j] = _mm512_maskz_loadu_pd(mk[j], C + r * ldc + 8 * j);
-  for (int64_t k = 0; k < K; ++k) {
+  for (int64_t k = 0; k < K; ++k) {  // B: a zero-padded panel of 32 columns
     __m512d b[4];
-    for (int j = 0; j < 4; ++j) b[j] = _mm512_maskz_loadu_pd(mk[j], B + k * ldb + 8 * j);
+    for (int j = 0; j < 4; ++j) b[j] = _mm512_loadu_pd(B + k * ldb + 8 * j);
     for (int r = 0; r < MR; ++r) {
       const __m512d a = _mm512_set1_pd(A[r * lda + k]);  // fnmadd == fma(-a, b, c) exactly
       for (int j = 0; j < 4; ++j) c[r][j] = _mm512_fnmadd_pd(a, b[j], c[r][j]);
@@ -467,21 +476,29 @@ void dsub(SimdLevel L, int64_t M, int64_t N, int64_t K, const double* A, int64_t
   if (L == SimdLevel::kScalar) return dsub_scalar(M, N, K, A, lda, B, ldb, C, ldc);
   const int64_t W = L == SimdLevel::kAvx512 ? 32 : 8;
   constexpr int64_t kKc = 128;
+  // B strips are copied into a contiguous [kc, W] panel: B's rows are often a power-of-two
+  // stride apart (the factorizations' lda), which would put a strip's rows in one L1 set.
+  static thread_local std::vector<double> bp;
+  bp.resize(size_t(kKc * W));
   for (int64_t k0 = 0; k0 < K; k0 += kKc) {
     const int64_t kc = std::min(kKc, K - k0);
     for (int64_t n = 0; n < N; n += W) {
       const int64_t nc = std::min(W, N - n);
+      for (int64_t k = 0; k < kc; ++k) {
+        std::copy(B + (k0 + k) * ldb + n, B + (k0 + k) * ldb + n + nc, bp.data() + k * W);
+        std::fill(bp.data() + k * W + nc, bp.data() + (k + 1) * W, 0.0);
+      }
       for (int64_t m = 0; m < M; m += kMR) {
         const int mr = int(std::min<int64_t>(kMR, M - m));
         const double* a = A + m * lda + k0;
-        const double* b = B + k0 * ldb + n;
+        const double* b = bp.data();
         double* c = C + m * ldc + n;
 #define GPTQ_DSUB_CASE(R)                                                          \
   case R:                                                                          \
     if (L == SimdLevel::kAvx512)                                                   \
-      dsub_micro_avx512<R>(kc, nc, a, lda, b, ldb, c, ldc);                        \
+      dsub_micro_avx512<R>(kc, nc, a, lda, b, W, c, ldc);                          \
     else                                                                           \
-      dsub_micro_avx2<R>(kc, nc, a, lda, b, ldb, c, ldc);                          \
+      dsub_micro_avx2<R>(kc, nc, a, lda, b, W, c, ldc);                            \
     break;
         switch (mr) {
           GPTQ_DSUB_CASE(6)
