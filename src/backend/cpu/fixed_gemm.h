@@ -22,8 +22,8 @@
 // A's 8 elements broadcast to both halves), a 6x8 register block; AVX2 one ymm per output, 6x2.
 // B is packed per tile into row pairs interleaved in chunks of 8 (zero padded). gemm_nn: 6 rows
 // x 4 zmm (AVX-512) or 6 x 2 ymm (AVX2), broadcast A, vector B, masked column tails. Output tiles
-// (96 x 64 for dot8, 96 x 256 for gemm_nn) go to the pool, dynamically scheduled; each output is computed whole by one thread, so the split cannot
-// change it. A CPU without AVX2+FMA (or force_simd(kScalar)) runs the scalar reference.
+// (96 x 64 for dot8, 96 x 256 for gemm_nn) go to the pool, dynamically scheduled; each output
+// is computed whole by one thread, so the split cannot change it. A CPU without AVX2+FMA (or force_simd(kScalar)) runs the scalar reference.
 // Not yet: k-blocking for very long dots (A's 96-row tile should fit L2: K <~ 4096 floats), and
 // a batched reduction epilogue (costs ~30% at K = 384).
 // Limits: sizes are int64; lda/ldb/ldc >= the row length used; no aliasing of C with A or B.
