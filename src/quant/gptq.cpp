@@ -1,23 +1,14 @@
 #include "quant/gptq.h"
 
-#include <cblas.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <mutex>
 #include <numeric>
 
 #include "core/thread_pool.h"
 #include "gptq/error.h"
-#include "quant/blas_threads.h"
+#include "backend/cpu/fixed_gemm.h"
 #include "quant/quantizer.h"
-
-// LAPACK as bundled in libopenblas (its own threaded potrf/trtri); LAPACKE is not needed.
-extern "C" {
-void dpotrf_(const char* uplo, const int* n, double* a, const int* lda, int* info);
-void dtrtri_(const char* uplo, const char* diag, const int* n, double* a, const int* lda, int* info);
-}
 
 namespace gptq::quant {
 
@@ -31,45 +22,31 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 // Hp = H[perm][:, perm] with `diag` replacing H's diagonal. Returns false when Hp + damp*I is not
 // positive definite.
 //
-// With J the index reversal, J Hp J = L L^T (LAPACK lower Cholesky) gives Hp = R R^T with the
+// With J the index reversal, J Hp J = L L^T (lower Cholesky) gives Hp = R R^T with the
 // upper-triangular R = J L J, hence Hp^-1 = (R^-1)^T R^-1 and U = R^-1 = J L^-1 J.
-// a: [K*K] double scratch, column-major for LAPACK.
+// Both factorizations are the fixed-order ones (cpu/fixed_gemm.h), so U is the same bits for any
+// pool size and CPU. a: [K*K] double scratch, row-major.
 bool factor_hinv(ThreadPool& pool, const float* H, const float* diag, const std::vector<int64_t>& perm, int64_t K, double damp,
                  std::vector<double>& a, float* U) {
-  const int n = int(K);
-  // M = J Hp J: M[i][j] = Hp[K-1-i][K-1-j] = H[q[i]][q[j]], q[i] = perm[K-1-i]. M is symmetric, so
-  // its row-major and column-major images are the same.
+  // M = J Hp J: M[i][j] = Hp[K-1-i][K-1-j] = H[q[i]][q[j]], q[i] = perm[K-1-i] (lower triangle).
   pool.parallel_for(0, size_t(K), [&](size_t i0, size_t i1) {
     for (int64_t i = int64_t(i0); i < int64_t(i1); ++i) {
       const int64_t qi = perm[size_t(K - 1 - i)];
       const float* h = H + qi * K;
       double* ai = a.data() + i * K;
-      for (int64_t j = 0; j < K; ++j) ai[j] = h[perm[size_t(K - 1 - j)]];
+      for (int64_t j = 0; j < i; ++j) ai[j] = h[perm[size_t(K - 1 - j)]];
       ai[i] = double(diag[qi]) + damp;
     }
   });
-  int info = 0;
-  {
-    BlasThreadsScope all_threads(pool.size());
-    dpotrf_("L", &n, a.data(), &n, &info);
-    if (info != 0) return false;
-    dtrtri_("L", "N", &n, a.data(), &n, &info);
-    if (info != 0) return false;
-  }
-  // U[i][j] = Linv(K-1-i, K-1-j) = a[(K-1-i) + (K-1-j)*K] for i <= j; blocked because the source
-  // is read with stride K.
-  constexpr int64_t kB = 64;
-  pool.parallel_for(0, size_t((K + kB - 1) / kB), [&](size_t b0, size_t b1) {
-    for (int64_t ib = int64_t(b0) * kB; ib < std::min<int64_t>(K, int64_t(b1) * kB); ib += kB) {
-      const int64_t ie = std::min(K, ib + kB);
-      for (int64_t i = ib; i < ie; ++i) std::fill(U + i * K, U + i * K + i, 0.f);
-      for (int64_t jb = ib; jb < K; jb += kB) {
-        const int64_t je = std::min(K, jb + kB);
-        for (int64_t j = jb; j < je; ++j) {
-          const double* col = a.data() + (K - 1 - j) * K;  // column K-1-j of Linv
-          for (int64_t i = ib; i < std::min(ie, j + 1); ++i) U[i * K + j] = float(col[K - 1 - i]);
-        }
-      }
+  if (!cpu::cholesky_lower_fixed(&pool, K, a.data(), K)) return false;
+  cpu::tri_lower_inverse_fixed(&pool, K, a.data(), K);
+  // U[i][j] = Linv[K-1-i][K-1-j] for i <= j: row i of U is row K-1-i of Linv, reversed.
+  pool.parallel_for(0, size_t(K), [&](size_t i0, size_t i1) {
+    for (int64_t i = int64_t(i0); i < int64_t(i1); ++i) {
+      const double* src = a.data() + (K - 1 - i) * K;
+      float* u = U + i * K;
+      std::fill(u, u + i, 0.f);
+      for (int64_t j = i; j < K; ++j) u[j] = float(src[K - 1 - j]);
     }
   });
   return true;
@@ -199,11 +176,11 @@ QuantResult gptq_quantize(ThreadPool& pool, const float* W, const float* H, int6
   res.seconds_factor = seconds_since(t0);
 
   // Column loop. Rows are independent given U, so each thread runs the whole blocked algorithm on
-  // its own rows; the lazy update of the columns right of a block is one sgemm per thread.
+  // its own rows; the lazy update of the columns right of a block is one fixed-order gemm per
+  // thread (each output's sum order does not depend on which rows a thread got).
   t0 = std::chrono::steady_clock::now();
   const int64_t B = spec.block_size;
-  std::mutex loss_mu;
-  BlasThreadsScope one_blas_thread(1);
+  std::vector<double> row_loss(static_cast<size_t>(N), 0.0);  // summed in row order: reproducible
   pool.parallel_for(
       0, size_t(N),
       [&](size_t r0_, size_t r1_) {
@@ -211,11 +188,11 @@ QuantResult gptq_quantize(ThreadPool& pool, const float* W, const float* H, int6
         std::vector<float> W1(static_cast<size_t>(R * B));    // [R, B] in-block copy receiving the eager updates
         std::vector<float> Err1(static_cast<size_t>(R * B));  // [R, B] scaled errors of the block
         std::vector<GridParams> cur(static_cast<size_t>(R));  // each row's grid of the current group
-        double loss = 0;
         for (int64_t i1 = 0; i1 < K; i1 += B) {
           const int64_t i2 = std::min(K, i1 + B), cnt = i2 - i1;
           for (int64_t r = 0; r < R; ++r) {
             const int64_t n = r0 + r;
+            double& loss = row_loss[size_t(n)];
             float* w1 = W1.data() + r * B;
             float* e1 = Err1.data() + r * B;
             const float* wrow = Wp.data() + n * K;  // block-start state of the row
@@ -252,14 +229,12 @@ QuantResult gptq_quantize(ThreadPool& pool, const float* W, const float* H, int6
           }
           // Wp[rows, i2:] -= Err1[rows, :cnt] * Hinv[i1:i2, i2:]
           if (i2 < K)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(R), int(K - i2), int(cnt), -1.f,
-                        Err1.data(), int(B), U.data() + i1 * K + i2, int(K), 1.f, Wp.data() + r0 * K + i2,
-                        int(K));
+            cpu::gemm_nn_fixed(nullptr, R, K - i2, cnt, -1.f, Err1.data(), B, U.data() + i1 * K + i2, K, 1.f,
+                               Wp.data() + r0 * K + i2, K);
         }
-        std::lock_guard<std::mutex> lock(loss_mu);
-        res.loss += loss / 2;
       },
       16);
+  for (double l : row_loss) res.loss += l / 2;
   res.seconds_solve = seconds_since(t0);
   return res;
 }

@@ -3,13 +3,14 @@
 // where `samples` counts sequences (inp.shape[0] in the reference), not tokens. The scale of H
 // does not change the solver (damping is relative), but keeping it makes H comparable.
 //
+// Reproducible: H is a fixed function of the batches, bit-identical for any pool size and on any
+// x86-64 CPU. Each batch is transposed (Xt: [K, tokens]) and every upper-triangle entry is one
+// fixed-order dot over all the batch's tokens (cpu::syrk_upper_fixed: 8 fma lanes, a fixed
+// reduction tree), then H[i,j] = fma(beta, H[i,j], alpha * dot) with beta = n/(n+samples),
+// alpha = 2/(n+samples) in fp32. Tiles and token ranges never depend on the thread count.
+//
 // Storage is fp32 like the reference; only the upper triangle is maintained and it is mirrored
-// once in take(). Each batch is one parallel sweep over tiles of the upper triangle (cblas_sgemm
-// off the diagonal, cblas_ssyrk on it, each single-threaded), so it scales with
-// gptq::parallel_for regardless of OpenBLAS's own thread count; measured on par with one
-// multithreaded cblas_ssyrk call (bench_quant.cpp). When K is too small to give every thread
-// tiles (e.g. K = 384 on 16 threads), the batch's tokens are also split, each chunk into its own
-// partial Hessian (at most 256 MiB of scratch), summed at the end of the batch.
+// once in take().
 #pragma once
 
 #include <cstdint>
@@ -37,7 +38,7 @@ class HessianAccumulator {
   int64_t K_;
   int64_t nsamples_ = 0;
   std::vector<float> H_;        // [K, K], upper tiles valid
-  std::vector<float> scratch_;  // [chunks-1, K, K] partial Hessians when small K splits tokens
+  std::vector<float> xt_;       // [K, tokens] the current batch transposed
 };
 
 }  // namespace gptq::quant
