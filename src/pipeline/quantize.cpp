@@ -2,8 +2,6 @@
 // layer's linears are quantized in true-sequential groups from the Hessians of their inputs, the
 // layer then runs with its quantized weights to produce the next layer's inputs (IST-DASLab/gptq
 // llama_sequential, AutoGPTQ/GPTQModel).
-#include <cblas.h>
-
 #include <chrono>
 #include <cmath>
 #include <deque>
@@ -22,6 +20,7 @@
 #include "io/checkpoint_writer.h"
 #include "backend/backend.h"
 #include "backend/cpu/cpu_backend.h"
+#include "backend/cpu/fixed_gemm.h"
 #include "quant/gptq.h"
 #include "quant/hessian.h"
 
@@ -32,21 +31,11 @@ namespace {
 using Clock = std::chrono::steady_clock;
 double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-// The linears whose inputs each stage of a decoder layer produces, in true-sequential order
-// ([k,v,q] -> [o] -> [up,gate] -> [down], as IST-DASLab/gptq's llama_sequential).
-const std::vector<LinearSlot> kStageSlots[4] = {
-    {LinearSlot::kK, LinearSlot::kV, LinearSlot::kQ},
-    {LinearSlot::kO},
-    {LinearSlot::kUp, LinearSlot::kGate},
-    {LinearSlot::kDown},
-};
-
 // sum_i (A H Aᵀ)_ii for A: [N, K], H: [K, K]: the squared output norm of A on the calibration inputs
 // (up to the Hessian's 2/n scale).
-double quad_form(const std::vector<float>& A, const std::vector<float>& H, int64_t N, int64_t K) {
+double quad_form(ThreadPool& pool, const std::vector<float>& A, const std::vector<float>& H, int64_t N, int64_t K) {
   std::vector<float> AH(A.size());
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(N), int(K), int(K), 1.f, A.data(), int(K), H.data(),
-              int(K), 0.f, AH.data(), int(K));
+  cpu::gemm_nn_fixed(&pool, N, K, K, 1.f, A.data(), K, H.data(), K, 0.f, AH.data(), K);
   double s = 0;
   for (size_t i = 0; i < A.size(); ++i) s += double(AH[i]) * A[i];
   return s;
@@ -265,8 +254,8 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
       if (!H.empty()) {
         std::vector<float> D(W.size());
         for (size_t i = 0; i < W.size(); ++i) D[i] = W[i] - Q[i];
-        const double den = quad_form(W, H, N, K);
-        m.rel_error = den > 0 ? quad_form(D, H, N, K) / den : 0;
+        const double den = quad_form(pool, W, H, N, K);
+        m.rel_error = den > 0 ? quad_form(pool, D, H, N, K) / den : 0;
       }
       model->set_linear(l, s, be.dense_weight({Q.data(), DType::kF32, N, K, bias.empty() ? nullptr : bias.data(), true}));
       packed.emplace(name, std::move(pq));

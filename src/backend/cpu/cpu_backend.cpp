@@ -1,7 +1,6 @@
 #include "backend/cpu/cpu_backend.h"
 
 #include <cblas.h>
-#include <immintrin.h>
 
 #include <algorithm>
 #include <cmath>
@@ -9,6 +8,7 @@
 #include <limits>
 
 #include "backend/cpu/cpu_features.h"
+#include "backend/cpu/fixed_gemm.h"
 #include "backend/cpu/gemm.h"
 #include "backend/cpu/qgemm.h"
 #include "core/half.h"
@@ -91,38 +91,26 @@ void add_bias(const std::vector<float>& b, const Tensor& y) {
   }
 }
 
-// dot(a, b) over n in the fixed order of the calibration path: 8 lanes, lane l sums the elements
-// k ≡ l (mod 8) in increasing k with fused multiply-add, then a fixed tree. The scalar and AVX2
-// versions give the same bits, so results do not depend on the CPU.
-float dot_fixed_scalar(const float* a, const float* b, int64_t n) {
-  float l[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  for (int64_t k = 0; k < n; ++k) l[k & 7] = std::fma(a[k], b[k], l[k & 7]);
-  return ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
+// y[T, N] = x[T, K] · Wᵀ in the fixed order of fixed_gemm.h, W in its file dtype: blocks of rows
+// are converted to fp32 per task; each output is one whole dot product, so neither the blocking
+// nor the thread count changes it.
+void linear_fixed(ThreadPool& pool, const float* x, int64_t T, int64_t K, const void* w, DType wt, int64_t N, float* y) {
+  if (wt == DType::kF32) {
+    cpu::gemm_nt_fixed(&pool, T, N, K, 1.f, x, K, static_cast<const float*>(w), K, 0.f, y, N);
+    return;
+  }
+  constexpr int64_t kRows = 64;
+  const size_t es = dtype_size(wt);
+  pool.parallel_for(0, size_t(N), [&](size_t b0, size_t b1) {
+    std::vector<float> buf;
+    for (size_t n0 = b0; n0 < b1; n0 += kRows) {
+      const int64_t nb = std::min<int64_t>(kRows, int64_t(b1 - n0));
+      buf.resize(size_t(nb * K));
+      cpu::to_f32(static_cast<const uint8_t*>(w) + n0 * size_t(K) * es, wt, nb * K, buf.data());
+      cpu::gemm_nt_fixed(nullptr, T, nb, K, 1.f, x, K, buf.data(), K, 0.f, y + n0, N);
+    }
+  }, size_t(kRows));
 }
-
-__attribute__((target("avx2,fma"))) float dot_fixed_avx2(const float* a, const float* b, int64_t n) {
-  __m256 acc = _mm256_setzero_ps();
-  int64_t k = 0;
-  for (; k + 8 <= n; k += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), _mm256_loadu_ps(b + k), acc);
-  alignas(32) float l[8];
-  _mm256_store_ps(l, acc);
-  for (int64_t j = 0; k < n; ++k, ++j) l[j] = std::fma(a[k], b[k], l[j]);
-  return ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
-}
-
-// o[i] += p * v[i], one fused multiply-add per element (lanes independent: any width, same bits).
-void axpy_fixed_scalar(float p, const float* v, float* o, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) o[i] = std::fma(p, v[i], o[i]);
-}
-
-__attribute__((target("avx2,fma"))) void axpy_fixed_avx2(float p, const float* v, float* o, int64_t n) {
-  const __m256 pv = _mm256_set1_ps(p);
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(o + i, _mm256_fmadd_ps(pv, _mm256_loadu_ps(v + i), _mm256_loadu_ps(o + i)));
-  for (; i < n; ++i) o[i] = std::fma(p, v[i], o[i]);
-}
-
-bool use_avx2() { return cpu::active_simd() >= cpu::SimdLevel::kAvx2; }
 
 }  // namespace
 
@@ -193,6 +181,11 @@ void CpuBackend::linear(const Weight& w, const Tensor& x, const Tensor& y) {
   GPTQ_ASSERT(x.contiguous() && y.contiguous(), "linear needs contiguous rows");
   if (x.rows == 0) return;
   if (const auto* d = dynamic_cast<const CpuDenseWeight*>(&w)) {
+    if (deterministic_) {
+      linear_fixed(pool_, x.f32(), x.rows, x.cols, d->data(), d->dtype(), y.cols, y.f32());
+      add_bias(w.bias(), y);
+      return;
+    }
     cpu::dense_matmul(pool_, x.f32(), x.rows, x.cols, d->data(), d->dtype(), y.cols, nullptr, y.f32());
   } else {
     const auto* g = dynamic_cast<const CpuGptqWeight*>(&w);
@@ -296,16 +289,16 @@ void CpuBackend::attention(int64_t layer, const Tensor& q, const Tensor& k, cons
         items.push_back({int64_t(s), h, r0, std::min(kRows, plan.seqs[s].n_rows - r0)});
   const int64_t group = n_heads / nkv;
   const float scale = 1.f / std::sqrt(float(hd));
-  const auto dot = use_avx2() ? dot_fixed_avx2 : dot_fixed_scalar;
-  const auto axpy = use_avx2() ? axpy_fixed_avx2 : axpy_fixed_scalar;
   pool_.parallel_for(0, items.size(), [&](size_t i0, size_t i1) {
     std::vector<float> sc, kbuf(size_t(bs * hd)), vbuf(size_t(bs * hd));
     for (size_t it = i0; it < i1; ++it) {
       const Item& w = items[it];
       const AttnSeq& S = plan.seqs[size_t(w.seq)];
       const int64_t kvh = w.head / group;
-      const int64_t lk = S.pos0 + w.r0 + w.nr;  // keys the last row of this block sees
-      sc.assign(size_t(w.nr * lk), 0.f);
+      const int64_t lk = S.pos0 + w.r0 + w.nr;  // keys the last row of this block sees (all written)
+      const float* qb = q.f32() + (S.row0 + w.r0) * q.stride + w.head * hd;  // [nr, hd], stride q.stride
+      float* ob = out.f32() + (S.row0 + w.r0) * out.stride + w.head * hd;
+      sc.resize(size_t(w.nr * lk));
       auto load = [&](int64_t which, int64_t blk, std::vector<float>& buf) -> const float* {
         const char* p = head_ptr(S.block_table[blk], which, kvh);
         if (!f16) return reinterpret_cast<const float*>(p);
@@ -313,16 +306,12 @@ void CpuBackend::attention(int64_t layer, const Tensor& q, const Tensor& k, cons
         for (int64_t i = 0; i < bs * hd; ++i) buf[size_t(i)] = fp16_to_fp32(h16[i]);
         return buf.data();
       };
-      // sc[r, j] = scale · q_r · k_j for the keys each row sees.
+      // sc[r, j] = scale · q_r · k_j, a block of keys at a time (fixed-order dots).
       for (int64_t j0 = 0; j0 < lk; j0 += bs) {
-        const float* K = load(0, j0 / bs, kbuf);
-        for (int64_t r = 0; r < w.nr; ++r) {
-          const int64_t row = S.row0 + w.r0 + r, visible = S.pos0 + w.r0 + r + 1;
-          const float* qr = q.f32() + row * q.stride + w.head * hd;
-          for (int64_t j = j0; j < std::min(j0 + bs, visible); ++j)
-            sc[size_t(r * lk + j)] = scale * dot(qr, K + (j - j0) * hd, hd);
-        }
+        const int64_t nk = std::min(bs, lk - j0);
+        cpu::gemm_nt_fixed(nullptr, w.nr, nk, hd, scale, qb, q.stride, load(0, j0 / bs, kbuf), hd, 0.f, sc.data() + j0, lk);
       }
+      // Softmax over the keys each row sees (position order, double sum); the rest get 0.
       for (int64_t r = 0; r < w.nr; ++r) {
         float* row = sc.data() + r * lk;
         const int64_t visible = S.pos0 + w.r0 + r + 1;
@@ -335,17 +324,13 @@ void CpuBackend::attention(int64_t layer, const Tensor& q, const Tensor& k, cons
         }
         const float inv = float(1.0 / sum);
         for (int64_t j = 0; j < visible; ++j) row[j] *= inv;
-        float* o = out.f32() + (S.row0 + w.r0 + r) * out.stride + w.head * hd;
-        std::fill_n(o, hd, 0.f);
+        std::fill(row + visible, row + lk, 0.f);
       }
+      // out[r, :] = Σ_j p[r, j] v_j, block by block in position order.
       for (int64_t j0 = 0; j0 < lk; j0 += bs) {
-        const float* V = load(1, j0 / bs, vbuf);
-        for (int64_t r = 0; r < w.nr; ++r) {
-          const int64_t visible = S.pos0 + w.r0 + r + 1;
-          float* o = out.f32() + (S.row0 + w.r0 + r) * out.stride + w.head * hd;
-          const float* p = sc.data() + r * lk;
-          for (int64_t j = j0; j < std::min(j0 + bs, visible); ++j) axpy(p[j], V + (j - j0) * hd, o, hd);
-        }
+        const int64_t nk = std::min(bs, lk - j0);
+        cpu::gemm_nn_fixed(nullptr, w.nr, hd, nk, 1.f, sc.data() + j0, lk, load(1, j0 / bs, vbuf), hd, j0 == 0 ? 0.f : 1.f,
+                           ob, out.stride);
       }
     }
   });
