@@ -17,7 +17,7 @@
 
 #include "backend/cpu/fixed_gemm.h"
 #include "core/thread_pool.h"
-#include "quant/hessian.h"
+#include "backend/cpu/hessian.h"
 #include "test_pool.h"
 
 extern "C" {
@@ -141,7 +141,7 @@ class OldHessian {
 void BM_FixedHessian(benchmark::State& state) {
   const int64_t K = state.range(0), T = state.range(1), impl = state.range(2);
   const auto X = randn(size_t(T * K), 7);
-  gptq::quant::HessianAccumulator acc(test_pool(), K);
+  gptq::cpu::HessianAccumulator acc(test_pool(), K);
   OldHessian old(test_pool(), K);
   for (auto _ : state) {
     if (impl == 0)

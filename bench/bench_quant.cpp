@@ -15,10 +15,10 @@
 
 #include "backend/cpu/qgemm.h"
 #include "core/thread_pool.h"
-#include "quant/format.h"
+#include "io/gptq_format.h"
 #include "test_pool.h"
 #include "quant/gptq.h"
-#include "quant/hessian.h"
+#include "backend/cpu/hessian.h"
 
 using namespace gptq::quant;
 using namespace gptq::cpu;
@@ -136,7 +136,7 @@ void BM_QuantGptqQuantize(benchmark::State& state) {
   openblas_set_num_threads(1);
   const int64_t K = state.range(0), N = state.range(1), n = 2 * K;
   const auto X = randn(size_t(n * K), 5);
-  HessianAccumulator acc(test_pool(), K);
+  gptq::cpu::HessianAccumulator acc(test_pool(), K);
   acc.add_batch(X.data(), 1, n);
   const auto H = acc.take();
   const auto W = randn(size_t(N * K), 6);
@@ -165,7 +165,7 @@ void BM_QuantHessian(benchmark::State& state) {
   openblas_set_num_threads(1);
   const int64_t K = state.range(0), T = state.range(1);
   const auto X = randn(size_t(T * K), 7);
-  HessianAccumulator acc(test_pool(), K);
+  gptq::cpu::HessianAccumulator acc(test_pool(), K);
   for (auto _ : state) acc.add_batch(X.data(), 1, T);
   state.counters["GFLOP/s"] = benchmark::Counter(double(K) * double(K + 1) * double(T) * double(state.iterations()) / 1e9,
                                                  benchmark::Counter::kIsRate);

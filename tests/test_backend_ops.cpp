@@ -41,7 +41,7 @@
 #include "backend/backend.h"
 #include "backend/cpu/cpu_features.h"
 #include "gptq/error.h"
-#include "quant/format.h"
+#include "io/gptq_format.h"
 
 namespace {
 

@@ -19,7 +19,7 @@
 #include "backend/cpu/fixed_gemm.h"
 #include "core/thread_pool.h"
 #include "quant/gptq.h"
-#include "quant/hessian.h"
+#include "backend/cpu/hessian.h"
 
 using namespace gptq;
 using namespace gptq::cpu;
@@ -297,7 +297,7 @@ std::vector<float> activations(int64_t rows, int64_t K, uint32_t seed) {
 }
 
 std::vector<float> hessian(ThreadPool& pool, int64_t K, const std::vector<std::vector<float>>& batches, int64_t T) {
-  quant::HessianAccumulator acc(pool, K);
+  gptq::cpu::HessianAccumulator acc(pool, K);
   for (const auto& b : batches) acc.add_batch(b.data(), int64_t(b.size()) / (T * K), T);
   return acc.take();
 }

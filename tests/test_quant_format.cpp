@@ -8,7 +8,7 @@
 
 #include "core/half.h"
 #include "gptq/error.h"
-#include "quant/format.h"
+#include "io/gptq_format.h"
 
 using namespace gptq::quant;
 

@@ -10,10 +10,10 @@
 
 #include "core/half.h"
 #include "gptq/error.h"
-#include "quant/format.h"
+#include "io/gptq_format.h"
 #include "test_pool.h"
 #include "quant/gptq.h"
-#include "quant/hessian.h"
+#include "backend/cpu/hessian.h"
 #include "quant/quantizer.h"
 
 using namespace gptq::quant;
@@ -44,7 +44,7 @@ std::vector<float> correlated_inputs(int64_t n, int64_t K, uint32_t seed) {
 }
 
 std::vector<float> hessian_of(const std::vector<float>& X, int64_t n, int64_t K) {
-  HessianAccumulator acc(test_pool(), K);
+  gptq::cpu::HessianAccumulator acc(test_pool(), K);
   acc.add_batch(X.data(), n, 1);
   return acc.take();
 }
@@ -190,7 +190,7 @@ TEST(QuantHessian, MatchesRunningAverageOfBatches) {
   // (600, 5): several tiles of the upper-triangle sweep; (40, 300): tokens split into chunks.
   for (auto [K, T] : {std::pair<int64_t, int64_t>{40, 5}, {600, 5}, {40, 300}}) {
     const auto X1 = randn(size_t(2 * T * K), 11), X2 = randn(size_t(3 * T * K), 12);
-    HessianAccumulator acc(test_pool(), K);
+    gptq::cpu::HessianAccumulator acc(test_pool(), K);
     acc.add_batch(X1.data(), 2, T);
     acc.add_batch(X2.data(), 3, T);
     EXPECT_EQ(acc.nsamples(), 5);

@@ -11,7 +11,7 @@
 #include "backend/cpu/qgemm.h"
 #include "core/half.h"
 #include "gptq/error.h"
-#include "quant/format.h"
+#include "io/gptq_format.h"
 #include "test_pool.h"
 
 using namespace gptq::quant;

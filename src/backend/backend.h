@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "core/tensor.h"
-#include "quant/format.h"
+#include "io/gptq_format.h"
 
 namespace gptq {
 

@@ -22,7 +22,7 @@
 #include "backend/cpu/cpu_backend.h"
 #include "backend/cpu/fixed_gemm.h"
 #include "quant/gptq.h"
-#include "quant/hessian.h"
+#include "backend/cpu/hessian.h"
 
 namespace gptq {
 

@@ -24,7 +24,7 @@
 #include <vector>
 
 #include "core/thread_pool.h"
-#include "quant/format.h"
+#include "io/gptq_format.h"
 
 namespace gptq::quant {
 

@@ -12,7 +12,7 @@
 #include "backend/cpu/gemm.h"
 #include "backend/cpu/qgemm.h"
 #include "core/half.h"
-#include "quant/hessian.h"
+#include "backend/cpu/hessian.h"
 
 namespace gptq {
 
@@ -376,7 +376,7 @@ class CpuHessian final : public HessianAccumulator {
   std::vector<float> take() override { return acc_.take(); }
 
  private:
-  quant::HessianAccumulator acc_;
+  cpu::HessianAccumulator acc_;
 };
 }  // namespace
 

@@ -35,7 +35,7 @@
 #include <vector>
 
 #include "core/thread_pool.h"
-#include "quant/format.h"
+#include "io/gptq_format.h"
 
 namespace gptq::cpu {
 

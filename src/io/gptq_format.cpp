@@ -1,4 +1,4 @@
-#include "quant/format.h"
+#include "io/gptq_format.h"
 
 #include <algorithm>
 

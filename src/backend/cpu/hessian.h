@@ -18,7 +18,7 @@
 
 #include "core/thread_pool.h"
 
-namespace gptq::quant {
+namespace gptq::cpu {
 
 class HessianAccumulator {
  public:
@@ -41,4 +41,4 @@ class HessianAccumulator {
   std::vector<float> xt_;       // [K, tokens] the current batch transposed
 };
 
-}  // namespace gptq::quant
+}  // namespace gptq::cpu

@@ -1,4 +1,4 @@
-#include "quant/hessian.h"
+#include "backend/cpu/hessian.h"
 
 #include <algorithm>
 
@@ -6,7 +6,7 @@
 #include "core/thread_pool.h"
 #include "gptq/error.h"
 
-namespace gptq::quant {
+namespace gptq::cpu {
 
 HessianAccumulator::HessianAccumulator(ThreadPool& pool, int64_t K) : pool_(pool), K_(K), H_(size_t(K * K), 0.f) {
   GPTQ_ASSERT(K > 0);
@@ -55,4 +55,4 @@ std::vector<float> HessianAccumulator::take() {
   return out;
 }
 
-}  // namespace gptq::quant
+}  // namespace gptq::cpu
