@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -66,6 +67,50 @@ TEST(Cli, StopStringEndsGenerationAndIsNotPrinted) {
   EXPECT_EQ(j["text"].get<std::string>(), text.substr(0, text.find(" man")));
 }
 
+TEST(Cli, GenerateSeveralPrompts) {
+  NEED_MODEL(m, "llama-gutenberg-22m");
+  const std::vector<std::string> base = {"generate", "-m", m, "-n", "12", "--temperature", "0"};
+  auto with = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args = base;
+    args.insert(args.end(), extra.begin(), extra.end());
+    return run_cli(args);
+  };
+  auto r = with({"-p", "Once upon a time", "-p", "The sea", "--json"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const json j = json::parse(r.out);
+  ASSERT_EQ(j["results"].size(), 2u);
+  // the first prompt gives the reference implementation's greedy continuation, as alone
+  EXPECT_EQ(j["results"][0]["new_ids"], json::parse("[29892, 278, 2030, 767, 471, 297, 278, 4760, 310, 5622, 278, 13]"));
+  const auto alone = run_cli({"generate", "-m", m, "-n", "12", "--temperature", "0", "-p", "The sea", "--json"});
+  ASSERT_EQ(alone.rc, 0) << alone.err;
+  EXPECT_EQ(j["results"][1]["new_ids"], json::parse(alone.out)["new_ids"]);
+  EXPECT_EQ(j["results"][1]["text"], json::parse(alone.out)["text"]);
+  for (const char* k : {"prompt_ids", "new_ids", "text", "stop_reason", "prefill_tokens_per_s", "decode_tokens_per_s"})
+    EXPECT_TRUE(j["results"][0].contains(k)) << k;
+  // 12 new tokens each: the first from the prefill, 11 from decode forwards over both sequences
+  EXPECT_EQ(j["decode_tokens"], 22);
+  EXPECT_EQ(j["decode_steps"], 11);
+  EXPECT_NEAR(j["decode_tokens_per_s"].get<double>(),
+              j["decode_tokens"].get<double>() / j["decode_seconds"].get<double>(),
+              1e-9 * j["decode_tokens_per_s"].get<double>());
+
+  // --prompts FILE: one prompt per line, the same results; the text output labels each in order
+  const std::string f = testing::TempDir() + "/gptq_cli_prompts.txt";
+  std::ofstream(f) << "Once upon a time\nThe sea\n";
+  r = with({"--prompts", f, "--json"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(json::parse(r.out)["results"][1]["new_ids"], j["results"][1]["new_ids"]);
+  r = with({"--prompts", f});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const std::string t0 = j["results"][0]["text"], t1 = j["results"][1]["text"];
+  const size_t a = r.out.find("--- 1/2"), b = r.out.find(t0), c = r.out.find("--- 2/2"), d = r.out.find(t1, c);
+  EXPECT_TRUE(a < b && b < c && c < d && d != std::string::npos) << r.out;
+
+  std::ofstream(f) << "Once upon a time\n\nThe sea\n";
+  expect_cli_error(with({"--prompts", f}), {f, "line 2", "empty"});
+  expect_cli_error(with({"--prompts", f, "-p", "hi"}), {"one way"});
+}
+
 TEST(Cli, TokenizeAndInspect) {
   NEED_MODEL(m, "llama-gutenberg-22m");
   auto r = run_cli({"tokenize", "-m", m, "-p", "Hello world", "--json"});
@@ -111,6 +156,79 @@ TEST(Cli, BenchTableAndJson) {
   EXPECT_GT(j["decode"]["tokens_per_s"].get<double>(), 0);
 }
 
+TEST(Cli, BenchBatchedDecode) {
+  NEED_MODEL(m, "babyllama-105");
+  auto r = run_cli({"bench", "-m", m, "-p", "16", "-n", "8", "-r", "2", "-b", "1,4", "--no-bandwidth", "--json"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const json j = json::parse(r.out);
+  ASSERT_EQ(j["decode_batches"].size(), 2u);
+  for (size_t i = 0; i < 2; ++i) {
+    const json& d = j["decode_batches"][i];
+    const int B = i == 0 ? 1 : 4;
+    EXPECT_EQ(d["batch"], B);
+    EXPECT_EQ(d["n_gen"], 8);
+    EXPECT_EQ(d["tokens"], B * 8);  // tokens actually decoded in a repeat
+    ASSERT_EQ(d["seconds"].size(), 2u);
+    ASSERT_EQ(d["samples"].size(), 2u);
+    double mean = 0;
+    for (size_t k = 0; k < 2; ++k) {
+      const double s = d["seconds"][k], tps = d["samples"][k];
+      EXPECT_TRUE(std::isfinite(s) && s > 0) << s;
+      EXPECT_NEAR(tps, B * 8 / s, 1e-9 * tps);
+      mean += tps / 2;
+    }
+    EXPECT_NEAR(d["tokens_per_s"].get<double>(), mean, 1e-9 * mean);
+    const double s0 = d["samples"][0], s1 = d["samples"][1];
+    EXPECT_NEAR(d["sd"].get<double>(), std::abs(s0 - s1) / std::sqrt(2.0), 1e-9 * mean);
+  }
+  // batch size 1 is also today's decode test
+  EXPECT_EQ(j["decode"]["samples"], j["decode_batches"][0]["samples"]);
+  r = run_cli({"bench", "-m", m, "-p", "0", "-n", "8", "-r", "1", "-b", "1,4", "--no-bandwidth"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.out.find("| tg8 @ b1 |"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("| tg8 @ b4 |"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("| pp"), std::string::npos) << r.out;
+}
+
+TEST(Cli, PerplexityBatchAndKlDivergence) {
+  NEED_MODEL(m, "babyllama-361");
+  NEED_MODEL(other, "llama-gutenberg-22m");
+  const std::string f = shared_path("data/tinystories-sample/tiny.utf8");
+  const std::string q = testing::TempDir() + "/gptq_cli_rtn361";
+  fs::remove_all(q);
+  auto r = run_cli({"quantize", "-m", m, "-o", q, "--method", "rtn", "-q"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const std::vector<std::string> ppl = {"perplexity", "-f", f, "--ctx", "256", "--windows", "128:131", "--json"};
+  auto run = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args = ppl;
+    args.insert(args.end(), extra.begin(), extra.end());
+    const auto res = run_cli(args);
+    EXPECT_EQ(res.rc, 0) << res.err;
+    return res.rc == 0 ? json::parse(res.out) : json();
+  };
+  const json orig = run({"-m", m, "--batch", "1"}), quant = run({"-m", q, "--batch", "2"});
+  const json kl = run({"-m", q, "--kl-divergence", m});
+  ASSERT_TRUE(kl.contains("kl_divergence")) << kl.dump();
+  EXPECT_EQ(orig["batch"], 1);
+  EXPECT_EQ(quant["batch"], 2);
+  const json& d = kl["kl_divergence"];
+  EXPECT_GT(d["mean"].get<double>(), 0);
+  EXPECT_GE(d["p99"].get<double>(), d["mean"].get<double>());
+  EXPECT_GT(d["top1_agreement"].get<double>(), 0.5);
+  EXPECT_LT(d["top1_agreement"].get<double>(), 1.0);
+  EXPECT_EQ(d["tokens"], 3 * 255);
+  // both perplexities, each as the model alone gives it
+  EXPECT_NEAR(kl["ppl"].get<double>(), quant["ppl"].get<double>(), 1e-6 * quant["ppl"].get<double>());
+  EXPECT_NEAR(d["base_ppl"].get<double>(), orig["ppl"].get<double>(), 1e-6 * orig["ppl"].get<double>());
+  r = run_cli({"perplexity", "-m", q, "-f", f, "--ctx", "256", "--windows", "128:129", "--kl-divergence", m});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.out.find("KL divergence vs"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("top-1 agreement"), std::string::npos) << r.out;
+  expect_cli_error(run_cli({"perplexity", "-m", m, "-f", f, "--ctx", "256", "--windows", "0:1", "--kl-divergence", other}),
+                   {"vocabulary", other});
+  fs::remove_all(q);
+}
+
 TEST(Cli, QuantizeThenCompare) {
   NEED_MODEL(m, "babyllama-361");
   const std::string out = testing::TempDir() + "/gptq_cli_q361";
@@ -131,6 +249,10 @@ TEST(Cli, QuantizeThenCompare) {
   EXPECT_LT(j["models"][1]["file_bytes"].get<double>(), 0.25 * j["models"][0]["file_bytes"].get<double>());
   EXPECT_GT(j["models"][1]["memory_bytes"].get<double>(), 0);
   EXPECT_GT(j["models"][1]["ppl"].get<double>(), j["models"][0]["ppl"].get<double>() * 0.98);
+  EXPECT_GT(j["kl_divergence"]["mean"].get<double>(), 0);
+  EXPECT_GT(j["kl_divergence"]["p99"].get<double>(), 0);
+  EXPECT_GT(j["kl_divergence"]["top1_agreement"].get<double>(), 0.5);
+  EXPECT_LE(j["kl_divergence"]["top1_agreement"].get<double>(), 1.0);
   r = run_cli({"bench", "--compare", m, out, "-p", "32", "-n", "8", "-r", "2"});
   ASSERT_EQ(r.rc, 0) << r.err;
   EXPECT_NE(r.out.find("| size on disk |"), std::string::npos) << r.out;

@@ -53,9 +53,30 @@ struct GenerateResult {
   int64_t decode_steps = 0;         // forward passes after the prefill
 };
 
-// Runs the prompt, then samples up to max_new_tokens, streaming finished text to on_text (never half a
-// UTF-8 character, never part of a stop string). Throws gptq::Error when the prompt does not fit in
-// the context.
+struct BatchGenerateResult {
+  std::vector<GenerateResult> results;  // one per prompt, in order
+  int64_t prompt_tokens = 0;            // all prompts together
+  double prefill_seconds = 0;           // the one prefill forward over all prompts
+  int64_t decode_tokens = 0;            // rows of the decode forwards (sum of the results' decode_steps)
+  int64_t decode_steps = 0;             // decode forwards (each over every sequence still live)
+  double decode_seconds = 0;            // from the end of the prefill to the last sequence's end
+};
+
+// Decodes several prompts together: one prefill forward over all prompts, then one forward per step
+// over every sequence still running. Each sequence has its own sampler, seeded with
+// opts.sampling.seed + its index, and its own stop conditions (eos, stop strings, max_new_tokens,
+// context); a finished sequence leaves the batch and frees its cache blocks. So prompt i gives what
+// it gives alone with seed + i (up to float reassociation in the batched matrix products; greedy
+// fp32 on the CPU gives the same tokens). In a result, prefill_seconds is the shared prefill's and
+// decode_seconds runs from the end of the prefill to that sequence's end. on_text(i, text) streams
+// sequence i's finished text (never half a UTF-8 character, never part of a stop string), the
+// sequences' pieces interleaved as they come. Throws gptq::Error (naming the prompt when there are
+// several) when a prompt is empty or does not fit in the context.
+BatchGenerateResult generate_batch(Model& model, const Tokenizer& tok, const std::vector<std::vector<int32_t>>& prompts,
+                                   const GenerateOptions& opts,
+                                   const std::function<void(size_t, const std::string&)>& on_text = {});
+
+// One prompt: generate_batch of one (same sampler seed, same loop).
 GenerateResult generate(Model& model, const Tokenizer& tok, const std::vector<int32_t>& prompt_ids,
                         const GenerateOptions& opts, const std::function<void(const std::string&)>& on_text = {});
 

@@ -31,21 +31,24 @@ SpeedStats stats(std::vector<double> s) {
 
 }  // namespace
 
-BenchResult run_bench(Model& model, int n_prompt, int n_gen, int repeats) {
+BenchResult run_bench(Model& model, int n_prompt, int n_gen, int repeats, const std::vector<int>& batches) {
   BenchResult r;
   r.n_prompt = n_prompt;
   r.n_gen = n_gen;
   r.repeats = repeats;
   r.threads = model.threads();
   r.bytes_per_token = model.bytes_per_token();
+  constexpr int kDecodePrompt = 8;  // tokens each decode sequence is prefilled with
   if (repeats < 1) fail("bench needs at least one repeat");
-  if (n_prompt + 1 > model.context_length() || n_gen + 1 > model.context_length())
+  if (n_prompt + 1 > model.context_length() || kDecodePrompt + n_gen > model.context_length())
     fail("bench sizes -p ", n_prompt, " / -n ", n_gen, " exceed the model's context of ", model.context_length());
+  for (int b : batches)
+    if (b < 1) fail("bench batch sizes must be at least 1, got ", b);
   std::mt19937 rng(1234);
   std::uniform_int_distribution<int32_t> dist(0, int32_t(model.vocab_size() - 1));
   std::vector<int32_t> prompt(static_cast<size_t>(std::max(n_prompt, 1)));
   for (auto& t : prompt) t = dist(rng);
-  const int32_t first = model.config().bos_token_id >= 0 ? model.config().bos_token_id : 0;
+  const int32_t bos = model.config().bos_token_id >= 0 ? model.config().bos_token_id : 0;
   auto cache = model.new_cache();
   std::vector<float> logits;
 
@@ -55,26 +58,56 @@ BenchResult run_bench(Model& model, int n_prompt, int n_gen, int repeats) {
     model.forward(*cache, prompt.data(), n_prompt, false, logits);
     return double(n_prompt) / std::chrono::duration<double>(Clock::now() - t0).count();
   };
-  auto run_tg = [&](int n) {
+  // B sequences, each prefilled with BOS and random tokens (not timed), then n steps of one forward
+  // over all of them, each feeding back its argmax. Returns the seconds of the steps and counts the
+  // tokens they decoded.
+  auto run_tg = [&](int B, int n, int64_t* tokens) {
     cache->clear();
-    int32_t tok = first;
+    Batch prefill;
+    std::vector<int32_t> p(kDecodePrompt);
+    for (int b = 0; b < B; ++b) {
+      p[0] = bos;
+      for (size_t k = 1; k < p.size(); ++k) p[k] = dist(rng);
+      prefill.add(cache->add_sequence(), p.data(), int64_t(p.size()), Logits::kLast);
+    }
+    model.forward(prefill, *cache, logits);
+    Batch step = prefill;
+    const size_t V = size_t(model.vocab_size());
+    *tokens = 0;
     const auto t0 = Clock::now();
     for (int i = 0; i < n; ++i) {
-      model.forward(*cache, &tok, 1, false, logits);
-      tok = int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
+      for (size_t b = 0; b < step.entries.size(); ++b) {
+        const float* row = logits.data() + b * V;
+        step.entries[b].tokens = {int32_t(std::max_element(row, row + V) - row)};
+      }
+      model.forward(step, *cache, logits);
+      *tokens += step.n_tokens();
     }
-    return double(n) / std::chrono::duration<double>(Clock::now() - t0).count();
+    return std::chrono::duration<double>(Clock::now() - t0).count();
   };
-  // Warm-up: page in the weights, size the buffers.
-  if (n_prompt > 0) run_pp();
-  if (n_gen > 0) run_tg(std::min(n_gen, 8));
-  std::vector<double> pp, tg;
-  for (int i = 0; i < repeats; ++i) {
-    if (n_prompt > 0) pp.push_back(run_pp());
-    if (n_gen > 0) tg.push_back(run_tg(n_gen));
+  // Each test starts with a warm-up run: page in the weights, size the buffers.
+  if (n_prompt > 0) {
+    run_pp();
+    std::vector<double> pp;
+    for (int i = 0; i < repeats; ++i) pp.push_back(run_pp());
+    r.prefill = stats(pp);
   }
-  r.prefill = stats(pp);
-  r.decode = stats(tg);
+  if (n_gen > 0) {
+    for (int B : batches) {
+      BatchDecodeStats d;
+      d.batch = B;
+      int64_t warm_tokens = 0;
+      run_tg(B, std::min(n_gen, 8), &warm_tokens);
+      std::vector<double> tps;
+      for (int i = 0; i < repeats; ++i) {
+        d.seconds.push_back(run_tg(B, n_gen, &d.tokens));
+        tps.push_back(double(d.tokens) / d.seconds.back());
+      }
+      d.speed = stats(tps);
+      if (B == 1) r.decode = d.speed;
+      r.batches.push_back(std::move(d));
+    }
+  }
   r.memory_bytes = peak_rss_bytes();
   return r;
 }

@@ -35,73 +35,135 @@ std::vector<int32_t> eos_ids(const Model& model, const Tokenizer& tok) {
   return ids;
 }
 
-GenerateResult generate(Model& model, const Tokenizer& tok, const std::vector<int32_t>& prompt_ids,
-                        const GenerateOptions& opts, const std::function<void(const std::string&)>& on_text) {
-  GenerateResult r;
-  r.prompt_ids = prompt_ids;
+namespace {
+
+// A sequence being generated: its sampler, its detokenizer and the text it holds back.
+struct Running {
+  Running(const Tokenizer& tok, const SamplingParams& p) : sampler(p), stream(tok) {}
+  int64_t seq = -1;  // in the cache
+  Sampler sampler;
+  StreamDecoder stream;
+  std::vector<int32_t> history;  // prompt and new tokens (the repetition penalty's window)
+  std::string pending;           // decoded text not yet passed on (may start a stop string)
+};
+
+}  // namespace
+
+BatchGenerateResult generate_batch(Model& model, const Tokenizer& tok, const std::vector<std::vector<int32_t>>& prompts,
+                                   const GenerateOptions& opts,
+                                   const std::function<void(size_t, const std::string&)>& on_text) {
+  const size_t n = prompts.size();
   const int64_t ctx = model.context_length();
-  if (prompt_ids.empty()) fail("the prompt is empty (no tokens)");
-  if (int64_t(prompt_ids.size()) >= ctx)
-    fail("the prompt has ", prompt_ids.size(), " tokens but the model's context is ", ctx,
-         " tokens: shorten it (at least one token must be left to generate)");
+  if (n == 0) fail("no prompt to generate from");
+  for (size_t i = 0; i < n; ++i) {
+    const std::string which = n > 1 ? "prompt " + std::to_string(i + 1) + ": " : "";
+    if (prompts[i].empty()) fail(which, "the prompt is empty (no tokens)");
+    if (int64_t(prompts[i].size()) >= ctx)
+      fail(which, "the prompt has ", prompts[i].size(), " tokens but the model's context is ", ctx,
+           " tokens: shorten it (at least one token must be left to generate)");
+  }
   for (const auto& s : opts.stop)
     if (s.empty()) fail("stop strings must not be empty");
   const auto eos = eos_ids(model, tok);
   auto cache = model.new_cache();
-  Sampler sampler(opts.sampling);
-  StreamDecoder stream(tok);
-  std::vector<int32_t> history = prompt_ids;
-  std::vector<float> logits;
-  std::string pending;  // decoded text not yet passed to on_text
 
+  BatchGenerateResult out;
+  out.results.resize(n);
+  std::vector<Running> run;
+  run.reserve(n);
+  Batch batch;
+  for (size_t i = 0; i < n; ++i) {
+    SamplingParams sp = opts.sampling;
+    sp.seed += i;
+    Running& s = run.emplace_back(tok, sp);
+    s.seq = cache->add_sequence();
+    s.history = prompts[i];
+    out.results[i].prompt_ids = prompts[i];
+    out.results[i].stop_reason = "length";
+    batch.add(s.seq, prompts[i].data(), int64_t(prompts[i].size()), Logits::kLast);
+    out.prompt_tokens += int64_t(prompts[i].size());
+  }
+  std::vector<float> logits;  // [live sequences, vocab], in the order of `live`
   auto t0 = std::chrono::steady_clock::now();
-  model.forward(*cache, prompt_ids.data(), int64_t(prompt_ids.size()), false, logits);
-  r.prefill_seconds = seconds_since(t0);
+  model.forward(batch, *cache, logits);
+  out.prefill_seconds = seconds_since(t0);
+  for (auto& r : out.results) r.prefill_seconds = out.prefill_seconds;
   t0 = std::chrono::steady_clock::now();
-  r.stop_reason = "length";
-  for (int i = 0; i < opts.max_new_tokens; ++i) {
-    const int32_t next = sampler.sample(logits, history);
-    if (opts.stop_at_eos && std::find(eos.begin(), eos.end(), next) != eos.end()) {
-      r.stop_reason = "eos";
-      break;
-    }
+
+  auto emit = [&](size_t i, const std::string& text) {
+    if (text.empty()) return;
+    out.results[i].text += text;
+    if (on_text) on_text(i, text);
+  };
+  auto finish = [&](size_t i, const char* reason) {
+    Running& s = run[i];
+    GenerateResult& r = out.results[i];
+    r.stop_reason = reason;
+    if (r.stop_reason != "stop") emit(i, s.pending + s.stream.flush());
+    s.pending.clear();
+    r.decode_seconds = seconds_since(t0);
+    cache->free_sequence(s.seq);
+  };
+  // Takes sequence i's next token; returns why it stops, or nullptr when it goes on.
+  auto take = [&](size_t i, int32_t next) -> const char* {
+    Running& s = run[i];
+    GenerateResult& r = out.results[i];
+    if (opts.stop_at_eos && std::find(eos.begin(), eos.end(), next) != eos.end()) return "eos";
     r.new_ids.push_back(next);
-    history.push_back(next);
-    pending += stream.push(next);
-    if (!opts.stop.empty()) {
-      size_t cut = std::string::npos;
-      for (const auto& s : opts.stop) cut = std::min(cut, pending.find(s));
-      if (cut != std::string::npos) {
-        pending.resize(cut);
-        r.text += pending;
-        if (on_text && !pending.empty()) on_text(pending);
-        pending.clear();
-        r.stop_reason = "stop";
-        break;
+    s.history.push_back(next);
+    s.pending += s.stream.push(next);
+    size_t cut = std::string::npos;
+    for (const auto& stop : opts.stop) cut = std::min(cut, s.pending.find(stop));
+    if (cut != std::string::npos) {
+      emit(i, s.pending.substr(0, cut));
+      s.pending.clear();
+      return "stop";
+    }
+    const size_t hold = held_back(s.pending, opts.stop);
+    emit(i, s.pending.substr(0, s.pending.size() - hold));
+    s.pending.erase(0, s.pending.size() - hold);
+    if (int64_t(r.new_ids.size()) >= opts.max_new_tokens) return "length";
+    if (cache->seq_len(s.seq) >= cache->context_length()) return "context";
+    return nullptr;
+  };
+
+  std::vector<size_t> live(n);  // sequences of the last forward, in its row order
+  for (size_t i = 0; i < n; ++i) live[i] = i;
+  if (opts.max_new_tokens <= 0) {
+    for (size_t i : live) finish(i, "length");
+    live.clear();
+  }
+  const size_t V = size_t(model.vocab_size());
+  while (!live.empty()) {
+    Batch step;
+    std::vector<size_t> still;
+    for (size_t k = 0; k < live.size(); ++k) {
+      const size_t i = live[k];
+      const float* row = logits.data() + k * V;
+      const int32_t next = run[i].sampler.sample(std::vector<float>(row, row + V), run[i].history);
+      if (const char* reason = take(i, next)) {
+        finish(i, reason);
+        continue;
       }
+      step.add(run[i].seq, &next, 1, Logits::kLast);
+      ++out.results[i].decode_steps;
+      still.push_back(i);
     }
-    const size_t hold = held_back(pending, opts.stop);
-    if (pending.size() > hold) {
-      const std::string out = pending.substr(0, pending.size() - hold);
-      r.text += out;
-      if (on_text) on_text(out);
-      pending.erase(0, out.size());
-    }
-    if (i + 1 == opts.max_new_tokens) break;
-    if (cache->size() >= cache->capacity()) {
-      r.stop_reason = "context";
-      break;
-    }
-    model.forward(*cache, &next, 1, false, logits);
-    ++r.decode_steps;
+    if (still.empty()) break;
+    model.forward(step, *cache, logits);
+    ++out.decode_steps;
+    out.decode_tokens += int64_t(still.size());
+    live.swap(still);
   }
-  r.decode_seconds = seconds_since(t0);
-  if (r.stop_reason != "stop") {
-    pending += stream.flush();
-    r.text += pending;
-    if (on_text && !pending.empty()) on_text(pending);
-  }
-  return r;
+  out.decode_seconds = seconds_since(t0);
+  return out;
+}
+
+GenerateResult generate(Model& model, const Tokenizer& tok, const std::vector<int32_t>& prompt_ids,
+                        const GenerateOptions& opts, const std::function<void(const std::string&)>& on_text) {
+  std::function<void(size_t, const std::string&)> each;
+  if (on_text) each = [&](size_t, const std::string& text) { on_text(text); };
+  return std::move(generate_batch(model, tok, {prompt_ids}, opts, each).results[0]);
 }
 
 }  // namespace gptq

@@ -3,6 +3,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
@@ -24,6 +25,7 @@ namespace {
 struct Args {
   std::string model, file, windows;
   std::vector<std::string> compare;
+  std::vector<int> batches{1};
   int n_prompt = 512, n_gen = 128, reps = 5, threads = 0;
   int64_t ctx = 0;
   bool json = false, no_bandwidth = false, wikitext = false;
@@ -41,9 +43,12 @@ struct Measured {
   BenchResult bench;
   double ppl = NAN;
   int64_t ppl_windows = 0;
+  double kl = NAN, kl_p99 = NAN, top1 = NAN;  // against the base model, when one is given
 };
 
-Measured measure(const std::string& dir, const Args& a) {
+// Speed and memory of the model in `dir`; with a perplexity file, its perplexity, and with `base`
+// (loaded after the speed and memory measurements) its KL divergence against base on the same windows.
+Measured measure(const std::string& dir, const Args& a, const std::string& base = "") {
   Measured m;
   m.name = model_name(dir);
   const size_t rss0 = current_rss_bytes();
@@ -62,16 +67,19 @@ Measured measure(const std::string& dir, const Args& a) {
     parse_windows(a.windows, &o.window_begin, &o.window_end);
     const std::string raw = read_text_file(a.file);
     const auto ids = Tokenizer::from_model_dir(dir).encode(a.wikitext ? wikitext_join(raw) : raw);
-    const PerplexityResult r = perplexity(*model, ids, o);
+    std::unique_ptr<Model> base_model;
+    if (!base.empty()) base_model = Model::load(base, lo);
+    const PerplexityResult r = perplexity(*model, ids, o, base_model.get());
     m.ppl = r.ppl;
     m.ppl_windows = r.windows;
+    if (r.has_kl) m.kl = r.kl.mean, m.kl_p99 = r.kl.p99, m.top1 = r.kl.top1_agreement;
   }
   return m;
 }
 
 // Measures each model in a child process of its own, so that memory after load is that model's
 // alone (in one process the second model would reuse the first one's freed heap).
-Measured measure_isolated(const std::string& dir, const Args& a) {
+Measured measure_isolated(const std::string& dir, const Args& a, const std::string& base = "") {
   int fds[2];
   if (::pipe(fds) != 0) fail("cannot create a pipe: ", std::strerror(errno));
   std::fflush(nullptr);
@@ -81,12 +89,13 @@ Measured measure_isolated(const std::string& dir, const Args& a) {
     ::close(fds[0]);
     nlohmann::json j;
     try {
-      const Measured m = measure(dir, a);
+      const Measured m = measure(dir, a, base);
+      auto num = [](double v) { return std::isnan(v) ? nlohmann::json() : nlohmann::json(v); };
       const BenchResult& b = m.bench;
       j = {{"name", m.name}, {"weights", m.weights}, {"file_bytes", m.file_bytes}, {"memory_bytes", m.memory_bytes},
            {"threads", b.threads}, {"pp", b.prefill.mean}, {"pp_sd", b.prefill.sd}, {"tg", b.decode.mean},
-           {"tg_sd", b.decode.sd}, {"ppl", std::isnan(m.ppl) ? nlohmann::json() : nlohmann::json(m.ppl)},
-           {"ppl_windows", m.ppl_windows}};
+           {"tg_sd", b.decode.sd}, {"ppl", num(m.ppl)}, {"ppl_windows", m.ppl_windows},
+           {"kl", num(m.kl)}, {"kl_p99", num(m.kl_p99)}, {"top1", num(m.top1)}};
     } catch (const std::exception& e) {
       j = {{"error", e.what()}};
     }
@@ -120,14 +129,18 @@ Measured measure_isolated(const std::string& dir, const Args& a) {
   m.bench.prefill.sd = j["pp_sd"];
   m.bench.decode.mean = j["tg"];
   m.bench.decode.sd = j["tg_sd"];
-  m.ppl = j["ppl"].is_null() ? NAN : j["ppl"].get<double>();
+  auto num = [&](const char* k) { return j[k].is_null() ? NAN : j[k].get<double>(); };
+  m.ppl = num("ppl");
+  m.kl = num("kl");
+  m.kl_p99 = num("kl_p99");
+  m.top1 = num("top1");
   m.ppl_windows = j["ppl_windows"];
   return m;
 }
 
 int run_compare(const Args& a) {
   if (a.compare.size() != 2) fail("--compare takes two model folders: ORIGINAL QUANTIZED");
-  const Measured x = measure_isolated(a.compare[0], a), y = measure_isolated(a.compare[1], a);
+  const Measured x = measure_isolated(a.compare[0], a), y = measure_isolated(a.compare[1], a, a.compare[0]);
   if (a.json) {
     nlohmann::json j;
     for (const Measured* m : {&x, &y}) {
@@ -146,7 +159,11 @@ int run_compare(const Args& a) {
     j["n_gen"] = a.n_gen;
     j["repetitions"] = a.reps;
     j["threads"] = x.bench.threads;
-    if (!a.file.empty()) j["ppl_file"] = a.file, j["ppl_windows"] = x.ppl_windows;
+    if (!a.file.empty()) {
+      j["ppl_file"] = a.file;
+      j["ppl_windows"] = x.ppl_windows;
+      j["kl_divergence"] = {{"mean", y.kl}, {"p99", y.kl_p99}, {"top1_agreement", y.top1}};
+    }
     j["commit"] = commit();
     print_json(j);
     return 0;
@@ -171,6 +188,10 @@ int run_compare(const Args& a) {
   if (!a.file.empty())
     std::printf("| perplexity (%lld windows) | %.4f | %.4f | %+.2f %% |\n", (long long)x.ppl_windows, x.ppl, y.ppl,
                 100 * (y.ppl / x.ppl - 1));
+  if (!a.file.empty()) {
+    std::printf("| KL divergence vs original, mean (p99) | | %.6f (%.6f) | |\n", y.kl, y.kl_p99);
+    std::printf("| top-1 agreement with original | | %.2f %% | |\n", 100 * y.top1);
+  }
   std::printf("\nCPU, %d threads, %d repeats, commit %s%s%s\n", x.bench.threads, a.reps, commit(),
               a.file.empty() ? "" : "; perplexity on ", a.file.c_str());
   return 0;
@@ -185,6 +206,9 @@ Runner add_bench(CLI::App& app) {
   c->add_option("--compare", a->compare, "Compare two model folders: ORIGINAL QUANTIZED")->expected(2);
   c->add_option("-p,--n-prompt", a->n_prompt, "Prompt tokens for the prefill test (0: skip)")->check(CLI::NonNegativeNumber);
   c->add_option("-n,--n-gen", a->n_gen, "Tokens for the decode test (0: skip)")->check(CLI::NonNegativeNumber);
+  c->add_option("-b,--batch-size", a->batches, "Decode batch sizes, e.g. 1,4,16,64: B sequences decoded together, total tokens/s")
+      ->delimiter(',')
+      ->check(CLI::PositiveNumber);
   c->add_option("-r,--repetitions", a->reps, "Repeats of each test")->check(CLI::PositiveNumber);
   c->add_option("-t,--threads", a->threads, "Threads (0: all cores)")->check(CLI::NonNegativeNumber);
   c->add_option("-f,--file", a->file, "With --compare: also measure perplexity on this text file");
@@ -199,7 +223,8 @@ Runner add_bench(CLI::App& app) {
     LoadOptions lo;
     lo.threads = a->threads;
     auto model = Model::load(a->model, lo);
-    const BenchResult r = run_bench(*model, a->n_prompt, a->n_gen, a->reps);
+    const BenchResult r = run_bench(*model, a->n_prompt, a->n_gen, a->reps, a->batches);
+    const bool has_b1 = std::find(a->batches.begin(), a->batches.end(), 1) != a->batches.end();
     const double bw = a->no_bandwidth ? 0 : measure_read_bandwidth(model->threads());
     // Decode roofline: every weight byte read once per token at the measured bandwidth.
     const double roofline = bw > 0 ? bw / double(r.bytes_per_token) : 0;
@@ -217,10 +242,14 @@ Runner add_bench(CLI::App& app) {
       j["read_bandwidth_bytes_per_s"] = bw;
       j["decode_roofline_tokens_per_s"] = roofline;
       if (a->n_prompt) j["prefill"] = {{"n_prompt", r.n_prompt}, {"tokens_per_s", r.prefill.mean}, {"sd", r.prefill.sd}, {"samples", r.prefill.samples}};
-      if (a->n_gen) {
+      if (a->n_gen && has_b1) {
         j["decode"] = {{"n_gen", r.n_gen}, {"tokens_per_s", r.decode.mean}, {"sd", r.decode.sd}, {"samples", r.decode.samples}};
         if (roofline > 0) j["decode_fraction_of_roofline"] = r.decode.mean / roofline;
       }
+      for (const BatchDecodeStats& d : r.batches)
+        j["decode_batches"].push_back({{"batch", d.batch}, {"n_gen", r.n_gen}, {"tokens", d.tokens},
+                                       {"seconds", d.seconds}, {"samples", d.speed.samples},
+                                       {"tokens_per_s", d.speed.mean}, {"sd", d.speed.sd}});
       j["repetitions"] = r.repeats;
       j["commit"] = commit();
       print_json(j);
@@ -233,11 +262,16 @@ Runner add_bench(CLI::App& app) {
                   human_count(double(model->parameter_count())).c_str(), r.threads, test.c_str(), tps(s).c_str());
     };
     if (a->n_prompt) line("pp" + std::to_string(a->n_prompt), r.prefill);
-    if (a->n_gen) line("tg" + std::to_string(a->n_gen), r.decode);
+    const bool only_b1 = a->batches == std::vector<int>{1};
+    for (const BatchDecodeStats& d : r.batches)
+      line("tg" + std::to_string(a->n_gen) + (only_b1 ? "" : " @ b" + std::to_string(d.batch)), d.speed);
+    if (!only_b1 && a->n_gen)
+      std::printf("\ntgN @ bB: B sequences (each prefilled with 8 tokens) decoded together, one forward per step; "
+                  "t/s is the total, B x N / time\n");
     std::printf("\nfiles %s, weights in memory %s, peak memory %s; %d repeats; commit %s\n",
                 human_bytes(double(model->file_bytes())).c_str(), human_bytes(double(model->weight_bytes())).c_str(),
                 human_bytes(double(r.memory_bytes)).c_str(), r.repeats, commit());
-    if (bw > 0 && a->n_gen) {
+    if (bw > 0 && a->n_gen && has_b1) {
       std::printf("decode roofline: %s read per token / %.2f GB/s measured read bandwidth = %.1f t/s; measured %.1f t/s = %.0f %% of it\n",
                   human_bytes(double(r.bytes_per_token)).c_str(), bw / 1e9, roofline, r.decode.mean,
                   100 * r.decode.mean / roofline);
