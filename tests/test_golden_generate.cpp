@@ -59,7 +59,14 @@ TEST_P(Golden, PerplexityFirstWindowsFinite) {
   o.progress = false;
   const auto r = gptq::perplexity(*model, ids, o);
   EXPECT_EQ(r.total_windows, p["wikitext2_windows"].get<int64_t>());
-  EXPECT_TRUE(std::isfinite(r.ppl));
+  // The first two windows alone: the same NLL as the whole-text run's first two windows.
+  gptq::PerplexityOptions all = o;
+  all.window_end = 4;
+  const auto r4 = gptq::perplexity(*model, ids, all);
+  ASSERT_EQ(r.window_nll.size(), 2u);
+  EXPECT_NEAR(r.window_nll[0], r4.window_nll[0], 1e-9);
+  EXPECT_NEAR(r.window_nll[1], r4.window_nll[1], 1e-9);
+  EXPECT_GT(r.ppl, 1.0);
 }
 
 TEST_P(Golden, WikitextPerplexityWithinTolerance) {
