@@ -252,9 +252,9 @@ TEST(ModelLoad, Bf16AndF32WeightsGiveTheSameLogits) {
     den += a[i] * a[i];
   }
   EXPECT_LT(std::sqrt(num / den), 0.05);
-  // Really a different weight dtype: fp16 rounding moves the logits by ~1e-4 relative, not 0.
+  // Really a different weight dtype: bf16 rounding moves the logits by ~1e-4 relative, not 0.
   EXPECT_GT(std::sqrt(num / den), 1e-6);
-  EXPECT_EQ(m16->weight_dtype_summary(), "F16");
+  EXPECT_EQ(m16->weight_dtype_summary(), "BF16");
 }
 
 }  // namespace

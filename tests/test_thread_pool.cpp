@@ -366,13 +366,15 @@ TEST(ThreadPoolConcurrency, FourCallerThreadsGetCorrectSums) {
 
 // ---- thread counts --------------------------------------------------------------------------------
 
-TEST(ThreadPoolSize, NonPositiveMeansHardwareThreads) {
+TEST(ThreadPoolSize, NonPositiveMeansDefaultThreads) {
   const int hw = gptq::hardware_threads();
   ASSERT_GE(hw, 1);
   EXPECT_EQ(unsigned(hw), std::max(1u, std::thread::hardware_concurrency()));
+  const char* env = std::getenv("GPTQ_THREADS");
+  EXPECT_EQ(gptq::default_threads(), env && *env ? std::atoi(env) : hw);
   for (int n : {0, -1, -100}) {
     ThreadPool pool(n);
-    EXPECT_EQ(pool.size(), hw) << "n " << n;
+    EXPECT_EQ(pool.size(), gptq::default_threads()) << "n " << n;
     EXPECT_EQ(pool_sum(pool, 1000), expected_sum(1000));
   }
 }

@@ -13,7 +13,8 @@ out=${OUT:-/tmp}
   lscpu | grep -E '^(Model name|CPU\(s\))'
   echo "AVX-512F: $(grep -c -m1 avx512f /proc/cpuinfo)"
 } | tee "$out/cpu.txt"
-export GPTQ_SHARED="$w/shared" GPTQ_CLI="$w/gptq"
+# Each shard's pools get their share of the cores (spinning pools must not oversubscribe).
+export GPTQ_SHARED="$w/shared" GPTQ_CLI="$w/gptq" GPTQ_THREADS=$(( $(nproc) / shards > 0 ? $(nproc) / shards : 1 ))
 pids=()
 for ((i = 0; i < shards; i++)); do
   GTEST_TOTAL_SHARDS=$shards GTEST_SHARD_INDEX=$i "$w/gptq_tests" --gtest_filter="$filter" --gtest_brief=1 \

@@ -1,6 +1,7 @@
 #include "core/thread_pool.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <stdexcept>
 #include <system_error>
 
@@ -43,9 +44,18 @@ inline void cpu_relax() {
 }
 }  // namespace
 
+int default_threads() {
+  if (const char* e = std::getenv("GPTQ_THREADS"); e && *e) {
+    char* end = nullptr;
+    const long n = std::strtol(e, &end, 10);
+    if (*end == '\0' && n > 0 && n <= 4L * hardware_threads()) return int(n);
+  }
+  return hardware_threads();
+}
+
 ThreadPool::ThreadPool(int n_threads) {
   const int hw = hardware_threads();
-  if (n_threads <= 0) n_threads = hw;
+  if (n_threads <= 0) n_threads = default_threads();
   n_threads_ = std::clamp(n_threads, 1, 4 * hw);
   try {
     threads_.reserve(size_t(n_threads_ - 1));

@@ -26,7 +26,7 @@ namespace gptq {
 
 class ThreadPool {
  public:
-  // n_threads <= 0: all hardware threads; capped at 4x the hardware threads (more only thrash).
+  // n_threads <= 0: default_threads(); capped at 4x the hardware threads (more only thrash).
   explicit ThreadPool(int n_threads = 0);
   ~ThreadPool();
   ThreadPool(const ThreadPool&) = delete;
@@ -66,5 +66,9 @@ class ThreadPool {
 };
 
 int hardware_threads();
+// What a pool of n <= 0 gets: GPTQ_THREADS from the environment when it is a valid count (1 .. 4x
+// the hardware threads), else hardware_threads(). Lets a test runner or a shared machine cap every
+// pool of a process, as OMP_NUM_THREADS does.
+int default_threads();
 
 }  // namespace gptq
