@@ -206,7 +206,8 @@ struct RefConfig {
   const char* method;
   int bits, group;
   bool desc_act, sym;
-  bool slow;  // left out of the default (CI) run: see scripts/test.sh --all
+  bool slow;   // left out of the default (CI) run: see scripts/test.sh --all
+  double tol;  // ours <= reference * (1 + tol): measured per configuration, see ref_configs()
 };
 
 const Calib& calib_of(const std::string& model) { return model == kBaby.model ? kBaby : kGutenberg; }
@@ -250,22 +251,19 @@ void PrintTo(const RefConfig& c, std::ostream* os) { *os << ref_name(c); }
 
 class ReferenceQuality : public ::testing::TestWithParam<RefConfig> {};
 
-// Each configuration of the reference lands within 1 % of its perplexity (or below). One case is
-// looser: babyllama-361 at 3 bits without act-order is chaotic in floating-point order (the same
-// code gave 3.4953 with OpenBLAS summing in another order and 3.4430 now, vs 3.3817), while
-// llama-gutenberg-22m's same configuration lands at +0.18 %.
-TEST_P(ReferenceQuality, WithinOnePercentOfTheGptqAuthorsSolver) {
+// Each configuration of the reference lands within its own measured tolerance of the reference's
+// perplexity (or below it: the check is one-sided). The tolerances and how they were measured are in
+// ref_configs().
+TEST_P(ReferenceQuality, WithinMeasuredSpreadOfTheGptqAuthorsSolver) {
   const RefConfig& c = GetParam();
   if (!gptq_test::is_dir(shared_path(std::string("models/") + c.model)))
     GTEST_SKIP() << "../shared/models/" << c.model << " not found: skipped";
   const double want = reference_ppl(c, c.method);
   ASSERT_GT(want, 0) << "configuration not in reference_gptq.json";
   const double got = quantized_ppl(c, c.method);
-  const bool chaotic = std::string(c.model) == kBaby.model && c.bits == 3 && !c.desc_act;
-  const double tol = chaotic ? 0.025 : 0.01;
-  std::printf("[ quality  ] %s: ppl %.4f, reference %.4f (%+.2f %%)\n", ref_name(c).c_str(), got, want,
-              100 * (got / want - 1));
-  EXPECT_LE(got, want * (1 + tol));
+  std::printf("[ quality  ] %s: ppl %.4f, reference %.4f (%+.2f %%, tolerance %.1f %%)\n", ref_name(c).c_str(), got,
+              want, 100 * (got / want - 1), 100 * c.tol);
+  EXPECT_LE(got, want * (1 + c.tol));
   if (std::string(c.method) == "gptq" && (c.bits == 3 || c.bits == 4) && c.group == 128 && !c.desc_act && c.sym) {
     // GPTQ beats round-to-nearest on the same grid.
     const double rtn = quantized_ppl(c, "rtn");
@@ -274,25 +272,49 @@ TEST_P(ReferenceQuality, WithinOnePercentOfTheGptqAuthorsSolver) {
   }
 }
 
-// The configurations of reference_gptq.json (both models have the same list).
+// The configurations of reference_gptq.json (both models have the same list), each with its tolerance.
+//
+// How the tolerances were measured: scripts/quality_spread.sh, 2026-12-01, at commit 4476853 (quantization
+// reproducible: the same bytes on any CPU and thread count). Repeating a run measures nothing, so each
+// configuration was quantized with the damping perturbed around the default 0.01, a small change to the
+// arithmetic that moves the solver's rounding decisions the way another floating-point summation order
+// does: babyllama-361 at damp 0.0095, 0.0098, 0.01, 0.0102, 0.0105 (n = 5); llama-gutenberg-22m at 0.0098,
+// 0.01, 0.0102 (n = 3). RTN uses no Hessian: one run. tol = max(1 %, (mean + 3 sd) / ref - 1), rounded up to
+// 0.1 % (sd: sample sd; one-sided because the check is). The numbers after each entry are mean and sd of
+// ours relative to the reference's calib_ppl; the full tables are in docs/quality-spread.md. Entries marked
+// "not measured" keep the 1 % floor the test had before.
 std::vector<RefConfig> ref_configs() {
-  std::vector<RefConfig> out;
-  for (const char* m : {"babyllama-361", "llama-gutenberg-22m"}) {
-    const bool big = std::string(m) == "llama-gutenberg-22m";
-    // The 22m model's headline configurations run by default; the rest with --all.
-    out.push_back({m, "rtn", 4, 128, false, true, big});
-    out.push_back({m, "gptq", 4, 128, false, true, false});
-    out.push_back({m, "gptq", 4, 128, true, true, big});
-    out.push_back({m, "gptq", 4, -1, false, true, big});
-    out.push_back({m, "gptq", 4, 128, false, false, big});
-    out.push_back({m, "rtn", 3, 128, false, true, big});
-    out.push_back({m, "gptq", 3, 128, false, true, false});
-    out.push_back({m, "gptq", 3, 128, true, true, big});
-    out.push_back({m, "gptq", 8, 128, false, true, big});
-    out.push_back({m, "gptq", 2, 64, true, true, big});
-    out.push_back({m, "gptq", 4, 32, false, true, big});
-  }
-  return out;
+  const char* b = "babyllama-361";
+  const char* g = "llama-gutenberg-22m";
+  return {
+      // babyllama-361: cheap (seconds per configuration), all run by default but 2-bit.
+      {b, "rtn", 4, 128, false, true, false, 0.010},  // one run (RTN): -0.00 %
+      {b, "gptq", 4, 128, false, true, false, 0.011},  // n 5: mean +0.17 %, sd 0.28 %, max +0.52 %
+      {b, "gptq", 4, 128, true, true, false, 0.010},  // n 5: mean +0.25 %, sd 0.04 %, max +0.30 %
+      {b, "gptq", 4, -1, false, true, false, 0.010},  // n 5: mean -0.41 %, sd 0.44 %, max +0.09 %
+      {b, "gptq", 4, 128, false, false, false, 0.018},  // n 5: mean +0.73 %, sd 0.33 %, max +0.96 %
+      {b, "rtn", 3, 128, false, true, false, 0.010},  // one run (RTN): +0.00 %
+      {b, "gptq", 3, 128, false, true, false, 0.047},  // n 5: mean +2.60 %, sd 0.67 %, max +3.44 %
+      {b, "gptq", 3, 128, true, true, false, 0.034},  // n 5: mean +1.19 %, sd 0.73 %, max +2.11 %
+      {b, "gptq", 8, 128, false, true, false, 0.010},  // n 5: mean -0.02 %, sd 0.01 %, max -0.01 %
+      // Slow_: its spread (sd 2 % of the value, runs from -0.7 % to +4.2 %) is too wide to judge 2-bit
+      // quality by; llama-gutenberg-22m's 2-bit case does that by default.
+      {b, "gptq", 2, 64, true, true, true, 0.082},  // n 5: mean +1.79 %, sd 2.12 %, max +4.21 %
+      {b, "gptq", 4, 32, false, true, false, 0.010},  // n 5: mean -0.24 %, sd 0.38 %, max +0.22 %
+      // llama-gutenberg-22m: minutes per configuration; 4-bit and 3-bit g128 (with the RTN comparison) and
+      // 2-bit g64 act-order run by default, where the 2-bit quality is judged.
+      {g, "rtn", 4, 128, false, true, true, 0.010},  // not measured
+      {g, "gptq", 4, 128, false, true, false, 0.010},  // n 3: mean -0.04 %, sd 0.10 %, max +0.05 %
+      {g, "gptq", 4, 128, true, true, true, 0.010},  // not measured
+      {g, "gptq", 4, -1, false, true, true, 0.010},  // not measured
+      {g, "gptq", 4, 128, false, false, true, 0.010},  // not measured
+      {g, "rtn", 3, 128, false, true, true, 0.010},  // not measured
+      {g, "gptq", 3, 128, false, true, false, 0.010},  // n 3: mean -0.43 %, sd 0.07 %, max -0.38 %
+      {g, "gptq", 3, 128, true, true, true, 0.010},  // not measured
+      {g, "gptq", 8, 128, false, true, true, 0.010},  // not measured
+      {g, "gptq", 2, 64, true, true, false, 0.019},  // n 3: mean +0.24 %, sd 0.52 %, max +0.74 %
+      {g, "gptq", 4, 32, false, true, true, 0.010},  // not measured
+  };
 }
 
 INSTANTIATE_TEST_SUITE_P(Reference, ReferenceQuality, ::testing::ValuesIn(ref_configs()),
