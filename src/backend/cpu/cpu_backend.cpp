@@ -1,6 +1,7 @@
 #include "backend/cpu/cpu_backend.h"
 
 #include <cblas.h>
+#include <immintrin.h>
 
 #include <algorithm>
 #include <cmath>
@@ -88,6 +89,39 @@ void add_bias(const std::vector<float>& b, const Tensor& y) {
   for (int64_t t = 0; t < y.rows; ++t) {
     float* r = y.f32() + t * y.stride;
     for (int64_t n = 0; n < y.cols; ++n) r[n] += b[size_t(n)];
+  }
+}
+
+// One query row against a block of keys/values, with the arithmetic of gemm_nt_fixed (dot8:
+// lane l sums k ≡ l mod 8 by fma, tree ((0+1)+(2+3))+((4+5)+(6+7)), times alpha) and of
+// gemm_nn_fixed (per block an fma chain from +0, added to the output): the same bits as those
+// calls, without their per-call packing, which dominates decode (one row, blocks of 16 keys).
+__attribute__((target("avx2,fma"))) void scores_row_avx2(const float* q, const float* K, int64_t nk, int64_t hd,
+                                                         float scale, float* out) {
+  for (int64_t j = 0; j < nk; ++j) {
+    const float* k = K + j * hd;
+    __m256 acc = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= hd; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_loadu_ps(k + i), acc);
+    alignas(32) float l[8];
+    _mm256_store_ps(l, acc);
+    for (int64_t t = 0; i < hd; ++i, ++t) l[t] = std::fma(q[i], k[i], l[t]);
+    out[j] = scale * (((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7])));
+  }
+}
+
+__attribute__((target("avx2,fma"))) void pv_row_avx2(const float* p, const float* V, int64_t nk, int64_t hd, bool first,
+                                                     float* o) {
+  int64_t i = 0;
+  for (; i + 8 <= hd; i += 8) {
+    __m256 s = _mm256_setzero_ps();
+    for (int64_t j = 0; j < nk; ++j) s = _mm256_fmadd_ps(_mm256_set1_ps(p[j]), _mm256_loadu_ps(V + j * hd + i), s);
+    _mm256_storeu_ps(o + i, first ? s : _mm256_add_ps(_mm256_loadu_ps(o + i), s));
+  }
+  for (; i < hd; ++i) {
+    float s = 0.f;
+    for (int64_t j = 0; j < nk; ++j) s = std::fma(p[j], V[j * hd + i], s);
+    o[i] = first ? s : o[i] + s;
   }
 }
 
@@ -289,6 +323,7 @@ void CpuBackend::attention(int64_t layer, const Tensor& q, const Tensor& k, cons
         items.push_back({int64_t(s), h, r0, std::min(kRows, plan.seqs[s].n_rows - r0)});
   const int64_t group = n_heads / nkv;
   const float scale = 1.f / std::sqrt(float(hd));
+  const bool avx2 = cpu::active_simd() >= cpu::SimdLevel::kAvx2;
   pool_.parallel_for(0, items.size(), [&](size_t i0, size_t i1) {
     std::vector<float> sc, kbuf(size_t(bs * hd)), vbuf(size_t(bs * hd));
     for (size_t it = i0; it < i1; ++it) {
@@ -299,6 +334,7 @@ void CpuBackend::attention(int64_t layer, const Tensor& q, const Tensor& k, cons
       const float* qb = q.f32() + (S.row0 + w.r0) * q.stride + w.head * hd;  // [nr, hd], stride q.stride
       float* ob = out.f32() + (S.row0 + w.r0) * out.stride + w.head * hd;
       sc.resize(size_t(w.nr * lk));
+      const bool one_row = w.nr == 1 && avx2;  // decode: the direct kernels above
       auto load = [&](int64_t which, int64_t blk, std::vector<float>& buf) -> const float* {
         const char* p = head_ptr(S.block_table[blk], which, kvh);
         if (!f16) return reinterpret_cast<const float*>(p);
@@ -309,7 +345,10 @@ void CpuBackend::attention(int64_t layer, const Tensor& q, const Tensor& k, cons
       // sc[r, j] = scale · q_r · k_j, a block of keys at a time (fixed-order dots).
       for (int64_t j0 = 0; j0 < lk; j0 += bs) {
         const int64_t nk = std::min(bs, lk - j0);
-        cpu::gemm_nt_fixed(nullptr, w.nr, nk, hd, scale, qb, q.stride, load(0, j0 / bs, kbuf), hd, 0.f, sc.data() + j0, lk);
+        if (one_row)
+          scores_row_avx2(qb, load(0, j0 / bs, kbuf), nk, hd, scale, sc.data() + j0);
+        else
+          cpu::gemm_nt_fixed(nullptr, w.nr, nk, hd, scale, qb, q.stride, load(0, j0 / bs, kbuf), hd, 0.f, sc.data() + j0, lk);
       }
       // Softmax over the keys each row sees (position order, double sum); the rest get 0.
       for (int64_t r = 0; r < w.nr; ++r) {
@@ -329,8 +368,11 @@ void CpuBackend::attention(int64_t layer, const Tensor& q, const Tensor& k, cons
       // out[r, :] = Σ_j p[r, j] v_j, block by block in position order.
       for (int64_t j0 = 0; j0 < lk; j0 += bs) {
         const int64_t nk = std::min(bs, lk - j0);
-        cpu::gemm_nn_fixed(nullptr, w.nr, hd, nk, 1.f, sc.data() + j0, lk, load(1, j0 / bs, vbuf), hd, j0 == 0 ? 0.f : 1.f,
-                           ob, out.stride);
+        if (one_row)
+          pv_row_avx2(sc.data() + j0, load(1, j0 / bs, vbuf), nk, hd, j0 == 0, ob);
+        else
+          cpu::gemm_nn_fixed(nullptr, w.nr, hd, nk, 1.f, sc.data() + j0, lk, load(1, j0 / bs, vbuf), hd,
+                             j0 == 0 ? 0.f : 1.f, ob, out.stride);
       }
     }
   });
