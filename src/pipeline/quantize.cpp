@@ -163,6 +163,7 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
   auto cache = model->new_cache(std::max<int64_t>(T, 1));
   const int64_t seq = cache->add_sequence();
   // One window = one sequence at positions 0..T-1 (the cache is emptied before each).
+  BatchPlan layer_plan;
   auto window_plan = [&](int64_t w) {
     cache->truncate(seq, 0);
     Batch b;
@@ -174,6 +175,9 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
     ATT = be.alloc_f32(n * T, A, att_mem);
     if (!o.true_sequential) scratch = be.alloc_f32(T, H, scratch_mem);
     for (int64_t w = 0; w < n; ++w) model->embed(window_plan(w), X.slice_rows(w * T, T));
+    // Every window is positions 0..T-1 of the same sequence, never committed: one plan (and its
+    // RoPE angles) serves every window of every layer; only the embedding above needs the tokens.
+    layer_plan = window_plan(0);
   }
 
   // Accumulates the Hessians of the stages it is asked for and stops the layer after `stop`.
@@ -196,13 +200,12 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
     tap.seconds = 0;
     for (int64_t w = 0; w < n; ++w) {
       cancelled();
-      const BatchPlan p = window_plan(w);
       Tensor x = X.slice_rows(w * T, T);
       if (on_copy) {  // leaves X as it was
         be.copy(x, scratch);
         x = scratch;
       }
-      model->run_layer(l, p, *cache, x, ATT.slice_rows(w * T, T), from, &tap);
+      model->run_layer(l, layer_plan, *cache, x, ATT.slice_rows(w * T, T), from, &tap);
     }
     rep.seconds_hessian += tap.seconds;
     rep.seconds_forward += since(t0) - tap.seconds;
