@@ -14,18 +14,56 @@
 
 namespace gptq {
 
-std::string read_text_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail(path, ": cannot open: ", std::strerror(errno));
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  if (in.bad()) fail(path, ": read error");
-  return ss.str();
+int open_regular_file(const std::string& path) {
+  // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0 && errno == ENOENT) fail(path, ": file not found");
+  if (fd < 0) fail(path, ": cannot open: ", std::strerror(errno));
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    const int e = errno;
+    ::close(fd);
+    fail(path, ": cannot stat: ", std::strerror(e));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    fail(path, S_ISDIR(st.st_mode) ? ": is a directory, expected a file"
+                                   : ": not a regular file (a FIFO, socket or device?)");
+  }
+  // Reads of a regular file do not block; clear the flag for clarity.
+  ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+  return fd;
+}
+
+std::string read_text_file(const std::string& path, size_t max_bytes) {
+  const int fd = open_regular_file(path);
+  struct stat st {};
+  ::fstat(fd, &st);
+  if (uint64_t(st.st_size) > max_bytes) {
+    ::close(fd);
+    fail(path, ": ", st.st_size, " bytes is more than the ", max_bytes >> 20, " MiB this file may have");
+  }
+  std::string out(size_t(st.st_size), '\0');
+  size_t done = 0;
+  while (done < out.size()) {
+    const ssize_t r = ::read(fd, out.data() + done, out.size() - done);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) {
+      const int e = errno;
+      ::close(fd);
+      fail(path, ": read error: ", std::strerror(e));
+    }
+    if (r == 0) break;  // shrank while we read
+    done += size_t(r);
+  }
+  out.resize(done);
+  ::close(fd);
+  return out;
 }
 
 bool file_exists(const std::string& path) {
   struct stat st {};
-  return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+  return ::stat(path.c_str(), &st) == 0 && !S_ISDIR(st.st_mode);
 }
 
 bool dir_exists(const std::string& path) {

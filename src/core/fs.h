@@ -1,12 +1,19 @@
 // Small file helpers with error messages that name the file.
 #pragma once
 
+#include <cstddef>
 #include <string>
 #include <string_view>
 
 namespace gptq {
 
-std::string read_text_file(const std::string& path);  // throws gptq::Error
+// The whole of a regular file (a FIFO, device or directory is refused without blocking), at most
+// max_bytes (default 1 GiB) long. Throws gptq::Error naming the file.
+std::string read_text_file(const std::string& path, size_t max_bytes = size_t(1) << 30);
+// open(2) of a regular file for reading, without blocking on FIFOs; throws gptq::Error.
+int open_regular_file(const std::string& path);
+// Whether something other than a folder is at path (read_text_file then refuses what is not a
+// regular file, so a FIFO named config.json is an error, not a missing file).
 bool file_exists(const std::string& path);
 bool dir_exists(const std::string& path);
 std::string path_join(const std::string& a, const std::string& b);

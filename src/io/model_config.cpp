@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/fs.h"
+#include "core/json.h"
 #include "gptq/error.h"
 
 namespace gptq {
@@ -11,65 +12,69 @@ using nlohmann::json;
 
 namespace {
 
+// Config files are a few KiB; a bigger one is not a config.
+constexpr size_t kMaxConfigBytes = size_t(16) << 20;
+
 const char* const kSupported[] = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"};
 
-json parse_json(const std::string& text, const std::string& origin) {
-  try {
-    return json::parse(text);
-  } catch (const json::exception& e) {
-    fail(origin, ": malformed JSON: ", e.what());
-  }
+// Bounds on sizes: far above any real model (Llama-3.1-405B: hidden 16384, 126 layers, vocab
+// 128256), low enough that products of them cannot overflow and a hostile value fails here, named,
+// instead of as a multi-terabyte allocation later.
+constexpr int64_t kMaxDim = int64_t(1) << 20;
+constexpr int64_t kMaxLayers = 4096;
+constexpr int64_t kMaxHeads = 4096;
+constexpr int64_t kMaxVocab = int64_t(1) << 24;
+constexpr int64_t kMaxContext = int64_t(1) << 31;
+constexpr double kHuge = 1e300;
+
+int64_t require_int(const json& j, const char* key, const std::string& origin, int64_t hi) {
+  const auto v = json_int(j, key, origin, 1, hi);
+  if (!v) fail(origin, ": missing field \"", key, "\"");
+  return *v;
 }
 
-template <typename T>
-T get_or(const json& j, const char* key, T def, const std::string& origin) {
-  auto it = j.find(key);
-  if (it == j.end() || it->is_null()) return def;
-  try {
-    return it->get<T>();
-  } catch (const json::exception&) {
-    fail(origin, ": field \"", key, "\" has the wrong type (", it->type_name(), ")");
-  }
-}
-
-int64_t require_int(const json& j, const char* key, const std::string& origin) {
-  auto it = j.find(key);
-  if (it == j.end() || it->is_null()) fail(origin, ": missing field \"", key, "\"");
-  if (!it->is_number_integer()) fail(origin, ": field \"", key, "\" must be an integer");
-  const int64_t v = it->get<int64_t>();
-  if (v <= 0) fail(origin, ": field \"", key, "\" must be positive, got ", v);
+// A positive finite number (rope_theta, eps, scaling factors): 0 or a negative value would give
+// NaN or infinite activations and a perplexity of "nan" instead of an error.
+double positive(const json& j, const char* key, double def, const std::string& origin) {
+  const double v = json_number(j, key, origin, -kHuge, kHuge).value_or(def);
+  if (!(v > 0)) fail(origin, ": field \"", key, "\" must be > 0, got ", v);
   return v;
 }
 
-std::vector<int32_t> int_or_list(const json& j, const char* key, const std::string& origin) {
+std::vector<int32_t> token_ids(const json& j, const char* key, const std::string& origin, int64_t vocab) {
   std::vector<int32_t> out;
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) return out;
-  if (it->is_number_integer()) {
-    out.push_back(it->get<int32_t>());
-  } else if (it->is_array()) {
-    for (const auto& v : *it) {
-      if (!v.is_number_integer()) fail(origin, ": field \"", key, "\" must hold integers");
-      out.push_back(v.get<int32_t>());
-    }
+  const std::string what = cat(origin, ": field \"", key, "\"");
+  if (it->is_array()) {
+    for (const auto& v : *it) out.push_back(int32_t(json_to_int(v, what, 0, vocab - 1)));
+  } else if (it->is_number()) {
+    out.push_back(int32_t(json_to_int(*it, what, 0, vocab - 1)));
   } else {
-    fail(origin, ": field \"", key, "\" must be an integer or a list of integers");
+    fail(what, " must be a token id or a list of token ids");
   }
   return out;
 }
 
 QuantConfig parse_quant(const json& q, const std::string& origin) {
   QuantConfig c;
-  c.quant_method = get_or<std::string>(q, "quant_method", "gptq", origin);
-  c.bits = int(get_or<int64_t>(q, "bits", 4, origin));
-  c.group_size = int(get_or<int64_t>(q, "group_size", 128, origin));
-  c.desc_act = get_or<bool>(q, "desc_act", false, origin);
-  c.sym = get_or<bool>(q, "sym", true, origin);
-  c.damp_percent = get_or<double>(q, "damp_percent", 0.01, origin);
-  c.true_sequential = get_or<bool>(q, "true_sequential", true, origin);
-  c.static_groups = get_or<bool>(q, "static_groups", false, origin);
-  c.checkpoint_format = get_or<std::string>(q, "checkpoint_format", "gptq", origin);
+  c.quant_method = json_string(q, "quant_method", origin).value_or("gptq");
+  if (c.quant_method != "gptq")
+    fail(origin, ": unsupported quantization method \"", c.quant_method, "\" (supported: gptq)");
+  c.bits = int(json_int(q, "bits", origin, 1, 64).value_or(4));
+  if (c.bits != 2 && c.bits != 3 && c.bits != 4 && c.bits != 8)
+    fail(origin, ": field \"bits\" must be 2, 3, 4 or 8, got ", c.bits);
+  c.group_size = int(json_int(q, "group_size", origin, -1, kMaxDim).value_or(128));
+  if (c.group_size == 0) fail(origin, ": field \"group_size\" must be positive or -1 (one group per row), got 0");
+  c.desc_act = json_bool(q, "desc_act", origin).value_or(false);
+  c.sym = json_bool(q, "sym", origin).value_or(true);
+  c.damp_percent = json_number(q, "damp_percent", origin, 0, 1).value_or(0.01);
+  c.true_sequential = json_bool(q, "true_sequential", origin).value_or(true);
+  c.static_groups = json_bool(q, "static_groups", origin).value_or(false);
+  c.checkpoint_format = json_string(q, "checkpoint_format", origin).value_or("gptq");
   if (c.checkpoint_format.empty()) c.checkpoint_format = "gptq";
+  if (c.checkpoint_format != "gptq" && c.checkpoint_format != "gptq_v2")
+    fail(origin, ": unsupported checkpoint_format \"", c.checkpoint_format, "\" (supported: gptq, gptq_v2)");
   return c;
 }
 
@@ -77,22 +82,49 @@ void parse_rope(const json& j, ModelConfig& c, const std::string& origin) {
   // transformers 5 moves rope_theta and the scaling dict into "rope_parameters".
   const json* rp = nullptr;
   if (j.contains("rope_parameters") && j["rope_parameters"].is_object()) rp = &j["rope_parameters"];
-  c.rope_theta = get_or<double>(j, "rope_theta", 10000.0, origin);
-  if (rp) c.rope_theta = get_or<double>(*rp, "rope_theta", c.rope_theta, origin);
+  c.rope_theta = positive(j, "rope_theta", 10000.0, origin);
+  if (rp) c.rope_theta = positive(*rp, "rope_theta", c.rope_theta, origin);
   const json* rs = nullptr;
   if (j.contains("rope_scaling") && j["rope_scaling"].is_object()) rs = &j["rope_scaling"];
   else if (rp) rs = rp;
   if (!rs) return;
-  std::string type = get_or<std::string>(*rs, "rope_type", "", origin);
-  if (type.empty()) type = get_or<std::string>(*rs, "type", "default", origin);
-  c.rope_scaling.type = type;
-  c.rope_scaling.factor = get_or<double>(*rs, "factor", 1.0, origin);
-  c.rope_scaling.low_freq_factor = get_or<double>(*rs, "low_freq_factor", 1.0, origin);
-  c.rope_scaling.high_freq_factor = get_or<double>(*rs, "high_freq_factor", 4.0, origin);
-  c.rope_scaling.original_max_position_embeddings =
-      get_or<int64_t>(*rs, "original_max_position_embeddings", 8192, origin);
+  std::string type = json_string(*rs, "rope_type", origin).value_or("");
+  if (type.empty()) type = json_string(*rs, "type", origin).value_or("default");
   if (type != "default" && type != "linear" && type != "llama3")
     fail(origin, ": unsupported rope scaling type \"", type, "\" (supported: default, linear, llama3)");
+  RopeScaling& r = c.rope_scaling;
+  r.type = type;
+  if (type == "default") return;
+  r.factor = positive(*rs, "factor", 1.0, origin);
+  if (type != "llama3") return;
+  r.low_freq_factor = positive(*rs, "low_freq_factor", 1.0, origin);
+  r.high_freq_factor = positive(*rs, "high_freq_factor", 4.0, origin);
+  if (!(r.high_freq_factor > r.low_freq_factor))
+    fail(origin, ": llama3 rope scaling needs high_freq_factor (", r.high_freq_factor, ") > low_freq_factor (",
+         r.low_freq_factor, ")");
+  r.original_max_position_embeddings =
+      json_int(*rs, "original_max_position_embeddings", origin, 1, kMaxContext).value_or(8192);
+}
+
+void parse_generation(const json& g, ModelConfig& c, const std::string& origin) {
+  // The ranges the sampler (and transformers' logits warpers) accept, named by file and field.
+  GenerationDefaults& d = c.generation;
+  d.temperature = json_number(g, "temperature", origin, 0, kHuge);
+  if (auto v = json_number(g, "top_p", origin, 0, 1)) {
+    if (*v == 0) fail(origin, ": field \"top_p\" must be in (0, 1], got 0");
+    d.top_p = v;
+  }
+  d.min_p = json_number(g, "min_p", origin, 0, 1);
+  if (auto v = json_number(g, "repetition_penalty", origin, 0, kHuge)) {
+    if (*v == 0) fail(origin, ": field \"repetition_penalty\" must be > 0, got 0");
+    d.repetition_penalty = v;
+  }
+  if (auto k = json_int(g, "top_k", origin, 0, kMaxVocab)) d.top_k = int(*k);
+  d.do_sample = json_bool(g, "do_sample", origin);
+  const auto eos = token_ids(g, "eos_token_id", origin, c.vocab_size);
+  if (!eos.empty()) c.eos_token_ids = eos;
+  const auto bos = token_ids(g, "bos_token_id", origin, c.vocab_size);
+  if (!bos.empty() && c.bos_token_id < 0) c.bos_token_id = bos[0];
 }
 
 }  // namespace
@@ -110,36 +142,37 @@ ModelConfig ModelConfig::from_json_text(const std::string& text, const std::stri
   if (!ok)
     fail(origin, ": unsupported architecture ", c.architecture,
          " (supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM)");
-  c.model_type = get_or<std::string>(j, "model_type", "", origin);
-  c.hidden_size = require_int(j, "hidden_size", origin);
-  c.intermediate_size = require_int(j, "intermediate_size", origin);
-  c.num_layers = require_int(j, "num_hidden_layers", origin);
-  c.num_heads = require_int(j, "num_attention_heads", origin);
-  c.num_kv_heads = j.contains("num_key_value_heads") && !j["num_key_value_heads"].is_null()
-                       ? require_int(j, "num_key_value_heads", origin)
-                       : c.num_heads;
-  c.head_dim = j.contains("head_dim") && !j["head_dim"].is_null() ? require_int(j, "head_dim", origin)
-                                                                   : c.hidden_size / c.num_heads;
-  c.vocab_size = require_int(j, "vocab_size", origin);
-  c.max_position_embeddings = get_or<int64_t>(j, "max_position_embeddings", 2048, origin);
-  c.rms_norm_eps = get_or<double>(j, "rms_norm_eps", 1e-6, origin);
-  c.tie_word_embeddings = get_or<bool>(j, "tie_word_embeddings", false, origin);
-  c.attention_bias = c.architecture == "Qwen2ForCausalLM" ? true : get_or<bool>(j, "attention_bias", false, origin);
-  c.mlp_bias = get_or<bool>(j, "mlp_bias", false, origin);
-  c.torch_dtype = get_or<std::string>(j, "dtype", get_or<std::string>(j, "torch_dtype", "", origin), origin);
-  const auto bos = int_or_list(j, "bos_token_id", origin);
+  c.model_type = json_string(j, "model_type", origin).value_or("");
+  c.hidden_size = require_int(j, "hidden_size", origin, kMaxDim);
+  c.intermediate_size = require_int(j, "intermediate_size", origin, kMaxDim);
+  c.num_layers = require_int(j, "num_hidden_layers", origin, kMaxLayers);
+  c.num_heads = require_int(j, "num_attention_heads", origin, kMaxHeads);
+  c.num_kv_heads = json_int(j, "num_key_value_heads", origin, 1, kMaxHeads).value_or(c.num_heads);
+  if (c.hidden_size % c.num_heads != 0 && !json_int(j, "head_dim", origin, 1, kMaxDim))
+    fail(origin, ": hidden_size (", c.hidden_size, ") is not a multiple of num_attention_heads (", c.num_heads,
+         ") and no head_dim is given");
+  c.head_dim = json_int(j, "head_dim", origin, 1, kMaxDim).value_or(c.hidden_size / c.num_heads);
+  c.vocab_size = require_int(j, "vocab_size", origin, kMaxVocab);
+  c.max_position_embeddings = json_int(j, "max_position_embeddings", origin, 1, kMaxContext).value_or(2048);
+  c.rms_norm_eps = positive(j, "rms_norm_eps", 1e-6, origin);
+  if (c.rms_norm_eps >= 1) fail(origin, ": field \"rms_norm_eps\" must be < 1, got ", c.rms_norm_eps);
+  c.tie_word_embeddings = json_bool(j, "tie_word_embeddings", origin).value_or(false);
+  c.attention_bias =
+      c.architecture == "Qwen2ForCausalLM" ? true : json_bool(j, "attention_bias", origin).value_or(false);
+  c.mlp_bias = json_bool(j, "mlp_bias", origin).value_or(false);
+  c.torch_dtype = json_string(j, "dtype", origin).value_or(json_string(j, "torch_dtype", origin).value_or(""));
+  const auto bos = token_ids(j, "bos_token_id", origin, c.vocab_size);
   if (!bos.empty()) c.bos_token_id = bos[0];
-  c.eos_token_ids = int_or_list(j, "eos_token_id", origin);
+  c.eos_token_ids = token_ids(j, "eos_token_id", origin, c.vocab_size);
   parse_rope(j, c, origin);
   if (c.num_heads % c.num_kv_heads != 0)
     fail(origin, ": num_attention_heads (", c.num_heads, ") is not a multiple of num_key_value_heads (",
          c.num_kv_heads, ")");
   if (c.head_dim % 2 != 0) fail(origin, ": head_dim must be even for rotary embeddings, got ", c.head_dim);
-  if (c.max_position_embeddings <= 0) fail(origin, ": max_position_embeddings must be positive");
-  if (j.contains("quantization_config") && j["quantization_config"].is_object()) {
-    c.quant = parse_quant(j["quantization_config"], origin);
-    if (c.quant->quant_method != "gptq")
-      fail(origin, ": unsupported quantization method \"", c.quant->quant_method, "\" (supported: gptq)");
+  auto q = j.find("quantization_config");
+  if (q != j.end() && !q->is_null()) {
+    if (!q->is_object()) fail(origin, ": field \"quantization_config\" must be an object");
+    c.quant = parse_quant(*q, origin);
   }
   return c;
 }
@@ -148,37 +181,20 @@ ModelConfig ModelConfig::from_dir(const std::string& dir) {
   const std::string path = path_join(dir, "config.json");
   if (!dir_exists(dir)) fail(dir, ": no such model folder");
   if (!file_exists(path)) fail(dir, ": no config.json (is this a Hugging Face model folder?)");
-  ModelConfig c = from_json_text(read_text_file(path), path);
+  ModelConfig c = from_json_text(read_text_file(path, kMaxConfigBytes), path);
 
   const std::string qpath = path_join(dir, "quantize_config.json");
   if (!c.quant && file_exists(qpath)) {
-    const json q = parse_json(read_text_file(qpath), qpath);
+    const json q = parse_json(read_text_file(qpath, kMaxConfigBytes), qpath);
     if (!q.is_object()) fail(qpath, ": expected a JSON object");
     c.quant = parse_quant(q, qpath);
-    if (c.quant->quant_method != "gptq")
-      fail(qpath, ": unsupported quantization method \"", c.quant->quant_method, "\"");
   }
 
   const std::string gpath = path_join(dir, "generation_config.json");
   if (file_exists(gpath)) {
-    const json g = parse_json(read_text_file(gpath), gpath);
-    if (g.is_object()) {
-      auto opt_d = [&](const char* k) -> std::optional<double> {
-        if (!g.contains(k) || g[k].is_null()) return std::nullopt;
-        if (!g[k].is_number()) fail(gpath, ": field \"", k, "\" must be a number");
-        return g[k].get<double>();
-      };
-      c.generation.temperature = opt_d("temperature");
-      c.generation.top_p = opt_d("top_p");
-      c.generation.min_p = opt_d("min_p");
-      c.generation.repetition_penalty = opt_d("repetition_penalty");
-      if (auto k = opt_d("top_k")) c.generation.top_k = int(*k);
-      if (g.contains("do_sample") && g["do_sample"].is_boolean()) c.generation.do_sample = g["do_sample"].get<bool>();
-      const auto eos = int_or_list(g, "eos_token_id", gpath);
-      if (!eos.empty()) c.eos_token_ids = eos;
-      const auto bos = int_or_list(g, "bos_token_id", gpath);
-      if (!bos.empty() && c.bos_token_id < 0) c.bos_token_id = bos[0];
-    }
+    const json g = parse_json(read_text_file(gpath, kMaxConfigBytes), gpath);
+    if (!g.is_object()) fail(gpath, ": expected a JSON object");
+    parse_generation(g, c, gpath);
   }
   return c;
 }

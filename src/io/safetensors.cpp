@@ -7,7 +7,9 @@
 #include <cstring>
 #include <nlohmann/json.hpp>
 
+#include "core/checked.h"
 #include "core/fs.h"
+#include "core/json.h"
 #include "core/mapped_file.h"
 #include "gptq/error.h"
 
@@ -28,12 +30,8 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
   if (n > kMaxHeader) fail(path, ": safetensors header length ", n, " is implausible (corrupt file?)");
   if (8 + n > size)
     fail(path, ": safetensors header length ", n, " runs past the end of the file (", size, " bytes): truncated?");
-  json header;
-  try {
-    header = json::parse(map_->data() + 8, map_->data() + 8 + n);
-  } catch (const json::exception& e) {
-    fail(path, ": malformed safetensors header JSON: ", e.what());
-  }
+  const json header =
+      parse_json(std::string_view(reinterpret_cast<const char*>(map_->data()) + 8, size_t(n)), path + ": header");
   if (!header.is_object()) fail(path, ": safetensors header is not a JSON object");
 
   const uint8_t* base = map_->data() + 8 + n;
@@ -58,14 +56,17 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
     t.file = path;
     const std::string dt = e["dtype"].get<std::string>();
     if (!dtype_from_name(dt, &t.dtype)) fail(path, ": tensor ", name, ": unknown dtype \"", dt, "\"");
+    if (e["shape"].size() > 8) fail(path, ": tensor ", name, ": ", e["shape"].size(), " dimensions (at most 8)");
+    const std::string what = cat(path, ": tensor ", name, ": shape");
     uint64_t numel = 1;
     for (const auto& d : e["shape"]) {
-      if (!d.is_number_unsigned()) fail(path, ": tensor ", name, ": shape must hold non-negative integers");
+      if (!d.is_number_unsigned()) fail(what, " must hold non-negative integers");
       const uint64_t v = d.get<uint64_t>();
-      if (v != 0 && numel > (uint64_t(1) << 62) / v) fail(path, ": tensor ", name, ": shape overflows");
-      numel *= v;
+      if (v > uint64_t(INT64_MAX)) fail(what, ": dimension ", v, " is too large");
+      numel = checked_mul<uint64_t>(numel, v, what);
       t.shape.push_back(int64_t(v));
     }
+    const uint64_t nbytes = checked_mul<uint64_t>(numel, dtype_size(t.dtype), what);
     const auto& off = e["data_offsets"];
     if (!off[0].is_number_unsigned() || !off[1].is_number_unsigned())
       fail(path, ": tensor ", name, ": data_offsets must be non-negative integers");
@@ -73,8 +74,8 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
     if (b > en || en > data_size)
       fail(path, ": tensor ", name, ": data_offsets [", b, ", ", en, "] out of range (data section is ", data_size,
            " bytes): truncated or corrupt file");
-    if (en - b != numel * dtype_size(t.dtype))
-      fail(path, ": tensor ", name, ": shape ", t.shape_str(), " of ", dt, " needs ", numel * dtype_size(t.dtype),
+    if (en - b != nbytes)
+      fail(path, ": tensor ", name, ": shape ", t.shape_str(), " of ", dt, " needs ", nbytes,
            " bytes but data_offsets span ", en - b);
     t.data = base + b;
     t.nbytes = size_t(en - b);
@@ -105,13 +106,8 @@ TensorStore TensorStore::open_dir(const std::string& dir) {
   const std::string index_path = path_join(dir, "model.safetensors.index.json");
   const std::string single = path_join(dir, "model.safetensors");
   if (file_exists(index_path)) {
-    json idx;
-    try {
-      idx = json::parse(read_text_file(index_path));
-    } catch (const json::exception& e) {
-      fail(index_path, ": malformed JSON: ", e.what());
-    }
-    if (!idx.contains("weight_map") || !idx["weight_map"].is_object())
+    const json idx = read_json_file(index_path);
+    if (!idx.is_object() || !idx.contains("weight_map") || !idx["weight_map"].is_object())
       fail(index_path, ": no \"weight_map\" object");
     std::map<std::string, SafetensorsFile*> by_file;
     for (auto it = idx["weight_map"].begin(); it != idx["weight_map"].end(); ++it) {

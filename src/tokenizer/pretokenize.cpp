@@ -4,6 +4,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/json.h"
 #include "gptq/error.h"
 #include "tokenizer/unicode.h"
 
@@ -19,7 +20,7 @@ constexpr const char* kGpt2Pattern =
 
 std::string type_of(const json& j, const char* what) {
   if (!j.is_object() || !j.contains("type") || !j["type"].is_string())
-    fail(what, " without a \"type\": ", j.dump().substr(0, 120));
+    fail(what, " without a \"type\": ", json_preview(j));
   return j["type"].get<std::string>();
 }
 
@@ -307,7 +308,7 @@ Pattern::Pattern(const json& j) {
     source_ = j["Regex"].get<std::string>();
     regex_ = std::make_unique<Regex>(source_);
   } else {
-    fail("pattern is neither {\"String\": ...} nor {\"Regex\": ...}: ", j.dump().substr(0, 120));
+    fail("pattern is neither {\"String\": ...} nor {\"Regex\": ...}: ", json_preview(j));
   }
 }
 

@@ -7,6 +7,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/fs.h"
+#include "core/json.h"
 #include "gptq/error.h"
 #include "tokenizer/tokenizer_impl.h"
 
@@ -16,27 +18,6 @@ using json = nlohmann::json;
 namespace fs = std::filesystem;
 
 namespace {
-
-// nlohmann prefixes messages with "[json.exception.parse_error.101] "; the file name says enough.
-std::string json_error_text(const std::exception& e) {
-  std::string what = e.what();
-  if (what.rfind("[json.exception.", 0) == 0)
-    if (auto p = what.find("] "); p != std::string::npos) what = what.substr(p + 2);
-  return what;
-}
-
-json read_json(const std::string& path) {
-  std::error_code ec;
-  if (!fs::exists(path, ec)) fail(path, ": file not found");
-  if (fs::is_directory(path, ec)) fail(path, ": is a directory, expected a JSON file");
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail(path, ": cannot open for reading");
-  try {
-    return json::parse(in);
-  } catch (const json::parse_error& e) {
-    fail(path, ": malformed JSON: ", json_error_text(e));
-  }
-}
 
 // A special-token entry of tokenizer_config.json: "<s>" or {"content": "<s>", ...}.
 std::optional<std::string> config_token(const json& cfg, const char* key) {
@@ -79,7 +60,7 @@ void parse_post_processor(const json& j, Tokenizer::Impl& impl) {
         seen_a = true;
         continue;
       }
-      if (!item.contains("SpecialToken")) fail("TemplateProcessing: unknown template item ", item.dump());
+      if (!item.contains("SpecialToken")) fail("TemplateProcessing: unknown template item ", json_preview(item));
       const auto name = item["SpecialToken"].at("id").get<std::string>();
       if (!specials.contains(name)) fail("TemplateProcessing: special token \"", name, "\" is not in special_tokens");
       const auto ids = specials[name].at("ids").get<std::vector<int32_t>>();
@@ -108,7 +89,7 @@ void parse_added_tokens(const json& list, Tokenizer::Impl& impl) {
     t.rstrip = e.value("rstrip", false);
     t.single_word = e.value("single_word", false);
     t.normalized = e.value("normalized", !t.special);
-    if (t.content.empty() || t.id < 0) fail("added token ", e.dump(), " has no content or a negative id");
+    if (t.content.empty() || t.id < 0) fail("added token ", json_preview(e), " has no content or a negative id");
     const int index = static_cast<int>(impl.added.size());
     impl.added_by_id[t.id] = index;
     impl.added_by_content[t.content] = t.id;
@@ -220,12 +201,12 @@ void build(const json& j, const json& cfg, Tokenizer::Impl& impl) {
 }  // namespace
 
 Tokenizer Tokenizer::from_file(const std::string& tokenizer_json_path) {
-  const json j = read_json(tokenizer_json_path);
+  const json j = read_json_file(tokenizer_json_path);
   // transformers' AutoTokenizer reads tokenizer_config.json from the same folder; so do we.
   json cfg;
   const fs::path cfg_path = fs::path(tokenizer_json_path).parent_path() / "tokenizer_config.json";
   std::error_code ec;
-  if (fs::exists(cfg_path, ec)) cfg = read_json(cfg_path.string());
+  if (fs::exists(cfg_path, ec)) cfg = read_json_file(cfg_path.string());
 
   auto impl = std::make_unique<Impl>();
   impl->path = tokenizer_json_path;
