@@ -123,6 +123,9 @@ class Model {
 
   // ctx: the most positions a sequence may hold (0 or above the model's: the model's context).
   std::unique_ptr<KVCache> new_cache(int64_t ctx = 0, const KVCacheOptions& o = {}) const;
+  // Throws gptq::Error, with the numbers, when the activations of one forward pass over `tokens`
+  // tokens with `logit_rows` logit rows would not fit in the backend's memory.
+  void check_forward_memory(int64_t tokens, int64_t logit_rows) const;
 
   // The forward pass. Runs every entry's tokens at the positions after its cached ones and
   // appends them to the cache. logits: [rows, vocab], the rows each entry asked for (kLast: 1,

@@ -98,6 +98,8 @@ class Backend {
   virtual Device device() const = 0;
   virtual std::string name() const = 0;  // "cpu (AVX2, 2 threads)"
   virtual int threads() const { return 1; }
+  // Bytes this backend can still allocate (host memory for the CPU), for refusing up front.
+  virtual uint64_t available_bytes() const;
 
   // ---- memory
   // Uninitialized device memory, freed with its last reference.

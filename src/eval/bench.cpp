@@ -1,5 +1,6 @@
 #include "gptq/bench.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <random>
@@ -40,10 +41,16 @@ BenchResult run_bench(Model& model, int n_prompt, int n_gen, int repeats, const 
   r.bytes_per_token = model.bytes_per_token();
   constexpr int kDecodePrompt = 8;  // tokens each decode sequence is prefilled with
   if (repeats < 1) fail("bench needs at least one repeat");
-  if (n_prompt + 1 > model.context_length() || kDecodePrompt + n_gen > model.context_length())
+  if (n_prompt < 0 || n_gen < 0) fail("bench sizes -p ", n_prompt, " / -n ", n_gen, " must be >= 0");
+  if (int64_t(n_prompt) + 1 > model.context_length() || int64_t(kDecodePrompt) + n_gen > model.context_length())
     fail("bench sizes -p ", n_prompt, " / -n ", n_gen, " exceed the model's context of ", model.context_length());
   for (int b : batches)
     if (b < 1) fail("bench batch sizes must be at least 1, got ", b);
+  model.check_forward_memory(std::max(n_prompt, 1), 1);
+  if (n_gen > 0 && !batches.empty()) {
+    const int64_t B = *std::max_element(batches.begin(), batches.end());
+    model.check_forward_memory(B * kDecodePrompt, B);  // the decode tests' prefill
+  }
   std::mt19937 rng(1234);
   std::uniform_int_distribution<int32_t> dist(0, int32_t(model.vocab_size() - 1));
   std::vector<int32_t> prompt(static_cast<size_t>(std::max(n_prompt, 1)));

@@ -1,6 +1,7 @@
 #include "io/gptq_format.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "core/half.h"
 #include "gptq/error.h"
@@ -126,6 +127,11 @@ void validate(const QuantMatrix& m) {
   qzeros_cols(m.N, m.bits);
   const int64_t n_groups = num_groups(m.K, m.group_size);
   if (!m.qweight || !m.qzeros || !m.scales) fail("quantized matrix is missing qweight, qzeros or scales");
+  // One NaN or Inf scale makes every output of its column NaN: perplexity "nan", not an error.
+  for (int64_t g = 0; g < n_groups; ++g)
+    for (int64_t n = 0; n < m.N; ++n)
+      if (const float s = fp16_to_fp32(m.scales[g * m.N + n]); !std::isfinite(s))
+        fail("scales[", g, ", ", n, "] = ", s, " is not a finite number (corrupt checkpoint)");
   if (m.g_idx) {
     for (int64_t k = 0; k < m.K; ++k)
       if (m.g_idx[k] < 0 || m.g_idx[k] >= n_groups)

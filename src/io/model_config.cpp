@@ -115,10 +115,8 @@ void parse_generation(const json& g, ModelConfig& c, const std::string& origin) 
     d.top_p = v;
   }
   d.min_p = json_number(g, "min_p", origin, 0, 1);
-  if (auto v = json_number(g, "repetition_penalty", origin, 0, kHuge)) {
-    if (*v == 0) fail(origin, ": field \"repetition_penalty\" must be > 0, got 0");
-    d.repetition_penalty = v;
-  }
+  if (g.contains("repetition_penalty") && !g["repetition_penalty"].is_null())
+    d.repetition_penalty = positive(g, "repetition_penalty", 1.0, origin);
   if (auto k = json_int(g, "top_k", origin, 0, kMaxVocab)) d.top_k = int(*k);
   d.do_sample = json_bool(g, "do_sample", origin);
   const auto eos = token_ids(g, "eos_token_id", origin, c.vocab_size);

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "core/memory.h"
+
 namespace gptq {
 
 namespace {
@@ -81,6 +83,9 @@ void KVCache::ensure(int64_t seq, int64_t n_tokens) {
   Impl& I = *impl_;
   auto& s = I.seq(seq);
   const int64_t need = (n_tokens + opt_.block_size - 1) / opt_.block_size;
+  if (const int64_t more = need - int64_t(s.blocks.size()) - int64_t(I.free_blocks.size()); more > 0)
+    check_memory(uint64_t(more) * I.layout.block_bytes(), backend_.available_bytes(),
+                 cat("the KV cache of a sequence of ", n_tokens, " tokens"));
   while (int64_t(s.blocks.size()) < need) {
     if (I.free_blocks.empty()) {
       const int64_t have = int64_t(I.block_ptrs.size());

@@ -6,6 +6,8 @@
 #include <sstream>
 
 #include "backend/backend.h"
+#include "core/checked.h"
+#include "core/memory.h"
 #include "gptq/error.h"
 #include "gptq/model.h"
 #include "model/kv_cache.h"
@@ -32,15 +34,32 @@ std::unique_ptr<KVCache> Model::new_cache(int64_t ctx, const KVCacheOptions& o) 
 
 namespace {
 
+std::string forward_what(int64_t rows, int64_t logit_rows) {
+  return cat("a forward pass over ", rows, " tokens (", logit_rows, " logit rows)");
+}
+
+// The activations ensure_workspace allocates (below), checked for overflow.
+uint64_t workspace_bytes(const ModelConfig& c, int64_t rows, int64_t logit_rows) {
+  const std::string what = forward_what(rows, logit_rows);
+  const int64_t H = c.hidden_size, A = c.num_heads * c.head_dim, KV = c.num_kv_heads * c.head_dim,
+                F = c.intermediate_size;
+  const int64_t per_row = 3 * H + 2 * A + 2 * KV + 2 * F + c.head_dim;
+  const int64_t floats =
+      checked_add(checked_mul(rows, per_row, what), checked_mul(logit_rows, H + c.vocab_size, what), what);
+  return uint64_t(checked_mul<int64_t>(floats, 4, what));
+}
+
 void ensure_workspace(Backend& be, const ModelConfig& c, Workspace& ws, int64_t rows, int64_t logit_rows) {
   if (rows <= ws.rows && logit_rows <= ws.logit_rows) return;
   rows = std::max(rows, ws.rows);
   logit_rows = std::max(logit_rows, ws.logit_rows);
+  const int64_t H = c.hidden_size, A = c.num_heads * c.head_dim, KV = c.num_kv_heads * c.head_dim,
+                F = c.intermediate_size;
+  // Refused with the numbers before anything is taken.
+  check_memory(workspace_bytes(c, rows, logit_rows), be.available_bytes(), forward_what(rows, logit_rows));
   ws = Workspace{};
   ws.rows = rows;
   ws.logit_rows = logit_rows;
-  const int64_t H = c.hidden_size, A = c.num_heads * c.head_dim, KV = c.num_kv_heads * c.head_dim,
-                F = c.intermediate_size;
   auto make = [&](int64_t r, int64_t cols) {
     ws.mem.emplace_back();
     return be.alloc_f32(r, cols, ws.mem.back());
@@ -62,6 +81,11 @@ void ensure_workspace(Backend& be, const ModelConfig& c, Workspace& ws, int64_t 
 Tensor rows_of(const Tensor& t, int64_t T) { return t.slice_rows(0, T); }
 
 }  // namespace
+
+void Model::check_forward_memory(int64_t tokens, int64_t logit_rows) const {
+  check_memory(workspace_bytes(config_, tokens, logit_rows), backend_->available_bytes(),
+               forward_what(tokens, logit_rows));
+}
 
 BatchPlan Model::plan(const Batch& batch, KVCache& cache) {
   static std::atomic<uint64_t> next_id{1};

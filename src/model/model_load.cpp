@@ -43,7 +43,11 @@ void check_float(const TensorView& t) {
 std::vector<float> to_f32(const TensorView& t) {
   check_float(t);
   std::vector<float> out(static_cast<size_t>(t.numel()));
-  for (int64_t i = 0; i < t.numel(); ++i) out[size_t(i)] = load_float(t, i);
+  for (int64_t i = 0; i < t.numel(); ++i) {
+    out[size_t(i)] = load_float(t, i);
+    if (!std::isfinite(out[size_t(i)]))
+      fail(t.file, ": tensor ", t.name, " holds ", out[size_t(i)], " at index ", i, " (corrupt file?)");
+  }
   return out;
 }
 

@@ -8,7 +8,10 @@
 #include <map>
 #include <nlohmann/json.hpp>
 
+#include "core/checked.h"
 #include "core/fs.h"
+#include "core/json.h"
+#include "core/memory.h"
 #include "core/half.h"
 #include "core/progress.h"
 #include "gptq/error.h"
@@ -52,6 +55,9 @@ void check_options(const QuantizeOptions& o) {
     if (o.nsamples <= 0) fail("--nsamples must be positive, got ", o.nsamples);
     if (o.seqlen < 0) fail("--seqlen must be positive, got ", o.seqlen);
     if (o.calib_offset < 0) fail("--calib-offset must be >= 0, got ", o.calib_offset);
+    // The calibration tokens, (offset + n) x seqlen, are indexed as int64: refuse a product that wraps.
+    checked_mul(checked_add(o.calib_offset, o.nsamples, "--calib-offset + --nsamples"), std::max<int64_t>(o.seqlen, 1),
+                "(--calib-offset + --nsamples) x --seqlen");
   }
 }
 
@@ -91,8 +97,10 @@ uint64_t parse_size(const std::string& s) {
                                                       {"MB", 1e6},  {"GB", 1e9},       {"TB", 1e12},
                                                       {"KIB", 1024}, {"MIB", 1048576.}, {"GIB", 1073741824.}};
   auto it = units.find(unit);
-  if (it == units.end() || v <= 0) fail("cannot read size \"", s, "\" (e.g. 5GB, 500MB, 2GiB)");
-  return uint64_t(v * it->second);
+  if (it == units.end() || !std::isfinite(v)) fail("cannot read size \"", s, "\" (e.g. 5GB, 500MB, 2GiB)");
+  const double bytes = v * it->second;
+  if (!(bytes >= 1) || bytes > 0x1p62) fail("size \"", s, "\" must be between 1 byte and 4 EiB");
+  return uint64_t(bytes);
 }
 
 QuantizeReport quantize_model(const std::string& model_dir, const std::string& out_dir, const QuantizeOptions& opts_in) {
@@ -119,6 +127,14 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
   spec.desc_act = o.desc_act;
   spec.static_groups = o.static_groups;
   spec.damp_percent = o.damp_percent;
+  for (int64_t N : {cfg.hidden_size, cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim,
+                    cfg.intermediate_size}) {
+    try {
+      quant::qzeros_cols(N, o.bits);
+    } catch (const Error& e) {
+      fail(model_dir, ": cannot quantize a layer with ", N, " outputs: ", e.what());
+    }
+  }
   for (int64_t K : {cfg.hidden_size, cfg.num_heads * cfg.head_dim, cfg.intermediate_size}) {
     try {
       quant::check_spec(spec, K);
@@ -138,7 +154,8 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
       fail("--seqlen ", o.seqlen, " exceeds the model's context length ", model->context_length());
     const Tokenizer tok = Tokenizer::from_model_dir(model_dir);
     const std::vector<int32_t> ids = tok.encode(read_text_file(o.calibration_file), true);
-    const int64_t need = (o.calib_offset + o.nsamples) * o.seqlen;
+    const int64_t need = checked_mul(checked_add(o.calib_offset, o.nsamples, "--calib-offset + --nsamples"),
+                                     o.seqlen, "(--calib-offset + --nsamples) x --seqlen");
     if (int64_t(ids.size()) < need)
       fail(o.calibration_file, ": ", ids.size(), " tokens, too short for windows ", o.calib_offset, "..",
            o.calib_offset + o.nsamples - 1, " of ", o.seqlen, " tokens (needs ", need, ")");
@@ -171,6 +188,10 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
     return model->plan(b, *cache);
   };
   if (n > 0) {
+    // Every window's layer input and attention output stay resident: refuse up front, not after
+    // minutes of calibration.
+    check_memory(uint64_t(n * T) * uint64_t(H + A) * 4, be.available_bytes(),
+                 cat("calibration on ", n, " windows of ", T, " tokens"));
     X = be.alloc_f32(n * T, H, x_mem);
     ATT = be.alloc_f32(n * T, A, att_mem);
     if (!o.true_sequential) scratch = be.alloc_f32(T, H, scratch_mem);
@@ -331,7 +352,7 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
     files.tensors.push_back({name + ".g_idx", DType::kI32, {p.K}, p.g_idx.data(), p.g_idx.size() * 4});
     if (!p.bias.empty()) files.tensors.push_back({name + ".bias", DType::kF16, {p.N}, p.bias.data(), p.bias.size() * 2});
   }
-  nlohmann::ordered_json config = nlohmann::ordered_json::parse(read_text_file(path_join(model_dir, "config.json")));
+  nlohmann::ordered_json config = parse_ordered_json(read_text_file(path_join(model_dir, "config.json")), path_join(model_dir, "config.json"));
   const std::string qc = quant_config_json(o);
   config["quantization_config"] = nlohmann::ordered_json::parse(qc);
   config[config.contains("dtype") ? "dtype" : "torch_dtype"] = "float16";

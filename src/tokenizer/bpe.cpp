@@ -52,6 +52,10 @@ BpeModel BpeModel::from_json(const json& model) {
     m.vocab_[it.key()] = id;
     max_id = std::max(max_id, id);
   }
+  // Tables are indexed by id: a real vocabulary's ids are dense, so an id far past the entry count
+  // is hostile (an id of 300,000,000 would take gigabytes).
+  if (int64_t(max_id) >= 2 * int64_t(vocab.size()) + 1024)
+    fail("vocab id ", max_id, " is far beyond its ", vocab.size(), " entries (ids of a vocabulary are dense)");
   m.id_to_token_.resize(static_cast<size_t>(max_id) + 1);
   m.has_token_.assign(static_cast<size_t>(max_id) + 1, false);
   for (const auto& [tok, id] : m.vocab_) {

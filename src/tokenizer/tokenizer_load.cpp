@@ -63,12 +63,12 @@ void parse_post_processor(const json& j, Tokenizer::Impl& impl) {
       if (!item.contains("SpecialToken")) fail("TemplateProcessing: unknown template item ", json_preview(item));
       const auto name = item["SpecialToken"].at("id").get<std::string>();
       if (!specials.contains(name)) fail("TemplateProcessing: special token \"", name, "\" is not in special_tokens");
-      const auto ids = specials[name].at("ids").get<std::vector<int32_t>>();
-      (seen_a ? post : pre).insert((seen_a ? post : pre).end(), ids.begin(), ids.end());
+      for (const auto& id : specials[name].at("ids"))
+        (seen_a ? post : pre).push_back(int32_t(json_to_int(id, "TemplateProcessing token id", 0, INT32_MAX)));
     }
   } else if (type == "BertProcessing" || type == "RobertaProcessing") {
-    pre.push_back(j.at("cls").at(1).get<int32_t>());
-    post.push_back(j.at("sep").at(1).get<int32_t>());
+    pre.push_back(int32_t(json_to_int(j.at("cls").at(1), "cls token id", 0, INT32_MAX)));
+    post.push_back(int32_t(json_to_int(j.at("sep").at(1), "sep token id", 0, INT32_MAX)));
   } else {
     fail("unsupported post_processor type \"", type, "\"");
   }
@@ -80,9 +80,12 @@ void parse_post_processor(const json& j, Tokenizer::Impl& impl) {
 void parse_added_tokens(const json& list, Tokenizer::Impl& impl) {
   if (list.is_null()) return;
   if (!list.is_array()) fail("\"added_tokens\" is not a list");
+  // Added tokens extend the vocabulary, densely too (see BpeModel::from_json).
+  const int64_t max_added_id = int64_t(impl.model.max_id()) + 2 * int64_t(list.size()) + 1024;
   for (const auto& e : list) {
+    if (!e.is_object()) fail("added token ", json_preview(e), " is not an object");
     tok::AddedToken t;
-    t.id = e.at("id").get<int32_t>();
+    t.id = int32_t(json_to_int(e.at("id"), "added token id", 0, INT32_MAX));
     t.content = e.at("content").get<std::string>();
     t.special = e.value("special", false);
     t.lstrip = e.value("lstrip", false);
@@ -90,6 +93,8 @@ void parse_added_tokens(const json& list, Tokenizer::Impl& impl) {
     t.single_word = e.value("single_word", false);
     t.normalized = e.value("normalized", !t.special);
     if (t.content.empty() || t.id < 0) fail("added token ", json_preview(e), " has no content or a negative id");
+    if (t.id > max_added_id)
+      fail("added token ", json_preview(e), " has an id far beyond the vocabulary's ", impl.model.max_id() + 1, " ids");
     const int index = static_cast<int>(impl.added.size());
     impl.added_by_id[t.id] = index;
     impl.added_by_content[t.content] = t.id;
@@ -182,6 +187,10 @@ void build(const json& j, const json& cfg, Tokenizer::Impl& impl) {
   int32_t max_id = impl.model.max_id();
   for (const auto& t : impl.added) max_id = std::max(max_id, t.id);
   impl.vocab_size = max_id + 1;
+  for (const auto* ids : {&impl.prefix_ids, &impl.suffix_ids})
+    for (int32_t id : *ids)
+      if (id < 0 || id >= impl.vocab_size)
+        fail("post_processor adds token id ", id, ", outside the vocabulary (", impl.vocab_size, " ids)");
 
   impl.bos = impl.prefix_ids.empty() ? -1 : impl.prefix_ids.front();
   // EOS: what tokenizer_config.json names, else the first conventional end token present.

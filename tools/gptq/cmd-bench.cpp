@@ -53,7 +53,7 @@ Measured measure(const std::string& dir, const Args& a, const std::string& base 
   m.name = model_name(dir);
   const size_t rss0 = current_rss_bytes();
   LoadOptions lo;
-  lo.threads = a.threads;
+  lo.threads = cap_threads(a.threads);
   auto model = Model::load(dir, lo);
   m.weights = model->weight_dtype_summary();
   m.file_bytes = model->file_bytes();
@@ -204,15 +204,15 @@ Runner add_bench(CLI::App& app) {
   CLI::App* c = app.add_subcommand("bench", "Prefill and decode speed (mean ± sd over repeats), memory, roofline; or --compare two models");
   c->add_option("-m,--model", a->model, "Model folder");
   c->add_option("--compare", a->compare, "Compare two model folders: ORIGINAL QUANTIZED")->expected(2);
-  c->add_option("-p,--n-prompt", a->n_prompt, "Prompt tokens for the prefill test (0: skip)")->check(CLI::NonNegativeNumber);
-  c->add_option("-n,--n-gen", a->n_gen, "Tokens for the decode test (0: skip)")->check(CLI::NonNegativeNumber);
+  c->add_option("-p,--n-prompt", a->n_prompt, "Prompt tokens for the prefill test (0: skip)")->check(int_in(0, INT32_MAX));
+  c->add_option("-n,--n-gen", a->n_gen, "Tokens for the decode test (0: skip)")->check(int_in(0, INT32_MAX));
   c->add_option("-b,--batch-size", a->batches, "Decode batch sizes, e.g. 1,4,16,64: B sequences decoded together, total tokens/s")
       ->delimiter(',')
-      ->check(CLI::PositiveNumber);
-  c->add_option("-r,--repetitions", a->reps, "Repeats of each test")->check(CLI::PositiveNumber);
-  c->add_option("-t,--threads", a->threads, "Threads (0: all cores)")->check(CLI::NonNegativeNumber);
+      ->check(int_in(1, INT32_MAX));
+  c->add_option("-r,--repetitions", a->reps, "Repeats of each test")->check(int_in(1, INT32_MAX));
+  c->add_option("-t,--threads", a->threads, "Threads (0: all cores)")->check(int_in(0, INT32_MAX));
   c->add_option("-f,--file", a->file, "With --compare: also measure perplexity on this text file");
-  c->add_option("-c,--ctx", a->ctx, "Perplexity window length (default: the model's context)")->check(CLI::NonNegativeNumber);
+  c->add_option("-c,--ctx", a->ctx, "Perplexity window length (default: the model's context)")->check(int_in(0, INT32_MAX));
   c->add_option("--windows", a->windows, "Perplexity windows A:B");
   c->add_flag("--wikitext", a->wikitext, "Join the perplexity file's rows as GPTQ does for WikiText-2");
   c->add_flag("--no-bandwidth", a->no_bandwidth, "Skip measuring memory bandwidth (no roofline line)");
@@ -221,7 +221,7 @@ Runner add_bench(CLI::App& app) {
     if (!a->compare.empty()) return run_compare(*a);
     if (a->model.empty()) fail("bench needs -m MODEL (or --compare ORIGINAL QUANTIZED)");
     LoadOptions lo;
-    lo.threads = a->threads;
+    lo.threads = cap_threads(a->threads);
     auto model = Model::load(a->model, lo);
     const BenchResult r = run_bench(*model, a->n_prompt, a->n_gen, a->reps, a->batches);
     const bool has_b1 = std::find(a->batches.begin(), a->batches.end(), 1) != a->batches.end();

@@ -56,25 +56,25 @@ Runner add_generate(CLI::App& app) {
       ->allow_extra_args(false);
   c->add_option("-f,--file", a->prompt_file, "Read the prompt from a file");
   c->add_option("--prompts", a->prompts_file, "Read prompts from a file, one per line (decoded together)");
-  c->add_option("-n,--n-predict", a->n, "Tokens to generate")->check(CLI::Range(0, 1 << 20));
-  c->add_option("--temperature,--temp", a->temperature, "Sampling temperature; 0 is greedy")->check(CLI::Range(0.0, 100.0));
-  c->add_option("--top-k", a->top_k, "Keep the k most likely tokens (0: off)")->check(CLI::NonNegativeNumber);
-  c->add_option("--top-p", a->top_p, "Nucleus sampling mass (1: off)")->check(CLI::Range(0.0, 1.0));
-  c->add_option("--min-p", a->min_p, "Drop tokens below min-p x the top probability (0: off)")->check(CLI::Range(0.0, 1.0));
+  c->add_option("-n,--n-predict", a->n, "Tokens to generate")->check(int_in(0, 1 << 20));
+  c->add_option("--temperature,--temp", a->temperature, "Sampling temperature; 0 is greedy")->check(number_in(0.0, 100.0));
+  c->add_option("--top-k", a->top_k, "Keep the k most likely tokens (0: off)")->check(int_in(0, INT32_MAX));
+  c->add_option("--top-p", a->top_p, "Nucleus sampling mass (1: off)")->check(number_in(0.0, 1.0));
+  c->add_option("--min-p", a->min_p, "Drop tokens below min-p x the top probability (0: off)")->check(number_in(0.0, 1.0));
   c->add_option("--repeat-penalty,--repetition-penalty", a->repeat_penalty, "Repetition penalty (1: off)")
-      ->check(CLI::Range(0.01, 100.0));
+      ->check(number_in(0.01, 100.0));
   c->add_option("--repeat-last-n", a->repeat_last_n, "Tokens the repetition penalty looks back (-1: all)");
   c->add_option("-s,--seed", a->seed, "Random seed");
   c->add_option("--stop", a->stop, "Stop string (repeatable); not printed");
   c->add_flag("--ignore-eos", a->ignore_eos, "Keep generating past the end-of-sequence token");
   c->add_flag("--no-special", a->no_special, "Do not add the BOS token to the prompt");
-  c->add_option("-t,--threads", a->threads, "Threads (0: all cores)")->check(CLI::NonNegativeNumber);
+  c->add_option("-t,--threads", a->threads, "Threads (0: all cores)")->check(int_in(0, INT32_MAX));
   c->add_flag("--json", a->json, "Print one JSON object instead of streaming text");
   return [a, c]() {
     const std::vector<std::string> prompts = read_prompts(*a);
     const auto t0 = std::chrono::steady_clock::now();
     LoadOptions lo;
-    lo.threads = a->threads;
+    lo.threads = cap_threads(a->threads);
     auto model = Model::load(a->model, lo);
     Tokenizer tok = Tokenizer::from_model_dir(a->model);
     const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -21,13 +21,13 @@ Runner add_perplexity(CLI::App& app) {
   CLI::App* c = app.add_subcommand("perplexity", "Perplexity of a model on a text file (non-overlapping windows)");
   c->add_option("-m,--model", a->model, "Model folder")->required();
   c->add_option("-f,--file", a->file, "Text file")->required();
-  c->add_option("-c,--ctx", a->ctx, "Window length in tokens (default: the model's context)")->check(CLI::NonNegativeNumber);
+  c->add_option("-c,--ctx", a->ctx, "Window length in tokens (default: the model's context)")->check(int_in(0, INT32_MAX));
   c->add_option("--windows", a->windows, "Evaluate windows A..B-1 only, as A:B");
   c->add_flag("--wikitext", a->wikitext, "Join the file's rows as GPTQ does for WikiText-2 (blank lines empty, joined by \\n\\n)");
   c->add_option("--batch", a->batch, "Windows per forward call (default: as many as keep logits, KV cache and activations under ~256 MiB)")
-      ->check(CLI::PositiveNumber);
+      ->check(int_in(1, INT32_MAX));
   c->add_option("--kl-divergence", a->base, "Base model folder: also report KL(base || model), its p99, top-1 agreement");
-  c->add_option("-t,--threads", a->threads, "Threads (0: all cores)")->check(CLI::NonNegativeNumber);
+  c->add_option("-t,--threads", a->threads, "Threads (0: all cores)")->check(int_in(0, INT32_MAX));
   c->add_flag("--json", a->json, "Print JSON: ppl, windows, tokens, ctx, sha256, batch (kl_divergence with a base)");
   return [a]() {
     PerplexityOptions o;
@@ -36,7 +36,7 @@ Runner add_perplexity(CLI::App& app) {
     parse_windows(a->windows, &o.window_begin, &o.window_end);
     const std::string raw = read_text_file(a->file);
     LoadOptions lo;
-    lo.threads = a->threads;
+    lo.threads = cap_threads(a->threads);
     auto model = Model::load(a->model, lo);
     std::unique_ptr<Model> base;
     if (!a->base.empty()) base = Model::load(a->base, lo);

@@ -40,12 +40,13 @@ Runner add_quantize(CLI::App& app) {
   c->add_option("--format", o.format, "checkpoint_format: gptq (zeros stored minus one) or gptq_v2")
       ->check(CLI::IsMember({"gptq", "gptq_v2"}));
   c->add_option("--max-shard-size", a->max_shard, "Split model.safetensors into shards of at most this size (e.g. 2GB)");
-  c->add_option("-t,--threads", o.threads, "Threads (0: all cores)")->check(CLI::NonNegativeNumber);
+  c->add_option("-t,--threads", o.threads, "Threads (0: all cores)")->check(int_in(0, INT32_MAX));
   c->add_flag("--force", o.force, "Replace an existing output folder");
   c->add_flag("--json", a->json, "Print the report as JSON");
   c->add_flag("-q,--quiet", a->quiet, "No progress bar");
   return [a]() {
     QuantizeOptions& o = a->o;
+    o.threads = cap_threads(o.threads);
     if (!a->max_shard.empty()) o.max_shard_bytes = parse_size(a->max_shard);
     o.progress = !a->quiet;
     o.cancel = &g_interrupted;

@@ -1,8 +1,11 @@
 #include "common.h"
 
+#include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 
 #include "core/fs.h"
+#include "core/thread_pool.h"
 #include "gptq/error.h"
 
 namespace gptq::cli {
@@ -60,6 +63,41 @@ void parse_windows(const std::string& spec, int64_t* begin, int64_t* end) {
   } catch (const std::exception&) {
     fail("--windows expects A:B (e.g. 128:192), got \"", spec, "\"");
   }
+}
+
+CLI::Validator int_in(int64_t lo, int64_t hi) {
+  const std::string range = "[" + std::to_string(lo) + ", " + std::to_string(hi) + "]";
+  return CLI::Validator(
+      [lo, hi, range](std::string& s) -> std::string {
+        errno = 0;
+        char* end = nullptr;
+        const long long v = std::strtoll(s.c_str(), &end, 10);
+        if (s.empty() || *end != 0 || errno == ERANGE || v < lo || v > hi)
+          return "must be an integer in " + range + ", got " + s.substr(0, 40);
+        return "";
+      },
+      "INT in " + range);
+}
+
+CLI::Validator number_in(double lo, double hi) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "[%g, %g]", lo, hi);
+  const std::string range = buf;
+  return CLI::Validator(
+      [lo, hi, range](std::string& s) -> std::string {
+        char* end = nullptr;
+        const double v = std::strtod(s.c_str(), &end);
+        if (s.empty() || *end != 0 || !(v >= lo && v <= hi)) return "must be a number in " + range + ", got " + s.substr(0, 40);
+        return "";
+      },
+      "NUMBER in " + range);
+}
+
+int cap_threads(int requested) {
+  const int hw = hardware_threads();
+  if (requested <= hw) return requested;
+  std::fprintf(stderr, "note: -t %d is more than the %d CPUs this process may use; using %d\n", requested, hw, hw);
+  return hw;
 }
 
 std::string read_prompt(const std::string& prompt, const std::string& file) {

@@ -24,6 +24,12 @@ void print_json(const nlohmann::json& j);  // one object on stdout
 std::string model_name(const std::string& dir);  // last path component
 // "A:B" -> [A, B); leaves begin/end unchanged when spec is empty.
 void parse_windows(const std::string& spec, int64_t* begin, int64_t* end);
+// Option checks with readable messages (CLI11's own print their double bounds in full, 309 digits):
+// an integer in [lo, hi], a number in [lo, hi].
+CLI::Validator int_in(int64_t lo, int64_t hi);
+CLI::Validator number_in(double lo, double hi);
+// -t N above the CPUs this process may use only thrashes: capped, with a note on stderr.
+int cap_threads(int requested);
 std::string read_prompt(const std::string& prompt, const std::string& file);  // -p TEXT or -f FILE
 
 }  // namespace gptq::cli
