@@ -38,7 +38,10 @@ inline CliResult run_cli(const std::vector<std::string>& args, const std::vector
   std::string cmd;
   for (const auto& e : env_vars) cmd += e + " ";
   cmd += shell_quote(env && *env ? env : GPTQ_CLI_PATH);
-  for (const auto& a : args) cmd += " " + shell_quote(a);
+  for (const auto& a : args) {
+    cmd += ' ';  // not " " + ...: gcc 12 warns falsely (-Wrestrict, GCC bug 105329)
+    cmd += shell_quote(a);
+  }
   cmd += " >" + base + ".out 2>" + base + ".err </dev/null";
   const int status = std::system(cmd.c_str());
   CliResult r;
