@@ -355,3 +355,26 @@ TEST(HostileThreads, FailedThreadStartUnwinds) {
 }
 
 }  // namespace
+
+namespace {
+
+// A pre-tokenizer pattern that backtracks exponentially: PCRE2's match limit stops it, and the
+// error names the tokenizer file and the pattern.
+TEST(HostileTokenizer, CatastrophicRegexEndsInANamedError) {
+  const std::string src = shared_path("models/bytebpe-gpt2-style");
+  if (src.empty()) GTEST_SKIP() << "../shared not found: skipped";
+  const std::string dir = temp_dir("redos");
+  json t = read_json(src + "/tokenizer.json");
+  t["pre_tokenizer"] = {{"type", "Sequence"},
+                        {"pretokenizers",
+                         {{{"type", "Split"}, {"pattern", {{"Regex", "(a|aa)+$"}}}, {"behavior", "Isolated"},
+                           {"invert", false}},
+                          t["pre_tokenizer"]}}};
+  write(dir + "/tokenizer.json", t.dump());
+  const gptq::Tokenizer tok = gptq::Tokenizer::from_model_dir(dir);
+  const std::string msg = error_of([&] { tok.encode(std::string(5000, 'a') + "b", false); });
+  EXPECT_NE(msg.find(dir + "/tokenizer.json: pre-tokenizer regex /(a|aa)+$/ gave up"), std::string::npos) << msg;
+  EXPECT_NO_THROW(tok.encode("aaab", false));
+}
+
+}  // namespace

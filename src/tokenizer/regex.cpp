@@ -57,7 +57,12 @@ void Regex::find_all(std::string_view text, const std::function<void(size_t, siz
     const int rc = jit_ ? pcre2_jit_match(code, subject, text.size(), pos, PCRE2_NO_UTF_CHECK, md, mctx)
                         : pcre2_match(code, subject, text.size(), pos, PCRE2_NO_UTF_CHECK, md, mctx);
     if (rc == PCRE2_ERROR_NOMATCH) break;
-    if (rc < 0) fail("regex /", pattern_, "/ failed: ", pcre2_message(rc));
+    if (rc < 0)
+      fail("pre-tokenizer regex /", pattern_.size() > 60 ? pattern_.substr(0, 60) + "..." : pattern_,
+           "/ gave up at byte ", pos, " of the text: ", pcre2_message(rc),
+           rc == PCRE2_ERROR_MATCHLIMIT || rc == PCRE2_ERROR_DEPTHLIMIT || rc == PCRE2_ERROR_JIT_STACKLIMIT
+               ? " (the pattern backtracks too much on this text)"
+               : "");
     const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md);
     const size_t start = ov[0], end = ov[1];
     if (end > start) {

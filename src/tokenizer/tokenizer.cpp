@@ -148,7 +148,7 @@ Tokenizer::Tokenizer(Tokenizer&&) noexcept = default;
 Tokenizer& Tokenizer::operator=(Tokenizer&&) noexcept = default;
 Tokenizer::~Tokenizer() = default;
 
-std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special) const {
+std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special) const try {
   const Impl& im = *impl_;
   // Python strings are always valid Unicode; repair invalid UTF-8 the way bytes.decode("replace") would.
   std::string repaired;
@@ -171,6 +171,9 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special) 
   }
   if (add_special) ids.insert(ids.end(), im.suffix_ids.begin(), im.suffix_ids.end());
   return ids;
+} catch (const Error& e) {
+  // A regex that gives up names the tokenizer file it came from.
+  fail(impl_->path, ": ", e.what());
 }
 
 std::string Tokenizer::decode(const std::vector<int32_t>& ids, bool skip_special) const {
