@@ -378,3 +378,16 @@ TEST(HostileTokenizer, CatastrophicRegexEndsInANamedError) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(HostileMemory, LoadingMoreQuantizedWeightsThanMemoryIsRefused) {
+  if (shared_dir().empty()) GTEST_SKIP() << "../shared not found: skipped";
+  const std::string out = temp_dir("load_mem") + "/rtn";
+  ASSERT_EQ(run_cli({"quantize", "-m", shared_path(kModel), "-o", out, "--method", "rtn", "-q"}).rc, 0);
+  expect_cli_error(run_cli({"generate", "-m", out, "-p", "Once", "-n", "1"}, {"GPTQ_MEMORY_LIMIT=100KiB"}),
+                   {"loading the quantized weights of", "of memory, but only 100.0 KiB is available"});
+  EXPECT_EQ(run_cli({"generate", "-m", out, "-p", "Once", "-n", "1"}).rc, 0);
+}
+
+}  // namespace

@@ -1,9 +1,11 @@
 // Loading a Llama-family model folder into backend weight handles.
 #include <cmath>
+#include <cstring>
 #include <set>
 
 #include "backend/backend.h"
 #include "core/fs.h"
+#include "core/memory.h"
 #include "gptq/error.h"
 #include "gptq/model.h"
 #include "gptq/safetensors.h"
@@ -170,6 +172,16 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& op
   const ModelConfig& c = m->config_;
   m->store_ = std::make_unique<TensorStore>(TensorStore::open_dir(dir));
   const TensorStore& s = *m->store_;
+  if (c.quant) {
+    // Quantized linears are repacked into buffers of about their file size (dense weights stay
+    // memory-mapped): refuse before the first one is taken, with the numbers.
+    uint64_t packed = 0;
+    for (const auto& [name, t] : s.all())
+      for (const char* suffix : {".qweight", ".qzeros", ".scales", ".g_idx"})
+        if (name.size() > std::strlen(suffix) && name.compare(name.size() - std::strlen(suffix), std::string::npos, suffix) == 0)
+          packed += t->nbytes;
+    check_memory(packed, be.available_bytes(), cat("loading the quantized weights of ", dir));
+  }
   auto w = std::make_unique<LlamaWeights>();
   m->ws_ = std::make_unique<Workspace>();
 
