@@ -16,7 +16,9 @@
 
 // GCC 12 reports the intrinsics' own _mm512_undefined_* placeholders as maybe-uninitialized
 // (GCC bug 105593); nothing in this file reads an uninitialized value.
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 
 #define GPTQ_FIX_AVX2 __attribute__((target("avx2,fma")))
 #define GPTQ_FIX_AVX512 __attribute__((target("avx512f,avx512dq,avx512vl,avx2,fma")))

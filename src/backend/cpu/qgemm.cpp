@@ -17,11 +17,7 @@ namespace gptq::cpu {
 
 namespace {
 
-bool cpu_has_avx2() {
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                         __builtin_cpu_supports("f16c");
-  return ok;
-}
+bool cpu_has_avx2() { return detected_simd() >= SimdLevel::kAvx2; }
 
 bool cpu_has_avx512() {
   static const bool ok = cpu_has_avx2() && __builtin_cpu_supports("avx512f");
