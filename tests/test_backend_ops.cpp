@@ -273,7 +273,8 @@ void add_case(std::string op, std::string name, std::string shape, std::function
 // ============================================================================================
 
 void add_memory_cases() {
-  for (auto [rows, cols, pad] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 0}, {7, 33, 0}, {7, 33, 6}, {64, 4099, 3}}) {
+  for (auto [rows_, cols_, pad_] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 0}, {7, 33, 0}, {7, 33, 6}, {64, 4099, 3}}) {
+    const int64_t rows = rows_, cols = cols_, pad = pad_;  // clang 14 cannot capture structured bindings
     const std::string name = cat("memory_R", rows, "_C", cols, pad ? cat("_stride", cols + pad) : "");
     add_case("memory", name, cat("[", rows, ", ", cols, "] row stride ", cols + pad), [=](Backend& be) {
       std::mt19937 rng(seed_of(name));
