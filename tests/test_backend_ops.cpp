@@ -273,8 +273,9 @@ void add_case(std::string op, std::string name, std::string shape, std::function
 // ============================================================================================
 
 void add_memory_cases() {
-  for (auto [rows_, cols_, pad_] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 0}, {7, 33, 0}, {7, 33, 6}, {64, 4099, 3}}) {
-    const int64_t rows = rows_, cols = cols_, pad = pad_;  // clang 14 cannot capture structured bindings
+  // Loops unpack with std::get, not structured bindings: clang 14 cannot capture bindings in lambdas.
+  for (const auto& b_ : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 0}, {7, 33, 0}, {7, 33, 6}, {64, 4099, 3}}) {
+const auto rows = std::get<0>(b_); const auto cols = std::get<1>(b_); const auto pad = std::get<2>(b_);
     const std::string name = cat("memory_R", rows, "_C", cols, pad ? cat("_stride", cols + pad) : "");
     add_case("memory", name, cat("[", rows, ", ", cols, "] row stride ", cols + pad), [=](Backend& be) {
       std::mt19937 rng(seed_of(name));
@@ -444,7 +445,8 @@ void add_rope_apply_cases() {
 // must be -0, not NaN). add: one fp32 rounding: NMSE ≤ u², limit 4u².
 
 void add_elementwise_cases() {
-  for (auto [T, F] : {std::pair<int64_t, int64_t>{1, 64}, {5, 1000}, {3, 4099}}) {
+  for (const auto& b_ : {std::pair<int64_t, int64_t>{1, 64}, {5, 1000}, {3, 4099}}) {
+const auto T = std::get<0>(b_); const auto F = std::get<1>(b_);
     const std::string name = cat("silu_mul_T", T, "_F", F);
     add_case("silu_mul", name, cat("g, u [", T, ", ", F, "]"), [=](Backend& be) {
       std::mt19937 rng(seed_of(name));
@@ -459,7 +461,8 @@ void add_elementwise_cases() {
       return std::vector<Check>{{"g", "nmse", nmse(download(be, dg.view), ref), 256 * kU2}};
     });
   }
-  for (auto [T, F, pad] : {std::tuple<int64_t, int64_t, int64_t>{1, 64, 0}, {9, 4099, 0}, {9, 130, 6}}) {
+  for (const auto& b_ : {std::tuple<int64_t, int64_t, int64_t>{1, 64, 0}, {9, 4099, 0}, {9, 130, 6}}) {
+const auto T = std::get<0>(b_); const auto F = std::get<1>(b_); const auto pad = std::get<2>(b_);
     const std::string name = cat("add_T", T, "_F", F, pad ? cat("_stride", F + pad) : "");
     add_case("add", name, cat("x, y [", T, ", ", F, "]", pad ? " strided" : ""), [=](Backend& be) {
       std::mt19937 rng(seed_of(name));
@@ -479,7 +482,8 @@ void add_elementwise_cases() {
 // ============================================================================================
 
 void add_gather_embed_cases() {
-  for (auto [R, C] : {std::pair<int64_t, int64_t>{10, 37}, {65, 4099}}) {
+  for (const auto& b_ : {std::pair<int64_t, int64_t>{10, 37}, {65, 4099}}) {
+const auto R = std::get<0>(b_); const auto C = std::get<1>(b_);
     const std::string name = cat("gather_rows_R", R, "_C", C);
     add_case("gather_rows", name, cat("x [", R, ", ", C, "] -> 6 rows (repeats, any order)"), [=](Backend& be) {
       std::mt19937 rng(seed_of(name));
@@ -493,7 +497,8 @@ void add_gather_embed_cases() {
     });
   }
   for (DType dt : {DType::kF32, DType::kF16, DType::kBF16})
-    for (auto [V, H] : {std::pair<int64_t, int64_t>{50, 37}, {300, 1024}}) {
+    for (const auto& b_ : {std::pair<int64_t, int64_t>{50, 37}, {300, 1024}}) {
+const auto V = std::get<0>(b_); const auto H = std::get<1>(b_);
       const std::string name = cat("embed_", dtype_tag(dt), "_V", V, "_H", H);
       add_case("embed", name, cat(dtype_tag(dt), " table [", V, ", ", H, "], 7 tokens"), [=](Backend& be) {
         std::mt19937 rng(seed_of(name));
@@ -539,9 +544,10 @@ double linear_limit(int64_t K) { return 64.0 * double(K) * kU2; }
 
 void add_dense_linear_cases() {
   for (DType dt : {DType::kF32, DType::kF16, DType::kBF16})
-    for (auto [K, N] : {std::pair<int64_t, int64_t>{97, 33}, {300, 130}, {1027, 70}})
+    for (const auto& kn : {std::pair<int64_t, int64_t>{97, 33}, {300, 130}, {1027, 70}})
       for (bool bias : {false, true})
         for (int64_t T : {1, 4, 5, 64, 65}) {
+          const int64_t K = kn.first, N = kn.second;
           const std::string name = cat("linear_dense_", dtype_tag(dt), bias ? "_bias" : "", "_K", K, "_N", N, "_T", T);
           add_case("linear_dense", name, cat(dtype_tag(dt), " W [", N, ", ", K, "]", bias ? " + bias" : "", " x [", T, ", ", K, "]"),
                    [=](Backend& be) {
@@ -971,7 +977,8 @@ void add_hessian_cases() {
                      P{520, {{2, 100}, {2, 100}}}}) {
     std::string shape = cat("K ", p.K, " batches (samples x T)");
     int64_t R = 0;
-    for (auto [s, T] : p.batches) {
+    for (const auto& b_ : p.batches) {
+const auto s = std::get<0>(b_); const auto T = std::get<1>(b_);
       shape += cat(" ", s, "x", T);
       R += s * T;
     }
@@ -984,7 +991,8 @@ void add_hessian_cases() {
       for (int round = 0; round < 2; ++round) {
         std::vector<double> ref(size_t(K * K), 0.0);
         int64_t n = 0;
-        for (auto [s, T] : p.batches) {
+        for (const auto& b_ : p.batches) {
+const auto s = std::get<0>(b_); const auto T = std::get<1>(b_);
           // Columns with different means and scales, as real activations have.
           std::vector<float> x = randn(rng, size_t(s * T * K));
           for (int64_t r = 0; r < s * T; ++r)
