@@ -93,7 +93,7 @@ TEST(Safetensors, BadFilesAreRejectedWithTheFileNamed) {
   expect_error([&] { gptq::SafetensorsFile f(p); }, {p, "overlap"});
   write_bytes(p, raw_safetensors(R"({"w":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", std::string(8, 0)));
   expect_error([&] { gptq::SafetensorsFile f(p); }, {p, "shape"});
-  expect_error([&] { gptq::SafetensorsFile f(dir + "/missing.safetensors"); }, {"missing.safetensors", "cannot open"});
+  expect_error([&] { gptq::SafetensorsFile f(dir + "/missing.safetensors"); }, {"missing.safetensors", "file not found"});
 }
 
 TEST(Safetensors, ShardedIndexNamesTheShard) {
