@@ -36,15 +36,26 @@ const char* const kCalib = "data/tinystories-sample/tiny.utf8";
 #define NEED_MODEL() \
   if (!gptq_test::is_dir(shared_path(kModel))) GTEST_SKIP() << "../shared/" << kModel << " not found: skipped"
 
-// A fresh, empty folder of this test's own.
-fs::path fresh_dir(const std::string& tag) {
-  const fs::path p = fs::path(testing::TempDir()) / ("gptq_outdir_" + tag + "_" + std::to_string(::getpid()));
-  std::error_code ec;
-  fs::permissions(p, fs::perms::owner_all, fs::perm_options::add, ec);
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return fs::canonical(p);
-}
+// A fresh, empty folder of this test's own, removed again at the end (write permission given back
+// first: some tests take it away).
+struct Scratch {
+  fs::path path;
+  explicit Scratch(const std::string& tag) {
+    const fs::path p = fs::path(testing::TempDir()) / ("gptq_outdir_" + tag + "_" + std::to_string(::getpid()));
+    clear(p);
+    fs::create_directories(p);
+    path = fs::canonical(p);
+  }
+  ~Scratch() { clear(path); }
+  static void clear(const fs::path& p) {
+    std::error_code ec;
+    if (!fs::exists(fs::symlink_status(p, ec))) return;
+    fs::permissions(p, fs::perms::owner_all, fs::perm_options::add, ec);
+    for (fs::recursive_directory_iterator it(p, ec), end; !ec && it != end; it.increment(ec))
+      if (!it->is_symlink()) fs::permissions(it->path(), fs::perms::owner_all, fs::perm_options::add, ec);
+    fs::remove_all(p, ec);
+  }
+};
 
 void write(const fs::path& p, const std::string& text) { std::ofstream(p, std::ios::binary) << text; }
 
@@ -163,7 +174,8 @@ int killed_before_swap(const fs::path& out, bool force) {
 // "."), or a folder the model's files link into: refused with one line, nothing touched.
 TEST(OutputDir, NeverTheInputOrAFolderAroundIt) {
   NEED_MODEL();
-  const fs::path root = fresh_dir("input");
+  const Scratch scratch("input");
+  const fs::path root = scratch.path;
   const fs::path P = root / "P", model = P / "model";
   fs::create_directories(P);
   copy_model(model);
@@ -212,7 +224,8 @@ TEST(OutputDir, NeverTheInputOrAFolderAroundIt) {
 
 TEST(OutputDir, ForceReplacesOnlyAnEarlierOutputOrAnEmptyFolder) {
   NEED_MODEL();
-  const fs::path root = fresh_dir("force"), model = root / "model", out = root / "q";
+  const Scratch scratch("force");
+  const fs::path root = scratch.path, model = root / "model", out = root / "q";
   copy_model(model);
   ASSERT_EQ(run_cli(rtn(model, out)).rc, 0);
   const auto ref = snapshot(out);
@@ -271,7 +284,8 @@ TEST(OutputDir, ForceReplacesOnlyAnEarlierOutputOrAnEmptyFolder) {
 // the next run removes them all, but not a folder holding something the tool never writes.
 TEST(OutputDir, PartialFoldersOfKilledRunsAreRemovedByTheNextRun) {
   NEED_MODEL();
-  const fs::path root = fresh_dir("killed"), model = root / "model", out = root / "q";
+  const Scratch scratch("killed");
+  const fs::path root = scratch.path, model = root / "model", out = root / "q";
   copy_model(model);
 
   int st = killed_before_swap(out, false);
@@ -319,7 +333,8 @@ TEST(OutputDir, PartialFoldersOfKilledRunsAreRemovedByTheNextRun) {
 
 TEST(OutputDir, ALiveRunsPartialFolderIsKept) {
   NEED_MODEL();
-  const fs::path root = fresh_dir("live"), model = root / "model", out = root / "q";
+  const Scratch scratch("live");
+  const fs::path root = scratch.path, model = root / "model", out = root / "q";
   copy_model(model);
   const std::string err = (root / "cli.err").string();
   const pid_t live = spawn_cli(gptq_args(model, out, 64), err);
@@ -340,7 +355,8 @@ TEST(OutputDir, ALiveRunsPartialFolderIsKept) {
 // the run created, the input as it was.
 TEST(OutputDir, InterruptLeavesNothingAndTheInputUntouched) {
   NEED_MODEL();
-  const fs::path root = fresh_dir("sigint"), model = root / "model", out = root / "new" / "q";
+  const Scratch scratch("sigint");
+  const fs::path root = scratch.path, model = root / "model", out = root / "new" / "q";
   copy_model(model);
   const auto before = snapshot(model);
   const std::string err = (root / "cli.err").string();
@@ -361,7 +377,8 @@ TEST(OutputDir, InterruptLeavesNothingAndTheInputUntouched) {
 // created before failing (parents, the temporary folder) goes again; folders that were there stay.
 TEST(OutputDir, FailedRunLeavesNoFolderItCreated) {
   NEED_MODEL();
-  const fs::path root = fresh_dir("failed"), model = root / "model";
+  const Scratch scratch("failed");
+  const fs::path root = scratch.path, model = root / "model";
   copy_model(model);
   expect_cli_error(run_cli(rtn(root / "missing", root / "a" / "b" / "c")), {"missing"});
   EXPECT_FALSE(fs::exists(root / "a"));
@@ -404,7 +421,8 @@ TEST(OutputDir, UnwritableOutputIsReportedBeforeTheWorkNamingMinusO) {
     if (::access("/usr/bin/setpriv", X_OK) != 0) GTEST_SKIP() << "running as root without setpriv: skipped";
     as_user = {"/usr/bin/setpriv --reuid=65534 --regid=65534 --clear-groups"};
   }
-  const fs::path root = fresh_dir("readonly"), model = root / "model";
+  const Scratch scratch("readonly");
+  const fs::path root = scratch.path, model = root / "model";
   copy_model(model);
   const fs::path ro = root / "ro";
   fs::create_directory(ro);
