@@ -25,7 +25,7 @@ struct QuantizeOptions {
   int64_t calib_offset = 0;     // first calibration window
   uint64_t max_shard_bytes = 0; // 0: one model.safetensors
   int threads = 0;              // 0: all cores
-  bool force = false;           // replace an existing output folder
+  bool force = false;           // replace an existing output folder (an earlier output of ours, or empty)
   bool progress = true;         // progress bars on stderr
   const std::atomic<bool>* cancel = nullptr;  // set (e.g. by SIGINT) to stop; nothing is written
 };
@@ -51,8 +51,10 @@ struct QuantizeReport {
 };
 
 // Throws gptq::Error for bad options or inputs (calibration text too short, unsupported bits,
-// an already-quantized model, an existing output folder without force); on any error or
-// cancellation the output folder is left as it was.
+// an already-quantized model, an existing output folder without force, an output that is, holds or
+// lies inside the model folder, or one that force may not replace: see io/checkpoint_writer.h);
+// on any error or cancellation the output folder is left as it was and nothing this run created
+// remains.
 QuantizeReport quantize_model(const std::string& model_dir, const std::string& out_dir, const QuantizeOptions& opts);
 
 // "5GB", "500MB", "2GiB", "1000000" -> bytes (HF's decimal GB / binary GiB convention).

@@ -107,7 +107,8 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
   const auto t_start = Clock::now();
   QuantizeOptions o = opts_in;
   check_options(o);
-  check_output_dir(out_dir, o.force);
+  // -o is checked now and created only once the inputs have been read (CheckpointOutput::open).
+  CheckpointOutput output(out_dir, model_dir, {o.calibration_file}, o.force);
   QuantizeReport rep;
   rep.out_dir = out_dir;
   auto cancelled = [&] {
@@ -162,6 +163,9 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
     calib.assign(ids.begin() + o.calib_offset * o.seqlen, ids.begin() + need);
     rep.calibration_tokens = int64_t(calib.size());
   }
+  // The inputs are good: create the (locked, temporary) output folder before the long work, so an
+  // output that cannot be written fails now, naming -o.
+  output.open();
   rep.seconds_load = since(t_start);
   // The solver runs on the host, on the CPU backend's threads (or a pool of its own).
   std::unique_ptr<ThreadPool> own_pool;
@@ -358,11 +362,9 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
   config[config.contains("dtype") ? "dtype" : "torch_dtype"] = "float16";
   files.text_files = {{"config.json", config.dump(2) + "\n"}, {"quantize_config.json", qc + "\n"}};
   files.source_dir = model_dir;
-  files.copy_from_source = {"tokenizer.json",     "tokenizer_config.json", "tokenizer.model",
-                            "special_tokens_map.json", "generation_config.json", "added_tokens.json",
-                            "vocab.json",         "merges.txt",            "chat_template.jinja"};
+  files.copy_from_source = copied_model_files();
   files.max_shard_bytes = o.max_shard_bytes;
-  rep.out_bytes = write_checkpoint(out_dir, files, o.force);
+  rep.out_bytes = output.commit(files, cancelled);  // Ctrl-C while writing: nothing replaced
   rep.seconds_write = since(tw);
   rep.seconds_total = since(t_start);
   return rep;

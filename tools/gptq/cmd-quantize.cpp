@@ -23,7 +23,9 @@ Runner add_quantize(CLI::App& app) {
   QuantizeOptions& o = a->o;
   CLI::App* c = app.add_subcommand("quantize", "Quantize a model with GPTQ (or RTN) into an AutoGPTQ/GPTQModel checkpoint");
   c->add_option("-m,--model", a->model, "Model folder (Hugging Face layout, fp16/bf16/fp32)")->required();
-  c->add_option("-o,--output", a->out, "Output folder (refused if it exists, unless --force)")->required();
+  c->add_option("-o,--output", a->out,
+                "Output folder, outside the model folder (refused if it exists, unless --force)")
+      ->required();
   c->add_option("--bits", o.bits, "Bits per weight: 2, 3, 4 or 8")->check(CLI::IsMember({2, 3, 4, 8}));
   c->add_option("--group-size", o.group_size, "Inputs per quantization group (-1: one group per row)");
   c->add_flag("--desc-act,--act-order", o.desc_act, "Quantize columns in order of decreasing Hessian diagonal (g_idx)");
@@ -41,7 +43,7 @@ Runner add_quantize(CLI::App& app) {
       ->check(CLI::IsMember({"gptq", "gptq_v2"}));
   c->add_option("--max-shard-size", a->max_shard, "Split model.safetensors into shards of at most this size (e.g. 2GB)");
   c->add_option("-t,--threads", o.threads, "Threads (0: all cores)")->check(int_in(0, INT32_MAX));
-  c->add_flag("--force", o.force, "Replace an existing output folder");
+  c->add_flag("--force", o.force, "Replace an existing output folder: an earlier output of gptq quantize, or an empty one");
   c->add_flag("--json", a->json, "Print the report as JSON");
   c->add_flag("-q,--quiet", a->quiet, "No progress bar");
   return [a]() {
