@@ -12,6 +12,7 @@
 #include "core/json.h"
 #include "core/mapped_file.h"
 #include "gptq/error.h"
+#include "io/safetensors_parse.h"
 
 namespace gptq {
 
@@ -23,18 +24,21 @@ constexpr uint64_t kMaxHeader = uint64_t(100) << 20;  // the format's own limit 
 
 SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
   map_ = std::make_unique<MappedFile>(path);
-  const size_t size = map_->size();
+  parse_safetensors(path, map_->data(), map_->size(), tensors_, metadata_);
+}
+
+void parse_safetensors(const std::string& path, const uint8_t* data, size_t size,
+                       std::map<std::string, TensorView>& tensors, std::map<std::string, std::string>& metadata) {
   if (size < 8) fail(path, ": truncated safetensors file (", size, " bytes, need at least 8)");
   uint64_t n = 0;
-  std::memcpy(&n, map_->data(), 8);
+  std::memcpy(&n, data, 8);
   if (n > kMaxHeader) fail(path, ": safetensors header length ", n, " is implausible (corrupt file?)");
   if (8 + n > size)
     fail(path, ": safetensors header length ", n, " runs past the end of the file (", size, " bytes): truncated?");
-  const json header =
-      parse_json(std::string_view(reinterpret_cast<const char*>(map_->data()) + 8, size_t(n)), path + ": header");
+  const json header = parse_json(std::string_view(reinterpret_cast<const char*>(data) + 8, size_t(n)), path + ": header");
   if (!header.is_object()) fail(path, ": safetensors header is not a JSON object");
 
-  const uint8_t* base = map_->data() + 8 + n;
+  const uint8_t* base = data + 8 + n;
   const size_t data_size = size - 8 - n;
   std::vector<std::pair<uint64_t, uint64_t>> ranges;
   std::vector<std::string> range_names;
@@ -43,7 +47,7 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
     if (name == "__metadata__") {
       if (!it->is_object()) fail(path, ": __metadata__ is not an object");
       for (auto m = it->begin(); m != it->end(); ++m)
-        if (m->is_string()) metadata_[m.key()] = m->get<std::string>();
+        if (m->is_string()) metadata[m.key()] = m->get<std::string>();
       continue;
     }
     const json& e = *it;
@@ -81,7 +85,7 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
     t.nbytes = size_t(en - b);
     ranges.emplace_back(b, en);
     range_names.push_back(name);
-    tensors_.emplace(name, std::move(t));
+    tensors.emplace(name, std::move(t));
   }
   std::vector<size_t> order(ranges.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
