@@ -3,7 +3,8 @@
 set -euo pipefail
 pkgs=(build-essential cmake ninja-build ccache pkg-config git
       nlohmann-json3-dev libcli11-dev libpcre2-dev libopenblas-dev liblapacke-dev libssl-dev
-      libgtest-dev libgmock-dev libbenchmark-dev libcpp-httplib-dev)
+      libgtest-dev libgmock-dev libbenchmark-dev libcpp-httplib-dev
+      clang libclang-rt-14-dev)  # clang + its libFuzzer runtime: scripts/fuzz.sh
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
