@@ -4,7 +4,7 @@
 // quant::dequantize(). Input: 5 bytes of layout, then the tensor bytes.
 //   byte 0  bits: 2/3/4/8 by the low 2 bits, or (bit 7 set) the signed byte itself
 //   byte 1  group_size: -1, 16, 32, 64, 128, K, 0, -2 by the low 3 bits, or (bit 7) the signed byte
-//   byte 2  K: (b & 15 + 1) * 16, or (bit 7) b & 127;  byte 3  N: likewise
+//   byte 2  K: (b & 7 + 1) * 16, or (bit 7) b & 127;  byte 3  N: likewise
 //   byte 4  bit 0 gptq_v2, bit 1 g_idx present, bit 2 fp16 bias
 //   then qweight, qzeros (int32), scales (fp16), g_idx (one signed byte per entry), bias (fp16),
 //   the input repeated when it runs out. GPTQ_FUZZ_WRITE_SEEDS=DIR writes valid layers of every
@@ -44,9 +44,9 @@ struct Bytes {
   }
 };
 
-int64_t dim(uint8_t b) { return b & 0x80 ? b & 0x7F : ((b & 15) + 1) * 16; }
+int64_t dim(uint8_t b) { return b & 0x80 ? b & 0x7F : ((b & 7) + 1) * 16; }
 
-// A valid layer in the input format above: K, N multiples of 16 up to 256.
+// A valid layer in the input format above: K, N multiples of 16 up to 128.
 std::string make_seed(int bits, int group_sel, int64_t K, int64_t N, uint8_t flags, uint32_t seed) {
   static const int kBits[] = {2, 3, 4, 8};
   const int group = group_sel == 5 ? int(K) : std::vector<int>{-1, 16, 32, 64, 128}[size_t(group_sel)];

@@ -28,7 +28,7 @@ table=(
   "fuzz_safetensors      16384  safetensors"
   "fuzz_config            4096  config"
   "fuzz_tokenizer_load   65536  tokenizer"
-  "fuzz_tokenize          2048  -"
+  "fuzz_tokenize          1024  -"
   "fuzz_gptq              8192  -"
   "fuzz_gptq_checkpoint  24576  config"
 )
