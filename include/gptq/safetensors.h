@@ -2,6 +2,7 @@
 // spans the shards of a model folder, and a writer (temp name + rename, never half-written).
 #pragma once
 
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <string>
@@ -34,6 +35,7 @@ class SafetensorsFile {
   std::unique_ptr<MappedFile> map_;
   std::map<std::string, TensorView> tensors_;
   std::map<std::string, std::string> metadata_;
+  std::vector<std::unique_ptr<uint8_t[]>> aligned_copies_;  // of tensors the file leaves misaligned
 };
 
 // All tensors of a model folder: model.safetensors, or the shards named by

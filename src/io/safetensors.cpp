@@ -25,6 +25,15 @@ constexpr uint64_t kMaxHeader = uint64_t(100) << 20;  // the format's own limit 
 SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
   map_ = std::make_unique<MappedFile>(path);
   parse_safetensors(path, map_->data(), map_->size(), tensors_, metadata_);
+  // Kernels and validators read tensors through typed pointers (int32 qweight, fp16 scales, ...).
+  // The format does not require a tensor to start at a multiple of its element size (safetensors'
+  // own writer always does it); such a tensor is read from an aligned copy instead of the map.
+  for (auto& [name, t] : tensors_) {
+    if (reinterpret_cast<uintptr_t>(t.data) % dtype_size(t.dtype) == 0) continue;
+    aligned_copies_.push_back(std::make_unique<uint8_t[]>(t.nbytes));  // operator new: 16-byte aligned
+    std::memcpy(aligned_copies_.back().get(), t.data, t.nbytes);
+    t.data = aligned_copies_.back().get();
+  }
 }
 
 void parse_safetensors(const std::string& path, const uint8_t* data, size_t size,
