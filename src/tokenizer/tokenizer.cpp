@@ -221,7 +221,8 @@ std::string Tokenizer::kind() const { return impl_->byte_level ? "byte-level-bpe
 // and emitted_ counts the bytes of decode(ids_) returned so far. The guard absorbs what decoders do
 // to the first token (Strip's leading space, Metaspace's first "▁"), so the text after it decodes
 // exactly as in decode(all ids). A token can be a guard when nothing before it is held back and it
-// cannot join a later token: not a <0xNN> byte of a ByteFallback run, not a skipped special token.
+// cannot join a later token: not a <0xNN> byte of a ByteFallback run, not a skipped special token,
+// not a token that decodes to nothing on its own.
 
 StreamDecoder::StreamDecoder(const Tokenizer& tok, bool skip_special) : tok_(tok), skip_special_(skip_special) {}
 
@@ -260,8 +261,12 @@ std::string StreamDecoder::push(int32_t id) {
 
   const bool guard = !invisible(id) && !(im.decoder_byte_fallback && im.is_byte_token(id));
   if (ids_.size() > 1 && keep == ids_.size() && stable == text.size() && guard) {
-    ids_.assign(1, id);
-    emitted_ = tok_.decode(ids_, skip_special_).size();
+    // The guard's text must also survive decoding alone: a Strip (after Fuse) removing more spaces
+    // than the guard holds, at its start or end, would otherwise eat into the text around it.
+    if (const std::string alone = tok_.decode({id}, skip_special_); !alone.empty()) {
+      ids_.assign(1, id);
+      emitted_ = alone.size();
+    }
   }
   return out;
 }
