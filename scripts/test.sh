@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what is missing, builds, and runs the tests.
-#   scripts/test.sh             the suite CI runs (everything but the cases named Slow*)
+#   scripts/test.sh             the suite CI runs (everything but the cases named Slow*), then
+#                               a 20 s run of each fuzz target (scripts/fuzz.sh)
 #   scripts/test.sh --all       also the Slow* cases (the full quantization quality matrix)
 #   scripts/test.sh --sanitize  also the suite under AddressSanitizer + UndefinedBehaviorSanitizer
 set -euo pipefail
@@ -18,6 +19,8 @@ scripts/build.sh
 exclude=(-E Slow)
 [ "$all" = 1 ] && exclude=()
 (cd build && ctest --output-on-failure -j "$(nproc)" --timeout 3000 "${exclude[@]}")
+# A short run of every libFuzzer target (clang build in build-fuzz/, ~20 s each; see README).
+scripts/fuzz.sh
 if [ "$sanitize" = 1 ]; then
   BUILD_DIR=build-asan scripts/build.sh -DCMAKE_BUILD_TYPE=RelWithDebInfo -DGPTQ_SANITIZE=ON -DGPTQ_CUDA=OFF -DGPTQ_BUILD_BENCH=OFF
   # The long golden and quality cases are left out: under ASan they take an hour and add no coverage.
