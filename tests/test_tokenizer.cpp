@@ -217,6 +217,23 @@ TEST(TokenizerStream, RandomIdsAddUpToDecode) {
   }
 }
 
+// Long runs of U+FFFD (invalid input bytes, repaired on encode) once made every push() re-decode
+// the whole run: 16 KiB of 0xFF took 36 s to stream through a byte-level tokenizer. At 256 KiB
+// that would run for hours (the test's timeout); streaming is linear now.
+TEST(TokenizerStream, LongReplacementRunsStreamInLinearTime) {
+  for (const char* model : {"llama-gutenberg-22m", "bytebpe-gpt2-style", "bytebpe-llama3-style"}) {
+    const std::string path = shared_path(std::string("models/") + model + "/tokenizer.json");
+    if (path.empty() || !fs::exists(path)) GTEST_SKIP() << path << " not found: test skipped";
+    const Tokenizer tok = Tokenizer::from_file(path);
+    for (const char byte : {'\xFF', '\xE2'}) {
+      SCOPED_TRACE(std::string(model) + " byte " + std::to_string(static_cast<unsigned char>(byte)));
+      const auto ids = tok.encode(std::string(256 * 1024, byte), false);
+      ASSERT_GT(ids.size(), 100000u);  // a long run of ids, each U+FFFD or part of one
+      EXPECT_EQ(stream_decode(tok, ids), tok.decode(ids));
+    }
+  }
+}
+
 TEST(TokenizerStream, LongTextAddsUpToDecode) {
   const std::string wiki = shared_path("data/wikitext-2-raw/wiki.test.raw");
   if (wiki.empty() || !fs::exists(wiki)) GTEST_SKIP() << "../shared/data/wikitext-2-raw not found: test skipped";

@@ -60,8 +60,11 @@ class StreamDecoder {
  private:
   const Tokenizer& tok_;
   bool skip_special_;
-  std::vector<int32_t> ids_;  // the tail still being decoded, from a token whose text is already out
+  bool bytes_mode_;           // the decoder is utf8_lossy of token bytes (ByteLevel): pending_ is used
+  std::string pending_;       // bytes mode: an incomplete trailing character
+  std::vector<int32_t> ids_;  // otherwise: the tail still being decoded, from a token whose text is out
   size_t emitted_ = 0;        // bytes of decode(ids_) already returned
+  size_t run_start_;          // where a trailing run of <0xNN> tokens starts in ids_ (npos: none)
 };
 
 }  // namespace gptq

@@ -141,26 +141,24 @@ class ByteLevelDecoder final : public Decoder {
  public:
   void decode_chain(std::vector<std::string>& tokens) const override {
     std::string bytes;
-    for (const auto& t : tokens) {
-      const size_t mark = bytes.size();
-      bool all_mapped = true;
-      for (size_t i = 0; i < t.size();) {
-        const int b = char_to_byte(utf8_next(t, i));
-        if (b < 0) {
-          all_mapped = false;
-          break;
-        }
-        bytes += static_cast<char>(b);
-      }
-      // A token with a character outside the table (an added token) keeps its own bytes.
-      if (!all_mapped) {
-        bytes.resize(mark);
-        bytes += t;
-      }
-    }
+    for (const auto& t : tokens) append_bytes(t, bytes);
     tokens.assign(1, utf8_lossy(bytes));
   }
   bool byte_level() const override { return true; }
+  bool append_bytes(const std::string& token, std::string& bytes) const override {
+    const size_t mark = bytes.size();
+    for (size_t i = 0; i < token.size();) {
+      const int b = char_to_byte(utf8_next(token, i));
+      if (b < 0) {
+        // A token with a character outside the table (an added token) keeps its own bytes.
+        bytes.resize(mark);
+        bytes += token;
+        return true;
+      }
+      bytes += static_cast<char>(b);
+    }
+    return true;
+  }
 };
 
 class MetaspaceDecoder final : public Decoder {

@@ -16,6 +16,9 @@ class Decoder {
   virtual ~Decoder() = default;
   virtual void decode_chain(std::vector<std::string>& tokens) const = 0;
   virtual bool byte_level() const { return false; }
+  // A decoder whose text is utf8_lossy(the concatenated bytes of each token) appends the bytes of
+  // one token and returns true (ByteLevel); the others return false. StreamDecoder uses it.
+  virtual bool append_bytes(const std::string& /*token*/, std::string& /*bytes*/) const { return false; }
 
   std::string decode(std::vector<std::string> tokens) const;
 };

@@ -217,50 +217,69 @@ std::string Tokenizer::kind() const { return impl_->byte_level ? "byte-level-bpe
 
 // ---- streaming --------------------------------------------------------------------------------
 //
-// push() re-decodes only a short tail: ids_ starts at a "guard" token whose text is already out,
-// and emitted_ counts the bytes of decode(ids_) returned so far. The guard absorbs what decoders do
-// to the first token (Strip's leading space, Metaspace's first "▁"), so the text after it decodes
-// exactly as in decode(all ids). A token can be a guard when nothing before it is held back and it
-// cannot join a later token: not a <0xNN> byte of a ByteFallback run, not a skipped special token,
-// not a token that decodes to nothing on its own.
+// Byte-level tokenizers (text = utf8_lossy of the tokens' bytes) stream in bytes: everything but an
+// incomplete trailing character is final, since a byte that can start a sequence always does.
+//
+// Other decoders: push() re-decodes only a short tail: ids_ starts at a "guard" token whose text is
+// already out, and emitted_ counts the bytes of decode(ids_) returned so far. The guard absorbs what
+// decoders do to the first token (Strip's leading space, Metaspace's first "▁"), so the text after
+// it decodes exactly as in decode(all ids). A token can be a guard when nothing before it is held
+// back and it cannot join a later token: not a <0xNN> byte of a ByteFallback run, not a skipped
+// special token, not a token that decodes to nothing on its own.
 
-StreamDecoder::StreamDecoder(const Tokenizer& tok, bool skip_special) : tok_(tok), skip_special_(skip_special) {}
+StreamDecoder::StreamDecoder(const Tokenizer& tok, bool skip_special)
+    : tok_(tok),
+      skip_special_(skip_special),
+      bytes_mode_(tok.impl_->decoder != nullptr && [&] {
+        std::string probe;
+        return tok.impl_->decoder->append_bytes("", probe);
+      }()),
+      run_start_(std::string::npos) {}
 
 std::string StreamDecoder::push(int32_t id) {
-  ids_.push_back(id);
   const Tokenizer::Impl& im = *tok_.impl_;
+  if (bytes_mode_) {
+    // The token strings decode() would hand to the decoder: unknown ids and skipped specials add nothing.
+    if (const auto* t = im.added_token(id)) {
+      if (!(skip_special_ && t->special)) im.decoder->append_bytes(t->content, pending_);
+    } else if (const std::string* s = im.model.id_to_token(id)) {
+      im.decoder->append_bytes(*s, pending_);
+    }
+    const size_t final_bytes = pending_.size() - tok::utf8_incomplete_tail(pending_);
+    std::string out = tok::utf8_lossy(std::string_view(pending_).substr(0, final_bytes));
+    pending_.erase(0, final_bytes);
+    return out;
+  }
 
+  ids_.push_back(id);
   // A trailing run of <0xNN> tokens is not final: HF turns the whole run into U+FFFDs if any later
-  // byte makes it invalid UTF-8, so even a complete character in it may still change.
-  // Ids that decode to nothing (skipped specials, unknown ids) do not end a run.
+  // byte makes it invalid UTF-8, so even a complete character in it may still change. While the
+  // run grows, nothing changes. Ids that decode to nothing (skipped specials, unknown ids) do not
+  // end a run.
   auto invisible = [&](int32_t t) {
     return (skip_special_ && im.is_special(t)) || (im.added_token(t) == nullptr && im.model.id_to_token(t) == nullptr);
   };
-  size_t keep = ids_.size();
-  if (im.decoder_byte_fallback) {
-    for (size_t j = ids_.size(); j > 0; --j) {
-      const int32_t t = ids_[j - 1];
-      if (im.is_byte_token(t)) {
-        keep = j - 1;
-      } else if (!invisible(t)) {
-        break;
-      }
-    }
+  const bool byte = im.decoder_byte_fallback && im.is_byte_token(id);
+  if (byte && run_start_ == std::string::npos) run_start_ = ids_.size() - 1;
+  if (run_start_ != std::string::npos) {
+    if (byte || invisible(id)) return {};
+    run_start_ = std::string::npos;
   }
-  const std::string text =
-      tok_.decode(keep == ids_.size() ? ids_ : std::vector<int32_t>(ids_.begin(), ids_.begin() + keep), skip_special_);
-  // Byte-level decoding turns an incomplete trailing character into U+FFFD: hold those back too.
+  const std::string text = tok_.decode(ids_, skip_special_);
+  // A decoder chain with ByteLevel in it turns an incomplete trailing character into U+FFFD: hold
+  // those back too.
   size_t stable = text.size();
-  const size_t r = tok::kReplacementChar.size();
-  while (stable >= r && std::string_view(text).substr(stable - r, r) == tok::kReplacementChar) stable -= r;
+  if (im.decoder != nullptr && im.decoder->byte_level()) {
+    const size_t r = tok::kReplacementChar.size();
+    while (stable >= r && std::string_view(text).substr(stable - r, r) == tok::kReplacementChar) stable -= r;
+  }
   std::string out;
   if (stable > emitted_) {
     out = text.substr(emitted_, stable - emitted_);
     emitted_ = stable;
   }
 
-  const bool guard = !invisible(id) && !(im.decoder_byte_fallback && im.is_byte_token(id));
-  if (ids_.size() > 1 && keep == ids_.size() && stable == text.size() && guard) {
+  if (ids_.size() > 1 && stable == text.size() && !invisible(id) && !byte) {
     // The guard's text must also survive decoding alone: a Strip (after Fuse) removing more spaces
     // than the guard holds, at its start or end, would otherwise eat into the text around it.
     if (const std::string alone = tok_.decode({id}, skip_special_); !alone.empty()) {
@@ -272,6 +291,11 @@ std::string StreamDecoder::push(int32_t id) {
 }
 
 std::string StreamDecoder::flush() {
+  if (bytes_mode_) {
+    std::string out = tok::utf8_lossy(pending_);
+    pending_.clear();
+    return out;
+  }
   const std::string text = tok_.decode(ids_, skip_special_);
   std::string out = emitted_ < text.size() ? text.substr(emitted_) : std::string();
   emitted_ = std::max(emitted_, text.size());

@@ -68,6 +68,18 @@ size_t utf8_valid_prefix(std::string_view s) {
   return i;
 }
 
+size_t utf8_incomplete_tail(std::string_view s) {
+  for (size_t k = 1; k <= 3 && k <= s.size(); ++k) {
+    const size_t p = s.size() - k;
+    const auto b = static_cast<unsigned char>(s[p]);
+    if ((b & 0xC0) == 0x80) continue;  // a continuation byte: its lead is further back
+    // Any other byte starts a sequence in a left-to-right scan (it is never a continuation).
+    size_t consumed;
+    return valid_seq_at(s, p, consumed) == 0 && p + consumed == s.size() && utf8_seq_len(b) > k ? k : 0;
+  }
+  return 0;
+}
+
 std::string utf8_lossy(std::string_view bytes) {
   std::string out;
   out.reserve(bytes.size());

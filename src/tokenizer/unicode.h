@@ -43,6 +43,10 @@ size_t utf8_valid_prefix(std::string_view s);
 // Python's bytes.decode("utf-8", "replace") do (HF's ByteLevel decoder relies on this).
 std::string utf8_lossy(std::string_view bytes);
 
+// Length (0-3) of a trailing sequence that is valid so far but incomplete: what more bytes may
+// still turn into a character instead of a U+FFFD.
+size_t utf8_incomplete_tail(std::string_view s);
+
 // Unicode White_Space, as Rust's char::is_whitespace (used by lstrip/rstrip and Strip).
 bool is_unicode_whitespace(uint32_t cp);
 
