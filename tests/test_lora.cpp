@@ -228,6 +228,8 @@ std::vector<Case> cases() {
   };
 }
 
+void PrintTo(const Case& c, std::ostream* os) { *os << c.name << ": " << c.config.dump(); }
+
 class MergeLora : public testing::TestWithParam<Case> {};
 
 TEST_P(MergeLora, MergedWeightsAreWPlusScaledBA) {
