@@ -660,7 +660,10 @@ TEST(LoraRefusals, QuantizedBaseOutputFoldersAndForce) {
   expect_cli_error(merge(b, root, true), {"contains the input"});
   expect_cli_error(merge(b, root / "base", true), {"is the input model folder (--base "});
   expect_cli_error(merge(b, root / "base" / "m"), {"lies inside the input model folder"});
+  expect_cli_error(run_cli({"quantize", "-m", b, "--lora", ad.string(), "-o", (ad / "q").string(), "--method", "rtn", "-q"}),
+                   {"lies inside the input adapter folder (--lora "});
   EXPECT_FALSE(fs::exists(ad / "merged"));
+  EXPECT_FALSE(fs::exists(ad / "q"));
   EXPECT_FALSE(fs::exists(root / "base" / "m"));
 
   // --force: an earlier merge output is replaced (same bytes), anything else refused.

@@ -128,6 +128,8 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
     lora.emplace(merge_lora_in_memory(model_dir, o.lora_adapter));
     rep.warnings = lora->warnings;
   }
+  // Recorded in quantize_config.json: what --lora merged, or what merge-lora merged into -m.
+  const nlohmann::ordered_json adapters = lora ? lora->adapters : merged_adapters(model_dir);
   LoadOptions lo;
   lo.threads = o.threads;
   lo.replace = lora ? &lora->tensors : nullptr;
@@ -372,7 +374,7 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
     if (!p.bias.empty()) files.tensors.push_back({name + ".bias", DType::kF16, {p.N}, p.bias.data(), p.bias.size() * 2});
   }
   nlohmann::ordered_json config = parse_ordered_json(read_text_file(path_join(model_dir, "config.json")), path_join(model_dir, "config.json"));
-  const std::string qc = quant_config_json(o, lora ? lora->adapters : merged_adapters(model_dir));
+  const std::string qc = quant_config_json(o, adapters);
   config["quantization_config"] = nlohmann::ordered_json::parse(qc);
   config[config.contains("dtype") ? "dtype" : "torch_dtype"] = "float16";
   files.text_files = {{"config.json", config.dump(2) + "\n"}, {"quantize_config.json", qc + "\n"}};
