@@ -602,6 +602,12 @@ TEST(LoraRefusals, BadAdaptersAreRefusedAndNothingIsWritten) {
          with_tensors(d, [&](Adapter& a) { add_lora(a, base, "model.layers.1.mlp.up_proj", 4, 2.0); });
        },
        {"model.layers.1.mlp.up_proj", "does not select"}},
+      {"another_model", [&](const fs::path& d) {
+         with_tensors(d, [](Adapter& a) {
+           a.tensors["base_model.model.model.layers.7.self_attn.q_proj.lora_A.weight"] = {{4, 128}, std::vector<float>(512, 0.1f)};
+         });
+       },
+       {"model.layers.7.self_attn.q_proj", "does not have", "another model"}},
       {"dora_tensor", [&](const fs::path& d) {
          with_tensors(d, [](Adapter& a) {
            a.tensors["base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector"] = {{128}, std::vector<float>(128, 1.f)};

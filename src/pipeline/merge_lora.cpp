@@ -174,9 +174,12 @@ MergedTensors merge_lora_in_memory(const std::string& base_dir, const std::strin
     for (auto [suffix, map] : {std::pair{".lora_A.weight", &lora_a}, std::pair{".lora_B.weight", &lora_b}})
       if (ends_with(rest, suffix)) {
         const std::string mod = rest.substr(0, rest.size() - std::strlen(suffix));
+        if (!modules.count(mod))
+          fail(afile, ": tensor ", name, " is for ", mod, ", which the base ", base_dir,
+               " does not have: is the adapter for another model?");
         if (!targeted.count(mod))
           fail(afile, ": tensor ", name, " is for ", mod, ", which target_modules ", a.targets_text(),
-               " does not select in this base (adapter_config.json and the weights disagree, or another model)");
+               " does not select (adapter_config.json and the weights disagree)");
         (*map)[mod] = &t;
         is_lora = true;
       }
