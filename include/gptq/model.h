@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -16,6 +17,7 @@ class TensorStore;
 class Backend;
 class Weight;
 struct Tensor;
+struct TensorView;
 struct BatchPlan;
 struct LlamaWeights;
 struct Workspace;
@@ -107,6 +109,9 @@ class LayerObserver {
 struct LoadOptions {
   int threads = 0;  // CPU threads; 0: all hardware threads
   std::shared_ptr<Backend> backend;  // null: a CPU backend with `threads`
+  // Tensors used in place of the folder's of the same names (a LoRA adapter merged in memory);
+  // they must outlive the model.
+  const std::map<std::string, TensorView>* replace = nullptr;
 };
 
 class Model {

@@ -26,6 +26,7 @@ struct QuantizeOptions {
   uint64_t max_shard_bytes = 0; // 0: one model.safetensors
   int threads = 0;              // 0: all cores
   bool force = false;           // replace an existing output folder (an earlier output of ours, or empty)
+  std::string lora_adapter;     // a PEFT LoRA adapter folder, merged in memory first (gptq/lora.h)
   bool progress = true;         // progress bars on stderr
   const std::atomic<bool>* cancel = nullptr;  // set (e.g. by SIGINT) to stop; nothing is written
 };

@@ -48,6 +48,9 @@ class TensorStore {
   // Throws gptq::Error "missing tensor NAME in DIR" when absent.
   const TensorView& get(const std::string& name) const;
   const std::map<std::string, const TensorView*>& all() const { return index_; }
+  // Serves these views in place of the folder's tensors of the same names (a merged LoRA adapter);
+  // they must outlive the store. Throws gptq::Error for a name the folder does not hold.
+  void replace(const std::map<std::string, TensorView>& tensors);
   const std::vector<std::unique_ptr<SafetensorsFile>>& files() const { return files_; }
   size_t total_file_bytes() const;
   const std::string& dir() const { return dir_; }

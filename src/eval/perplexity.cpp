@@ -1,12 +1,11 @@
 #include "gptq/perplexity.h"
 
-#include <openssl/evp.h>
-
 #include <chrono>
 #include <algorithm>
 #include <cmath>
 
 #include "core/progress.h"
+#include "core/sha256.h"
 #include "backend/cpu/cpu_backend.h"
 #include "core/thread_pool.h"
 #include "gptq/error.h"
@@ -32,18 +31,7 @@ std::string wikitext_join(const std::string& raw) {
   return out;
 }
 
-std::string sha256_hex(const std::string& bytes) {
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int n = 0;
-  EVP_Digest(bytes.data(), bytes.size(), md, &n, EVP_sha256(), nullptr);
-  static const char* hex = "0123456789abcdef";
-  std::string s;
-  for (unsigned i = 0; i < n; ++i) {
-    s += hex[md[i] >> 4];
-    s += hex[md[i] & 15];
-  }
-  return s;
-}
+std::string sha256_hex(const std::string& bytes) { return sha256_of(bytes); }
 
 double quantile(std::vector<double> v, double p) {
   if (v.empty()) return 0;

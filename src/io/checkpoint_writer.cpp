@@ -46,7 +46,7 @@ bool is_shard_name(std::string_view n) {
 // A name this tool writes into a finished output.
 bool is_output_name(const std::string& n) {
   static const char* const own[] = {"config.json", "quantize_config.json", "model.safetensors",
-                                    "model.safetensors.index.json", kLockName};
+                                    "model.safetensors.index.json", kLoraMergeFile, kLockName};
   for (const char* o : own)
     if (n == o) return true;
   return is_shard_name(n) ||
@@ -101,26 +101,33 @@ bool on_chain(fs::path p, const FileId& id) {
   }
 }
 
+// Whether dir/file is a JSON object whose meta.<key> (a string or a list of them) names this tool.
+bool marked_ours(const fs::path& dir, const char* file, const char* key) {
+  const std::string path = (dir / file).string();
+  if (!file_exists(path)) return false;
+  try {
+    const nlohmann::json j = parse_json(read_text_file(path, size_t(1) << 20), path);
+    if (!j.is_object() || !j.contains("meta") || !j["meta"].is_object() || !j["meta"].contains(key)) return false;
+    nlohmann::json q = j["meta"][key];
+    if (!q.is_array()) q = nlohmann::json::array({q});
+    for (const auto& s : q)
+      if (s.is_string() && s.get<std::string>().rfind("gptq.cpp:", 0) == 0) return true;
+  } catch (const Error&) {
+  }
+  return false;
+}
+
 // Why an existing folder may not be replaced by --force, or "" when it may: it is empty, or an
 // earlier output of this tool (its marker, and nothing but what the tool writes).
 std::string why_not_replaceable(const fs::path& dir) {
   size_t n = 0;
   const std::string foreign = first_foreign_entry(dir, is_output_name, &n);
   if (foreign.rfind("(cannot", 0) == 0) return foreign.substr(1, foreign.size() - 2);
-  if (!foreign.empty()) return "holds " + foreign + ", which gptq quantize does not write";
+  if (!foreign.empty()) return "holds " + foreign + ", which gptq quantize and merge-lora do not write";
   if (n == 0) return "";
-  const std::string qc = (dir / "quantize_config.json").string();
-  bool ours = false;
-  try {
-    const nlohmann::json j = parse_json(read_text_file(qc, size_t(1) << 20), qc);
-    if (j.is_object() && j.contains("meta") && j["meta"].is_object() && j["meta"].contains("quantizer")) {
-      nlohmann::json q = j["meta"]["quantizer"];
-      if (!q.is_array()) q = nlohmann::json::array({q});
-      for (const auto& s : q) ours |= s.is_string() && s.get<std::string>().rfind("gptq.cpp:", 0) == 0;
-    }
-  } catch (const Error&) {
-  }
-  if (!ours) return "is not an output of gptq quantize (no quantize_config.json with meta.quantizer \"gptq.cpp:...\")";
+  if (!marked_ours(dir, "quantize_config.json", "quantizer") && !marked_ours(dir, kLoraMergeFile, "merger"))
+    return "is not an output of gptq quantize or merge-lora (no quantize_config.json with meta.quantizer "
+           "\"gptq.cpp:...\", no lora_merge.json with meta.merger \"gptq.cpp:...\")";
   if (::access(dir.c_str(), W_OK | X_OK) != 0) return "is read-only, so its files could not be removed";
   return "";
 }
@@ -202,12 +209,19 @@ void write_files(const fs::path& dir, const CheckpointFiles& files) {
   std::vector<std::vector<TensorToWrite>> shards(1);
   uint64_t cur = 0, total = 0;
   for (const auto& t : sorted) {
-    if (files.max_shard_bytes > 0 && cur > 0 && cur + t.nbytes > files.max_shard_bytes) {
-      shards.emplace_back();
-      cur = 0;
+    if (!files.shard_of.empty()) {
+      const auto it = files.shard_of.find(t.name);
+      GPTQ_ASSERT(it != files.shard_of.end(), "no shard given for tensor ", t.name);
+      if (shards.size() <= it->second) shards.resize(it->second + 1);
+      shards[it->second].push_back(t);
+    } else {
+      if (files.max_shard_bytes > 0 && cur > 0 && cur + t.nbytes > files.max_shard_bytes) {
+        shards.emplace_back();
+        cur = 0;
+      }
+      shards.back().push_back(t);
+      cur += t.nbytes;
     }
-    shards.back().push_back(t);
-    cur += t.nbytes;
     total += t.nbytes;
   }
   if (shards.size() == 1) {
@@ -240,8 +254,13 @@ const std::vector<std::string>& copied_model_files() { return kCopiedModelFiles;
 
 CheckpointOutput::CheckpointOutput(std::string out_dir, std::string model_dir, std::vector<std::string> input_files,
                                    bool force)
-    : given_(std::move(out_dir)), model_dir_(std::move(model_dir)), input_files_(std::move(input_files)),
-      force_(force) {
+    : CheckpointOutput(std::move(out_dir),
+                       model_dir.empty() ? std::vector<InputFolder>{} : std::vector<InputFolder>{{model_dir, "-m"}},
+                       std::move(input_files), force) {}
+
+CheckpointOutput::CheckpointOutput(std::string out_dir, std::vector<InputFolder> inputs,
+                                   std::vector<std::string> input_files, bool force)
+    : given_(std::move(out_dir)), inputs_(std::move(inputs)), input_files_(std::move(input_files)), force_(force) {
   if (given_.empty()) fail("no output folder given (-o)");
   fs::path p = fs::absolute(fs::path(given_)).lexically_normal();
   if (p.filename().empty()) p = p.parent_path();  // "out/", "."
@@ -260,25 +279,25 @@ void CheckpointOutput::refuse(const std::string& why) const { fail("-o ", given_
 void CheckpointOutput::check() const {
   std::error_code ec;
   const std::optional<FileId> out_id = file_id(target_);
-  // The input is never replaced, written into or removed, whatever --force says.
-  const fs::path model = model_dir_.empty() ? fs::path() : fs::canonical(model_dir_, ec);
-  const std::optional<FileId> model_id = model.empty() ? std::nullopt : file_id(model);
-  if (model_id) {
-    if (out_id == model_id)
-      refuse("is the input model folder (-m " + model_dir_ + "): the output needs a folder of its own");
-    if (out_id && on_chain(model.parent_path(), *out_id))
-      refuse("contains the input model folder (-m " + model_dir_ + "): the output needs a folder of its own");
-    if (on_chain(target_.parent_path(), *model_id))
-      refuse("lies inside the input model folder (-m " + model_dir_ + "): choose a folder outside it");
+  // Input files, and what the input folders' links point to (the Hugging Face cache links a
+  // snapshot's files to its blobs/ folder).
+  std::vector<std::string> files = input_files_;
+  // An input is never replaced, written into or removed, whatever --force says.
+  for (const InputFolder& in : inputs_) {
+    const fs::path dir = in.dir.empty() ? fs::path() : fs::canonical(in.dir, ec);
+    const std::optional<FileId> id = dir.empty() ? std::nullopt : file_id(dir);
+    if (!id) continue;
+    const std::string named = " (" + in.option + " " + in.dir + ")";
+    if (out_id == id) refuse("is the input " + in.what + named + ": the output needs a folder of its own");
+    if (out_id && on_chain(dir.parent_path(), *out_id))
+      refuse("contains the input " + in.what + named + ": the output needs a folder of its own");
+    if (on_chain(target_.parent_path(), *id)) refuse("lies inside the input " + in.what + named + ": choose a folder outside it");
+    size_t n = 0;
+    if (out_id)
+      for (fs::directory_iterator it(dir, ec), end; !ec && it != end && ++n <= kMaxEntries; it.increment(ec))
+        if (std::error_code e2; it->is_symlink(e2)) files.push_back(it->path().string());
   }
   if (out_id) {
-    // Input files, and what the model folder's links point to (the Hugging Face cache links a
-    // snapshot's files to its blobs/ folder).
-    std::vector<std::string> files = input_files_;
-    size_t n = 0;
-    if (model_id)
-      for (fs::directory_iterator it(model, ec), end; !ec && it != end && ++n <= kMaxEntries; it.increment(ec))
-        if (std::error_code e2; it->is_symlink(e2)) files.push_back(it->path().string());
     for (const auto& f : files) {
       if (f.empty()) continue;
       std::error_code e2;
@@ -292,7 +311,7 @@ void CheckpointOutput::check() const {
   if (!fs::is_directory(st)) refuse("exists and is not a folder");
   if (!force_) refuse("the output folder exists (use --force to replace it)");
   if (const std::string why = why_not_replaceable(target_); !why.empty())
-    refuse(why + ": --force replaces only an empty folder or an earlier output of gptq quantize");
+    refuse(why + ": --force replaces only an empty folder or an earlier output of gptq quantize or merge-lora");
 }
 
 void CheckpointOutput::open() {

@@ -3,10 +3,11 @@
 // end, so readers never see a half-written checkpoint.
 //
 // The output folder is the user's, so it is guarded as well as written:
-// - it may not be, contain or lie inside the input model folder (nor contain an input file);
+// - it may not be, contain or lie inside an input folder (the model; merge-lora's base and adapter),
+//   nor contain an input file;
 // - an existing one is replaced only with force, and only when it is empty or an earlier output
-//   of this tool (its quantize_config.json says meta.quantizer "gptq.cpp:..." and it holds no file
-//   this tool does not write);
+//   of this tool (its quantize_config.json says meta.quantizer "gptq.cpp:...", or its
+//   lora_merge.json meta.merger "gptq.cpp:...", and it holds no file this tool does not write);
 // - the temporary folder holds a lock file flock()ed by the process writing it, so a later run
 //   can tell the partial folder of a killed run (lock free) from a live one (lock held) and
 //   removes only the former;
@@ -17,6 +18,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -30,6 +32,19 @@ struct CheckpointFiles {
   std::vector<std::string> copy_from_source;                      // file names copied from source_dir if present
   std::string source_dir;
   uint64_t max_shard_bytes = 0;  // 0: one file
+  // Tensor name -> shard number (0, 1, ...): a source checkpoint's split kept as it was (every
+  // tensor needs one); empty: split by max_shard_bytes.
+  std::map<std::string, size_t> shard_of;
+};
+
+// The marker `gptq merge-lora` writes into its output (what --force recognises as its own).
+inline constexpr const char* kLoraMergeFile = "lora_merge.json";
+
+// An input folder that an output may not be, contain or lie inside, as the user named it.
+struct InputFolder {
+  std::string dir;
+  std::string option;                // "-m", "--base", "--adapter"
+  std::string what = "model folder"; // for messages: "is the input <what> (<option> <dir>)"
 };
 
 // The files of the source folder that a checkpoint carries over (tokenizer, generation config).
@@ -44,6 +59,9 @@ class CheckpointOutput {
   // out_dir without force, or with force when it is not a folder, not empty and not an earlier
   // output of this tool. model_dir may be empty (no input folder).
   CheckpointOutput(std::string out_dir, std::string model_dir, std::vector<std::string> input_files, bool force);
+  // The same for several input folders (each checked as model_dir is above).
+  CheckpointOutput(std::string out_dir, std::vector<InputFolder> inputs, std::vector<std::string> input_files,
+                   bool force);
   CheckpointOutput(const CheckpointOutput&) = delete;
   CheckpointOutput& operator=(const CheckpointOutput&) = delete;
   // Unless committed: removes the temporary folder and the parent folders this run created.
@@ -71,7 +89,7 @@ class CheckpointOutput {
 
   std::string given_;                     // out_dir as the user wrote it, for messages
   std::filesystem::path target_;          // the folder to write, symbolic links resolved
-  std::string model_dir_;
+  std::vector<InputFolder> inputs_;
   std::vector<std::string> input_files_;
   bool force_ = false;
   std::filesystem::path tmp_;             // the temporary sibling (empty before open())

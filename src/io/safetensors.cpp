@@ -151,6 +151,14 @@ const TensorView& TensorStore::get(const std::string& name) const {
   return *it->second;
 }
 
+void TensorStore::replace(const std::map<std::string, TensorView>& tensors) {
+  for (const auto& [name, t] : tensors) {
+    auto it = index_.find(name);
+    if (it == index_.end()) fail(dir_, ": missing tensor ", name, " (to be replaced)");
+    it->second = &t;
+  }
+}
+
 size_t TensorStore::total_file_bytes() const {
   size_t n = 0;
   for (const auto& f : files_) n += f->file_size();

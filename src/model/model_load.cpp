@@ -171,6 +171,7 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& op
   Backend& be = *m->backend_;
   const ModelConfig& c = m->config_;
   m->store_ = std::make_unique<TensorStore>(TensorStore::open_dir(dir));
+  if (opts.replace) m->store_->replace(*opts.replace);
   const TensorStore& s = *m->store_;
   if (c.quant) {
     // Quantized linears are repacked into buffers of about their file size (dense weights stay

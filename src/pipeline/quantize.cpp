@@ -6,6 +6,7 @@
 #include <cmath>
 #include <deque>
 #include <map>
+#include <optional>
 #include <nlohmann/json.hpp>
 
 #include "core/checked.h"
@@ -21,6 +22,7 @@
 #include "gptq/tokenizer.h"
 #include "gptq/version.h"
 #include "io/checkpoint_writer.h"
+#include "pipeline/merge_lora.h"
 #include "backend/backend.h"
 #include "backend/cpu/cpu_backend.h"
 #include "backend/cpu/fixed_gemm.h"
@@ -61,7 +63,8 @@ void check_options(const QuantizeOptions& o) {
   }
 }
 
-std::string quant_config_json(const QuantizeOptions& o) {
+// adapters: the LoRA adapters merged into the model (merge_lora.h), recorded when there are any.
+std::string quant_config_json(const QuantizeOptions& o, const nlohmann::ordered_json& adapters) {
   nlohmann::ordered_json q;
   q["bits"] = o.bits;
   q["group_size"] = o.group_size;
@@ -78,6 +81,7 @@ std::string quant_config_json(const QuantizeOptions& o) {
                {"method", o.method},
                {"calibration_windows", o.method == "gptq" ? o.nsamples : 0},
                {"calibration_seqlen", o.method == "gptq" ? o.seqlen : 0}};
+  if (!adapters.empty()) q["meta"]["lora_adapters"] = adapters;
   return q.dump(2);
 }
 
@@ -108,15 +112,27 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
   QuantizeOptions o = opts_in;
   check_options(o);
   // -o is checked now and created only once the inputs have been read (CheckpointOutput::open).
-  CheckpointOutput output(out_dir, model_dir, {o.calibration_file}, o.force);
+  std::vector<InputFolder> inputs = {{model_dir, "-m"}};
+  if (!o.lora_adapter.empty()) inputs.push_back({o.lora_adapter, "--lora", "adapter folder"});
+  CheckpointOutput output(out_dir, inputs, {o.calibration_file}, o.force);
   QuantizeReport rep;
   rep.out_dir = out_dir;
   auto cancelled = [&] {
     if (o.cancel && o.cancel->load()) fail("interrupted: nothing was written to ", out_dir);
   };
 
+  // --lora: the adapter merged in memory, as gptq merge-lora would write it; the model and the
+  // checkpoint's unquantized tensors read the merged tensors in place of the folder's.
+  std::optional<MergedTensors> lora;
+  if (!o.lora_adapter.empty()) {
+    lora.emplace(merge_lora_in_memory(model_dir, o.lora_adapter));
+    rep.warnings = lora->warnings;
+  }
+  // Recorded in quantize_config.json: what --lora merged, or what merge-lora merged into -m.
+  const nlohmann::ordered_json adapters = lora ? lora->adapters : merged_adapters(model_dir);
   LoadOptions lo;
   lo.threads = o.threads;
+  lo.replace = lora ? &lora->tensors : nullptr;
   auto model = Model::load(model_dir, lo);
   Backend& be = model->backend();
   const ModelConfig& cfg = model->config();
@@ -335,7 +351,8 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
   const auto tw = Clock::now();
   CheckpointFiles files;
   std::deque<std::vector<uint16_t>> fp16;
-  const TensorStore store = TensorStore::open_dir(model_dir);
+  TensorStore store = TensorStore::open_dir(model_dir);
+  if (lora) store.replace(lora->tensors);
   for (const auto& [name, t] : store.all()) {
     const size_t dot = name.rfind('.');
     const std::string prefix = name.substr(0, dot);
@@ -357,7 +374,7 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
     if (!p.bias.empty()) files.tensors.push_back({name + ".bias", DType::kF16, {p.N}, p.bias.data(), p.bias.size() * 2});
   }
   nlohmann::ordered_json config = parse_ordered_json(read_text_file(path_join(model_dir, "config.json")), path_join(model_dir, "config.json"));
-  const std::string qc = quant_config_json(o);
+  const std::string qc = quant_config_json(o, adapters);
   config["quantization_config"] = nlohmann::ordered_json::parse(qc);
   config[config.contains("dtype") ? "dtype" : "torch_dtype"] = "float16";
   files.text_files = {{"config.json", config.dump(2) + "\n"}, {"quantize_config.json", qc + "\n"}};

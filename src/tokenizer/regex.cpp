@@ -76,4 +76,45 @@ void Regex::find_all(std::string_view text, const std::function<void(size_t, siz
   }
 }
 
+namespace {
+
+// One anchored match of code against text (options: PCRE2_ANCHORED, maybe PCRE2_ENDANCHORED);
+// the ovector of group `group`, or false. The JIT code was compiled for unanchored matching only,
+// so these go through the interpreter (short module names, a handful of calls).
+bool anchored_match(void* code_ptr, const std::string& pattern, std::string_view text, uint32_t options, int group,
+                    size_t* begin, size_t* end) {
+  auto* code = static_cast<pcre2_code*>(code_ptr);
+  pcre2_match_data* md = pcre2_match_data_create_from_pattern(code, nullptr);
+  const int rc = pcre2_match(code, reinterpret_cast<PCRE2_SPTR>(text.data()), text.size(), 0, options, md, nullptr);
+  bool found = false;
+  if (rc >= 0) {
+    const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md);
+    const uint32_t pairs = pcre2_get_ovector_count(md);
+    found = true;
+    *begin = *end = 0;
+    if (uint32_t(group) < pairs && ov[2 * group] != PCRE2_UNSET) {
+      *begin = ov[2 * group];
+      *end = ov[2 * group + 1];
+    }
+  }
+  pcre2_match_data_free(md);
+  if (rc < 0 && rc != PCRE2_ERROR_NOMATCH)
+    fail("regex /", pattern.size() > 60 ? pattern.substr(0, 60) + "..." : pattern, "/ failed on \"", text, "\": ",
+         pcre2_message(rc));
+  return found;
+}
+
+}  // namespace
+
+bool Regex::full_match(std::string_view text) const {
+  size_t b = 0, e = 0;
+  return anchored_match(code_, pattern_, text, PCRE2_ANCHORED | PCRE2_ENDANCHORED, 0, &b, &e);
+}
+
+std::optional<std::string> Regex::match_start(std::string_view text, int group) const {
+  size_t b = 0, e = 0;
+  if (!anchored_match(code_, pattern_, text, PCRE2_ANCHORED, group, &b, &e)) return std::nullopt;
+  return std::string(text.substr(b, e - b));
+}
+
 }  // namespace gptq::tok

@@ -1,9 +1,11 @@
 // Thin PCRE2 wrapper for the Unicode regexes of tokenizer.json (HF uses Oniguruma; the patterns
-// found in Llama/GPT-2/Qwen tokenizers mean the same in PCRE2 with UTF + UCP).
+// found in Llama/GPT-2/Qwen tokenizers mean the same in PCRE2 with UTF + UCP), also used for the
+// Python regexes of PEFT adapter configs (src/io/lora_adapter.cpp: re.fullmatch / re.match).
 #pragma once
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -20,6 +22,12 @@ class Regex {
   // Calls on_match(start, end) for each non-overlapping, non-empty match, left to right.
   // `text` must be valid UTF-8. Thread-safe: all per-call state lives on the stack.
   void find_all(std::string_view text, const std::function<void(size_t, size_t)>& on_match) const;
+
+  // Python's re.fullmatch(pattern, text): whether the whole of text matches.
+  bool full_match(std::string_view text) const;
+  // Python's re.match(pattern, text): a match that starts at the beginning of text. The text of
+  // capture group `group` (0: the whole match; "" when the group took no part), or nullopt.
+  std::optional<std::string> match_start(std::string_view text, int group = 0) const;
 
   const std::string& pattern() const { return pattern_; }
 

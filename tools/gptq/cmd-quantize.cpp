@@ -43,6 +43,8 @@ Runner add_quantize(CLI::App& app) {
       ->check(CLI::IsMember({"gptq", "gptq_v2"}));
   c->add_option("--max-shard-size", a->max_shard, "Split model.safetensors into shards of at most this size (e.g. 2GB)");
   c->add_option("-t,--threads", o.threads, "Threads (0: all cores)")->check(int_in(0, INT32_MAX));
+  c->add_option("--lora", o.lora_adapter,
+                "PEFT LoRA adapter folder to merge into the model (in memory) before quantizing, as gptq merge-lora does");
   c->add_flag("--force", o.force, "Replace an existing output folder: an earlier output of gptq quantize, or an empty one");
   c->add_flag("--json", a->json, "Print the report as JSON");
   c->add_flag("-q,--quiet", a->quiet, "No progress bar");

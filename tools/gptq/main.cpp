@@ -19,6 +19,7 @@ int main(int argc, char** argv) {
     cmds.emplace_back(app.get_subcommands({})[before], std::move(r));
   };
   add(gptq::cli::add_quantize);
+  add(gptq::cli::add_merge_lora);
   add(gptq::cli::add_generate);
   add(gptq::cli::add_perplexity);
   add(gptq::cli::add_tokenize);
