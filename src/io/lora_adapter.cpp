@@ -10,7 +10,7 @@
 #include "core/json.h"
 #include "core/sha256.h"
 #include "gptq/error.h"
-#include "tokenizer/regex.h"
+#include "core/regex.h"
 
 namespace gptq {
 
@@ -40,9 +40,9 @@ bool is_off(const json& v) {
          ((v.is_array() || v.is_object()) && v.empty());
 }
 
-std::unique_ptr<tok::Regex> compile(const std::string& pattern, const std::string& what) {
+std::unique_ptr<Regex> compile(const std::string& pattern, const std::string& what) {
   try {
-    return std::make_unique<tok::Regex>(pattern);
+    return std::make_unique<Regex>(pattern);
   } catch (const Error& e) {
     fail(what, ": ", e.what());
   }

@@ -22,9 +22,7 @@
 
 namespace gptq {
 
-namespace tok {
 class Regex;
-}
 
 class LoraAdapter {
  public:
@@ -65,15 +63,15 @@ class LoraAdapter {
   int64_t r_ = 8;
   double alpha_ = 8;
   bool use_rslora_ = false, fan_in_fan_out_ = false;
-  std::unique_ptr<tok::Regex> target_regex_, exclude_regex_;
+  std::unique_ptr<Regex> target_regex_, exclude_regex_;
   std::vector<std::string> target_list_, exclude_list_;
   bool all_linear_ = false;
   std::vector<int64_t> layers_;                       // layers_to_transform (empty: all)
-  std::vector<std::unique_ptr<tok::Regex>> layer_patterns_;  // from layers_pattern, or the default
+  std::vector<std::unique_ptr<Regex>> layer_patterns_;  // from layers_pattern, or the default
   std::vector<std::string> modules_to_save_;
-  std::vector<std::unique_ptr<tok::Regex>> save_excludes_;  // modules_to_save as target exclusions
-  std::vector<std::pair<std::unique_ptr<tok::Regex>, int64_t>> rank_pattern_;
-  std::vector<std::pair<std::unique_ptr<tok::Regex>, double>> alpha_pattern_;
+  std::vector<std::unique_ptr<Regex>> save_excludes_;  // modules_to_save as target exclusions
+  std::vector<std::pair<std::unique_ptr<Regex>, int64_t>> rank_pattern_;
+  std::vector<std::pair<std::unique_ptr<Regex>, double>> alpha_pattern_;
 };
 
 }  // namespace gptq

@@ -12,7 +12,7 @@
 
 #include <nlohmann/json_fwd.hpp>
 
-#include "tokenizer/regex.h"
+#include "core/regex.h"
 
 namespace gptq::tok {
 

@@ -1,4 +1,4 @@
-// Thin PCRE2 wrapper for the Unicode regexes of tokenizer.json (HF uses Oniguruma; the patterns
+// Thin PCRE2 wrapper: the Unicode regexes of tokenizer.json (HF uses Oniguruma; the patterns
 // found in Llama/GPT-2/Qwen tokenizers mean the same in PCRE2 with UTF + UCP), also used for the
 // Python regexes of PEFT adapter configs (src/io/lora_adapter.cpp: re.fullmatch / re.match).
 #pragma once
@@ -9,7 +9,7 @@
 #include <string>
 #include <string_view>
 
-namespace gptq::tok {
+namespace gptq {
 
 class Regex {
  public:
@@ -37,4 +37,4 @@ class Regex {
   bool jit_ = false;
 };
 
-}  // namespace gptq::tok
+}  // namespace gptq

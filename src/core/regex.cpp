@@ -1,14 +1,16 @@
-#include "tokenizer/regex.h"
+#include "core/regex.h"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 
 #include "gptq/error.h"
-#include "tokenizer/unicode.h"
 
-namespace gptq::tok {
+namespace gptq {
 
 namespace {
+
+// Length of the UTF-8 sequence that starts with `lead` (text is valid UTF-8).
+size_t utf8_length(unsigned char lead) { return lead < 0xC0 ? 1 : lead < 0xE0 ? 2 : lead < 0xF0 ? 3 : 4; }
 
 std::string pcre2_message(int code) {
   PCRE2_UCHAR buf[256];
@@ -71,7 +73,7 @@ void Regex::find_all(std::string_view text, const std::function<void(size_t, siz
     } else {
       // An empty match yields no piece; step over one character so the scan makes progress.
       if (start >= text.size()) break;
-      pos = start + utf8_seq_len(static_cast<unsigned char>(text[start]));
+      pos = start + utf8_length(static_cast<unsigned char>(text[start]));
     }
   }
 }
@@ -117,4 +119,4 @@ std::optional<std::string> Regex::match_start(std::string_view text, int group) 
   return std::string(text.substr(b, e - b));
 }
 
-}  // namespace gptq::tok
+}  // namespace gptq
