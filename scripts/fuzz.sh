@@ -31,6 +31,7 @@ table=(
   "fuzz_tokenize          1024  -"
   "fuzz_gptq              8192  -"
   "fuzz_gptq_checkpoint  24576  config"
+  "fuzz_lora_config       4096  config"
 )
 [ ${#targets[@]} -gt 0 ] || for row in "${table[@]}"; do targets+=("${row%% *}"); done
 
@@ -49,7 +50,7 @@ for row in "${table[@]}"; do
   read -r t _ _ <<<"$row"
   mkdir -p "$seeds/$t"
 done
-for t in fuzz_safetensors fuzz_tokenizer_load fuzz_gptq fuzz_gptq_checkpoint; do
+for t in fuzz_safetensors fuzz_tokenizer_load fuzz_gptq fuzz_gptq_checkpoint fuzz_lora_config; do
   GPTQ_FUZZ_WRITE_SEEDS=$seeds/$t "$build/$t" >/dev/null 2>&1 || { echo "fuzz: $t could not write its seeds" >&2; exit 1; }
 done
 cfg=$seeds/fuzz_config

@@ -13,28 +13,13 @@
 #include "gptq/error.h"
 #include "gptq/safetensors.h"
 #include "gptq/tokenizer.h"
+#include "temp_dir_test.h"
 
 namespace {
 
 namespace fs = std::filesystem;
 
-class FuzzRegressions : public testing::Test {
- protected:
-  void SetUp() override {
-    dir_ = fs::path(testing::TempDir()) / ("gptq_fuzz_regressions_" + std::to_string(::getpid()));
-    fs::create_directories(dir_);
-  }
-  void TearDown() override {
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
-  std::string write(const std::string& name, const std::string& content) {
-    const fs::path p = dir_ / name;
-    std::ofstream(p, std::ios::binary) << content;
-    return p.string();
-  }
-  fs::path dir_;
-};
+class FuzzRegressions : public gptq_test::TempDirTest {};
 
 std::string streamed(const gptq::Tokenizer& tok, const std::vector<int32_t>& ids) {
   gptq::StreamDecoder sd(tok);

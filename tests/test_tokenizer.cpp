@@ -17,6 +17,7 @@
 #include "gptq/error.h"
 #include "gptq/tokenizer.h"
 #include "shared_paths.h"
+#include "temp_dir_test.h"
 #include "tokenizer/unicode.h"
 
 namespace {
@@ -254,22 +255,8 @@ TEST(TokenizerEncode, InvalidUtf8InputIsRepaired) {
 
 // ---- bad input -------------------------------------------------------------------------------
 
-class TokenizerErrors : public testing::Test {
+class TokenizerErrors : public gptq_test::TempDirTest {
  protected:
-  void SetUp() override {
-    dir_ = fs::path(testing::TempDir()) / ("gptq_tokenizer_errors_" + std::to_string(::getpid()));
-    fs::create_directories(dir_);
-  }
-  void TearDown() override {
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
-  std::string write(const std::string& name, const std::string& content) {
-    const fs::path p = dir_ / name;
-    fs::create_directories(p.parent_path());
-    std::ofstream(p, std::ios::binary) << content;
-    return p.string();
-  }
   // The message of the gptq::Error that loading `path` throws ("" when it does not throw).
   static std::string load_error(const std::string& path) {
     try {

@@ -14,7 +14,7 @@
 
 namespace gptq {
 
-int open_regular_file(const std::string& path) {
+int open_regular_file(const std::string& path, uint64_t* size) {
   // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever.
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0 && errno == ENOENT) fail(path, ": file not found");
@@ -32,18 +32,18 @@ int open_regular_file(const std::string& path) {
   }
   // Reads of a regular file do not block; clear the flag for clarity.
   ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+  if (size != nullptr) *size = uint64_t(st.st_size);
   return fd;
 }
 
 std::string read_text_file(const std::string& path, size_t max_bytes) {
-  const int fd = open_regular_file(path);
-  struct stat st {};
-  ::fstat(fd, &st);
-  if (uint64_t(st.st_size) > max_bytes) {
+  uint64_t size = 0;
+  const int fd = open_regular_file(path, &size);
+  if (size > max_bytes) {
     ::close(fd);
-    fail(path, ": ", st.st_size, " bytes is more than the ", max_bytes >> 20, " MiB this file may have");
+    fail(path, ": ", size, " bytes is more than the ", max_bytes >> 20, " MiB this file may have");
   }
-  std::string out(size_t(st.st_size), '\0');
+  std::string out(size_t(size), '\0');
   size_t done = 0;
   while (done < out.size()) {
     const ssize_t r = ::read(fd, out.data() + done, out.size() - done);

@@ -14,10 +14,9 @@
 namespace gptq {
 
 MappedFile::MappedFile(const std::string& path) {
-  const int fd = open_regular_file(path);
-  struct stat st {};
-  ::fstat(fd, &st);
-  size_ = size_t(st.st_size);
+  uint64_t size = 0;
+  const int fd = open_regular_file(path, &size);
+  size_ = size_t(size);
   if (size_ > 0) {
     void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
     if (p == MAP_FAILED) {

@@ -48,12 +48,13 @@ struct Measured {
 
 // Speed and memory of the model in `dir`; with a perplexity file, its perplexity, and with `base`
 // (loaded after the speed and memory measurements) its KL divergence against base on the same windows.
+// a.threads is already capped (run_compare).
 Measured measure(const std::string& dir, const Args& a, const std::string& base = "") {
   Measured m;
   m.name = model_name(dir);
   const size_t rss0 = current_rss_bytes();
   LoadOptions lo;
-  lo.threads = cap_threads(a.threads);
+  lo.threads = a.threads;
   auto model = Model::load(dir, lo);
   m.weights = model->weight_dtype_summary();
   m.file_bytes = model->file_bytes();
@@ -138,8 +139,9 @@ Measured measure_isolated(const std::string& dir, const Args& a, const std::stri
   return m;
 }
 
-int run_compare(const Args& a) {
+int run_compare(Args a) {
   if (a.compare.size() != 2) fail("--compare takes two model folders: ORIGINAL QUANTIZED");
+  a.threads = cap_threads(a.threads);  // once, not again in each measuring process
   const Measured x = measure_isolated(a.compare[0], a), y = measure_isolated(a.compare[1], a, a.compare[0]);
   if (a.json) {
     nlohmann::json j;
