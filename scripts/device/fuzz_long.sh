@@ -14,14 +14,14 @@ out=${OUT:-$here/out}
 seconds=${1:-540}
 [ $# -gt 0 ] && shift
 # Processes per target (16 in all).
-declare -A procs=([fuzz_safetensors]=3 [fuzz_config]=3 [fuzz_tokenizer_load]=3 [fuzz_tokenize]=2 [fuzz_gptq]=3
-                  [fuzz_gptq_checkpoint]=2)
+declare -A procs=([fuzz_safetensors]=2 [fuzz_config]=2 [fuzz_lora_config]=2 [fuzz_tokenizer_load]=3 [fuzz_tokenize]=3
+                  [fuzz_gptq]=2 [fuzz_gptq_checkpoint]=2)
 if [ $# -gt 0 ]; then
   procs=()
   for a in "$@"; do procs[${a%%=*}]=${a#*=}; done
 fi
-declare -A max_len=([fuzz_safetensors]=16384 [fuzz_config]=4096 [fuzz_tokenizer_load]=65536 [fuzz_tokenize]=1024
-                    [fuzz_gptq]=8192 [fuzz_gptq_checkpoint]=24576)
+declare -A max_len=([fuzz_safetensors]=16384 [fuzz_config]=4096 [fuzz_lora_config]=4096 [fuzz_tokenizer_load]=65536
+                    [fuzz_tokenize]=1024 [fuzz_gptq]=8192 [fuzz_gptq_checkpoint]=24576)
 
 work=/tmp/gptq-fuzz-long
 rm -rf "$work"
