@@ -59,13 +59,15 @@ TEST_P(Golden, PerplexityFirstWindowsFinite) {
   o.progress = false;
   const auto r = gptq::perplexity(*model, ids, o);
   EXPECT_EQ(r.total_windows, p["wikitext2_windows"].get<int64_t>());
-  // The first two windows alone: the same NLL as the whole-text run's first two windows.
+  // The first two windows alone: the same NLL as the first two windows of a longer run. Not to
+  // the bit: the windows are evaluated in batches, and OpenBLAS's sgemm (its Zen kernels, on AMD
+  // EPYC) rounds a row differently with the number of rows; 2e-8 was seen there.
   gptq::PerplexityOptions all = o;
   all.window_end = 4;
   const auto r4 = gptq::perplexity(*model, ids, all);
   ASSERT_EQ(r.window_nll.size(), 2u);
-  EXPECT_NEAR(r.window_nll[0], r4.window_nll[0], 1e-9);
-  EXPECT_NEAR(r.window_nll[1], r4.window_nll[1], 1e-9);
+  EXPECT_NEAR(r.window_nll[0], r4.window_nll[0], 1e-6);
+  EXPECT_NEAR(r.window_nll[1], r4.window_nll[1], 1e-6);
   EXPECT_GT(r.ppl, 1.0);
 }
 
