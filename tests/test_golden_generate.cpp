@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/fs.h"
+#include "core/sha256.h"
 #include "gptq/generate.h"
 #include "gptq/perplexity.h"
 #include "shared_paths.h"
@@ -50,7 +51,7 @@ TEST_P(Golden, PerplexityFirstWindowsFinite) {
   const auto tok = gptq::Tokenizer::from_model_dir(model_dir_);
   const json p = load("perplexity.json");
   const std::string raw = gptq::read_text_file(shared_path("data/wikitext-2-raw/wiki.test.raw"));
-  EXPECT_EQ(gptq::sha256_hex(raw), p["wikitext2_sha256"].get<std::string>());
+  EXPECT_EQ(gptq::sha256_of(raw), p["wikitext2_sha256"].get<std::string>());
   const auto ids = tok.encode(gptq::wikitext_join(raw));
   EXPECT_EQ(int64_t(ids.size()), p["wikitext2_tokens"].get<int64_t>());
   gptq::PerplexityOptions o;

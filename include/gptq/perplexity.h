@@ -58,6 +58,4 @@ PerplexityResult perplexity(Model& model, const std::vector<int32_t>& tokens, co
 // The p-quantile (0..1) of values: linear between the closest ranks (numpy's default).
 double quantile(std::vector<double> values, double p);
 
-std::string sha256_hex(const std::string& bytes);
-
 }  // namespace gptq

@@ -5,7 +5,6 @@
 #include <cmath>
 
 #include "core/progress.h"
-#include "core/sha256.h"
 #include "backend/cpu/cpu_backend.h"
 #include "core/thread_pool.h"
 #include "gptq/error.h"
@@ -30,8 +29,6 @@ std::string wikitext_join(const std::string& raw) {
   }
   return out;
 }
-
-std::string sha256_hex(const std::string& bytes) { return sha256_of(bytes); }
 
 double quantile(std::vector<double> v, double p) {
   if (v.empty()) return 0;

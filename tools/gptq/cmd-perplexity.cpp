@@ -4,6 +4,7 @@
 
 #include "common.h"
 #include "core/fs.h"
+#include "core/sha256.h"
 #include "gptq/error.h"
 #include "gptq/perplexity.h"
 #include "gptq/tokenizer.h"
@@ -43,7 +44,7 @@ Runner add_perplexity(CLI::App& app) {
     const Tokenizer tok = Tokenizer::from_model_dir(a->model);
     const std::string text = a->wikitext ? wikitext_join(raw) : raw;
     const auto ids = tok.encode(text, true);
-    const std::string sha = sha256_hex(raw);
+    const std::string sha = sha256_of(raw);
     const PerplexityResult r = perplexity(*model, ids, o, base.get());
     if (a->json) {
       nlohmann::json j;
