@@ -145,7 +145,8 @@ class ByteLevelDecoder final : public Decoder {
     tokens.assign(1, utf8_lossy(bytes));
   }
   bool byte_level() const override { return true; }
-  bool append_bytes(const std::string& token, std::string& bytes) const override {
+  bool lossy_bytes() const override { return true; }
+  void append_bytes(const std::string& token, std::string& bytes) const override {
     const size_t mark = bytes.size();
     for (size_t i = 0; i < token.size();) {
       const int b = char_to_byte(utf8_next(token, i));
@@ -153,11 +154,10 @@ class ByteLevelDecoder final : public Decoder {
         // A token with a character outside the table (an added token) keeps its own bytes.
         bytes.resize(mark);
         bytes += token;
-        return true;
+        return;
       }
       bytes += static_cast<char>(b);
     }
-    return true;
   }
 };
 

@@ -16,9 +16,10 @@ class Decoder {
   virtual ~Decoder() = default;
   virtual void decode_chain(std::vector<std::string>& tokens) const = 0;
   virtual bool byte_level() const { return false; }
-  // A decoder whose text is utf8_lossy(the concatenated bytes of each token) appends the bytes of
-  // one token and returns true (ByteLevel); the others return false. StreamDecoder uses it.
-  virtual bool append_bytes(const std::string& /*token*/, std::string& /*bytes*/) const { return false; }
+  // Whether the text is utf8_lossy(the concatenated bytes of each token), as for ByteLevel alone;
+  // then append_bytes appends the bytes of one token. StreamDecoder streams such text in bytes.
+  virtual bool lossy_bytes() const { return false; }
+  virtual void append_bytes(const std::string& /*token*/, std::string& /*bytes*/) const {}
 
   std::string decode(std::vector<std::string> tokens) const;
 };

@@ -230,10 +230,7 @@ std::string Tokenizer::kind() const { return impl_->byte_level ? "byte-level-bpe
 StreamDecoder::StreamDecoder(const Tokenizer& tok, bool skip_special)
     : tok_(tok),
       skip_special_(skip_special),
-      bytes_mode_(tok.impl_->decoder != nullptr && [&] {
-        std::string probe;
-        return tok.impl_->decoder->append_bytes("", probe);
-      }()),
+      bytes_mode_(tok.impl_->decoder != nullptr && tok.impl_->decoder->lossy_bytes()),
       run_start_(std::string::npos) {}
 
 std::string StreamDecoder::push(int32_t id) {
