@@ -142,6 +142,21 @@ class Backend {
   virtual void gather_rows(const Tensor& x, const std::vector<int64_t>& rows, const Tensor& y) = 0;
   virtual std::unique_ptr<HessianAccumulator> hessian(int64_t K) = 0;
 
+  // ---- synthetic weights (bench --synthetic): random values of a real model's shapes, made where
+  // the backend keeps them (on the GPU for CUDA, so a 7B model needs no host copy). Values are
+  // uniform in [-scale, scale] (dense) or random codes with scales ~ scale/2^(bits-1) (GPTQ, sym,
+  // v2 zeros, no act-order); a given seed gives the same weights on every backend.
+  virtual std::unique_ptr<Weight> random_dense_weight(int64_t out, int64_t in, DType dtype, float scale, uint64_t seed);
+  virtual std::unique_ptr<Weight> random_gptq_weight(int64_t out, int64_t in, int bits, int group_size, float scale,
+                                                     uint64_t seed);
+
+  // ---- measuring (bench)
+  virtual void synchronize() {}                         // waits for queued work (devices)
+  virtual uint64_t device_bytes_in_use() const { return 0; }  // device memory held by this process; 0: host backend
+  // Memory bandwidth (bytes read + written per second) of a large copy in this backend's memory,
+  // measured once per backend on first call: the roofline bench reports against.
+  virtual double copy_bandwidth();
+
   // Fixed-order arithmetic on the calibration path (same bytes on any CPU and thread count) where
   // the backend offers it; see README "Reproducibility".
   virtual void set_deterministic(bool on) { (void)on; }
@@ -151,5 +166,15 @@ struct CpuBackendOptions {
   int threads = 0;  // 0: all hardware threads
 };
 std::unique_ptr<Backend> make_cpu_backend(const CpuBackendOptions& o = {});
+
+// The CUDA backend (backend/cuda/): device `device` of those the driver sees. Throws gptq::Error
+// naming why when it cannot start (built without CUDA, no GPU, a driver too old, a bad index).
+struct CudaBackendOptions {
+  int device = 0;
+};
+std::unique_ptr<Backend> make_cuda_backend(const CudaBackendOptions& o = {});
+// Whether make_cuda_backend({device}) would find a usable GPU; why not in *why. Cheap; no context.
+bool cuda_usable(int device = 0, std::string* why = nullptr);
+bool built_with_cuda();
 
 }  // namespace gptq
