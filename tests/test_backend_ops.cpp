@@ -60,7 +60,13 @@ struct BackendEntry {
   std::function<std::string()> unavailable;         // why it cannot run here; "" when it can
   std::function<std::unique_ptr<Backend>()> make;   // may throw (e.g. no device): skipped then
   std::function<void()> enter = [] {}, leave = [] {};  // around each case (SIMD level)
+  // Unit roundoff of the 16-bit type a backend rounds GEMM inputs to (0: fp32 throughout), for
+  // weight w (as its kind() describes it) at T rows.
+  std::function<double(const Weight& w, int64_t T)> gemm_input_u = [](const Weight&, int64_t) { return 0.0; };
 };
+
+// The entry whose case is running (limits that depend on the backend's documented precision).
+const BackendEntry* g_entry = nullptr;
 
 BackendEntry cpu_entry(cpu::SimdLevel level) {
   BackendEntry e;
@@ -76,16 +82,34 @@ BackendEntry cpu_entry(cpu::SimdLevel level) {
   return e;
 }
 
+// The CUDA backend (skipped with the reason when the build has no CUDA or there is no GPU).
+// Its dense F16/BF16 GEMMs run on cuBLASLt with x rounded to the weight's type; GPTQ layers above
+// the GEMV row limit (8), and layers held as F16 (no chunk layout), are dequantized to fp16 and so
+// are x's rows (backend/cuda/cuda_backend.cpp).
+BackendEntry cuda_entry() {
+  BackendEntry e;
+  e.name = "cuda";
+  e.unavailable = []() -> std::string {
+    std::string why;
+    return cuda_usable(0, &why) ? std::string() : why;
+  };
+  e.make = [] { return make_cuda_backend(); };
+  e.gemm_input_u = [](const Weight& w, int64_t T) -> double {
+    const std::string k = w.kind();
+    if (k == "F16" || k.find("held as F16") != std::string::npos) return 1.0 / 2048;
+    if (k == "BF16") return 1.0 / 256;
+    if (k.rfind("GPTQ", 0) == 0) return T > 8 ? 1.0 / 2048 : 0.0;
+    return 0.0;
+  };
+  return e;
+}
+
 const std::vector<BackendEntry>& backends() {
   static const std::vector<BackendEntry> list = {
       cpu_entry(cpu::SimdLevel::kScalar),
       cpu_entry(cpu::SimdLevel::kAvx2),
       cpu_entry(cpu::SimdLevel::kAvx512),
-      // CUDA, once src/backend/cuda exists (GPTQ_WITH_CUDA is defined only then; a factory that
-      // throws for "no GPU" is skipped with its message):
-      // #if defined(GPTQ_WITH_CUDA)
-      //   BackendEntry{"cuda", [] { return std::string(); }, [] { return make_cuda_backend(); }},
-      // #endif
+      cuda_entry(),
   };
   return list;
 }
@@ -542,6 +566,14 @@ const auto V = std::get<0>(b_); const auto H = std::get<1>(b_);
 
 double linear_limit(int64_t K) { return 64.0 * double(K) * kU2; }
 
+// A backend that rounds GEMM inputs to a 16-bit type (unit roundoff v) adds NMSE ≈ v²/3 per
+// rounded operand (x, and W when dequantized to fp16); 16·v² bounds both with room, and is still
+// far below a wrong index or a lost bias (NMSE ≳ 1e-2).
+double linear_limit(int64_t K, const Weight& w, int64_t T) {
+  const double v = g_entry ? g_entry->gemm_input_u(w, T) : 0.0;
+  return linear_limit(K) + 16.0 * v * v;
+}
+
 void add_dense_linear_cases() {
   for (DType dt : {DType::kF32, DType::kF16, DType::kBF16})
     for (const auto& kn : {std::pair<int64_t, int64_t>{97, 33}, {300, 130}, {1027, 70}})
@@ -583,7 +615,7 @@ void add_dense_linear_cases() {
                      checks.push_back({"shape", "diff", double(w->in_features() != K) + double(w->out_features() != N), 0});
                      Dev dx = dev_upload(be, x, T, K), dy = dev_upload(be, std::vector<float>(size_t(T * N), 9999.f), T, N);
                      be.linear(*w, dx.view, dy.view);
-                     checks.push_back({"y", "nmse", nmse(download(be, dy.view), ref), linear_limit(K)});
+                     checks.push_back({"y", "nmse", nmse(download(be, dy.view), ref), linear_limit(K, *w, T)});
                      checks.push_back({"dense()", "diff", n_diff(w->dense(), W), 0});
                      checks.push_back({"bias()", "diff", n_diff(w->bias(), bias ? b : std::vector<float>{}), 0});
                      return checks;
@@ -689,7 +721,7 @@ void add_gptq_case(const GptqSpec s) {
              checks.push_back({"shape", "diff", double(w->in_features() != K) + double(w->out_features() != N), 0});
              Dev dx = dev_upload(be, x, T, K), dy = dev_upload(be, std::vector<float>(size_t(T * N), 9999.f), T, N);
              be.linear(*w, dx.view, dy.view);
-             checks.push_back({"y", "nmse", nmse(download(be, dy.view), ref), linear_limit(K)});
+             checks.push_back({"y", "nmse", nmse(download(be, dy.view), ref), linear_limit(K, *w, T)});
              checks.push_back({"dense()", "diff", n_diff(w->dense(), W), 0});
              return checks;
            });
@@ -1056,9 +1088,13 @@ class BackendOpTest : public ::testing::Test {
       GTEST_SKIP() << why;
     }
     b_->enter();
+    g_entry = b_;
     struct Leave {
       const BackendEntry* b;
-      ~Leave() { b->leave(); }
+      ~Leave() {
+        b->leave();
+        g_entry = nullptr;
+      }
     } leave{b_};
     std::vector<Check> checks;
     try {

@@ -1,0 +1,650 @@
+// The CUDA backend: every op of backend.h on one GPU, one stream. Activations are fp32 (as on the
+// CPU); dense weights stay in their file dtype (fp16/bf16/fp32) and their GEMMs run on cuBLASLt
+// with the activations rounded to the weights' 16-bit type and fp32 accumulation; GPTQ weights are
+// repacked once at load into the chunk layout of gptq_kernels.h (act-order inputs reordered) and run
+// on our kernels at decode batch sizes, dequantized to fp16 for cuBLASLt above them.
+//
+// Host-side plan data (tokens, positions, slots, sequences, block tables) is uploaded once per
+// forward plan (BatchPlan::id) in one copy; ops are asynchronous, to_host() synchronizes.
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <tuple>
+
+#include "backend/backend.h"
+#include "backend/cpu/hessian.h"
+#include "backend/cpu/qgemm.h"
+#include "backend/cuda/cuda_common.h"
+#include "backend/cuda/gptq_kernels.h"
+#include "backend/cuda/ops.h"
+#include "core/half.h"
+#include "core/memory.h"
+#include "core/thread_pool.h"
+
+namespace gptq {
+
+namespace {
+
+#define CUBLAS_CHECK(expr)                                                                         \
+  do {                                                                                             \
+    const cublasStatus_t st_ = (expr);                                                             \
+    if (st_ != CUBLAS_STATUS_SUCCESS)                                                              \
+      ::gptq::assert_fail(#expr, __FILE__, __LINE__, cat("cuBLAS status ", int(st_)));            \
+  } while (0)
+
+cuda::ElemType elem(DType t) {
+  switch (t) {
+    case DType::kF16: return cuda::ElemType::kF16;
+    case DType::kBF16: return cuda::ElemType::kBF16;
+    case DType::kF32: return cuda::ElemType::kF32;
+    default: fail("the CUDA backend keeps dense weights as F32, F16 or BF16, not ", dtype_name(t));
+  }
+}
+
+cudaDataType_t cuda_type(DType t) {
+  switch (t) {
+    case DType::kF16: return CUDA_R_16F;
+    case DType::kBF16: return CUDA_R_16BF;
+    default: return CUDA_R_32F;
+  }
+}
+
+std::string device_error(int device, cudaError_t e) {
+  if (e == cudaErrorInsufficientDriver)
+    return cat("the NVIDIA driver is too old for this build's CUDA ", CUDART_VERSION / 1000, ".",
+               CUDART_VERSION % 1000 / 10);
+  if (e == cudaErrorNoDevice) return "no CUDA GPU is visible";
+  return cat("CUDA device ", device, ": ", cudaGetErrorString(e));
+}
+
+bool probe(int device, std::string* why) {
+  int n = 0;
+  if (const cudaError_t e = cudaGetDeviceCount(&n); e != cudaSuccess) {
+    if (why) *why = device_error(device, e);
+    return false;
+  }
+  if (n == 0) {
+    if (why) *why = "no CUDA GPU is visible";
+    return false;
+  }
+  if (device < 0 || device >= n) {
+    if (why) *why = cat("there is no CUDA device ", device, " (", n, " visible: 0..", n - 1, ")");
+    return false;
+  }
+  cudaDeviceProp p{};
+  if (const cudaError_t e = cudaGetDeviceProperties(&p, device); e != cudaSuccess) {
+    if (why) *why = device_error(device, e);
+    return false;
+  }
+  if (p.major < 8) {
+    if (why) *why = cat("CUDA device ", device, " (", p.name, ") is compute capability ", p.major, ".", p.minor,
+                        "; this build needs 8.0 (Ampere) or newer");
+    return false;
+  }
+  return true;
+}
+
+std::atomic<uint64_t> g_device_bytes{0};
+
+// Device memory; freed with its last reference.
+std::shared_ptr<void> device_alloc(size_t bytes, const std::string& what = "") {
+  void* p = nullptr;
+  bytes = std::max<size_t>(bytes, 1);
+  if (const cudaError_t e = cudaMalloc(&p, bytes); e != cudaSuccess) {
+    (void)cudaGetLastError();
+    size_t free_b = 0, total = 0;
+    (void)cudaMemGetInfo(&free_b, &total);
+    fail("out of GPU memory", what.empty() ? "" : cat(" for ", what), ": ", format_bytes(bytes), " needed, ",
+         format_bytes(free_b), " free of ", format_bytes(total));
+  }
+  g_device_bytes += bytes;
+  return std::shared_ptr<void>(p, [bytes](void* q) {
+    cudaFree(q);
+    g_device_bytes -= bytes;
+  });
+}
+
+// A grow-only device buffer (scratch reused across ops: stream order keeps uses apart).
+struct Scratch {
+  std::shared_ptr<void> mem;
+  size_t bytes = 0;
+  void* get(size_t need) {
+    if (need > bytes) {
+      mem.reset();
+      mem = device_alloc(need, "scratch");
+      bytes = need;
+    }
+    return mem.get();
+  }
+};
+
+class CudaBackend;
+
+class CudaDenseWeight final : public Weight {
+ public:
+  CudaDenseWeight(int64_t in, int64_t out, DType dt, std::shared_ptr<void> data, const float* bias)
+      : Weight(in, out), dtype_(dt), data_(std::move(data)) {
+    if (bias) {
+      bias_.assign(bias, bias + out);
+      bias_dev_ = device_alloc(size_t(out) * 4, "a bias");
+      CUDA_CHECK(cudaMemcpy(bias_dev_.get(), bias, size_t(out) * 4, cudaMemcpyHostToDevice));
+    }
+  }
+  std::string kind() const override { return kind_.empty() ? dtype_name(dtype_) : kind_; }
+  size_t bytes() const override { return size_t(in_ * out_) * dtype_size(dtype_) + bias_.size() * 4; }
+  std::vector<float> dense() const override {
+    std::vector<float> w(size_t(in_ * out_));
+    auto tmp = device_alloc(w.size() * 4, "a weight download");
+    cuda::to_f32(data_.get(), elem(dtype_), int64_t(w.size()), static_cast<float*>(tmp.get()), nullptr);
+    CUDA_CHECK(cudaMemcpy(w.data(), tmp.get(), w.size() * 4, cudaMemcpyDeviceToHost));
+    return w;
+  }
+  DType dtype() const { return dtype_; }
+  const void* data() const { return data_.get(); }
+  const float* bias_dev() const { return static_cast<const float*>(bias_dev_.get()); }
+  std::string kind_;  // set for GPTQ layers held dense (no fast layout)
+
+ private:
+  DType dtype_;
+  std::shared_ptr<void> data_, bias_dev_;
+};
+
+class CudaGptqWeight final : public Weight {
+ public:
+  CudaGptqWeight(const quant::QuantMatrix& q, const cuda::GptqLayout& L, const float* bias, std::string kind)
+      : Weight(q.K, q.N), q_(q), kind_(std::move(kind)) {
+    auto up = [&](const auto& v, const char* what) {
+      const size_t n = v.size() * sizeof(v[0]);
+      auto p = device_alloc(n, what);
+      if (n) CUDA_CHECK(cudaMemcpy(p.get(), v.data(), n, cudaMemcpyHostToDevice));
+      bytes_ += n;
+      return p;
+    };
+    qweight_ = up(L.qweight, "GPTQ codes");
+    sz_ = up(L.scale_zero, "GPTQ scales");
+    cg_ = up(L.chunk_group, "GPTQ groups");
+    if (!L.perm.empty()) perm_ = up(L.perm, "the act-order permutation");
+    m_.bits = L.bits;
+    m_.K = L.K;
+    m_.N = L.N;
+    m_.n_chunks = L.n_chunks;
+    m_.n_groups = L.n_groups;
+    m_.qweight = static_cast<const uint32_t*>(qweight_.get());
+    m_.scale_zero = static_cast<const uint32_t*>(sz_.get());
+    m_.chunk_group = static_cast<const int32_t*>(cg_.get());
+    if (bias) {
+      bias_.assign(bias, bias + q.N);
+      bias_dev_ = up(bias_, "a bias");
+    }
+  }
+  std::string kind() const override { return kind_; }
+  size_t bytes() const override { return bytes_; }
+  std::vector<float> dense() const override { return quant::dequantize(q_); }
+  const cuda::GptqDeviceMatrix& matrix() const { return m_; }
+  const int32_t* perm() const { return static_cast<const int32_t*>(perm_.get()); }
+  const float* bias_dev() const { return static_cast<const float*>(bias_dev_.get()); }
+
+ private:
+  quant::QuantMatrix q_;  // views into the mapped checkpoint (dense() for calibration and tests)
+  std::string kind_;
+  cuda::GptqDeviceMatrix m_;
+  std::shared_ptr<void> qweight_, sz_, cg_, perm_, bias_dev_;
+  size_t bytes_ = 0;
+};
+
+// Hessians on the host for now (the GPU solver is its own issue): x is downloaded per batch.
+class CudaHessian final : public HessianAccumulator {
+ public:
+  CudaHessian(ThreadPool& pool, int64_t K) : acc_(pool, K) {}
+  void add(const Tensor& x, int64_t samples) override {
+    GPTQ_ASSERT(x.cols == acc_.K() && x.rows % samples == 0);
+    host_.resize(size_t(x.rows * x.cols));
+    CUDA_CHECK(cudaMemcpy2D(host_.data(), size_t(x.cols) * 4, x.data, size_t(x.stride) * 4, size_t(x.cols) * 4,
+                            size_t(x.rows), cudaMemcpyDeviceToHost));
+    acc_.add_batch(host_.data(), samples, x.rows / samples);
+  }
+  std::vector<float> take() override { return acc_.take(); }
+
+ private:
+  cpu::HessianAccumulator acc_;
+  std::vector<float> host_;
+};
+
+quant::QuantMatrix without_bias(quant::QuantMatrix m) {
+  m.bias = nullptr;
+  return m;
+}
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(const CudaBackendOptions& o) : dev_(o.device), pool_(0) {
+    std::string why;
+    if (!probe(dev_, &why)) fail("cannot use CUDA: ", why);
+    CUDA_CHECK(cudaSetDevice(dev_));
+    CUDA_CHECK(cudaGetDeviceProperties(&prop_, dev_));
+    CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    CUBLAS_CHECK(cublasLtCreate(&lt_));
+    lt_ws_bytes_ = size_t(32) << 20;
+    lt_ws_ = device_alloc(lt_ws_bytes_, "the cuBLASLt workspace");
+    for (auto& p : pinned_) {
+      CUDA_CHECK(cudaMallocHost(&p.ptr, kStagingBytes));
+      CUDA_CHECK(cudaEventCreateWithFlags(&p.done, cudaEventDisableTiming));
+    }
+  }
+  ~CudaBackend() override {
+    cudaStreamSynchronize(stream_);
+    for (auto& [k, p] : plans_) {
+      cublasLtMatmulDescDestroy(p.op);
+      cublasLtMatrixLayoutDestroy(p.a);
+      cublasLtMatrixLayoutDestroy(p.b);
+      cublasLtMatrixLayoutDestroy(p.c);
+    }
+    for (auto& p : pinned_) {
+      cudaFreeHost(p.ptr);
+      cudaEventDestroy(p.done);
+    }
+    cublasLtDestroy(lt_);
+    cudaStreamDestroy(stream_);
+  }
+
+  Device device() const override { return Device::kCuda; }
+  std::string name() const override {
+    return cat("cuda:", dev_, " (", prop_.name, ", sm_", prop_.major, prop_.minor, ", ",
+               format_bytes(prop_.totalGlobalMem), ")");
+  }
+  uint64_t available_bytes() const override {
+    size_t free_b = 0, total = 0;
+    CUDA_CHECK(cudaMemGetInfo(&free_b, &total));
+    return free_b;
+  }
+  uint64_t device_bytes_in_use() const override { return g_device_bytes.load(); }
+  void synchronize() override { CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+  double copy_bandwidth() override {
+    if (bandwidth_ > 0) return bandwidth_;
+    const size_t n = std::min<size_t>(size_t(1) << 30, available_bytes() / 4);
+    auto a = device_alloc(n), b = device_alloc(n);
+    CUDA_CHECK(cudaMemsetAsync(a.get(), 1, n, stream_));
+    cudaEvent_t e0, e1;
+    CUDA_CHECK(cudaEventCreate(&e0));
+    CUDA_CHECK(cudaEventCreate(&e1));
+    float best = 1e30f;
+    for (int r = 0; r < 6; ++r) {
+      CUDA_CHECK(cudaEventRecord(e0, stream_));
+      CUDA_CHECK(cudaMemcpyAsync(b.get(), a.get(), n, cudaMemcpyDeviceToDevice, stream_));
+      CUDA_CHECK(cudaEventRecord(e1, stream_));
+      CUDA_CHECK(cudaEventSynchronize(e1));
+      float ms = 0;
+      CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+      if (r > 0) best = std::min(best, ms);  // the first is a warm-up
+    }
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    bandwidth_ = 2.0 * double(n) / (double(best) * 1e-3);
+    return bandwidth_;
+  }
+
+  // ---- memory
+  std::shared_ptr<void> alloc(size_t bytes) override { return device_alloc(bytes); }
+  void upload(void* dst, const void* src, size_t bytes) override { staged_upload(dst, src, bytes); }
+  void to_host(const Tensor& src, float* dst) override {
+    check(src);
+    CUDA_CHECK(cudaMemcpy2DAsync(dst, size_t(src.cols) * 4, src.data, size_t(src.stride) * 4, size_t(src.cols) * 4,
+                                 size_t(src.rows), cudaMemcpyDeviceToHost, stream_));
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+  void from_host(const float* src, const Tensor& dst) override {
+    check(dst);
+    CUDA_CHECK(cudaMemcpy2DAsync(dst.data, size_t(dst.stride) * 4, src, size_t(dst.cols) * 4, size_t(dst.cols) * 4,
+                                 size_t(dst.rows), cudaMemcpyHostToDevice, stream_));
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+  void fill_zero(const Tensor& t) override {
+    check(t);
+    if (t.rows == 0 || t.cols == 0) return;
+    CUDA_CHECK(cudaMemset2DAsync(t.data, size_t(t.stride) * 4, 0, size_t(t.cols) * 4, size_t(t.rows), stream_));
+  }
+  void copy(const Tensor& src, const Tensor& dst) override {
+    check(src);
+    check(dst);
+    GPTQ_ASSERT(src.rows == dst.rows && src.cols == dst.cols);
+    if (src.rows == 0 || src.cols == 0) return;
+    CUDA_CHECK(cudaMemcpy2DAsync(dst.data, size_t(dst.stride) * 4, src.data, size_t(src.stride) * 4,
+                                 size_t(src.cols) * 4, size_t(src.rows), cudaMemcpyDeviceToDevice, stream_));
+  }
+
+  // ---- weights
+  std::unique_ptr<Weight> dense_weight(const DenseWeightDesc& d) override {
+    (void)elem(d.dtype);
+    const size_t n = size_t(d.in * d.out) * dtype_size(d.dtype);
+    auto mem = device_alloc(n, cat("a ", d.out, "x", d.in, " ", dtype_name(d.dtype), " weight"));
+    staged_upload(mem.get(), d.data, n);
+    return std::make_unique<CudaDenseWeight>(d.in, d.out, d.dtype, std::move(mem), d.bias);
+  }
+
+  std::unique_ptr<Weight> gptq_weight(const quant::QuantMatrix& m, const float* bias) override {
+    const cpu::PreparedQuantMatrix p = cpu::prepare(without_bias(m), pool_);  // validates
+    std::vector<float> b;
+    if (bias) {
+      b.assign(bias, bias + m.N);
+    } else if (m.bias) {
+      for (int64_t n = 0; n < m.N; ++n) b.push_back(fp16_to_fp32(m.bias[n]));
+    }
+    const float* bp = b.empty() ? nullptr : b.data();
+    bool act_order = !p.perm.empty();
+    std::string kind = cat("GPTQ ", m.bits, "-bit g", m.group_size, act_order ? " act-order" : "");
+    const cuda::GptqLayout L = cuda::make_gptq_layout(p);
+    if (L.fast) return std::make_unique<CudaGptqWeight>(m, L, bp, kind);
+    // No chunk layout (groups not on multiples of 32 inputs): dense fp16, correct and slower.
+    const std::vector<float> w = quant::dequantize(m);
+    std::vector<uint16_t> h(w.size());
+    for (size_t i = 0; i < w.size(); ++i) h[i] = fp32_to_fp16(w[i]);
+    auto d = dense_weight({h.data(), DType::kF16, m.N, m.K, bp, true});
+    static_cast<CudaDenseWeight&>(*d).kind_ = kind + " (held as F16)";
+    return d;
+  }
+
+  // ---- ops
+  void embed(const Weight& table, const BatchPlan& plan, const Tensor& y) override {
+    check(y);
+    const auto* t = dynamic_cast<const CudaDenseWeight*>(&table);
+    GPTQ_ASSERT(t, "embedding table must be a dense CUDA weight");
+    GPTQ_ASSERT(y.cols == t->in_features() && y.rows == plan.n_tokens());
+    const DevicePlan& P = upload_plan(plan);
+    cuda::embed_rows(t->data(), elem(t->dtype()), y.cols, P.tokens, y.rows, y.f32(), y.stride, stream_);
+  }
+
+  void linear(const Weight& w, const Tensor& x, const Tensor& y) override {
+    check(x);
+    check(y);
+    GPTQ_ASSERT(x.cols == w.in_features() && y.cols == w.out_features() && x.rows == y.rows);
+    const int64_t T = x.rows, K = x.cols, N = y.cols;
+    if (T == 0) return;
+    if (const auto* d = dynamic_cast<const CudaDenseWeight*>(&w)) {
+      if (d->dtype() == DType::kF32) {
+        matmul(d->data(), DType::kF32, x.data, x.stride, T, K, N, y.f32(), y.stride);
+      } else {
+        void* xh = x16_.get(size_t(T * K) * 2);
+        cuda::convert_rows(x.f32(), x.stride, T, K, xh, elem(d->dtype()), stream_);
+        matmul(d->data(), d->dtype(), xh, K, T, K, N, y.f32(), y.stride);
+      }
+      if (d->bias_dev()) cuda::add_bias(y.f32(), y.stride, d->bias_dev(), T, N, stream_);
+      return;
+    }
+    const auto* g = dynamic_cast<const CudaGptqWeight*>(&w);
+    GPTQ_ASSERT(g, "weight was not made by the CUDA backend");
+    const float* xin = x.f32();
+    int64_t xs = x.stride;
+    if (g->perm()) {
+      float* xp = static_cast<float*>(xperm_.get(size_t(T * K) * 4));
+      cuda::permute_cols(x.f32(), x.stride, g->perm(), T, K, xp, stream_);
+      xin = xp;
+      xs = K;
+    }
+    if (T <= cuda::kGemvMaxRows) {
+      cuda::gptq_gemv(g->matrix(), xin, xs, T, y.f32(), y.stride, stream_);
+    } else {
+      void* wh = wdeq_.get(size_t(N * K) * 2);
+      cuda::gptq_dequant_f16(g->matrix(), wh, stream_);
+      void* xh = x16_.get(size_t(T * K) * 2);
+      cuda::convert_rows(xin, xs, T, K, xh, cuda::ElemType::kF16, stream_);
+      matmul(wh, DType::kF16, xh, K, T, K, N, y.f32(), y.stride);
+    }
+    if (g->bias_dev()) cuda::add_bias(y.f32(), y.stride, g->bias_dev(), T, N, stream_);
+  }
+
+  void rms_norm(const Tensor& x, const Tensor& w, float eps, const Tensor& y) override {
+    check(x);
+    check(y);
+    GPTQ_ASSERT(w.cols == x.cols && y.cols == x.cols && y.rows == x.rows);
+    cuda::rms_norm(x.f32(), x.stride, w.f32(), eps, x.rows, x.cols, y.f32(), y.stride, stream_);
+  }
+
+  void rope_angles(const Tensor& inv_freq, const BatchPlan& plan, const Tensor& cs) override {
+    check(cs);
+    GPTQ_ASSERT(cs.cols == 2 * inv_freq.cols && cs.rows == plan.n_tokens());
+    const DevicePlan& P = upload_plan(plan);
+    cuda::rope_angles(inv_freq.f32(), inv_freq.cols, P.positions, cs.rows, cs.f32(), cs.stride, stream_);
+  }
+
+  void rope(const Tensor& x, int64_t n_heads, int64_t hd, const Tensor& cs) override {
+    check(x);
+    GPTQ_ASSERT(x.cols == n_heads * hd && cs.cols == hd && cs.rows == x.rows);
+    cuda::rope(x.f32(), x.stride, x.rows, n_heads, hd, cs.f32(), cs.stride, stream_);
+  }
+
+  void attention(int64_t layer, const Tensor& q, const Tensor& k, const Tensor& v, const KVView& kv,
+                 const BatchPlan& plan, int64_t n_heads, const Tensor& out) override {
+    check(q);
+    check(out);
+    const KVLayout& L = kv.layout;
+    GPTQ_ASSERT(q.cols == n_heads * L.head_dim && k.cols == L.n_kv_heads * L.head_dim && out.cols == q.cols);
+    GPTQ_ASSERT(n_heads % L.n_kv_heads == 0 && layer >= 0 && layer < L.n_layers && q.rows == plan.n_tokens());
+    GPTQ_ASSERT(L.head_dim <= 256, "the CUDA attention kernel takes head_dim up to 256");
+    const DevicePlan& P = upload_plan(plan);
+    cuda::PagedKV pk;
+    pk.blocks = upload_block_ptrs(kv, plan);
+    pk.n_kv_heads = L.n_kv_heads;
+    pk.head_dim = L.head_dim;
+    pk.block_size = L.block_size;
+    pk.layer_bytes = L.layer_bytes();
+    pk.head_bytes = L.head_bytes();
+    pk.f16 = L.dtype == DType::kF16;
+    cuda::kv_store(pk, layer, k.f32(), k.stride, v.f32(), v.stride, P.slots, q.rows, stream_);
+    cuda::AttnArgs a;
+    a.kv = pk;
+    a.layer = layer;
+    a.n_heads = n_heads;
+    a.T = q.rows;
+    a.q = q.f32();
+    a.q_stride = q.stride;
+    a.out = out.f32();
+    a.out_stride = out.stride;
+    a.row_seq = P.row_seq;
+    a.seqs = P.seqs;
+    a.tables = P.tables;
+    a.max_keys = P.max_keys;
+    const size_t sf = cuda::attention_scratch_floats(a.T, n_heads, L.head_dim, P.max_keys);
+    a.scratch = sf ? static_cast<float*>(attn_.get(sf * 4)) : nullptr;
+    cuda::paged_attention(a, stream_);
+  }
+
+  void silu_mul(const Tensor& g, const Tensor& u) override {
+    check(g);
+    check(u);
+    GPTQ_ASSERT(g.contiguous() && u.contiguous() && g.rows == u.rows && g.cols == u.cols);
+    cuda::silu_mul(g.f32(), u.f32(), g.numel(), stream_);
+  }
+  void add(const Tensor& x, const Tensor& y) override {
+    check(x);
+    check(y);
+    GPTQ_ASSERT(x.rows == y.rows && x.cols == y.cols);
+    cuda::add(x.f32(), x.stride, y.f32(), y.stride, x.rows, x.cols, stream_);
+  }
+  void gather_rows(const Tensor& x, const std::vector<int64_t>& rows, const Tensor& y) override {
+    check(x);
+    check(y);
+    GPTQ_ASSERT(y.rows == int64_t(rows.size()) && y.cols == x.cols);
+    if (rows.empty()) return;
+    auto* d = static_cast<int64_t*>(rows_.get(rows.size() * 8));
+    CUDA_CHECK(cudaMemcpyAsync(d, rows.data(), rows.size() * 8, cudaMemcpyHostToDevice, stream_));
+    cuda::gather_rows(x.f32(), x.stride, d, int64_t(rows.size()), x.cols, y.f32(), y.stride, stream_);
+  }
+  std::unique_ptr<HessianAccumulator> hessian(int64_t K) override {
+    synchronize();
+    return std::make_unique<CudaHessian>(pool_, K);
+  }
+
+ private:
+  static constexpr size_t kStagingBytes = size_t(16) << 20;
+  struct Pinned {
+    void* ptr = nullptr;
+    cudaEvent_t done = nullptr;
+    bool used = false;
+  };
+
+  static void check(const Tensor& t) {
+    GPTQ_ASSERT(t.device == Device::kCuda && t.dtype == DType::kF32, "not a CUDA F32 tensor");
+  }
+
+  // Host (e.g. memory-mapped file) → device through two pinned buffers: the host copy of one
+  // chunk overlaps the DMA of the other; no full host copy is made.
+  void staged_upload(void* dst, const void* src, size_t bytes) {
+    size_t done = 0;
+    int i = 0;
+    while (done < bytes) {
+      Pinned& p = pinned_[i];
+      if (p.used) CUDA_CHECK(cudaEventSynchronize(p.done));
+      const size_t n = std::min(kStagingBytes, bytes - done);
+      std::memcpy(p.ptr, static_cast<const char*>(src) + done, n);
+      CUDA_CHECK(cudaMemcpyAsync(static_cast<char*>(dst) + done, p.ptr, n, cudaMemcpyHostToDevice, stream_));
+      CUDA_CHECK(cudaEventRecord(p.done, stream_));
+      p.used = true;
+      done += n;
+      i ^= 1;
+    }
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+
+  // ---- cuBLASLt: y[T, N] (row stride ys) = x[T, K] (row stride xs) · W[N, K]ᵀ, fp32 accumulate.
+  // Column-major view: C (N × T, ld ys) = Aᵀ · B with A = W (K × N, ld K), B = x (K × T, ld xs).
+  struct LtPlan {
+    cublasLtMatmulDesc_t op = nullptr;
+    cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+    cublasLtMatmulHeuristicResult_t algo{};
+  };
+  static int align_of(const void* p, int64_t ld, size_t es) {
+    const uintptr_t v = reinterpret_cast<uintptr_t>(p) | uintptr_t(size_t(ld) * es);
+    int a = 256;
+    while (a > 1 && (v % uintptr_t(a)) != 0) a /= 2;
+    return a;
+  }
+  void matmul(const void* W, DType wt, const void* x, int64_t xs, int64_t T, int64_t K, int64_t N, float* y, int64_t ys) {
+    const size_t es = dtype_size(wt);
+    const int aa = align_of(W, K, es), ab = align_of(x, xs, es), ac = align_of(y, ys, 4);
+    const auto key = std::make_tuple(int(wt), T, K, N, xs, ys, aa * 1000000 + ab * 1000 + ac);
+    auto it = plans_.find(key);
+    if (it == plans_.end()) {
+      LtPlan p;
+      const cudaDataType_t t = cuda_type(wt);
+      CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+      const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+      CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
+      CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
+      CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.a, t, uint64_t(K), uint64_t(N), K));
+      CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.b, t, uint64_t(K), uint64_t(T), xs));
+      CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.c, CUDA_R_32F, uint64_t(N), uint64_t(T), ys));
+      cublasLtMatmulPreference_t pref;
+      CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+      CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &lt_ws_bytes_,
+                                                        sizeof(lt_ws_bytes_)));
+      const uint32_t al[3] = {uint32_t(aa), uint32_t(ab), uint32_t(ac)};
+      CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al[0], 4));
+      CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al[1], 4));
+      CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al[2], 4));
+      CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al[2], 4));
+      int found = 0;
+      CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(lt_, p.op, p.a, p.b, p.c, p.c, pref, 1, &p.algo, &found));
+      cublasLtMatmulPreferenceDestroy(pref);
+      GPTQ_ASSERT(found > 0, "cuBLASLt has no algorithm for this GEMM");
+      it = plans_.emplace(key, p).first;
+    }
+    const LtPlan& p = it->second;
+    const float one = 1.f, zero = 0.f;
+    CUBLAS_CHECK(cublasLtMatmul(lt_, p.op, &one, W, p.a, x, p.b, &zero, y, p.c, y, p.c, &p.algo.algo, lt_ws_.get(),
+                                lt_ws_bytes_, stream_));
+  }
+
+  // ---- the plan on the device
+  struct DevicePlan {
+    uint64_t id = 0;
+    const int32_t* tokens = nullptr;
+    const int32_t* positions = nullptr;
+    const int64_t* slots = nullptr;
+    const int32_t* row_seq = nullptr;
+    const cuda::AttnSeqDev* seqs = nullptr;
+    const int32_t* tables = nullptr;
+    int64_t max_keys = 0;
+  };
+  const DevicePlan& upload_plan(const BatchPlan& plan) {
+    if (plan.id != 0 && plan.id == dplan_.id) return dplan_;
+    const size_t T = plan.tokens.size();
+    std::vector<int32_t> row_seq(T, 0);
+    std::vector<cuda::AttnSeqDev> seqs;
+    std::vector<int32_t> tables;
+    int64_t max_keys = 0;
+    for (size_t s = 0; s < plan.seqs.size(); ++s) {
+      const AttnSeq& S = plan.seqs[s];
+      seqs.push_back({int32_t(S.row0), int32_t(S.n_rows), int32_t(S.pos0), int32_t(S.n_blocks), int64_t(tables.size())});
+      tables.insert(tables.end(), S.block_table, S.block_table + S.n_blocks);
+      for (int64_t r = 0; r < S.n_rows; ++r) row_seq[size_t(S.row0 + r)] = int32_t(s);
+      max_keys = std::max(max_keys, S.pos0 + S.n_rows);
+    }
+    // One buffer: [slots i64][seqs][tokens i32][positions][row_seq][tables], 8-byte aligned parts.
+    auto pad8 = [](size_t n) { return (n + 7) / 8 * 8; };
+    const size_t o_slots = 0, o_seqs = o_slots + pad8(T * 8), o_tok = o_seqs + pad8(seqs.size() * sizeof(cuda::AttnSeqDev)),
+                 o_pos = o_tok + pad8(T * 4), o_rs = o_pos + pad8(T * 4), o_tab = o_rs + pad8(T * 4),
+                 total = o_tab + pad8(tables.size() * 4);
+    host_plan_.assign(total, 0);
+    auto put = [&](size_t off, const void* src, size_t n) { if (n) std::memcpy(host_plan_.data() + off, src, n); };
+    put(o_slots, plan.slots.data(), T * 8);
+    put(o_seqs, seqs.data(), seqs.size() * sizeof(cuda::AttnSeqDev));
+    put(o_tok, plan.tokens.data(), T * 4);
+    put(o_pos, plan.positions.data(), T * 4);
+    put(o_rs, row_seq.data(), T * 4);
+    put(o_tab, tables.data(), tables.size() * 4);
+    char* d = static_cast<char*>(plan_mem_.get(std::max<size_t>(total, 8)));
+    CUDA_CHECK(cudaMemcpyAsync(d, host_plan_.data(), total, cudaMemcpyHostToDevice, stream_));
+    dplan_.id = plan.id;
+    dplan_.slots = reinterpret_cast<const int64_t*>(d + o_slots);
+    dplan_.seqs = reinterpret_cast<const cuda::AttnSeqDev*>(d + o_seqs);
+    dplan_.tokens = reinterpret_cast<const int32_t*>(d + o_tok);
+    dplan_.positions = reinterpret_cast<const int32_t*>(d + o_pos);
+    dplan_.row_seq = reinterpret_cast<const int32_t*>(d + o_rs);
+    dplan_.tables = reinterpret_cast<const int32_t*>(d + o_tab);
+    dplan_.max_keys = max_keys;
+    return dplan_;
+  }
+
+  // The cache's block base addresses (they change only when the pool grows).
+  void* const* upload_block_ptrs(const KVView& kv, const BatchPlan& plan) {
+    int64_t n = 0;
+    for (const AttnSeq& S : plan.seqs)
+      for (int64_t b = 0; b < S.n_blocks; ++b) n = std::max<int64_t>(n, S.block_table[b] + 1);
+    if (n > int64_t(blocks_host_.size()) || !std::equal(blocks_host_.begin(), blocks_host_.begin() + n, kv.blocks)) {
+      // Upload every known block address up to the highest id in use (ids are dense).
+      blocks_host_.assign(kv.blocks, kv.blocks + n);
+      void* d = blocks_dev_.get(std::max<size_t>(size_t(n), 1) * sizeof(void*));
+      CUDA_CHECK(cudaMemcpyAsync(d, blocks_host_.data(), size_t(n) * sizeof(void*), cudaMemcpyHostToDevice, stream_));
+    }
+    return static_cast<void* const*>(blocks_dev_.mem.get());
+  }
+
+  int dev_;
+  cudaDeviceProp prop_{};
+  cudaStream_t stream_ = nullptr;
+  cublasLtHandle_t lt_ = nullptr;
+  std::shared_ptr<void> lt_ws_;
+  size_t lt_ws_bytes_ = 0;
+  std::map<std::tuple<int, int64_t, int64_t, int64_t, int64_t, int64_t, int>, LtPlan> plans_;
+  ThreadPool pool_;  // host work at load (repacking)
+  Pinned pinned_[2];
+  Scratch x16_, xperm_, wdeq_, attn_, rows_, plan_mem_, blocks_dev_;
+  std::vector<char> host_plan_;
+  std::vector<void*> blocks_host_;
+  DevicePlan dplan_;
+  double bandwidth_ = 0;
+};
+
+}  // namespace
+
+bool built_with_cuda() { return true; }
+bool cuda_usable(int device, std::string* why) { return probe(device, why); }
+std::unique_ptr<Backend> make_cuda_backend(const CudaBackendOptions& o) { return std::make_unique<CudaBackend>(o); }
+
+}  // namespace gptq
