@@ -83,7 +83,8 @@ BackendEntry cpu_entry(cpu::SimdLevel level) {
 }
 
 // The CUDA backend (skipped with the reason when the build has no CUDA or there is no GPU).
-// Its dense F16/BF16 GEMMs run on cuBLASLt with x rounded to the weight's type; GPTQ layers above
+// Its dense F16/BF16 GEMMs above 8 rows (or with K % 8 != 0) run on cuBLASLt with x rounded to the
+// weight's type (at most 8 rows: a GEMV in fp32); GPTQ layers above
 // the GEMV row limit (8), and layers held as F16 (no chunk layout), are dequantized to fp16 and so
 // are x's rows (backend/cuda/cuda_backend.cpp).
 BackendEntry cuda_entry() {
@@ -96,8 +97,10 @@ BackendEntry cuda_entry() {
   e.make = [] { return make_cuda_backend(); };
   e.gemm_input_u = [](const Weight& w, int64_t T) -> double {
     const std::string k = w.kind();
-    if (k == "F16" || k.find("held as F16") != std::string::npos) return 1.0 / 2048;
-    if (k == "BF16") return 1.0 / 256;
+    const bool gemv = T <= 8 && w.in_features() % 8 == 0;  // dense_gemv: fp32 x
+    if (k.find("held as F16") != std::string::npos) return 1.0 / 2048;
+    if (k == "F16") return gemv ? 0.0 : 1.0 / 2048;
+    if (k == "BF16") return gemv ? 0.0 : 1.0 / 256;
     if (k.rfind("GPTQ", 0) == 0) return T > 8 ? 1.0 / 2048 : 0.0;
     return 0.0;
   };
@@ -576,7 +579,7 @@ double linear_limit(int64_t K, const Weight& w, int64_t T) {
 
 void add_dense_linear_cases() {
   for (DType dt : {DType::kF32, DType::kF16, DType::kBF16})
-    for (const auto& kn : {std::pair<int64_t, int64_t>{97, 33}, {300, 130}, {1027, 70}})
+    for (const auto& kn : {std::pair<int64_t, int64_t>{97, 33}, {300, 130}, {1027, 70}, {512, 75}})
       for (bool bias : {false, true})
         for (int64_t T : {1, 4, 5, 64, 65}) {
           const int64_t K = kn.first, N = kn.second;

@@ -1,6 +1,7 @@
 // The CUDA backend: every op of backend.h on one GPU, one stream. Activations are fp32 (as on the
-// CPU); dense weights stay in their file dtype (fp16/bf16/fp32) and their GEMMs run on cuBLASLt
-// with the activations rounded to the weights' 16-bit type and fp32 accumulation; GPTQ weights are
+// CPU); dense weights stay in their file dtype (fp16/bf16/fp32): at decode batch sizes (T <= 8) our
+// GEMV reads them with fp32 x and accumulation, above that cuBLASLt runs with x rounded to the
+// weights' 16-bit type and fp32 accumulation; GPTQ weights are
 // repacked once at load into the chunk layout of gptq_kernels.h (act-order inputs reordered) and run
 // on our kernels at decode batch sizes, dequantized to fp16 for cuBLASLt above them.
 //
@@ -368,6 +369,8 @@ class CudaBackend final : public Backend {
     if (const auto* d = dynamic_cast<const CudaDenseWeight*>(&w)) {
       if (d->dtype() == DType::kF32) {
         matmul(d->data(), DType::kF32, x.data, x.stride, T, K, N, y.f32(), y.stride);
+      } else if (cuda::dense_gemv_ok(d->data(), K, x.f32(), x.stride, T)) {
+        cuda::dense_gemv(d->data(), elem(d->dtype()), K, N, x.f32(), x.stride, T, y.f32(), y.stride, stream_);
       } else {
         void* xh = x16_.get(size_t(T * K) * 2);
         cuda::convert_rows(x.f32(), x.stride, T, K, xh, elem(d->dtype()), stream_);

@@ -39,6 +39,13 @@ void add_bias(float* y, int64_t y_stride, const float* bias, int64_t T, int64_t 
 // Synthetic weights: dst[i] = synthetic_uniform(seed, i) * scale as `t` (core/synthetic.h)
 void fill_uniform(void* dst, ElemType t, int64_t n, float scale, uint64_t seed, cudaStream_t s);
 
+// ---- dense 16-bit weights at decode batch sizes (dense_gemv.cu): y[T, N] = x[T, K] · Wᵀ, W [N, K]
+// F16/BF16, fp32 x and accumulation. Only where dense_gemv_ok (K % 8, 16-byte alignment, T <= 8).
+constexpr int64_t kDenseGemvMaxRows = 8;
+bool dense_gemv_ok(const void* W, int64_t K, const float* x, int64_t xs, int64_t T);
+void dense_gemv(const void* W, ElemType wt, int64_t K, int64_t N, const float* x, int64_t xs, int64_t T, float* y,
+                int64_t ys, cudaStream_t s);
+
 // ---- attention over the paged KV cache (attention.cu)
 struct PagedKV {
   void* const* blocks = nullptr;  // device array: base address of each block id

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# On the GPU machine, after scripts/device/gpu_pack.sh here: unpacks, then runs what is asked
+# (default: tests bench), logs under $OUT.
+#   tests      the CUDA test cases: BackendOps.*/cuda, Cuda*.* (GPTQ_TEST_FILTER overrides)
+#   sanitize   the same under compute-sanitizer memcheck (a subset: GPTQ_SANITIZE_FILTER)
+#   workbench  bench/cuda_workbench: GPTQ kernels and cuBLAS fp16 on Llama-2-7B layer shapes
+#   bench      gptq bench --device cuda: llama-gutenberg-22m, synthetic Llama-2-7B fp16 and GPTQ
+set -uo pipefail
+w=/tmp/gptq-gpu
+out=${OUT:-/tmp}
+rm -rf "$w" && mkdir -p "$w/shared"
+for b in gptq gptq_tests gptq_cuda_workbench; do
+  [ -f ".device/$b.xz" ] && xz -dc ".device/$b.xz" >"$w/$b" && chmod +x "$w/$b"
+done
+xz -dc .device/shared.tar.xz | tar -C "$w/shared" -xf -
+# cuBLAS: the toolkit's, else the one PyTorch's wheels carry.
+for d in /usr/local/cuda/lib64 /usr/local/cuda-13*/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
+         $(python3 -c 'import nvidia, os; print(" ".join(os.path.join(p, "cu13/lib") for p in nvidia.__path__))' 2>/dev/null); do
+  [ -e "$d/libcublasLt.so.13" ] && export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" && break
+done
+export GPTQ_SHARED="$w/shared" GPTQ_CLI="$w/gptq"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv | tee "$out/gpu.txt"
+ldd "$w/gptq" | grep -E 'cublas|not found' | tee -a "$out/gpu.txt"
+rc=0
+for what in ${@:-tests bench}; do
+  echo "=== $what"
+  case $what in
+    tests)
+      "$w/gptq_tests" --gtest_filter="${GPTQ_TEST_FILTER:-BackendOps.*/cuda:Cuda*.*}" --gtest_brief=1 >"$out/tests.log" 2>&1 || rc=1
+      grep -E 'FAIL|tests? ran|PASSED|SKIPPED \]' "$out/tests.log" | head -60 ;;
+    sanitize)
+      compute-sanitizer --tool memcheck --error-exitcode 9 "$w/gptq_tests" \
+        --gtest_filter="${GPTQ_SANITIZE_FILTER:-BackendOps.*_T1/cuda:BackendOps.*_T5/cuda:BackendOps.*_T65/cuda:BackendOps.attention*/cuda:CudaBatch.*}" \
+        --gtest_brief=1 >"$out/sanitize.log" 2>&1 || rc=1
+      grep -E 'ERROR SUMMARY|FAIL|tests? ran' "$out/sanitize.log" | head -20 ;;
+    workbench)
+      "$w/gptq_cuda_workbench" 2>&1 | tee "$out/workbench.txt" | tail -60 ;;
+    bench)
+      m="$w/shared/models/llama-gutenberg-22m"
+      "$w/gptq" bench -m "$m" --device cuda 2>&1 | tee "$out/bench_22m.txt" | tail -20
+      for s in "--synthetic llama2-7b --dtype f16" "--synthetic llama2-7b --dtype gptq4"; do
+        "$w/gptq" bench $s --device cuda 2>&1 | tee -a "$out/bench_7b.txt" | tail -20
+      done ;;
+    *) echo "unknown: $what"; rc=1 ;;
+  esac
+done
+exit $rc
