@@ -576,7 +576,8 @@ class CudaBackend final : public Backend {
   };
   const DevicePlan& upload_plan(const BatchPlan& plan) {
     if (plan.id != 0 && plan.id == dplan_.id) return dplan_;
-    const size_t T = plan.tokens.size();
+    // A plan may leave out what its ops do not read (tests: positions only for RoPE angles).
+    const size_t T = std::max({plan.tokens.size(), plan.positions.size(), plan.slots.size()});
     std::vector<int32_t> row_seq(T, 0);
     std::vector<cuda::AttnSeqDev> seqs;
     std::vector<int32_t> tables;
@@ -585,7 +586,7 @@ class CudaBackend final : public Backend {
       const AttnSeq& S = plan.seqs[s];
       seqs.push_back({int32_t(S.row0), int32_t(S.n_rows), int32_t(S.pos0), int32_t(S.n_blocks), int64_t(tables.size())});
       tables.insert(tables.end(), S.block_table, S.block_table + S.n_blocks);
-      for (int64_t r = 0; r < S.n_rows; ++r) row_seq[size_t(S.row0 + r)] = int32_t(s);
+      for (int64_t r = 0; r < S.n_rows && size_t(S.row0 + r) < T; ++r) row_seq[size_t(S.row0 + r)] = int32_t(s);
       max_keys = std::max(max_keys, S.pos0 + S.n_rows);
     }
     // One buffer: [slots i64][seqs][tokens i32][positions][row_seq][tables], 8-byte aligned parts.
@@ -595,10 +596,10 @@ class CudaBackend final : public Backend {
                  total = o_tab + pad8(tables.size() * 4);
     host_plan_.assign(total, 0);
     auto put = [&](size_t off, const void* src, size_t n) { if (n) std::memcpy(host_plan_.data() + off, src, n); };
-    put(o_slots, plan.slots.data(), T * 8);
+    put(o_slots, plan.slots.data(), plan.slots.size() * 8);
     put(o_seqs, seqs.data(), seqs.size() * sizeof(cuda::AttnSeqDev));
-    put(o_tok, plan.tokens.data(), T * 4);
-    put(o_pos, plan.positions.data(), T * 4);
+    put(o_tok, plan.tokens.data(), plan.tokens.size() * 4);
+    put(o_pos, plan.positions.data(), plan.positions.size() * 4);
     put(o_rs, row_seq.data(), T * 4);
     put(o_tab, tables.data(), tables.size() * 4);
     char* d = static_cast<char*>(plan_mem_.get(std::max<size_t>(total, 8)));
