@@ -1,0 +1,269 @@
+// GPTQ kernels over the chunked device layout of gptq_kernels.h: a decode GEMV (T <= 8 rows) and
+// a dequantization to fp16 for cuBLAS at larger T.
+//
+// gptq_gemv tiling. One block = 32 output columns (one column tile) and all of K; its warps split
+// the K chunks into contiguous ranges (warp w: chunks [w*cpw, (w+1)*cpw)). Lane l owns column
+// tile*32 + l and, per chunk, loads that column's `bits` consecutive words (4-bit: one 16-byte
+// load; 8-bit: two; 3-bit: three 4-byte loads; 2-bit: one 8-byte load), so a warp reads
+// 32*4*bits contiguous bytes per chunk (512 B at 4 bits). A warp issues the loads of U chunks
+// (U*bits words, ~32 registers at T <= 2) before it decodes any of them, so each warp keeps U
+// chunk loads in flight; with 8-16 warps per SM that is 32-64 KB in flight per SM at 4 bits, past
+// what Little's law asks of HBM3e (~16 B/clk/SM * ~1 us). chunk_group and scale_zero (one 4-byte
+// half2 per column and chunk: an L1 hit after the first chunk of a group) are loaded with them.
+// x is read with warp-uniform float4 loads (one broadcast transaction, L1-resident): every lane
+// needs all 32 inputs of the chunk, and staging x in shared memory would not fit K*T floats at
+// K = 11008, T = 8 without a second pass.
+// Decoding: gptq_decode.h (one LOP3 + one FFMA per code, exact q - zero in fp32), then T FFMAs per
+// code against x; per chunk y_t += scale * acc_t. At the end the warps' partial sums go through
+// shared memory and are added in warp order (deterministic, no atomics).
+// Instruction budget at T = 1, 4 bits: ~3.2 issue slots per code, ~26 clk per warp-chunk per SM,
+// against ~31 clk for its 512 bytes at 4.25 TB/s over 132 SMs: the kernel is near the memory
+// roofline at T = 1 and becomes issue-bound (FFMA) from T ~ 2-3 on; 2- and 3-bit are issue-bound.
+//
+// Limits: 1 <= T <= 8; K % 4 == 0 (the format guarantees it); x 16-byte aligned and x_stride a
+// multiple of 4 floats (float4 loads); N, n_chunks and n_groups*N below 2^31.
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "backend/cuda/cuda_check.h"
+#include "backend/cuda/gptq_decode.h"
+#include "backend/cuda/gptq_kernels.h"
+#include "gptq/error.h"
+
+namespace gptq::cuda {
+
+namespace {
+
+constexpr int kMaxWarps = 16;
+
+// Chunks whose loads a warp issues before decoding: ~32 weight registers for T = 1 (memory-bound:
+// depth matters), half that above (issue-bound: registers go to the T accumulators).
+template <int BITS, int T>
+constexpr int chunks_in_flight() {
+  constexpr int words = T == 1 ? 32 : 16;
+  return words / BITS > 1 ? words / BITS : 1;
+}
+
+template <int BITS>
+__device__ __forceinline__ void load_chunk(const uint32_t* __restrict__ p, uint32_t (&w)[BITS]) {
+  if constexpr (BITS == 4) {
+    const uint4 v = __ldg(reinterpret_cast<const uint4*>(p));
+    w[0] = v.x, w[1] = v.y, w[2] = v.z, w[3] = v.w;
+  } else if constexpr (BITS == 8) {
+    const uint4 a = __ldg(reinterpret_cast<const uint4*>(p)), b = __ldg(reinterpret_cast<const uint4*>(p) + 1);
+    w[0] = a.x, w[1] = a.y, w[2] = a.z, w[3] = a.w, w[4] = b.x, w[5] = b.y, w[6] = b.z, w[7] = b.w;
+  } else if constexpr (BITS == 2) {
+    const uint2 v = __ldg(reinterpret_cast<const uint2*>(p));
+    w[0] = v.x, w[1] = v.y;
+  } else {  // 3 bits: 12-byte column stride, 4-byte loads (the warp's three loads share 384 bytes)
+    w[0] = __ldg(p), w[1] = __ldg(p + 1), w[2] = __ldg(p + 2);
+  }
+}
+
+__device__ __forceinline__ float half_bits_to_float(uint32_t h) {
+  return __half2float(__ushort_as_half(static_cast<unsigned short>(h)));
+}
+
+// y[t] += scale * sum_i (q_i - zero) * x[t][i] over one chunk. xc: x + 32c (row t at t*x_stride);
+// GUARD: the chunk is the last, partial one and inputs at >= k_left read as 0.
+template <int BITS, int T, bool GUARD>
+__device__ __forceinline__ void chunk_fma(const uint32_t (&w)[BITS], uint32_t sz, const float* __restrict__ xc,
+                                          int64_t x_stride, int k_left, float (&y)[T]) {
+  const GptqZeroConsts zc = gptq_zero_consts(half_bits_to_float(sz >> 16));
+  float acc[T];
+#pragma unroll
+  for (int i4 = 0; i4 < 8; ++i4) {
+    float d[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) d[j] = gptq_code_minus_zero<BITS>(w, zc, 4 * i4 + j);
+#pragma unroll
+    for (int t = 0; t < T; ++t) {
+      float4 xv = make_float4(0.f, 0.f, 0.f, 0.f);
+      if (!GUARD || 4 * i4 < k_left) xv = __ldg(reinterpret_cast<const float4*>(xc + t * x_stride) + i4);
+      float a = i4 == 0 ? d[0] * xv.x : __fmaf_rn(d[0], xv.x, acc[t]);
+      a = __fmaf_rn(d[1], xv.y, a);
+      a = __fmaf_rn(d[2], xv.z, a);
+      acc[t] = __fmaf_rn(d[3], xv.w, a);
+    }
+  }
+  const float scale = half_bits_to_float(sz & 0xffffu);
+#pragma unroll
+  for (int t = 0; t < T; ++t) y[t] = __fmaf_rn(scale, acc[t], y[t]);
+}
+
+// Registers (nvcc 13.0, sm_90a, -Xptxas -v), no spills, no local memory: see the table printed
+// by `cuobjdump --dump-resource-usage` in the commit message; 512-thread bounds cap them at 128.
+template <int BITS, int T>
+__global__ void __launch_bounds__(kMaxWarps * 32)
+    gptq_gemv_kernel(const uint32_t* __restrict__ qweight,    // [n_chunks][N][BITS]
+                     const uint32_t* __restrict__ scale_zero, // [n_groups][N] half2 (scale, zero)
+                     const int32_t* __restrict__ chunk_group, // [n_chunks]
+                     const float* __restrict__ x,             // [T][x_stride], reordered inputs
+                     int64_t x_stride, float* __restrict__ y, // [T][y_stride]
+                     int64_t y_stride, int N, int K, int n_chunks, int chunks_per_warp) {
+  constexpr int U = chunks_in_flight<BITS, T>();
+  __shared__ float red[kMaxWarps * T * 32];  // [warp][t][lane]
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+  const int n = blockIdx.x * 32 + lane;
+  const int nl = n < N ? n : N - 1;  // columns past N load a real column; their sums are dropped
+  const int n_full = K / 32;
+  const int c_begin = warp * chunks_per_warp;
+  const int c_end = min(c_begin + chunks_per_warp, n_chunks);
+  const int c_full_end = min(c_end, n_full);
+
+  float acc[T];
+#pragma unroll
+  for (int t = 0; t < T; ++t) acc[t] = 0.f;
+
+  for (int c0 = c_begin; c0 < c_full_end; c0 += U) {
+    uint32_t w[U][BITS];
+    uint32_t sz[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int c = min(c0 + u, c_full_end - 1);  // past the range: a repeated (cached) load, unused
+      load_chunk<BITS>(qweight + (int64_t(c) * N + nl) * BITS, w[u]);
+      sz[u] = __ldg(scale_zero + int64_t(__ldg(chunk_group + c)) * N + nl);
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      if (c0 + u < c_full_end) chunk_fma<BITS, T, false>(w[u], sz[u], x + int64_t(c0 + u) * 32, x_stride, 32, acc);
+  }
+  if (n_full < n_chunks && c_begin <= n_full && n_full < c_end) {  // the partial last chunk is ours
+    uint32_t w[BITS];
+    load_chunk<BITS>(qweight + (int64_t(n_full) * N + nl) * BITS, w);
+    const uint32_t sz = __ldg(scale_zero + int64_t(__ldg(chunk_group + n_full)) * N + nl);
+    chunk_fma<BITS, T, true>(w, sz, x + int64_t(n_full) * 32, x_stride, K - n_full * 32, acc);
+  }
+
+#pragma unroll
+  for (int t = 0; t < T; ++t) red[(warp * T + t) * 32 + lane] = acc[t];
+  __syncthreads();
+  for (int i = threadIdx.x; i < T * 32; i += blockDim.x) {
+    const int t = i >> 5, l = i & 31;
+    float s = red[t * 32 + l];
+    for (int v = 1; v < n_warps; ++v) s += red[(v * T + t) * 32 + l];
+    const int col = blockIdx.x * 32 + l;
+    if (col < N) y[t * y_stride + col] = s;
+  }
+}
+
+// out[n][k] = scale * (q - zero) rounded to fp16, k < K. Block: 8 warps = 8 chunks of one column
+// tile; lane l: column tile*32 + l, reads its chunk words (the warp: contiguous 32*4*bits bytes)
+// and writes 32 halves (64 contiguous bytes of row n) as 8-byte stores (K % 4 == 0).
+template <int BITS>
+__global__ void __launch_bounds__(256)
+    gptq_dequant_kernel(const uint32_t* __restrict__ qweight, const uint32_t* __restrict__ scale_zero,
+                        const int32_t* __restrict__ chunk_group, __half* __restrict__ out, int N, int K,
+                        int n_chunks) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int n = blockIdx.x * 32 + lane;
+  if (n >= N) return;
+  for (int c = blockIdx.y * 8 + warp; c < n_chunks; c += gridDim.y * 8) {
+    uint32_t w[BITS];
+    load_chunk<BITS>(qweight + (int64_t(c) * N + n) * BITS, w);
+    const uint32_t sz = __ldg(scale_zero + int64_t(__ldg(chunk_group + c)) * N + n);
+    const GptqZeroConsts zc = gptq_zero_consts(half_bits_to_float(sz >> 16));
+    const float scale = half_bits_to_float(sz & 0xffffu);
+    __half* o = out + int64_t(n) * K + int64_t(c) * 32;
+    const int k_left = K - c * 32;
+#pragma unroll
+    for (int i4 = 0; i4 < 8; ++i4) {
+      if (4 * i4 >= k_left) break;
+      const __half2 a = __floats2half2_rn(scale * gptq_code_minus_zero<BITS>(w, zc, 4 * i4),
+                                          scale * gptq_code_minus_zero<BITS>(w, zc, 4 * i4 + 1));
+      const __half2 b = __floats2half2_rn(scale * gptq_code_minus_zero<BITS>(w, zc, 4 * i4 + 2),
+                                          scale * gptq_code_minus_zero<BITS>(w, zc, 4 * i4 + 3));
+      uint2 v;
+      v.x = *reinterpret_cast<const uint32_t*>(&a);
+      v.y = *reinterpret_cast<const uint32_t*>(&b);
+      *reinterpret_cast<uint2*>(o + 4 * i4) = v;
+    }
+  }
+}
+
+int sm_count() {
+  int dev = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  static int cached[64] = {};
+  if (dev < 64 && cached[dev]) return cached[dev];
+  int n = 0;
+  CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+  if (dev < 64) cached[dev] = n;
+  return n;
+}
+
+template <int BITS, int T>
+void launch_gemv(const GptqDeviceMatrix& w, const float* x, int64_t x_stride, float* y, int64_t y_stride,
+                 cudaStream_t stream) {
+  const int n_tiles = int((w.N + 31) / 32), n_chunks = int(w.n_chunks);
+  // Enough warps in flight per SM: 16 per block when the column tiles alone leave SMs thin
+  // (N = 4096: 128 tiles for 132 SMs), 8 otherwise; never more warps than chunks.
+  int warps = n_tiles < 2 * sm_count() ? 16 : 8;
+  warps = std::max(1, std::min(warps, n_chunks));
+  const int cpw = std::max(1, (n_chunks + warps - 1) / warps);
+  warps = std::max(1, (n_chunks + cpw - 1) / cpw);  // drop warps that would get no chunk
+  gptq_gemv_kernel<BITS, T><<<n_tiles, warps * 32, 0, stream>>>(w.qweight, w.scale_zero, w.chunk_group, x, x_stride,
+                                                                y, y_stride, int(w.N), int(w.K), n_chunks, cpw);
+}
+
+template <int BITS>
+void launch_gemv_bits(const GptqDeviceMatrix& w, const float* x, int64_t x_stride, int64_t T, float* y,
+                      int64_t y_stride, cudaStream_t stream) {
+  switch (T) {
+    case 1: return launch_gemv<BITS, 1>(w, x, x_stride, y, y_stride, stream);
+    case 2: return launch_gemv<BITS, 2>(w, x, x_stride, y, y_stride, stream);
+    case 3: return launch_gemv<BITS, 3>(w, x, x_stride, y, y_stride, stream);
+    case 4: return launch_gemv<BITS, 4>(w, x, x_stride, y, y_stride, stream);
+    case 5: return launch_gemv<BITS, 5>(w, x, x_stride, y, y_stride, stream);
+    case 6: return launch_gemv<BITS, 6>(w, x, x_stride, y, y_stride, stream);
+    case 7: return launch_gemv<BITS, 7>(w, x, x_stride, y, y_stride, stream);
+    case 8: return launch_gemv<BITS, 8>(w, x, x_stride, y, y_stride, stream);
+  }
+}
+
+void check_matrix(const GptqDeviceMatrix& w) {
+  GPTQ_ASSERT(w.bits == 2 || w.bits == 3 || w.bits == 4 || w.bits == 8, "bits ", w.bits);
+  GPTQ_ASSERT(w.K >= 0 && w.N >= 0 && w.K % 4 == 0 && w.n_chunks == (w.K + 31) / 32, "K ", w.K);
+  GPTQ_ASSERT(w.N < (int64_t(1) << 31) && w.n_chunks * 32 < (int64_t(1) << 31) && w.n_groups * w.N < (int64_t(1) << 31));
+  GPTQ_ASSERT(reinterpret_cast<uintptr_t>(w.qweight) % 16 == 0, "qweight must be 16-byte aligned");
+}
+
+}  // namespace
+
+void gptq_gemv(const GptqDeviceMatrix& w, const float* x, int64_t x_stride, int64_t T, float* y, int64_t y_stride,
+               cudaStream_t stream) {
+  check_matrix(w);
+  GPTQ_ASSERT(T >= 1 && T <= kGemvMaxRows, "T ", T);
+  GPTQ_ASSERT(reinterpret_cast<uintptr_t>(x) % 16 == 0 && x_stride % 4 == 0 && (T == 1 || x_stride >= w.K),
+              "x must be 16-byte aligned with rows a multiple of 4 floats apart");
+  GPTQ_ASSERT(T == 1 || y_stride >= w.N);
+  if (w.N == 0) return;
+  switch (w.bits) {
+    case 2: launch_gemv_bits<2>(w, x, x_stride, T, y, y_stride, stream); break;
+    case 3: launch_gemv_bits<3>(w, x, x_stride, T, y, y_stride, stream); break;
+    case 4: launch_gemv_bits<4>(w, x, x_stride, T, y, y_stride, stream); break;
+    case 8: launch_gemv_bits<8>(w, x, x_stride, T, y, y_stride, stream); break;
+  }
+  CUDA_CHECK(cudaGetLastError());
+}
+
+void gptq_dequant_f16(const GptqDeviceMatrix& w, void* out, cudaStream_t stream) {
+  check_matrix(w);
+  GPTQ_ASSERT(reinterpret_cast<uintptr_t>(out) % 8 == 0, "out must be 8-byte aligned");
+  if (w.N == 0 || w.n_chunks == 0) return;
+  const dim3 grid(unsigned((w.N + 31) / 32), unsigned(std::min<int64_t>((w.n_chunks + 7) / 8, 65535)));
+  auto* o = static_cast<__half*>(out);
+  const int N = int(w.N), K = int(w.K), nc = int(w.n_chunks);
+  switch (w.bits) {
+    case 2: gptq_dequant_kernel<2><<<grid, 256, 0, stream>>>(w.qweight, w.scale_zero, w.chunk_group, o, N, K, nc); break;
+    case 3: gptq_dequant_kernel<3><<<grid, 256, 0, stream>>>(w.qweight, w.scale_zero, w.chunk_group, o, N, K, nc); break;
+    case 4: gptq_dequant_kernel<4><<<grid, 256, 0, stream>>>(w.qweight, w.scale_zero, w.chunk_group, o, N, K, nc); break;
+    case 8: gptq_dequant_kernel<8><<<grid, 256, 0, stream>>>(w.qweight, w.scale_zero, w.chunk_group, o, N, K, nc); break;
+  }
+  CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace gptq::cuda
