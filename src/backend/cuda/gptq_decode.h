@@ -55,11 +55,9 @@ GPTQ_HD uint32_t gptq_window(const uint32_t (&w)[BITS], int m) {
   const int j = m >> 1;
   if ((m & 1) == 0) return w[j];
   const uint32_t hi = j + 1 < BITS ? w[j + 1] : 0u;
-#if defined(__CUDA_ARCH__)
-  return __funnelshift_r(w[j], hi, 16);
-#else
+  // Plain shifts, not __funnelshift_r: its inline asm is not merged across the codes that share
+  // a window; ptxas makes one SHF of this anyway, and drops `hi` where the mask never reaches it.
   return (w[j] >> 16) | (hi << 16);
-#endif
 }
 
 // The per-chunk constants: zc[o] = -(2^(23-o) + zero) for the 16 possible offsets (only those
