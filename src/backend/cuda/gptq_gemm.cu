@@ -43,7 +43,7 @@ constexpr int kMaxWarps = 16;
 // depth matters), half that above (issue-bound: registers go to the T accumulators).
 template <int BITS, int T>
 constexpr int chunks_in_flight() {
-  constexpr int words = T == 1 ? 32 : 16;
+  constexpr int words = T == 1 ? 32 : (BITS == 2 && T > 4) ? 8 : 16;  // 2-bit T > 4 spilled on sm_80
   return words / BITS > 1 ? words / BITS : 1;
 }
 
@@ -94,8 +94,15 @@ __device__ __forceinline__ void chunk_fma(const uint32_t (&w)[BITS], uint32_t sz
   for (int t = 0; t < T; ++t) y[t] = __fmaf_rn(scale, acc[t], y[t]);
 }
 
-// Registers (nvcc 13.0, sm_90a, -Xptxas -v), no spills, no local memory: see the table printed
-// by `cuobjdump --dump-resource-usage` in the commit message; 512-thread bounds cap them at 128.
+// Registers per thread (nvcc 13.0, sm_90a, -Xptxas -v; 0 spills, 0 stack, for every BITS x T):
+//   T:      1    2    3    4    5    6    7    8
+//   4-bit: 60   53   74   72   78   77   88   92
+//   8-bit: 62   54   54   72   74   78   78   78
+//   3-bit: 77   70   84   86   83   86  112  114
+//   2-bit: 104  78   80   90   73   83   90   92
+// (sm_80: the same within ~30%, no spills except 16 bytes in 8-bit T = 3.)
+// Occupancy (65536 registers/SM): 4-bit T = 1 at 64 allocated -> 32 warps/SM (4 blocks of 8 warps
+// or 2 of 16); T = 8 at 96 -> 20 warps/SM. The launch bounds (512 threads) cap registers at 128.
 template <int BITS, int T>
 __global__ void __launch_bounds__(kMaxWarps * 32)
     gptq_gemv_kernel(const uint32_t* __restrict__ qweight,    // [n_chunks][N][BITS]
@@ -150,37 +157,47 @@ __global__ void __launch_bounds__(kMaxWarps * 32)
   }
 }
 
-// out[n][k] = scale * (q - zero) rounded to fp16, k < K. Block: 8 warps = 8 chunks of one column
-// tile; lane l: column tile*32 + l, reads its chunk words (the warp: contiguous 32*4*bits bytes)
-// and writes 32 halves (64 contiguous bytes of row n) as 8-byte stores (K % 4 == 0).
+// out[n][k] = scale * (q - zero) rounded to fp16, k < K. Block: 8 warps, each one chunk of the
+// same 32-column tile at a time. Lane l decodes column tile*32 + l (the warp's loads: contiguous
+// 32*4*bits bytes), puts its 32 halves in the warp's shared tile, and the warp then writes the 32
+// rows of 64 bytes with 8-byte stores, 4 rows per instruction (full 32-byte sectors; a lane per
+// column would scatter each store over 32 rows). Rows are only 8-byte aligned (K % 4 == 0).
 template <int BITS>
 __global__ void __launch_bounds__(256)
     gptq_dequant_kernel(const uint32_t* __restrict__ qweight, const uint32_t* __restrict__ scale_zero,
                         const int32_t* __restrict__ chunk_group, __half* __restrict__ out, int N, int K,
                         int n_chunks) {
+  constexpr int kPitch = 17;  // words per column in the tile: 16 + 1 against bank conflicts
+  __shared__ uint32_t tile[8][32 * kPitch];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int n = blockIdx.x * 32 + lane;
-  if (n >= N) return;
+  const int nl = n < N ? n : N - 1;
+  uint32_t* st = tile[warp];
   for (int c = blockIdx.y * 8 + warp; c < n_chunks; c += gridDim.y * 8) {
     uint32_t w[BITS];
-    load_chunk<BITS>(qweight + (int64_t(c) * N + n) * BITS, w);
-    const uint32_t sz = __ldg(scale_zero + int64_t(__ldg(chunk_group + c)) * N + n);
+    load_chunk<BITS>(qweight + (int64_t(c) * N + nl) * BITS, w);
+    const uint32_t sz = __ldg(scale_zero + int64_t(__ldg(chunk_group + c)) * N + nl);
     const GptqZeroConsts zc = gptq_zero_consts(half_bits_to_float(sz >> 16));
     const float scale = half_bits_to_float(sz & 0xffffu);
-    __half* o = out + int64_t(n) * K + int64_t(c) * 32;
-    const int k_left = K - c * 32;
 #pragma unroll
-    for (int i4 = 0; i4 < 8; ++i4) {
-      if (4 * i4 >= k_left) break;
-      const __half2 a = __floats2half2_rn(scale * gptq_code_minus_zero<BITS>(w, zc, 4 * i4),
-                                          scale * gptq_code_minus_zero<BITS>(w, zc, 4 * i4 + 1));
-      const __half2 b = __floats2half2_rn(scale * gptq_code_minus_zero<BITS>(w, zc, 4 * i4 + 2),
-                                          scale * gptq_code_minus_zero<BITS>(w, zc, 4 * i4 + 3));
-      uint2 v;
-      v.x = *reinterpret_cast<const uint32_t*>(&a);
-      v.y = *reinterpret_cast<const uint32_t*>(&b);
-      *reinterpret_cast<uint2*>(o + 4 * i4) = v;
+    for (int i = 0; i < 16; ++i) {
+      const __half2 v = __floats2half2_rn(scale * gptq_code_minus_zero<BITS>(w, zc, 2 * i),
+                                          scale * gptq_code_minus_zero<BITS>(w, zc, 2 * i + 1));
+      st[lane * kPitch + i] = *reinterpret_cast<const uint32_t*>(&v);
     }
+    __syncwarp();
+    const int k_left = K - c * 32, part = lane & 7;
+#pragma unroll
+    for (int r = 0; r < 8; ++r) {
+      const int row = 4 * r + (lane >> 3), col = blockIdx.x * 32 + row;
+      if (col < N && 4 * part < k_left) {
+        uint2 v;
+        v.x = st[row * kPitch + 2 * part];
+        v.y = st[row * kPitch + 2 * part + 1];
+        *reinterpret_cast<uint2*>(out + int64_t(col) * K + int64_t(c) * 32 + 4 * part) = v;
+      }
+    }
+    __syncwarp();
   }
 }
 
