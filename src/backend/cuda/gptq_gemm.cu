@@ -5,11 +5,12 @@
 // the K chunks into contiguous ranges (warp w: chunks [w*cpw, (w+1)*cpw)). Lane l owns column
 // tile*32 + l and, per chunk, loads that column's `bits` consecutive words (4-bit: one 16-byte
 // load; 8-bit: two; 3-bit: three 4-byte loads; 2-bit: one 8-byte load), so a warp reads
-// 32*4*bits contiguous bytes per chunk (512 B at 4 bits). A warp issues the loads of U chunks
-// (U*bits words, ~32 registers at T <= 2) before it decodes any of them, so each warp keeps U
-// chunk loads in flight; with 8-16 warps per SM that is 32-64 KB in flight per SM at 4 bits, past
-// what Little's law asks of HBM3e (~16 B/clk/SM * ~1 us). chunk_group and scale_zero (one 4-byte
-// half2 per column and chunk: an L1 hit after the first chunk of a group) are loaded with them.
+// 32*4*bits contiguous bytes per chunk (512 B at 4 bits). Loads go in batches of U chunks
+// (16 words at T = 1: 4 chunks at 4 bits), double-buffered: batch b+1 is issued before batch b is
+// decoded, so a warp has 1-2 batches (2-4 KB at 4 bits) in flight at all times, and an SM with
+// 16-24 warps holds ~32-96 KB in flight: past what Little's law asks of HBM3e (~16 B/clk/SM times
+// ~1 us of loaded latency). chunk_group and scale_zero (one 4-byte half2 per column and chunk: an
+// L1 hit after the first chunk of a group) are loaded with the batch.
 // x is read with warp-uniform float4 loads (one broadcast transaction, L1-resident): every lane
 // needs all 32 inputs of the chunk, and staging x in shared memory would not fit K*T floats at
 // K = 11008, T = 8 without a second pass.
@@ -39,13 +40,34 @@ namespace {
 
 constexpr int kMaxWarps = 16;
 
-// Chunks whose loads a warp issues before decoding: ~32 weight registers for T = 1 (memory-bound:
-// depth matters), half that above (issue-bound: registers go to the T accumulators).
+// Chunks per load batch (two batches live: the one decoded, the one in flight): 16 weight
+// registers per batch (4-bit: 4 chunks = 2 KB per warp in flight while it computes), 8 for 2-bit
+// at T > 4 (spilled on sm_80 otherwise).
 template <int BITS, int T>
 constexpr int chunks_in_flight() {
-  constexpr int words = T == 1 ? 32 : (BITS == 2 && T > 4) ? 8 : 16;  // 2-bit T > 4 spilled on sm_80
+  constexpr int words = T == 1 ? 16 : T <= 4 ? 12 : BITS == 2 ? 4 : 8;
   return words / BITS > 1 ? words / BITS : 1;
 }
+
+template <int BITS>
+__device__ __forceinline__ void load_chunk(const uint32_t* __restrict__ p, uint32_t (&w)[BITS]);
+
+// The words and scale/zero of U consecutive chunks [c0, c0 + U) of one column; chunks at or past
+// c_end repeat the last one (a cached load, never used).
+template <int BITS, int U>
+struct Batch {
+  uint32_t w[U][BITS];
+  uint32_t sz[U];
+  __device__ __forceinline__ void load(const uint32_t* __restrict__ qweight, const uint32_t* __restrict__ scale_zero,
+                                       const int32_t* __restrict__ chunk_group, int c0, int c_end, int N, int n) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int c = min(c0 + u, c_end - 1);
+      load_chunk<BITS>(qweight + (int64_t(c) * N + n) * BITS, w[u]);
+      sz[u] = __ldg(scale_zero + int64_t(__ldg(chunk_group + c)) * N + n);
+    }
+  }
+};
 
 template <int BITS>
 __device__ __forceinline__ void load_chunk(const uint32_t* __restrict__ p, uint32_t (&w)[BITS]) {
@@ -94,15 +116,17 @@ __device__ __forceinline__ void chunk_fma(const uint32_t (&w)[BITS], uint32_t sz
   for (int t = 0; t < T; ++t) y[t] = __fmaf_rn(scale, acc[t], y[t]);
 }
 
-// Registers per thread (nvcc 13.0, sm_90a, -Xptxas -v; 0 spills, 0 stack, for every BITS x T):
+// Registers per thread (nvcc 13.0, -Xptxas -v; 0 spills, 0 stack, for every BITS x T, sm_90a and
+// sm_80 alike within a few registers):
 //   T:      1    2    3    4    5    6    7    8
-//   4-bit: 60   53   74   72   78   77   88   92
-//   8-bit: 62   54   54   72   74   78   78   78
-//   3-bit: 77   70   84   86   83   86  112  114
-//   2-bit: 104  78   80   90   73   83   90   92
-// (sm_80: the same within ~30%, no spills except 16 bytes in 8-bit T = 3.)
-// Occupancy (65536 registers/SM): 4-bit T = 1 at 64 allocated -> 32 warps/SM (4 blocks of 8 warps
-// or 2 of 16); T = 8 at 96 -> 20 warps/SM. The launch bounds (512 threads) cap registers at 128.
+//   4-bit: 68   70   74   82   78   78   80   92
+//   8-bit: 66   43   58   64   76   78   78   82
+//   3-bit: 79   79   89  106   82   92   97   96
+//   2-bit: 84   71   89   88   75   77   80   88
+// Occupancy (65536 registers/SM): 4-bit T = 1 at 72 allocated -> 28 warps/SM: 3 blocks of 8
+// warps, or 1 of 16 (used only when there are fewer column tiles than 2 per SM, so 1 per SM is
+// all there is). Launch bounds of 512 threads without a min-blocks argument: with one, ptxas
+// takes all 128 (min 1) or spills (min 2), measured at compile time.
 template <int BITS, int T>
 __global__ void __launch_bounds__(kMaxWarps * 32)
     gptq_gemv_kernel(const uint32_t* __restrict__ qweight,    // [n_chunks][N][BITS]
@@ -125,18 +149,18 @@ __global__ void __launch_bounds__(kMaxWarps * 32)
 #pragma unroll
   for (int t = 0; t < T; ++t) acc[t] = 0.f;
 
+  // Double-buffered: the loads of batch b+1 (U chunks) are issued before batch b is decoded, so a
+  // warp always has memory in flight while it computes (warps of a block start in step and would
+  // otherwise all wait, then all compute).
+  Batch<BITS, U> cur, next;
+  if (c_begin < c_full_end) cur.load(qweight, scale_zero, chunk_group, c_begin, c_full_end, N, nl);
   for (int c0 = c_begin; c0 < c_full_end; c0 += U) {
-    uint32_t w[U][BITS];
-    uint32_t sz[U];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int c = min(c0 + u, c_full_end - 1);  // past the range: a repeated (cached) load, unused
-      load_chunk<BITS>(qweight + (int64_t(c) * N + nl) * BITS, w[u]);
-      sz[u] = __ldg(scale_zero + int64_t(__ldg(chunk_group + c)) * N + nl);
-    }
+    if (c0 + U < c_full_end) next.load(qweight, scale_zero, chunk_group, c0 + U, c_full_end, N, nl);
 #pragma unroll
     for (int u = 0; u < U; ++u)
-      if (c0 + u < c_full_end) chunk_fma<BITS, T, false>(w[u], sz[u], x + int64_t(c0 + u) * 32, x_stride, 32, acc);
+      if (c0 + u < c_full_end)
+        chunk_fma<BITS, T, false>(cur.w[u], cur.sz[u], x + int64_t(c0 + u) * 32, x_stride, 32, acc);
+    cur = next;
   }
   if (n_full < n_chunks && c_begin <= n_full && n_full < c_end) {  // the partial last chunk is ours
     uint32_t w[BITS];
