@@ -27,6 +27,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 
 #include "backend/cuda/cuda_check.h"
@@ -91,10 +92,29 @@ __device__ __forceinline__ float half_bits_to_float(uint32_t h) {
 
 // y[t] += scale * sum_i (q_i - zero) * x[t][i] over one chunk. xc: x + 32c (row t at t*x_stride);
 // GUARD: the chunk is the last, partial one and inputs at >= k_left read as 0.
+// The zero constants of the lane's current zero. At 2 and 3 bits (8 and 16 of them) they are
+// recomputed only when the zero changes (at a group boundary; for symmetric checkpoints never
+// after the first chunk); at 4 and 8 bits (4 and 2 FADDs) every chunk: the branch and the live
+// registers cost as much, and ptxas then spilled 4-bit T = 2.
+template <int BITS>
+struct ZeroCache {
+  static constexpr bool kCached = BITS <= 3;
+  GptqZeroConsts zc;
+  uint32_t zero_bits = 0xffffffffu;  // no fp16 zero has these bits (the high half is never set)
+  __device__ __forceinline__ const GptqZeroConsts& update(uint32_t sz) {
+    const uint32_t z = sz >> 16;
+    if (!kCached || z != zero_bits) {
+      zero_bits = z;
+      zc = gptq_zero_consts(half_bits_to_float(z));
+    }
+    return zc;
+  }
+};
+
 template <int BITS, int T, bool GUARD>
-__device__ __forceinline__ void chunk_fma(const uint32_t (&w)[BITS], uint32_t sz, const float* __restrict__ xc,
-                                          int64_t x_stride, int k_left, float (&y)[T]) {
-  const GptqZeroConsts zc = gptq_zero_consts(half_bits_to_float(sz >> 16));
+__device__ __forceinline__ void chunk_fma(const uint32_t (&w)[BITS], uint32_t sz, ZeroCache<BITS>& zcache,
+                                          const float* __restrict__ xc, int64_t x_stride, int k_left, float (&y)[T]) {
+  const GptqZeroConsts& zc = zcache.update(sz);
   float acc[T];
 #pragma unroll
   for (int i4 = 0; i4 < 8; ++i4) {
@@ -121,8 +141,8 @@ __device__ __forceinline__ void chunk_fma(const uint32_t (&w)[BITS], uint32_t sz
 //   T:      1    2    3    4    5    6    7    8
 //   4-bit: 68   70   74   82   78   78   80   92
 //   8-bit: 66   43   58   64   76   78   78   82
-//   3-bit: 79   79   89  106   82   92   97   96
-//   2-bit: 84   71   89   88   75   77   80   88
+//   3-bit: 84   84   88  104   84   94   94  114
+//   2-bit: 86   78   88   90   74   76   80   96
 // Occupancy (65536 registers/SM): 4-bit T = 1 at 72 allocated -> 28 warps/SM: 3 blocks of 8
 // warps, or 1 of 16 (used only when there are fewer column tiles than 2 per SM, so 1 per SM is
 // all there is). Launch bounds of 512 threads without a min-blocks argument: with one, ptxas
@@ -153,20 +173,21 @@ __global__ void __launch_bounds__(kMaxWarps * 32)
   // warp always has memory in flight while it computes (warps of a block start in step and would
   // otherwise all wait, then all compute).
   Batch<BITS, U> cur, next;
+  ZeroCache<BITS> zcache;
   if (c_begin < c_full_end) cur.load(qweight, scale_zero, chunk_group, c_begin, c_full_end, N, nl);
   for (int c0 = c_begin; c0 < c_full_end; c0 += U) {
     if (c0 + U < c_full_end) next.load(qweight, scale_zero, chunk_group, c0 + U, c_full_end, N, nl);
 #pragma unroll
     for (int u = 0; u < U; ++u)
       if (c0 + u < c_full_end)
-        chunk_fma<BITS, T, false>(cur.w[u], cur.sz[u], x + int64_t(c0 + u) * 32, x_stride, 32, acc);
+        chunk_fma<BITS, T, false>(cur.w[u], cur.sz[u], zcache, x + int64_t(c0 + u) * 32, x_stride, 32, acc);
     cur = next;
   }
   if (n_full < n_chunks && c_begin <= n_full && n_full < c_end) {  // the partial last chunk is ours
     uint32_t w[BITS];
     load_chunk<BITS>(qweight + (int64_t(n_full) * N + nl) * BITS, w);
     const uint32_t sz = __ldg(scale_zero + int64_t(__ldg(chunk_group + n_full)) * N + nl);
-    chunk_fma<BITS, T, true>(w, sz, x + int64_t(n_full) * 32, x_stride, K - n_full * 32, acc);
+    chunk_fma<BITS, T, true>(w, sz, zcache, x + int64_t(n_full) * 32, x_stride, K - n_full * 32, acc);
   }
 
 #pragma unroll
@@ -225,14 +246,15 @@ __global__ void __launch_bounds__(256)
   }
 }
 
-int sm_count() {
+int sm_count() {  // of the current device; cached per device (callers may be on any thread)
   int dev = 0;
   CUDA_CHECK(cudaGetDevice(&dev));
-  static int cached[64] = {};
-  if (dev < 64 && cached[dev]) return cached[dev];
+  static std::atomic<int> cached[64] = {};
+  if (dev < 64)
+    if (const int n = cached[dev].load(std::memory_order_relaxed)) return n;
   int n = 0;
   CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
-  if (dev < 64) cached[dev] = n;
+  if (dev < 64) cached[dev].store(n, std::memory_order_relaxed);
   return n;
 }
 
