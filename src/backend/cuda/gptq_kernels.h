@@ -48,10 +48,14 @@ constexpr int64_t kGemvMaxRows = 8;
 
 // y[T, N] = x[T, K] · Wᵀ (fp32 in and out, fp32 accumulation), 1 <= T <= kGemvMaxRows; x in the
 // reordered input order, rows x_stride floats apart; y rows y_stride apart, overwritten.
+// Needs (asserted): x 16-byte aligned and x_stride % 4 == 0 (float4 loads), qweight 16-byte
+// aligned (cudaMalloc'd or at a 16-byte offset). No workspace; deterministic (fixed reduction
+// order, no atomics); capturable in a CUDA graph. Kernel design: gptq_gemm.cu.
 void gptq_gemv(const GptqDeviceMatrix& w, const float* x, int64_t x_stride, int64_t T, float* y, int64_t y_stride,
                cudaStream_t stream);
 
-// out[N][K] fp16 row-major (reordered input order) = W, for cuBLAS at larger T.
+// out[N][K] fp16 row-major (reordered input order) = W, for cuBLAS at larger T: each value is
+// scale * (q - zero) computed exactly in fp32 and rounded once to fp16. out 8-byte aligned.
 void gptq_dequant_f16(const GptqDeviceMatrix& w, void* out, cudaStream_t stream);
 
 }  // namespace gptq::cuda

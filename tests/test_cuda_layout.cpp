@@ -1,0 +1,288 @@
+// The GPTQ device layout (backend/cuda/gptq_kernels.h) and its kernels.
+//  - CudaLayout.*: on the host, no GPU. Checkpoint layers of every bit width, group layout,
+//    act-order, zero convention, with K and N off the multiples of 32 where the format allows, go
+//    through cpu::prepare and make_gptq_layout; the layout is then decoded with the kernels' own
+//    decode (gptq_decode.h) and must equal quant::dequantize (inputs permuted) exactly.
+//  - CudaGptq.*: on the GPU (skipped without one): gptq_gemv for T = 1..8 against a float64 host
+//    product, gptq_dequant_f16 against the host's fp16 rounding of the same weights.
+#if defined(GPTQ_WITH_CUDA)
+
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backend/cpu/qgemm.h"
+#include "backend/cuda/gptq_decode.h"
+#include "backend/cuda/gptq_kernels.h"
+#include "core/half.h"
+#include "io/gptq_format.h"
+#include "test_pool.h"
+
+using namespace gptq::quant;
+using gptq::cuda::GptqLayout;
+
+namespace {
+
+struct LayoutCase {
+  int bits;
+  int group_size;
+  bool act_order;
+  bool sym;
+  QuantFormat format;
+  int64_t K, N;
+};
+
+std::string describe(const LayoutCase& c) {
+  return "bits " + std::to_string(c.bits) + " G " + std::to_string(c.group_size) + " act " +
+         std::to_string(c.act_order) + " sym " + std::to_string(c.sym) + " " + format_name(c.format) + " K " +
+         std::to_string(c.K) + " N " + std::to_string(c.N);
+}
+
+// Random codes, positive fp16 scales, zeros 2^(b-1) (sym) or random including 0 (asym; v1 wraps
+// it to 2^b, which the layout must carry through).
+PackedQuant random_layer(const LayoutCase& c, uint32_t seed) {
+  std::mt19937 rng(seed);
+  const int64_t K = c.K, N = c.N;
+  const int maxq = (1 << c.bits) - 1;
+  const int64_t G = c.group_size == -1 ? K : c.group_size, ng = (K + G - 1) / G;
+  std::vector<uint8_t> codes(size_t(N * K));
+  for (auto& q : codes) q = uint8_t(rng() % uint32_t(maxq + 1));
+  std::vector<float> scales(size_t(ng * N));
+  std::uniform_real_distribution<float> us(0.001f, 0.02f);
+  for (auto& s : scales) s = us(rng);
+  std::vector<int32_t> zeros(size_t(ng * N));
+  for (auto& z : zeros) z = c.sym ? (maxq + 1) / 2 : int32_t(rng() % uint32_t(maxq + 1));
+  std::vector<int32_t> g_idx(static_cast<size_t>(K));
+  std::vector<int64_t> perm(static_cast<size_t>(K));
+  std::iota(perm.begin(), perm.end(), int64_t(0));
+  if (c.act_order) std::shuffle(perm.begin(), perm.end(), rng);
+  for (int64_t i = 0; i < K; ++i) g_idx[size_t(perm[size_t(i)])] = int32_t(i / G);
+  return pack_quantized(codes.data(), scales.data(), zeros.data(), g_idx.data(), nullptr, c.bits, c.group_size, K, N,
+                        c.format);
+}
+
+float half_lo(uint32_t v) { return gptq::fp16_to_fp32(uint16_t(v & 0xffffu)); }
+float half_hi(uint32_t v) { return gptq::fp16_to_fp32(uint16_t(v >> 16)); }
+
+// q - zero of reordered input k, column n, exactly as the kernels decode it.
+template <int BITS>
+float decode_one(const GptqLayout& L, int64_t n, int64_t k, float zero) {
+  uint32_t w[BITS];
+  const int64_t c = k / 32;
+  for (int j = 0; j < BITS; ++j) w[j] = L.qweight[size_t((c * L.N + n) * BITS + j)];
+  const auto zc = gptq::cuda::gptq_zero_consts(zero);
+  return gptq::cuda::gptq_code_minus_zero<BITS>(w, zc, int(k % 32));
+}
+
+float decode(const GptqLayout& L, int64_t n, int64_t k, float zero) {
+  switch (L.bits) {
+    case 2: return decode_one<2>(L, n, k, zero);
+    case 3: return decode_one<3>(L, n, k, zero);
+    case 4: return decode_one<4>(L, n, k, zero);
+    case 8: return decode_one<8>(L, n, k, zero);
+  }
+  ADD_FAILURE() << "bits " << L.bits;
+  return 0.f;
+}
+
+// W in the layout's (reordered) input order, as the kernels compute it: scale * (q - zero).
+std::vector<float> decode_layout(const GptqLayout& L) {
+  std::vector<float> W(size_t(L.N * L.K));
+  for (int64_t n = 0; n < L.N; ++n)
+    for (int64_t k = 0; k < L.K; ++k) {
+      const uint32_t sz = L.scale_zero[size_t(L.chunk_group[size_t(k / 32)] * L.N + n)];
+      W[size_t(n * L.K + k)] = half_lo(sz) * decode(L, n, k, half_hi(sz));
+    }
+  return W;
+}
+
+std::vector<LayoutCase> layout_cases() {
+  std::vector<LayoutCase> cases;
+  // K and N per bit width: off the multiples of 32 (and of the group sizes) where K*b % 32 == 0
+  // and N*b % 32 == 0 allow it; 3 bits needs both multiples of 32.
+  struct Shape { int bits; int64_t K, N; };
+  const Shape shapes[] = {{2, 208, 48}, {3, 224, 64}, {4, 200, 40}, {8, 196, 36}, {4, 256, 96}};
+  for (const Shape& s : shapes)
+    for (int G : {-1, 32, 64, 128})
+      for (bool act : {false, true})
+        for (bool sym : {true, false})
+          for (QuantFormat f : {QuantFormat::kGptqV1, QuantFormat::kGptqV2}) {
+            if (act && G == -1) continue;  // one group: act-order is a no-op
+            cases.push_back({s.bits, G, act, sym, f, s.K, s.N});
+          }
+  return cases;
+}
+
+TEST(CudaLayout, DecodesToDequantize) {
+  uint32_t seed = 1;
+  for (const LayoutCase& c : layout_cases()) {
+    SCOPED_TRACE(describe(c));
+    const PackedQuant p = random_layer(c, seed++);
+    const QuantMatrix m = p.view();
+    const std::vector<float> ref = dequantize(m);  // [N, K], original input order
+    const gptq::cpu::PreparedQuantMatrix prep = gptq::cpu::prepare(m, test_pool());
+    const GptqLayout L = gptq::cuda::make_gptq_layout(prep);
+    ASSERT_TRUE(L.fast);
+    ASSERT_EQ(L.bits, c.bits);
+    ASSERT_EQ(L.K, c.K);
+    ASSERT_EQ(L.N, c.N);
+    ASSERT_EQ(L.n_chunks, (c.K + 31) / 32);
+    ASSERT_EQ(L.n_groups, m.n_groups());
+    ASSERT_EQ(L.qweight.size(), size_t(L.n_chunks * c.N * c.bits));
+    ASSERT_EQ(L.scale_zero.size(), size_t(L.n_groups * c.N));
+    ASSERT_EQ(L.chunk_group.size(), size_t(L.n_chunks));
+    EXPECT_EQ(L.perm.empty(), !c.act_order);  // shuffled g_idx is never sorted at these K
+    const std::vector<float> W = decode_layout(L);
+    int64_t bad = 0;
+    for (int64_t n = 0; n < c.N; ++n)
+      for (int64_t k = 0; k < c.K; ++k) {
+        const int64_t ko = L.perm.empty() ? k : L.perm[size_t(k)];
+        const float want = ref[size_t(n * c.K + ko)], got = W[size_t(n * c.K + k)];
+        if (want != got && bad++ < 5) ADD_FAILURE() << "n " << n << " k " << k << ": " << got << " != " << want;
+      }
+    EXPECT_EQ(bad, 0);
+    // The last chunk's padding codes are 0 (the GEMV multiplies them with x = 0, but a nonzero
+    // code would still be a layout bug).
+    for (int64_t n = 0; n < c.N; ++n)
+      for (int64_t k = c.K; k < L.n_chunks * 32; ++k) ASSERT_EQ(decode(L, n, k, 0.f), 0.f) << "n " << n << " k " << k;
+  }
+}
+
+TEST(CudaLayout, GroupsOffChunkBoundariesAreNotFast) {
+  // G = 16 (4 bits) or 48: group boundaries inside a chunk of 32 inputs.
+  for (int G : {16, 48}) {
+    const LayoutCase c{4, G, false, true, QuantFormat::kGptqV2, 192, 32};
+    const PackedQuant p = random_layer(c, 7);
+    const auto prep = gptq::cpu::prepare(p.view(), test_pool());
+    const GptqLayout L = gptq::cuda::make_gptq_layout(prep);
+    EXPECT_FALSE(L.fast) << "G " << G;
+    EXPECT_TRUE(L.qweight.empty() && L.scale_zero.empty() && L.chunk_group.empty());
+  }
+  // A last group ending at K off a multiple of 32 is fine (K = 200, G = 64: boundaries 0, 64, 128,
+  // 192, 200).
+  const LayoutCase c{4, 64, true, false, QuantFormat::kGptqV1, 200, 8};
+  const auto prep = gptq::cpu::prepare(random_layer(c, 8).view(), test_pool());
+  EXPECT_TRUE(gptq::cuda::make_gptq_layout(prep).fast);
+}
+
+// ---- on the GPU -------------------------------------------------------------
+
+bool have_gpu() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();  // clear it so later CUDA calls do not report it
+    return false;
+  }
+  return n > 0;
+}
+
+#define CUDA_OK(call) ASSERT_EQ((call), cudaSuccess) << #call << ": " << cudaGetErrorString(cudaGetLastError())
+
+template <typename V>
+struct DeviceBuf {
+  V* p = nullptr;
+  explicit DeviceBuf(size_t n) { EXPECT_EQ(cudaMalloc(&p, std::max<size_t>(n, 1) * sizeof(V)), cudaSuccess); }
+  ~DeviceBuf() { cudaFree(p); }
+  DeviceBuf(const DeviceBuf&) = delete;
+  DeviceBuf& operator=(const DeviceBuf&) = delete;
+};
+
+template <typename V>
+void upload(DeviceBuf<V>& d, const std::vector<V>& h) {
+  if (!h.empty()) {
+    ASSERT_EQ(cudaMemcpy(d.p, h.data(), h.size() * sizeof(V), cudaMemcpyHostToDevice), cudaSuccess);
+  }
+}
+
+TEST(CudaGptq, GemvMatchesReference) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  const LayoutCase cases[] = {
+      {4, 128, true, true, QuantFormat::kGptqV1, 1000, 200},    // K, N off 32; act-order
+      {4, 32, false, false, QuantFormat::kGptqV2, 4096, 4096},  // a real shape, 16 warps
+      {3, 128, true, false, QuantFormat::kGptqV1, 1024, 320},
+      {2, 64, false, true, QuantFormat::kGptqV2, 528, 80},
+      {8, 128, true, false, QuantFormat::kGptqV1, 1100, 36},
+      {8, -1, false, true, QuantFormat::kGptqV2, 60, 100},      // one chunk, partial
+      {4, 128, false, true, QuantFormat::kGptqV2, 11008, 96},   // long K: many chunks per warp
+  };
+  std::mt19937 rng(12345);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  uint32_t seed = 100;
+  for (const LayoutCase& c : cases) {
+    SCOPED_TRACE(describe(c));
+    const PackedQuant p = random_layer(c, seed++);
+    const auto prep = gptq::cpu::prepare(p.view(), test_pool());
+    const GptqLayout L = gptq::cuda::make_gptq_layout(prep);
+    ASSERT_TRUE(L.fast);
+    const std::vector<float> W = decode_layout(L);  // [N, K] reordered order, = dequantize (test above)
+    const int64_t K = c.K, N = c.N;
+    DeviceBuf<uint32_t> dq(L.qweight.size()), dsz(L.scale_zero.size());
+    DeviceBuf<int32_t> dcg(L.chunk_group.size());
+    upload(dq, L.qweight);
+    upload(dsz, L.scale_zero);
+    upload(dcg, L.chunk_group);
+    gptq::cuda::GptqDeviceMatrix dm;
+    dm.bits = L.bits;
+    dm.K = K;
+    dm.N = N;
+    dm.n_chunks = L.n_chunks;
+    dm.n_groups = L.n_groups;
+    dm.qweight = dq.p;
+    dm.scale_zero = dsz.p;
+    dm.chunk_group = dcg.p;
+
+    for (int64_t T = 1; T <= gptq::cuda::kGemvMaxRows; ++T) {
+      SCOPED_TRACE("T " + std::to_string(T));
+      const int64_t xs = K + 4, ys = N + 3;  // strided rows, as the backend's views may be
+      std::vector<float> x(size_t(T * xs));
+      for (auto& v : x) v = nd(rng);
+      DeviceBuf<float> dx(x.size()), dy(size_t(T * ys));
+      upload(dx, x);
+      std::vector<float> y(size_t(T * ys), std::numeric_limits<float>::quiet_NaN());
+      upload(dy, y);
+      gptq::cuda::gptq_gemv(dm, dx.p, xs, T, dy.p, ys, nullptr);
+      CUDA_OK(cudaDeviceSynchronize());
+      CUDA_OK(cudaMemcpy(y.data(), dy.p, y.size() * sizeof(float), cudaMemcpyDeviceToHost));
+      double num = 0, den = 0;
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t n = 0; n < N; ++n) {
+          double r = 0;
+          for (int64_t k = 0; k < K; ++k) r += double(x[size_t(t * xs + k)]) * double(W[size_t(n * K + k)]);
+          const double d = double(y[size_t(t * ys + n)]) - r;
+          num += d * d;
+          den += r * r;
+        }
+      ASSERT_TRUE(std::isfinite(num)) << "NaN or inf in y (an output not written?)";
+      const double nmse = num / den, limit = 64.0 * double(K) * std::ldexp(1.0, -48);
+      EXPECT_LE(nmse, limit);
+      // Columns past N inside a row stride stay untouched (the NaN poison is still there).
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t n = N; n < ys; ++n) EXPECT_TRUE(std::isnan(y[size_t(t * ys + n)]));
+    }
+
+    // Dequantization: exactly the host's fp16 rounding of scale * (q - zero).
+    DeviceBuf<uint16_t> dout(size_t(N * K));
+    std::vector<uint16_t> out(size_t(N * K), 0x7e00);  // fp16 NaN
+    upload(dout, out);
+    gptq::cuda::gptq_dequant_f16(dm, dout.p, nullptr);
+    CUDA_OK(cudaDeviceSynchronize());
+    CUDA_OK(cudaMemcpy(out.data(), dout.p, out.size() * sizeof(uint16_t), cudaMemcpyDeviceToHost));
+    int64_t bad = 0;
+    for (int64_t i = 0; i < N * K; ++i) {
+      const uint16_t want = gptq::fp32_to_fp16(W[size_t(i)]);
+      if (out[size_t(i)] != want && bad++ < 5)
+        ADD_FAILURE() << "dequant n " << i / K << " k " << i % K << ": " << out[size_t(i)] << " != " << want;
+    }
+    EXPECT_EQ(bad, 0);
+  }
+}
+
+}  // namespace
+
+#endif  // GPTQ_WITH_CUDA
