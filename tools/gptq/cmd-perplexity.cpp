@@ -32,14 +32,14 @@ Runner add_perplexity(CLI::App& app) {
   add_device_option(c, a->device);
   c->add_flag("--json", a->json, "Print JSON: ppl, windows, tokens, ctx, sha256, batch (kl_divergence with a base)");
   return [a]() {
+    LoadOptions lo;
+    lo.threads = cap_threads(a->threads);
+    lo.backend = make_backend(a->device, lo.threads);
     PerplexityOptions o;
     o.ctx = a->ctx;
     o.batch = a->batch;
     parse_windows(a->windows, &o.window_begin, &o.window_end);
     const std::string raw = read_text_file(a->file);
-    LoadOptions lo;
-    lo.threads = cap_threads(a->threads);
-    lo.backend = make_backend(a->device, lo.threads);
     auto model = Model::load(a->model, lo);
     std::unique_ptr<Model> base;
     if (!a->base.empty()) base = Model::load(a->base, lo);
