@@ -296,7 +296,7 @@ int run_compare(Args a) {
       const std::string p = percent(d.fraction);
       return gbps(d.bytes_per_s) + (p.empty() ? "" : " (" + p + ")");
     };
-    std::printf("| decode weight GB/s%s (%s) | %s | %s | %s |\n", std::isnan(u.fraction) ? "" : " (% of roofline)",
+    std::printf("| decode weight GB/s%s (%s) | %s | %s | %s |\n", std::isnan(u.fraction) ? "" : ", % of roofline",
                 test.c_str(), traffic(u).c_str(), traffic(v).c_str(), ratio(u.bytes_per_s, v.bytes_per_s).c_str());
   }
   if (!a.file.empty())
