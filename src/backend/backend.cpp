@@ -73,13 +73,10 @@ std::unique_ptr<Weight> Backend::random_gptq_weight(int64_t out, int64_t in, int
   std::vector<float> scales(ng);  // [G, N]; rounded to fp16 by pack_quantized (to nearest even)
   for (size_t j = 0; j < ng; ++j) scales[j] = synthetic_scale(seed, nk + j, scale, bits);
   const std::vector<int32_t> zeros(ng, 1 << (bits - 1));
-  auto packed = std::make_shared<quant::PackedQuant>(quant::pack_quantized(
-      codes.data(), scales.data(), zeros.data(), nullptr, nullptr, bits, group_size, K, N, quant::QuantFormat::kGptqV2));
+  const quant::PackedQuant packed = quant::pack_quantized(codes.data(), scales.data(), zeros.data(), nullptr, nullptr,
+                                                          bits, group_size, K, N, quant::QuantFormat::kGptqV2);
   codes = {};
-  // The CPU handle keeps views of the packed tensors (for dense()): it holds them.
-  auto w = gptq_weight(packed->view(), nullptr);
-  w->hold(std::move(packed));
-  return w;
+  return gptq_weight(packed.view(), nullptr);  // keeps no view of `packed` (gptq_weight's contract)
 }
 
 double Backend::copy_bandwidth() {

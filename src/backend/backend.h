@@ -30,7 +30,7 @@ class Weight {
   virtual std::vector<float> dense() const = 0; // W as fp32 [out, in] on the host (calibration, tests)
   virtual const std::vector<float>& bias() const { return bias_; }  // [out] or empty, host
   // Keeps `owner` alive as long as this handle: the memory a handle made without copying points
-  // into, when nothing else holds it (synthetic weights: the packed buffers dense() reads).
+  // into, when nothing else holds it (a synthetic dense weight's host buffer on the CPU).
   void hold(std::shared_ptr<const void> owner) { held_ = std::move(owner); }
 
  protected:
@@ -122,8 +122,9 @@ class Backend {
 
   // ---- weights
   virtual std::unique_ptr<Weight> dense_weight(const DenseWeightDesc& d) = 0;
-  // m: views into a checkpoint (validated here; gptq::Error for what cannot run). bias: [N] fp32,
-  // or null for m.bias (fp16) or none; either way it is added once and bias() returns it.
+  // m: views into a checkpoint (validated here; gptq::Error for what cannot run); the handle keeps
+  // no view of m after the call (it repacks what it needs, dense() included). bias: [N] fp32, or
+  // null for m.bias (fp16) or none; either way it is added once and bias() returns it.
   virtual std::unique_ptr<Weight> gptq_weight(const quant::QuantMatrix& m, const float* bias) = 0;
 
   // ---- ops. T = the rows of the batch; all tensors F32 unless said.
