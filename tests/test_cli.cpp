@@ -8,6 +8,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "backend/backend.h"
 #include "cli_runner.h"
 #include "core/fs.h"
 #include "gptq/model.h"
@@ -209,6 +210,109 @@ TEST(Cli, BenchBatchedDecode) {
   EXPECT_NE(r.out.find("| tg8 @ b1 |"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("| tg8 @ b4 |"), std::string::npos) << r.out;
   EXPECT_EQ(r.out.find("| pp"), std::string::npos) << r.out;
+}
+
+// Synthetic models need no files: these run everywhere.
+TEST(Cli, BenchSyntheticTinyJson) {
+  auto r = run_cli({"bench", "--synthetic", "tiny", "-p", "16", "-n", "4", "-r", "2", "-b", "1,4", "--device", "cpu", "--json"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  json j = json::parse(r.out);
+  EXPECT_EQ(j["model"], "synthetic:tiny");
+  EXPECT_EQ(j["backend"], "cpu");
+  EXPECT_EQ(j["weights"], "F16");
+  EXPECT_EQ(j["file_bytes"], 0);
+  EXPECT_GT(j["weight_bytes"].get<double>(), 0);
+  EXPECT_GT(j["memory_after_load_bytes"].get<double>(), 0);
+  EXPECT_GT(j["parameters"].get<double>(), 0);
+  const double bw = j["copy_bandwidth_bytes_per_s"], bpt = j["bytes_per_token"];
+  EXPECT_GT(bw, 0);
+  EXPECT_GT(bpt, 0);
+  EXPECT_EQ(j["prefill"]["samples"].size(), 2u);
+  ASSERT_EQ(j["decode_batches"].size(), 2u);
+  for (size_t i = 0; i < 2; ++i) {
+    const json& d = j["decode_batches"][i];
+    const int B = i == 0 ? 1 : 4;
+    EXPECT_EQ(d["batch"], B);
+    EXPECT_EQ(d["tokens"], B * 4);
+    const double tps = d["tokens_per_s"], gbs = d["weight_bytes_per_s"];
+    EXPECT_GT(tps, 0);
+    // every step reads each weight once: bytes per token x steps per second
+    EXPECT_NEAR(gbs, bpt * tps / B, 1e-9 * gbs);
+    EXPECT_NEAR(d["fraction_of_roofline"].get<double>(), gbs / bw, 1e-9 * gbs / bw);
+  }
+  EXPECT_NEAR(j["decode"]["weight_bytes_per_s"].get<double>(), j["decode_batches"][0]["weight_bytes_per_s"].get<double>(),
+              1e-9 * j["decode"]["weight_bytes_per_s"].get<double>());
+  // GPTQ linears, and the defaults of --synthetic: -n 256 -b 1,4,16,64 (-n kept small here)
+  r = run_cli({"bench", "--synthetic", "tiny", "--bits", "4", "--group-size", "32", "-p", "0", "-n", "2", "-r", "1",
+               "--no-bandwidth", "--json"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  j = json::parse(r.out);
+  EXPECT_EQ(j["weights"], "F16 + GPTQ 4-bit g32");
+  EXPECT_EQ(j["synthetic"]["bits"], 4);
+  ASSERT_EQ(j["decode_batches"].size(), 4u);
+  EXPECT_EQ(j["decode_batches"][3]["batch"], 64);
+  EXPECT_TRUE(j["decode_batches"][0]["fraction_of_roofline"].is_null());
+  EXPECT_FALSE(j.contains("prefill"));
+  r = run_cli({"bench", "--synthetic", "tiny", "--dtype", "bf16", "-p", "8", "-r", "1", "-b", "1,4", "--no-bandwidth"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.out.find("| pp8 |"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("| tg256 @ b4 |"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("BF16"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("| GB/s | roofline |"), std::string::npos) << r.out;
+}
+
+TEST(Cli, BenchSyntheticBadOptions) {
+  expect_cli_error(run_cli({"bench", "--synthetic", "llama9-1t", "-r", "1"}), {"unknown synthetic model", "llama9-1t", "tiny"});
+  expect_cli_error(run_cli({"bench", "-m", "/nonexistent/m", "--synthetic", "tiny"}), {"-m", "--synthetic", "not both"});
+  expect_cli_error(run_cli({"bench", "-m", "/nonexistent/m", "--bits", "4"}), {"--synthetic"});
+  expect_cli_error(run_cli({"bench", "--synthetic", "tiny", "--bits", "5"}), {"--bits"});
+  expect_cli_error(run_cli({"bench", "--synthetic", "tiny", "--bits", "4", "--group-size", "0"}), {"group size", "0"});
+  expect_cli_error(run_cli({"bench", "--synthetic", "tiny", "--compare", "a", "b"}), {"--compare"});
+}
+
+TEST(Cli, DeviceOption) {
+  const std::vector<std::string> bench = {"bench", "--synthetic", "tiny", "-p", "4", "-n", "2", "-r", "1", "-b", "1",
+                                          "--no-bandwidth", "--json", "--device"};
+  auto with = [&](const std::string& device) {
+    std::vector<std::string> args = bench;
+    args.push_back(device);
+    return run_cli(args);
+  };
+  auto r = with("cpu");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(json::parse(r.out)["backend"], "cpu");
+  if (!gptq::cuda_usable(0)) {
+    // this machine has no GPU, or this build no CUDA: one line saying so
+    expect_cli_error(with("cuda"), {"--device cuda:0", gptq::built_with_cuda() ? "" : "built without CUDA"});
+    expect_cli_error(with("cuda:1"), {"--device cuda:1"});
+    // auto falls back to the CPU (with a note when the build has CUDA)
+    r = with("auto");
+    ASSERT_EQ(r.rc, 0) << r.err;
+    EXPECT_EQ(json::parse(r.out)["backend"], "cpu");
+    if (!gptq::built_with_cuda()) {
+      EXPECT_EQ(r.err, "");
+    }
+  }
+  expect_cli_error(with("tpu"), {"--device \"tpu\"", "auto, cpu, cuda or cuda:N"});
+  expect_cli_error(with("cuda:x"), {"cuda:x", "GPU index"});
+  expect_cli_error(with("cuda:-1"), {"cuda:-1", "GPU index"});
+  expect_cli_error(with("cuda:"), {"GPU index"});
+  // every command that runs a model has it
+  expect_cli_error(run_cli({"generate", "-m", "/nonexistent/m", "-p", "hi", "--device", "tpu"}), {"tpu"});
+  expect_cli_error(run_cli({"perplexity", "-m", "/nonexistent/m", "-f", "/nonexistent.txt", "--device", "tpu"}), {"tpu"});
+  expect_cli_error(run_cli({"quantize", "-m", "/nonexistent/m", "-o", "/nonexistent/o", "--method", "rtn", "--device", "tpu"}),
+                   {"tpu"});
+}
+
+TEST(Cli, DeviceCpuRunsARealModel) {
+  NEED_MODEL(m, "babyllama-105");
+  auto r = run_cli({"generate", "-m", m, "-p", "Once", "-n", "4", "--temperature", "0", "--device", "cpu", "--json"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(json::parse(r.out)["new_ids"].size(), 4u);
+  r = run_cli({"perplexity", "-m", m, "-f", shared_path("data/tinystories-sample/tiny.utf8"), "--windows", "0:1",
+               "--device", "cpu", "--json"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_TRUE(std::isfinite(json::parse(r.out)["ppl"].get<double>()));
 }
 
 TEST(Cli, PerplexityBatchAndKlDivergence) {

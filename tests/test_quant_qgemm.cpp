@@ -130,6 +130,21 @@ TEST(QuantQgemm, MatchesDequantizedMatmul) {
   EXPECT_EQ(checked, 4 * 5 * 2 * 2 * 2 * 5 * int(isas().size()) * 2);
 }
 
+// What CpuGptqWeight::dense() returns: the reference dequantize, bit for bit, from the kernel
+// layout alone (reordered channels mapped back, partial groups, v1 zeros that wrapped).
+TEST(QuantQgemm, DequantizeOfThePreparedLayoutIsTheReference) {
+  for (int bits : {2, 3, 4, 8})
+    for (int G : {32, 128, 96, -1, 20})
+      for (bool act : {false, true})
+        for (bool sym : {true, false})
+          for (auto fmt : {QuantFormat::kGptqV1, QuantFormat::kGptqV2}) {
+            const Case c{bits, G, act, sym, fmt, false};
+            const int64_t K = 256, N = bits == 3 ? 96 : 80;
+            const PackedQuant p = random_layer(c, K, N, uint32_t(bits * 1000 + G * 10 + act * 2 + sym + 7));
+            EXPECT_EQ(gptq::cpu::dequantize(prepare(p.view(), test_pool())), dequantize(p.view())) << describe(c);
+          }
+}
+
 TEST(QuantQgemm, RejectsBadInputs) {
   const Case c{4, 32, false, true, QuantFormat::kGptqV2, false};
   PackedQuant p = random_layer(c, 64, 16, 3);

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "gptq/model_config.h"
+#include "gptq/tensor.h"
 
 namespace gptq {
 
@@ -114,10 +115,33 @@ struct LoadOptions {
   const std::map<std::string, TensorView>* replace = nullptr;
 };
 
+// A model of a known architecture's exact shapes with random weights, made by the backend where it
+// keeps them (Backend::random_dense_weight / random_gptq_weight): speed and memory of a 7B model
+// without its files (bench --synthetic). Norm weights are 1 ± 0.1, embeddings and linears uniform
+// in [-0.02, 0.02] (GPTQ: scales 0.02/2^(bits-1) ± 25 %), so activations stay finite; lm_head is
+// untied. There is no tokenizer: feed token ids.
+struct SyntheticOptions {
+  DType dtype = DType::kF16;  // embeddings, lm_head, and the linears when bits == 0: F16, BF16 or F32
+  int bits = 0;               // 0: dense linears; 2, 3, 4, 8: GPTQ linears (sym, gptq_v2 zeros, no act-order)
+  int group_size = 128;       // GPTQ group size (-1: one group per row)
+  uint64_t seed = 0;          // the same seed gives the same weights on every backend
+  int threads = 0;            // CPU threads when backend is null; 0: all hardware threads
+  std::shared_ptr<Backend> backend;  // null: a CPU backend with `threads`
+};
+
+// The architectures Model::synthetic knows, with their Hugging Face configs' shapes:
+// llama2-7b, llama2-13b, llama3-8b, and tiny (hidden 64, 2 layers, vocab 512: for tests).
+const std::vector<std::string>& synthetic_model_names();
+// Throws gptq::Error naming the known ones for any other name.
+ModelConfig synthetic_config(const std::string& name);
+
 class Model {
  public:
   // Throws gptq::Error naming the file and the problem (see ModelConfig::from_dir, TensorStore).
   static std::unique_ptr<Model> load(const std::string& dir, const LoadOptions& opts = {});
+  // See SyntheticOptions. dir() is "synthetic:NAME"; file_bytes() is 0 (no files). Throws
+  // gptq::Error for an unknown name, bad options, or weights that would not fit in memory.
+  static std::unique_ptr<Model> synthetic(const std::string& name, const SyntheticOptions& opts = {});
   ~Model();
 
   const ModelConfig& config() const { return config_; }
@@ -156,7 +180,7 @@ class Model {
   size_t weight_bytes() const;
   // Bytes of weights read to produce one token (every linear once + norms + one embedding row).
   size_t bytes_per_token() const;
-  size_t file_bytes() const;
+  size_t file_bytes() const;  // the checkpoint's files; 0 for a synthetic model
   int64_t parameter_count() const;
   std::string weight_dtype_summary() const;  // e.g. "F16" or "F16 + GPTQ 4-bit g128"
   int threads() const;

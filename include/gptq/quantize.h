@@ -4,10 +4,13 @@
 
 #include <atomic>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
 namespace gptq {
+
+class Backend;
 
 struct QuantizeOptions {
   int bits = 4;                 // 2, 3, 4, 8
@@ -25,6 +28,7 @@ struct QuantizeOptions {
   int64_t calib_offset = 0;     // first calibration window
   uint64_t max_shard_bytes = 0; // 0: one model.safetensors
   int threads = 0;              // 0: all cores
+  std::shared_ptr<Backend> backend;  // runs the calibration forward passes; null: the CPU with `threads`
   bool force = false;           // replace an existing output folder (an earlier output of ours, or empty)
   std::string lora_adapter;     // a PEFT LoRA adapter folder, merged in memory first (gptq/lora.h)
   bool progress = true;         // progress bars on stderr

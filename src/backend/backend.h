@@ -29,11 +29,17 @@ class Weight {
   virtual size_t bytes() const = 0;             // bytes read per use: the decode traffic
   virtual std::vector<float> dense() const = 0; // W as fp32 [out, in] on the host (calibration, tests)
   virtual const std::vector<float>& bias() const { return bias_; }  // [out] or empty, host
+  // Keeps `owner` alive as long as this handle: the memory a handle made without copying points
+  // into, when nothing else holds it (a synthetic dense weight's host buffer on the CPU).
+  void hold(std::shared_ptr<const void> owner) { held_ = std::move(owner); }
 
  protected:
   Weight(int64_t in, int64_t out) : in_(in), out_(out) {}
   int64_t in_, out_;
   std::vector<float> bias_;
+
+ private:
+  std::shared_ptr<const void> held_;  // destroyed after the derived handle's views
 };
 
 // Dense weights as they lie in a (memory-mapped) file: not copied unless `copy`, so the data must
@@ -116,8 +122,9 @@ class Backend {
 
   // ---- weights
   virtual std::unique_ptr<Weight> dense_weight(const DenseWeightDesc& d) = 0;
-  // m: views into a checkpoint (validated here; gptq::Error for what cannot run). bias: [N] fp32,
-  // or null for m.bias (fp16) or none; either way it is added once and bias() returns it.
+  // m: views into a checkpoint (validated here; gptq::Error for what cannot run); the handle keeps
+  // no view of m after the call (it repacks what it needs, dense() included). bias: [N] fp32, or
+  // null for m.bias (fp16) or none; either way it is added once and bias() returns it.
   virtual std::unique_ptr<Weight> gptq_weight(const quant::QuantMatrix& m, const float* bias) = 0;
 
   // ---- ops. T = the rows of the batch; all tensors F32 unless said.
@@ -145,7 +152,17 @@ class Backend {
   // ---- synthetic weights (bench --synthetic): random values of a real model's shapes, made where
   // the backend keeps them (on the GPU for CUDA, so a 7B model needs no host copy). Values are
   // uniform in [-scale, scale] (dense) or random codes with scales ~ scale/2^(bits-1) (GPTQ, sym,
-  // v2 zeros, no act-order); a given seed gives the same weights on every backend.
+  // v2 zeros, no act-order); a given seed gives the same weights on every backend, bit for bit.
+  // The values, with the functions of core/synthetic.h (pure functions of (seed, index), callable
+  // from a kernel):
+  //   dense  W[n, k] = round_to_dtype(synthetic_uniform(seed, n*in + k, scale))    n < out, k < in
+  //          (F32 as is; F16 and BF16 rounded to nearest even: __float2half_rn, __float2bfloat16_rn)
+  //   GPTQ   q[n, k] = synthetic_code(seed, n*in + k, bits)                        (the codes first)
+  //          scales[g, n] = fp16_rn(synthetic_scale(seed, out*in + g*out + n, scale, bits))  (then these)
+  //          zeros[g, n] = 2^(bits-1) (gptq_v2: stored as is), g_idx[k] = k / G, no bias;
+  //          G = group_size (-1: in), g < ceil(in / G); packed as io/gptq_format.h says.
+  // The base-class versions generate on the host (on the CPU backend's threads) and hand the
+  // result to dense_weight / gptq_weight.
   virtual std::unique_ptr<Weight> random_dense_weight(int64_t out, int64_t in, DType dtype, float scale, uint64_t seed);
   virtual std::unique_ptr<Weight> random_gptq_weight(int64_t out, int64_t in, int bits, int group_size, float scale,
                                                      uint64_t seed);
@@ -154,12 +171,16 @@ class Backend {
   virtual void synchronize() {}                         // waits for queued work (devices)
   virtual uint64_t device_bytes_in_use() const { return 0; }  // device memory held by this process; 0: host backend
   // Memory bandwidth (bytes read + written per second) of a large copy in this backend's memory,
-  // measured once per backend on first call: the roofline bench reports against.
+  // measured once per backend on first call: the roofline bench reports against. The base class
+  // measures host memory: threads() threads memcpy slices of a 512 MiB buffer, best of 5.
   virtual double copy_bandwidth();
 
   // Fixed-order arithmetic on the calibration path (same bytes on any CPU and thread count) where
   // the backend offers it; see README "Reproducibility".
   virtual void set_deterministic(bool on) { (void)on; }
+
+ private:
+  double host_copy_bandwidth_ = 0;  // copy_bandwidth() of the base class, once measured
 };
 
 struct CpuBackendOptions {

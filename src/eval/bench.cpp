@@ -5,6 +5,7 @@
 #include <cmath>
 #include <random>
 
+#include "backend/backend.h"
 #include "backend/cpu/cpu_features.h"
 #include "backend/cpu/simd_kernels.h"
 #include "core/thread_pool.h"
@@ -58,12 +59,19 @@ BenchResult run_bench(Model& model, int n_prompt, int n_gen, int repeats, const 
   const int32_t bos = model.config().bos_token_id >= 0 ? model.config().bos_token_id : 0;
   auto cache = model.new_cache();
   std::vector<float> logits;
+  // Clocks are read with the device idle: nothing queued before t0 counts, everything queued
+  // before the end does (forward() already waits for its logits; this says so).
+  Backend& be = model.backend();
+  auto now = [&]() {
+    be.synchronize();
+    return Clock::now();
+  };
 
   auto run_pp = [&]() {
     cache->clear();
-    const auto t0 = Clock::now();
+    const auto t0 = now();
     model.forward(*cache, prompt.data(), n_prompt, false, logits);
-    return double(n_prompt) / std::chrono::duration<double>(Clock::now() - t0).count();
+    return double(n_prompt) / std::chrono::duration<double>(now() - t0).count();
   };
   // B sequences, each prefilled with BOS and random tokens (not timed), then n steps of one forward
   // over all of them, each feeding back its argmax. Returns the seconds of the steps and counts the
@@ -81,7 +89,7 @@ BenchResult run_bench(Model& model, int n_prompt, int n_gen, int repeats, const 
     Batch step = prefill;
     const size_t V = size_t(model.vocab_size());
     *tokens = 0;
-    const auto t0 = Clock::now();
+    const auto t0 = now();
     for (int i = 0; i < n; ++i) {
       for (size_t b = 0; b < step.entries.size(); ++b) {
         const float* row = logits.data() + b * V;
@@ -90,7 +98,7 @@ BenchResult run_bench(Model& model, int n_prompt, int n_gen, int repeats, const 
       model.forward(step, *cache, logits);
       *tokens += step.n_tokens();
     }
-    return std::chrono::duration<double>(Clock::now() - t0).count();
+    return std::chrono::duration<double>(now() - t0).count();
   };
   // Each test starts with a warm-up run: page in the weights, size the buffers.
   if (n_prompt > 0) {

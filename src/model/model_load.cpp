@@ -6,6 +6,7 @@
 #include "backend/backend.h"
 #include "core/fs.h"
 #include "core/memory.h"
+#include "core/synthetic.h"
 #include "gptq/error.h"
 #include "gptq/model.h"
 #include "gptq/safetensors.h"
@@ -217,6 +218,121 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& op
   return m;
 }
 
+// ---- synthetic models
+
+namespace {
+
+ModelConfig llama_config(int64_t hidden, int64_t ffn, int64_t layers, int64_t heads, int64_t kv_heads, int64_t vocab,
+                         int64_t ctx, double theta, int32_t bos, int32_t eos) {
+  ModelConfig c;
+  c.architecture = "LlamaForCausalLM";
+  c.model_type = "llama";
+  c.hidden_size = hidden;
+  c.intermediate_size = ffn;
+  c.num_layers = layers;
+  c.num_heads = heads;
+  c.num_kv_heads = kv_heads;
+  c.head_dim = hidden / heads;
+  c.vocab_size = vocab;
+  c.max_position_embeddings = ctx;
+  c.rms_norm_eps = 1e-5;
+  c.rope_theta = theta;
+  c.tie_word_embeddings = false;
+  c.torch_dtype = "float16";
+  c.bos_token_id = bos;
+  c.eos_token_ids = {eos};
+  return c;
+}
+
+// Weight `id` of a synthetic model gets the stream synthetic_bits(seed, id): 0 the embedding,
+// 1 lm_head, 2 the final norm, then per layer l: 3 + 9l + slot (LinearSlot order), + 7 the
+// attention norm, + 8 the MLP norm.
+uint64_t weight_seed(uint64_t seed, int64_t id) { return synthetic_bits(seed, uint64_t(id)); }
+
+DeviceVector synthetic_norm(Backend& be, int64_t n, uint64_t seed) {
+  std::vector<float> v(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) v[size_t(i)] = 1.0f + synthetic_uniform(seed, uint64_t(i), 0.1f);
+  return device_vector(be, v);
+}
+
+}  // namespace
+
+const std::vector<std::string>& synthetic_model_names() {
+  static const std::vector<std::string> names = {"llama2-7b", "llama2-13b", "llama3-8b", "tiny"};
+  return names;
+}
+
+ModelConfig synthetic_config(const std::string& name) {
+  // config.json of meta-llama/Llama-2-7b-hf, Llama-2-13b-hf, Meta-Llama-3-8B
+  if (name == "llama2-7b") return llama_config(4096, 11008, 32, 32, 32, 32000, 4096, 10000.0, 1, 2);
+  if (name == "llama2-13b") return llama_config(5120, 13824, 40, 40, 40, 32000, 4096, 10000.0, 1, 2);
+  if (name == "llama3-8b") return llama_config(4096, 14336, 32, 32, 8, 128256, 8192, 500000.0, 128000, 128001);
+  // GQA (4 heads over 2), and sizes every bit width packs (multiples of 32)
+  if (name == "tiny") return llama_config(64, 192, 2, 4, 2, 512, 512, 10000.0, 1, 2);
+  std::string known;
+  for (const auto& n : synthetic_model_names()) known += (known.empty() ? "" : ", ") + n;
+  fail("unknown synthetic model \"", name, "\" (known: ", known, ")");
+}
+
+std::unique_ptr<Model> Model::synthetic(const std::string& name, const SyntheticOptions& o) {
+  const ModelConfig c = synthetic_config(name);
+  if (o.dtype != DType::kF16 && o.dtype != DType::kBF16 && o.dtype != DType::kF32)
+    fail("synthetic ", name, ": weights are F16, BF16 or F32, not ", dtype_name(o.dtype));
+  if (o.bits != 0) {
+    if (!quant::is_supported_bits(o.bits)) fail("synthetic ", name, ": ", o.bits, "-bit GPTQ is not supported (2, 3, 4, 8)");
+    if (o.group_size == 0 || o.group_size < -1)
+      fail("synthetic ", name, ": group size ", o.group_size, " must be -1 or positive");
+  }
+  std::unique_ptr<Model> m(new Model());
+  m->dir_ = "synthetic:" + name;
+  m->config_ = c;
+  m->backend_ = o.backend;
+  if (!m->backend_) {
+    CpuBackendOptions co;
+    co.threads = o.threads;
+    m->backend_ = make_cpu_backend(co);
+  }
+  Backend& be = *m->backend_;
+  const int64_t H = c.hidden_size, hd = c.head_dim, F = c.intermediate_size, V = c.vocab_size;
+  const struct { LinearSlot slot; int64_t out, in; } shapes[] = {
+      {LinearSlot::kQ, c.num_heads * hd, H},    {LinearSlot::kK, c.num_kv_heads * hd, H},
+      {LinearSlot::kV, c.num_kv_heads * hd, H}, {LinearSlot::kO, H, c.num_heads * hd},
+      {LinearSlot::kGate, F, H},                {LinearSlot::kUp, F, H},
+      {LinearSlot::kDown, H, F}};
+  // Refuse up front, with the numbers, what would not fit.
+  const uint64_t es = dtype_size(o.dtype);
+  auto linear_bytes = [&](int64_t out, int64_t in) -> uint64_t {
+    if (o.bits == 0) return uint64_t(out * in) * es;
+    const uint64_t gn = uint64_t(quant::num_groups(in, o.group_size) * out);
+    return (uint64_t(out * in) + gn) * uint64_t(o.bits) / 8 + gn * 2 + uint64_t(in) * 4;  // codes, zeros, scales, g_idx
+  };
+  uint64_t need = 2 * uint64_t(V * H) * es;
+  for (const auto& sh : shapes) need += uint64_t(c.num_layers) * linear_bytes(sh.out, sh.in);
+  check_memory(need, be.available_bytes(), cat("the weights of synthetic ", name));
+
+  constexpr float kScale = 0.02f;
+  auto linear = [&](int64_t out, int64_t in, uint64_t seed) {
+    return o.bits == 0 ? be.random_dense_weight(out, in, o.dtype, kScale, seed)
+                       : be.random_gptq_weight(out, in, o.bits, o.group_size, kScale, seed);
+  };
+  auto w = std::make_unique<LlamaWeights>();
+  m->ws_ = std::make_unique<Workspace>();
+  w->embed = be.random_dense_weight(V, H, o.dtype, kScale, weight_seed(o.seed, 0));
+  w->lm_head = be.random_dense_weight(V, H, o.dtype, kScale, weight_seed(o.seed, 1));
+  w->final_norm = synthetic_norm(be, H, weight_seed(o.seed, 2));
+  w->inv_freq = device_vector(be, rope_inv_freq(c));
+  w->layers.resize(static_cast<size_t>(c.num_layers));
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    LlamaLayer& L = w->layers[size_t(l)];
+    const int64_t base = 3 + 9 * l;
+    for (const auto& sh : shapes) L.slot(sh.slot) = linear(sh.out, sh.in, weight_seed(o.seed, base + int64_t(sh.slot)));
+    L.attn_norm = synthetic_norm(be, H, weight_seed(o.seed, base + 7));
+    L.mlp_norm = synthetic_norm(be, H, weight_seed(o.seed, base + 8));
+  }
+  m->w_ = std::move(w);
+  return m;
+}
+
 const Weight& Model::linear(int64_t layer, LinearSlot s) const { return w_->layers.at(size_t(layer)).get(s); }
 
 void Model::set_linear(int64_t layer, LinearSlot s, std::unique_ptr<Weight> w) {
@@ -244,7 +360,7 @@ size_t Model::bytes_per_token() const {
   return layer_bytes(*w_) + w_->embed->bytes() / size_t(config_.vocab_size) + w_->head().bytes();
 }
 
-size_t Model::file_bytes() const { return store_->total_file_bytes(); }
+size_t Model::file_bytes() const { return store_ ? store_->total_file_bytes() : 0; }
 
 int Model::threads() const { return backend_->threads(); }
 

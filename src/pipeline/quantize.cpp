@@ -132,6 +132,7 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
   const nlohmann::ordered_json adapters = lora ? lora->adapters : merged_adapters(model_dir);
   LoadOptions lo;
   lo.threads = o.threads;
+  lo.backend = o.backend;
   lo.replace = lora ? &lora->tensors : nullptr;
   auto model = Model::load(model_dir, lo);
   Backend& be = model->backend();

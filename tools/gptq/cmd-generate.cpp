@@ -12,7 +12,7 @@ namespace gptq::cli {
 
 namespace {
 struct GenerateArgs {
-  std::string model, prompt_file, prompts_file;
+  std::string model, prompt_file, prompts_file, device = "auto";
   std::vector<std::string> prompts;
   int n = 128, threads = 0;
   float temperature = 0.8f, top_p = 0.95f, min_p = 0.05f, repeat_penalty = 1.0f;
@@ -69,12 +69,14 @@ Runner add_generate(CLI::App& app) {
   c->add_flag("--ignore-eos", a->ignore_eos, "Keep generating past the end-of-sequence token");
   c->add_flag("--no-special", a->no_special, "Do not add the BOS token to the prompt");
   c->add_option("-t,--threads", a->threads, "Threads (0: all cores)")->check(int_in(0, INT32_MAX));
+  add_device_option(c, a->device);
   c->add_flag("--json", a->json, "Print one JSON object instead of streaming text");
   return [a, c]() {
     const std::vector<std::string> prompts = read_prompts(*a);
     const auto t0 = std::chrono::steady_clock::now();
     LoadOptions lo;
     lo.threads = cap_threads(a->threads);
+    lo.backend = make_backend(a->device, lo.threads);
     auto model = Model::load(a->model, lo);
     Tokenizer tok = Tokenizer::from_model_dir(a->model);
     const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

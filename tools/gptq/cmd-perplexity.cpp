@@ -13,7 +13,7 @@ namespace gptq::cli {
 
 Runner add_perplexity(CLI::App& app) {
   struct Args {
-    std::string model, file, windows, base;
+    std::string model, file, windows, base, device = "auto";
     int64_t ctx = 0, batch = 0;
     int threads = 0;
     bool wikitext = false, json = false;
@@ -29,15 +29,17 @@ Runner add_perplexity(CLI::App& app) {
       ->check(int_in(1, INT32_MAX));
   c->add_option("--kl-divergence", a->base, "Base model folder: also report KL(base || model), its p99, top-1 agreement");
   c->add_option("-t,--threads", a->threads, "Threads (0: all cores)")->check(int_in(0, INT32_MAX));
+  add_device_option(c, a->device);
   c->add_flag("--json", a->json, "Print JSON: ppl, windows, tokens, ctx, sha256, batch (kl_divergence with a base)");
   return [a]() {
+    LoadOptions lo;
+    lo.threads = cap_threads(a->threads);
+    lo.backend = make_backend(a->device, lo.threads);
     PerplexityOptions o;
     o.ctx = a->ctx;
     o.batch = a->batch;
     parse_windows(a->windows, &o.window_begin, &o.window_end);
     const std::string raw = read_text_file(a->file);
-    LoadOptions lo;
-    lo.threads = cap_threads(a->threads);
     auto model = Model::load(a->model, lo);
     std::unique_ptr<Model> base;
     if (!a->base.empty()) base = Model::load(a->base, lo);

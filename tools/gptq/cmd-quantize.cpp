@@ -15,7 +15,7 @@ extern "C" void on_signal(int) { g_interrupted = true; }
 
 Runner add_quantize(CLI::App& app) {
   struct Args {
-    std::string model, out, max_shard;
+    std::string model, out, max_shard, device = "auto";
     QuantizeOptions o;
     bool no_sym = false, no_true_seq = false, json = false, quiet = false;
   };
@@ -43,6 +43,7 @@ Runner add_quantize(CLI::App& app) {
       ->check(CLI::IsMember({"gptq", "gptq_v2"}));
   c->add_option("--max-shard-size", a->max_shard, "Split model.safetensors into shards of at most this size (e.g. 2GB)");
   c->add_option("-t,--threads", o.threads, "Threads (0: all cores)")->check(int_in(0, INT32_MAX));
+  add_device_option(c, a->device);
   c->add_option("--lora", o.lora_adapter,
                 "PEFT LoRA adapter folder to merge into the model (in memory) before quantizing, as gptq merge-lora does");
   c->add_flag("--force", o.force, "Replace an existing output folder: an earlier output of gptq quantize, or an empty one");
@@ -51,6 +52,7 @@ Runner add_quantize(CLI::App& app) {
   return [a]() {
     QuantizeOptions& o = a->o;
     o.threads = cap_threads(o.threads);
+    o.backend = make_backend(a->device, o.threads);
     if (!a->max_shard.empty()) o.max_shard_bytes = parse_size(a->max_shard);
     o.progress = !a->quiet;
     o.cancel = &g_interrupted;

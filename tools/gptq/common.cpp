@@ -1,9 +1,11 @@
 #include "common.h"
 
+#include <cctype>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 
+#include "backend/backend.h"
 #include "core/fs.h"
 #include "core/thread_pool.h"
 #include "gptq/error.h"
@@ -98,6 +100,45 @@ int cap_threads(int requested) {
   if (requested <= hw) return requested;
   std::fprintf(stderr, "note: -t %d is more than the %d CPUs this process may use; using %d\n", requested, hw, hw);
   return hw;
+}
+
+void add_device_option(CLI::App* c, std::string& device) {
+  c->add_option("--device", device, "Where to run: auto (cuda:0 when usable, else cpu), cpu, cuda, cuda:N")
+      ->capture_default_str();
+}
+
+std::shared_ptr<Backend> make_backend(const std::string& device, int threads) {
+  auto cpu = [&]() -> std::shared_ptr<Backend> {
+    CpuBackendOptions o;
+    o.threads = threads;
+    return make_cpu_backend(o);
+  };
+  if (device == "cpu") return cpu();
+  if (device == "auto") {
+    std::string why;
+    if (built_with_cuda()) {
+      if (cuda_usable(0, &why)) return make_cuda_backend({0});
+      std::fprintf(stderr, "note: no usable GPU (%s); running on the CPU\n", why.c_str());
+    }
+    return cpu();
+  }
+  if (device != "cuda" && device.rfind("cuda:", 0) != 0)
+    fail("--device \"", device, "\" is not a device: use auto, cpu, cuda or cuda:N");
+  int index = 0;
+  if (device != "cuda") {
+    const std::string n = device.substr(5);
+    errno = 0;
+    char* end = nullptr;
+    const long v = std::strtol(n.c_str(), &end, 10);
+    if (n.empty() || *end != 0 || errno == ERANGE || v < 0 || v > 1023 || !std::isdigit(static_cast<unsigned char>(n[0])))
+      fail("--device \"", device, "\": the GPU index must be a number (cuda:0, cuda:1, ...)");
+    index = int(v);
+  }
+  std::string why;
+  if (!cuda_usable(index, &why)) fail("--device cuda:", index, ": ", why);
+  CudaBackendOptions o;
+  o.device = index;
+  return make_cuda_backend(o);
 }
 
 std::string read_prompt(const std::string& prompt, const std::string& file) {

@@ -3,9 +3,14 @@
 
 #include <CLI/CLI.hpp>
 #include <functional>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
+
+namespace gptq {
+class Backend;
+}
 
 namespace gptq::cli {
 
@@ -31,6 +36,13 @@ CLI::Validator int_in(int64_t lo, int64_t hi);
 CLI::Validator number_in(double lo, double hi);
 // -t N above the CPUs this process may use only thrashes: capped, with a note on stderr.
 int cap_threads(int requested);
+// --device on the commands that run a model: "auto" (the default), "cpu", "cuda" or "cuda:N".
+void add_device_option(CLI::App* c, std::string& device);
+// The backend --device names; "auto" is cuda:0 when this build has CUDA and a usable GPU, else the
+// CPU (with a note on stderr saying why when the build has CUDA). gptq::Error (one line) for
+// anything else than those spellings and for a GPU that cannot be used. threads: the CPU's
+// (already capped).
+std::shared_ptr<Backend> make_backend(const std::string& device, int threads);
 std::string read_prompt(const std::string& prompt, const std::string& file);  // -p TEXT or -f FILE
 
 }  // namespace gptq::cli

@@ -56,7 +56,7 @@ class CpuGptqWeight final : public Weight {
  public:
   // The bias is the argument's, else the matrix's own (fp16); the backend adds it once.
   CpuGptqWeight(ThreadPool& pool, const quant::QuantMatrix& m, const float* bias)
-      : Weight(m.K, m.N), w_(cpu::prepare(without_bias(m), pool)), q_(m) {
+      : Weight(m.K, m.N), w_(cpu::prepare(without_bias(m), pool)) {
     if (bias) {
       bias_.assign(bias, bias + m.N);
     } else if (m.bias) {
@@ -73,12 +73,11 @@ class CpuGptqWeight final : public Weight {
   size_t bytes() const override {
     return size_t(w_.checkpoint_bytes()) + (w_.perm.empty() ? 0 : size_t(in_) * 4) + bias_.size() * 4;
   }
-  std::vector<float> dense() const override { return quant::dequantize(q_); }
+  std::vector<float> dense() const override { return cpu::dequantize(w_); }
   const cpu::PreparedQuantMatrix& prepared() const { return w_; }
 
  private:
   cpu::PreparedQuantMatrix w_;
-  quant::QuantMatrix q_;  // views into the mapped checkpoint, valid while the model lives
   std::string kind_;
 };
 

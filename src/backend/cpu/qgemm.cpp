@@ -141,6 +141,31 @@ PreparedQuantMatrix prepare(const quant::QuantMatrix& m, ThreadPool& pool) {
   return p;
 }
 
+std::vector<float> dequantize(const PreparedQuantMatrix& m) {
+  constexpr int64_t TN = PreparedQuantMatrix::kTileN;
+  const int64_t K = m.K, N = m.N, ng = m.n_groups, bits = m.bits;
+  const uint32_t mask = (1u << bits) - 1;
+  std::vector<float> W(size_t(N * K));  // [N, K]
+  for (int64_t t = 0; t < m.n_tiles; ++t) {
+    const uint32_t* qt = m.qweight.data() + t * m.words_per_col * TN;  // [words_per_col][32]
+    for (int64_t j = 0; j < std::min(TN, N - t * TN); ++j) {
+      float* w = W.data() + (t * TN + j) * K;
+      for (int64_t g = 0; g < ng; ++g) {
+        const float s = fp16_to_fp32(m.scales[size_t((t * ng + g) * TN + j)]);
+        const float z = fp16_to_fp32(m.zeros[size_t((t * ng + g) * TN + j)]);
+        // k: the prepared (group-sorted) order; perm maps it back to the input channel
+        for (int64_t k = m.group_begin[size_t(g)]; k < m.group_begin[size_t(g + 1)]; ++k) {
+          const int64_t bit = k * bits, wi = bit >> 5, sh = bit & 31;
+          uint32_t q = qt[wi * TN + j] >> sh;
+          if (sh + bits > 32) q |= qt[(wi + 1) * TN + j] << (32 - sh);
+          w[m.perm.empty() ? k : m.perm[size_t(k)]] = s * (float(q & mask) - z);
+        }
+      }
+    }
+  }
+  return W;
+}
+
 namespace detail {
 
 // The readable reference over the prepared layout: every output is sum_k x[k] * s * (q - z), with

@@ -69,6 +69,11 @@ struct PreparedQuantMatrix {
   int64_t checkpoint_bytes() const;
 };
 
+// W: [N, K] fp32 in the original input order (bias not applied), from the prepared layout alone:
+// the same values as quant::dequantize of the matrix it was prepared from, so a weight handle needs
+// no view of the checkpoint after prepare().
+std::vector<float> dequantize(const PreparedQuantMatrix& m);
+
 // The launcher contract's first step: whether prepare(m) will succeed; why not in *why.
 bool can_implement(const quant::QuantMatrix& m, std::string* why = nullptr);
 
