@@ -261,3 +261,19 @@ TEST(CudaBackendErrors, OutOfMemoryNamesTheSizes) {
 }
 
 }  // namespace
+
+namespace {
+
+// Synthetic weights made on the GPU are the host default's values exactly (core/synthetic.h).
+TEST(CudaSynthetic, GpuWeightsEqualTheHostFormula) {
+  NEED_GPU();
+  auto cpu = gptq::make_cpu_backend();
+  for (gptq::DType dt : {gptq::DType::kF16, gptq::DType::kBF16, gptq::DType::kF32}) {
+    auto a = gpu()->random_dense_weight(70, 96, dt, 0.02f, 11), b = cpu->random_dense_weight(70, 96, dt, 0.02f, 11);
+    EXPECT_EQ(a->dense(), b->dense()) << gptq::dtype_name(dt);
+  }
+  auto a = gpu()->random_gptq_weight(64, 256, 4, 128, 0.02f, 5), b = cpu->random_gptq_weight(64, 256, 4, 128, 0.02f, 5);
+  EXPECT_EQ(a->dense(), b->dense());
+}
+
+}  // namespace

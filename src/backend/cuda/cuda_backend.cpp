@@ -18,6 +18,8 @@
 #include <mutex>
 #include <tuple>
 
+#include <unistd.h>
+
 #include "backend/backend.h"
 #include "backend/cpu/hessian.h"
 #include "backend/cpu/qgemm.h"
@@ -57,6 +59,8 @@ cudaDataType_t cuda_type(DType t) {
 }
 
 std::string device_error(int device, cudaError_t e) {
+  if (e == cudaErrorInsufficientDriver && access("/proc/driver/nvidia/version", F_OK) != 0)
+    return "no NVIDIA driver is loaded (no /proc/driver/nvidia)";
   if (e == cudaErrorInsufficientDriver)
     return cat("the NVIDIA driver is too old for this build's CUDA ", CUDART_VERSION / 1000, ".",
                CUDART_VERSION % 1000 / 10);
@@ -158,8 +162,8 @@ class CudaDenseWeight final : public Weight {
 
 class CudaGptqWeight final : public Weight {
  public:
-  CudaGptqWeight(const quant::QuantMatrix& q, const cuda::GptqLayout& L, const float* bias, std::string kind)
-      : Weight(q.K, q.N), q_(q), kind_(std::move(kind)) {
+  CudaGptqWeight(const cuda::GptqLayout& L, const float* bias, std::string kind)
+      : Weight(L.K, L.N), kind_(std::move(kind)), perm_host_(L.perm) {
     auto up = [&](const auto& v, const char* what) {
       const size_t n = v.size() * sizeof(v[0]);
       auto p = device_alloc(n, what);
@@ -180,20 +184,39 @@ class CudaGptqWeight final : public Weight {
     m_.scale_zero = static_cast<const uint32_t*>(sz_.get());
     m_.chunk_group = static_cast<const int32_t*>(cg_.get());
     if (bias) {
-      bias_.assign(bias, bias + q.N);
+      bias_.assign(bias, bias + L.N);
       bias_dev_ = up(bias_, "a bias");
     }
   }
   std::string kind() const override { return kind_; }
   size_t bytes() const override { return bytes_; }
-  std::vector<float> dense() const override { return quant::dequantize(q_); }
+  // Downloads the layout and decodes it on the host (calibration, tests): no view of the
+  // checkpoint is kept (gptq_weight's contract).
+  std::vector<float> dense() const override {
+    cuda::GptqLayout L;
+    L.bits = m_.bits;
+    L.K = m_.K;
+    L.N = m_.N;
+    L.n_chunks = m_.n_chunks;
+    L.n_groups = m_.n_groups;
+    L.fast = true;
+    L.perm = perm_host_;
+    auto down = [](auto& v, size_t n, const void* src) {
+      v.resize(n);
+      if (n) CUDA_CHECK(cudaMemcpy(v.data(), src, n * sizeof(v[0]), cudaMemcpyDeviceToHost));
+    };
+    down(L.qweight, size_t(m_.n_chunks * m_.N * m_.bits), m_.qweight);
+    down(L.scale_zero, size_t(m_.n_groups * m_.N), m_.scale_zero);
+    down(L.chunk_group, size_t(m_.n_chunks), m_.chunk_group);
+    return cuda::dequantize_layout(L);
+  }
   const cuda::GptqDeviceMatrix& matrix() const { return m_; }
   const int32_t* perm() const { return static_cast<const int32_t*>(perm_.get()); }
   const float* bias_dev() const { return static_cast<const float*>(bias_dev_.get()); }
 
  private:
-  quant::QuantMatrix q_;  // views into the mapped checkpoint (dense() for calibration and tests)
   std::string kind_;
+  std::vector<int32_t> perm_host_;
   cuda::GptqDeviceMatrix m_;
   std::shared_ptr<void> qweight_, sz_, cg_, perm_, bias_dev_;
   size_t bytes_ = 0;
@@ -328,6 +351,18 @@ class CudaBackend final : public Backend {
     return std::make_unique<CudaDenseWeight>(d.in, d.out, d.dtype, std::move(mem), d.bias);
   }
 
+  // Made on the GPU with the formula of core/synthetic.h (the same values as the host default).
+  std::unique_ptr<Weight> random_dense_weight(int64_t out, int64_t in, DType dtype, float scale, uint64_t seed) override {
+    if (dtype != DType::kF32 && dtype != DType::kF16 && dtype != DType::kBF16)
+      fail("synthetic dense weights are F32, F16 or BF16, not ", dtype_name(dtype));
+    if (out <= 0 || in <= 0) fail("synthetic weight of shape [", out, ", ", in, "]: sizes must be positive");
+    const int64_t n = out * in;
+    auto mem = device_alloc(size_t(n) * dtype_size(dtype), cat("a synthetic ", out, "x", in, " weight"));
+    cuda::fill_uniform(mem.get(), elem(dtype), n, scale, seed, stream_);
+    synchronize();
+    return std::make_unique<CudaDenseWeight>(in, out, dtype, std::move(mem), nullptr);
+  }
+
   std::unique_ptr<Weight> gptq_weight(const quant::QuantMatrix& m, const float* bias) override {
     const cpu::PreparedQuantMatrix p = cpu::prepare(without_bias(m), pool_);  // validates
     std::vector<float> b;
@@ -340,7 +375,7 @@ class CudaBackend final : public Backend {
     bool act_order = !p.perm.empty();
     std::string kind = cat("GPTQ ", m.bits, "-bit g", m.group_size, act_order ? " act-order" : "");
     const cuda::GptqLayout L = cuda::make_gptq_layout(p);
-    if (L.fast) return std::make_unique<CudaGptqWeight>(m, L, bp, kind);
+    if (L.fast) return std::make_unique<CudaGptqWeight>(L, bp, kind);
     // No chunk layout (groups not on multiples of 32 inputs): dense fp16, correct and slower.
     const std::vector<float> w = quant::dequantize(m);
     std::vector<uint16_t> h(w.size());
@@ -383,11 +418,18 @@ class CudaBackend final : public Backend {
     GPTQ_ASSERT(g, "weight was not made by the CUDA backend");
     const float* xin = x.f32();
     int64_t xs = x.stride;
-    if (g->perm()) {
-      float* xp = static_cast<float*>(xperm_.get(size_t(T * K) * 4));
-      cuda::permute_cols(x.f32(), x.stride, g->perm(), T, K, xp, stream_);
+    // The GEMV reads x as float4: rows must start 16-byte aligned. Act-order permutes x anyway.
+    const bool aligned = xs % 4 == 0 && reinterpret_cast<uintptr_t>(xin) % 16 == 0;
+    if (g->perm() || !aligned) {
+      const int64_t ks = (K + 3) / 4 * 4;
+      float* xp = static_cast<float*>(xperm_.get(size_t(T * ks) * 4));
+      if (g->perm())
+        cuda::permute_cols(x.f32(), x.stride, g->perm(), T, K, ks, xp, stream_);
+      else
+        CUDA_CHECK(cudaMemcpy2DAsync(xp, size_t(ks) * 4, x.data, size_t(x.stride) * 4, size_t(K) * 4, size_t(T),
+                                     cudaMemcpyDeviceToDevice, stream_));
       xin = xp;
-      xs = K;
+      xs = ks;
     }
     if (T <= cuda::kGemvMaxRows) {
       cuda::gptq_gemv(g->matrix(), xin, xs, T, y.f32(), y.stride, stream_);

@@ -7,6 +7,7 @@
 
 #include "backend/cuda/cuda_common.h"
 #include "backend/cuda/ops.h"
+#include "core/synthetic.h"
 
 namespace gptq::cuda {
 
@@ -96,10 +97,11 @@ __global__ void gather_rows_kernel(const float* x, int64_t x_stride, const int64
     y[r * y_stride + i] = src[i];
 }
 
-__global__ void permute_cols_kernel(const float* x, int64_t x_stride, const int32_t* perm, int64_t K, float* y) {
+__global__ void permute_cols_kernel(const float* x, int64_t x_stride, const int32_t* perm, int64_t K, float* y,
+                                    int64_t y_stride) {
   const int64_t t = blockIdx.y;
   for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < K; k += int64_t(gridDim.x) * blockDim.x)
-    y[t * K + k] = x[t * x_stride + perm[k]];
+    y[t * y_stride + k] = x[t * x_stride + perm[k]];
 }
 
 template <typename T>
@@ -125,6 +127,18 @@ __global__ void add_bias_kernel(float* y, int64_t y_stride, const float* b, int6
   const int64_t t = blockIdx.y;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < N; i += int64_t(gridDim.x) * blockDim.x)
     y[t * y_stride + i] += b[i];
+}
+
+__global__ void fill_uniform_kernel(void* dst, ElemType t, int64_t n, float scale, uint64_t seed) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const float v = synthetic_uniform(seed, uint64_t(i), scale);
+    if (t == ElemType::kF32)
+      static_cast<float*>(dst)[i] = v;
+    else if (t == ElemType::kF16)
+      static_cast<__half*>(dst)[i] = __float2half_rn(v);
+    else
+      static_cast<__nv_bfloat16*>(dst)[i] = __float2bfloat16_rn(v);
+  }
 }
 
 constexpr int kThreads = 256;
@@ -198,11 +212,11 @@ void gather_rows(const float* x, int64_t x_stride, const int64_t* rows, int64_t 
   CUDA_CHECK_LAUNCH();
 }
 
-void permute_cols(const float* x, int64_t x_stride, const int32_t* perm, int64_t T, int64_t K, float* y,
-                  cudaStream_t s) {
+void permute_cols(const float* x, int64_t x_stride, const int32_t* perm, int64_t T, int64_t K, int64_t y_stride,
+                  float* y, cudaStream_t s) {
   for_row_chunks(T, [&](int64_t r0, int64_t n) {
     permute_cols_kernel<<<dim3(col_blocks(K), unsigned(n)), kThreads, 0, s>>>(x + r0 * x_stride, x_stride, perm, K,
-                                                                             y + r0 * K);
+                                                                             y + r0 * y_stride, y_stride);
   });
   CUDA_CHECK_LAUNCH();
 }
@@ -229,6 +243,13 @@ void add_bias(float* y, int64_t y_stride, const float* bias, int64_t T, int64_t 
   for_row_chunks(T, [&](int64_t r0, int64_t n) {
     add_bias_kernel<<<dim3(col_blocks(N), unsigned(n)), kThreads, 0, s>>>(y + r0 * y_stride, y_stride, bias, N);
   });
+  CUDA_CHECK_LAUNCH();
+}
+
+void fill_uniform(void* dst, ElemType t, int64_t n, float scale, uint64_t seed, cudaStream_t s) {
+  if (n == 0) return;
+  fill_uniform_kernel<<<unsigned(std::min<int64_t>(blocks_for(n, kThreads), 8192)), kThreads, 0, s>>>(dst, t, n, scale,
+                                                                                                      seed);
   CUDA_CHECK_LAUNCH();
 }
 

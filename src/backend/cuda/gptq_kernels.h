@@ -34,6 +34,9 @@ struct GptqLayout {  // on the host, to be uploaded
   bool fast = false;                  // false: no chunk layout (see above); the vectors are empty
 };
 GptqLayout make_gptq_layout(const cpu::PreparedQuantMatrix& w);
+// W [N, K] fp32 in the original input order (the reference dequantization, exactly), from a fast
+// layout (as downloaded from the device).
+std::vector<float> dequantize_layout(const GptqLayout& L);
 
 struct GptqDeviceMatrix {  // views of the uploaded layout
   int bits = 4;

@@ -3,7 +3,9 @@
 #include <algorithm>
 
 #include "backend/cuda/gptq_kernels.h"
+#include "core/half.h"
 #include "gptq/error.h"
+#include "io/gptq_format.h"
 
 namespace gptq::cuda {
 
@@ -52,6 +54,25 @@ GptqLayout make_gptq_layout(const cpu::PreparedQuantMatrix& w) {
   L.perm = w.perm;
   L.fast = true;
   return L;
+}
+
+std::vector<float> dequantize_layout(const GptqLayout& L) {
+  GPTQ_ASSERT(L.fast);
+  std::vector<float> W(size_t(L.N * L.K));
+  std::vector<uint8_t> q(32);
+  for (int64_t c = 0; c < L.n_chunks; ++c) {
+    const int32_t g = L.chunk_group[size_t(c)];
+    for (int64_t n = 0; n < L.N; ++n) {
+      quant::unpack_stream(L.qweight.data() + size_t((c * L.N + n) * L.bits), 1, 32, L.bits, q.data());
+      const uint32_t sz = L.scale_zero[size_t(g * L.N + n)];
+      const float s = fp16_to_fp32(uint16_t(sz & 0xffffu)), z = fp16_to_fp32(uint16_t(sz >> 16));
+      for (int64_t i = 0; i < 32 && c * 32 + i < L.K; ++i) {
+        const int64_t k = c * 32 + i, ko = L.perm.empty() ? k : L.perm[size_t(k)];
+        W[size_t(n * L.K + ko)] = s * (float(q[size_t(i)]) - z);
+      }
+    }
+  }
+  return W;
 }
 
 }  // namespace gptq::cuda

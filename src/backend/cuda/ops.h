@@ -28,9 +28,9 @@ void add(float* x, int64_t x_stride, const float* y, int64_t y_stride, int64_t r
 // y[i, :] = x[rows[i], :]
 void gather_rows(const float* x, int64_t x_stride, const int64_t* rows, int64_t n, int64_t cols, float* y,
                  int64_t y_stride, cudaStream_t s);
-// y[t, k] = x[t, perm[k]] (act-order input reordering)
-void permute_cols(const float* x, int64_t x_stride, const int32_t* perm, int64_t T, int64_t K, float* y,
-                  cudaStream_t s);
+// y[t, k] = x[t, perm[k]] (act-order input reordering); y rows y_stride apart
+void permute_cols(const float* x, int64_t x_stride, const int32_t* perm, int64_t T, int64_t K, int64_t y_stride,
+                  float* y, cudaStream_t s);
 // y [T, K] contiguous in `yt` (F16/BF16) from x fp32
 void convert_rows(const float* x, int64_t x_stride, int64_t T, int64_t K, void* y, ElemType yt, cudaStream_t s);
 // out [n] fp32 from `t`
