@@ -85,8 +85,8 @@ BackendEntry cpu_entry(cpu::SimdLevel level) {
 // The CUDA backend (skipped with the reason when the build has no CUDA or there is no GPU).
 // Its dense F16/BF16 GEMMs above 8 rows (or with K % 8 != 0) run on cuBLASLt with x rounded to the
 // weight's type (at most 8 rows: a GEMV in fp32); GPTQ layers above
-// the GEMV row limit (8), and layers held as F16 (no chunk layout), are dequantized to fp16 and so
-// are x's rows (backend/cuda/cuda_backend.cpp).
+// the GEMV row limit (8) are dequantized to fp16 and so are x's rows; layers without the chunk
+// layout are held as exact fp32 (backend/cuda/cuda_backend.cpp).
 BackendEntry cuda_entry() {
   BackendEntry e;
   e.name = "cuda";
@@ -98,7 +98,6 @@ BackendEntry cuda_entry() {
   e.gemm_input_u = [](const Weight& w, int64_t T) -> double {
     const std::string k = w.kind();
     const bool gemv = T <= 8 && w.in_features() % 8 == 0;  // dense_gemv: fp32 x
-    if (k.find("held as F16") != std::string::npos) return 1.0 / 2048;
     if (k == "F16") return gemv ? 0.0 : 1.0 / 2048;
     if (k == "BF16") return gemv ? 0.0 : 1.0 / 256;
     if (k.rfind("GPTQ", 0) == 0) return T > 8 ? 1.0 / 2048 : 0.0;

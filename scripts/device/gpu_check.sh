@@ -26,7 +26,7 @@ for what in ${@:-tests bench}; do
   echo "=== $what"
   case $what in
     tests)
-      "$w/gptq_tests" --gtest_filter="${GPTQ_TEST_FILTER:-BackendOps.*/cuda:Cuda*.*}" --gtest_brief=1 >"$out/tests.log" 2>&1 || rc=1
+      "$w/gptq_tests" --gtest_filter="${GPTQ_TEST_FILTER:-BackendOps.*/cuda:*Cuda*.*}" --gtest_brief=1 >"$out/tests.log" 2>&1 || rc=1
       grep -E 'FAIL|tests? ran|PASSED|SKIPPED \]' "$out/tests.log" | head -60 ;;
     sanitize)
       compute-sanitizer --tool memcheck --error-exitcode 9 "$w/gptq_tests" \
@@ -38,9 +38,11 @@ for what in ${@:-tests bench}; do
     bench)
       m="$w/shared/models/llama-gutenberg-22m"
       "$w/gptq" bench -m "$m" --device cuda 2>&1 | tee "$out/bench_22m.txt" | tail -20
-      for s in "--synthetic llama2-7b --dtype f16" "--synthetic llama2-7b --dtype gptq4"; do
-        "$w/gptq" bench $s --device cuda 2>&1 | tee -a "$out/bench_7b.txt" | tail -20
-      done ;;
+      for s in "--synthetic llama2-7b --dtype f16" "--synthetic llama2-7b --bits 4 --group-size 128"; do
+        "$w/gptq" bench $s --device cuda 2>&1 | tee -a "$out/bench_7b.txt" | tail -12
+      done
+      GPTQ_CUDA_DENSE_GEMV=0 "$w/gptq" bench --synthetic llama2-7b --dtype f16 -b 1 -n 64 --device cuda 2>&1 |
+        tee -a "$out/bench_7b_cublas.txt" | grep -E 'tg|roofline:' ;;
     *) echo "unknown: $what"; rc=1 ;;
   esac
 done

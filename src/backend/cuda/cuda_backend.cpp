@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -376,12 +377,11 @@ class CudaBackend final : public Backend {
     std::string kind = cat("GPTQ ", m.bits, "-bit g", m.group_size, act_order ? " act-order" : "");
     const cuda::GptqLayout L = cuda::make_gptq_layout(p);
     if (L.fast) return std::make_unique<CudaGptqWeight>(L, bp, kind);
-    // No chunk layout (groups not on multiples of 32 inputs): dense fp16, correct and slower.
+    // No chunk layout (groups not on multiples of 32 inputs): the exact dequantized W as dense
+    // fp32 (correct, slower, 8x the memory; no checkpoint GPTQ tools write has such groups).
     const std::vector<float> w = quant::dequantize(m);
-    std::vector<uint16_t> h(w.size());
-    for (size_t i = 0; i < w.size(); ++i) h[i] = fp32_to_fp16(w[i]);
-    auto d = dense_weight({h.data(), DType::kF16, m.N, m.K, bp, true});
-    static_cast<CudaDenseWeight&>(*d).kind_ = kind + " (held as F16)";
+    auto d = dense_weight({w.data(), DType::kF32, m.N, m.K, bp, true});
+    static_cast<CudaDenseWeight&>(*d).kind_ = kind + " (held as F32)";
     return d;
   }
 
@@ -404,7 +404,7 @@ class CudaBackend final : public Backend {
     if (const auto* d = dynamic_cast<const CudaDenseWeight*>(&w)) {
       if (d->dtype() == DType::kF32) {
         matmul(d->data(), DType::kF32, x.data, x.stride, T, K, N, y.f32(), y.stride);
-      } else if (cuda::dense_gemv_ok(d->data(), K, x.f32(), x.stride, T)) {
+      } else if (use_gemv_ && cuda::dense_gemv_ok(d->data(), K, x.f32(), x.stride, T)) {
         cuda::dense_gemv(d->data(), elem(d->dtype()), K, N, x.f32(), x.stride, T, y.f32(), y.stride, stream_);
       } else {
         void* xh = x16_.get(size_t(T * K) * 2);
@@ -685,6 +685,11 @@ class CudaBackend final : public Backend {
   std::vector<void*> blocks_host_;
   DevicePlan dplan_;
   double bandwidth_ = 0;
+  // GPTQ_CUDA_DENSE_GEMV=0 sends decode-size dense GEMMs to cuBLASLt too (to compare the two).
+  const bool use_gemv_ = [] {
+    const char* e = std::getenv("GPTQ_CUDA_DENSE_GEMV");
+    return !(e && std::string(e) == "0");
+  }();
 };
 
 }  // namespace
