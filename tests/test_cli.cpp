@@ -43,10 +43,12 @@ TEST(Cli, GenerateJsonHasTheDocumentedFields) {
   EXPECT_EQ(j["prompt_ids"], json::parse("[1, 9038, 2501, 263, 931]"));
   // greedy continuation of the reference implementation (golden greedy.json, first case)
   EXPECT_EQ(j["new_ids"], json::parse("[29892, 278, 2030, 767, 471, 297, 278, 4760, 310, 5622, 278, 13]"));
-  // The process maps the weights (41 MiB of files): peak memory covers them, and not 4 times over.
+  // The process maps the weights (41 MiB of files): peak memory covers them, and not 4 times over
+  // (plus what loading cuBLAS and the CUDA runtime keeps resident in a CUDA build, ~60 MiB).
   const double mem = j["memory_bytes"].get<double>(), files = 43466456;
+  const double cuda_libs = gptq::built_with_cuda() ? 96.0 * 1048576 : 0.0;
   EXPECT_GE(mem, 0.9 * files);
-  EXPECT_LT(mem, 4 * files);
+  EXPECT_LT(mem, 4 * files + cuda_libs);
 }
 
 TEST(Cli, GenerateStreamsTextAndSeedsAreReproducible) {
@@ -285,7 +287,7 @@ TEST(Cli, DeviceOption) {
     // this machine has no GPU, or this build no CUDA: one line saying so
     expect_cli_error(with("cuda"), {"--device cuda:0", gptq::built_with_cuda() ? "" : "built without CUDA"});
     expect_cli_error(with("cuda:1"), {"--device cuda:1"});
-    // auto falls back to the CPU (with a note when the build has CUDA)
+    // auto falls back to the CPU (a note only where an NVIDIA driver is loaded but no GPU is usable)
     r = with("auto");
     ASSERT_EQ(r.rc, 0) << r.err;
     EXPECT_EQ(json::parse(r.out)["backend"], "cpu");

@@ -3,6 +3,8 @@
 #include <cctype>
 #include <cerrno>
 #include <cstdio>
+
+#include <unistd.h>
 #include <cstdlib>
 
 #include "backend/backend.h"
@@ -118,7 +120,10 @@ std::shared_ptr<Backend> make_backend(const std::string& device, int threads) {
     std::string why;
     if (built_with_cuda()) {
       if (cuda_usable(0, &why)) return make_cuda_backend({0});
-      std::fprintf(stderr, "note: no usable GPU (%s); running on the CPU\n", why.c_str());
+      // A machine without the NVIDIA driver is a CPU machine: nothing to note there. A driver
+      // with no usable GPU (too old, no device, too old a GPU) is worth the one line.
+      if (access("/proc/driver/nvidia", F_OK) == 0)
+        std::fprintf(stderr, "note: no usable GPU (%s); running on the CPU\n", why.c_str());
     }
     return cpu();
   }
