@@ -514,11 +514,13 @@ const auto R = std::get<0>(b_); const auto C = std::get<1>(b_);
     add_case("gather_rows", name, cat("x [", R, ", ", C, "] -> 6 rows (repeats, any order)"), [=](Backend& be) {
       std::mt19937 rng(seed_of(name));
       const std::vector<float> x = randn(rng, size_t(R * C));
-      const std::vector<int64_t> rows = {R - 1, 0, 3, 3, R / 2, 1};
+      BatchPlan plan;
+      plan.logit_rows = {R - 1, 0, 3, 3, R / 2, 1};
+      const std::vector<int64_t>& rows = plan.logit_rows;
       std::vector<float> ref;
       for (int64_t r : rows) ref.insert(ref.end(), x.begin() + r * C, x.begin() + (r + 1) * C);
       Dev dx = dev_upload(be, x, R, C), dy = dev_upload(be, std::vector<float>(ref.size(), 1.f), int64_t(rows.size()), C);
-      be.gather_rows(dx.view, rows, dy.view);
+      be.gather_rows(dx.view, plan, dy.view);
       return std::vector<Check>{{"y", "diff", n_diff(download(be, dy.view), ref), 0}};
     });
   }

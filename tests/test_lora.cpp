@@ -436,8 +436,8 @@ class LoraBackend final : public gptq::Backend {
   }
   void silu_mul(const gptq::Tensor& g, const gptq::Tensor& u) override { cpu_->silu_mul(g, u); }
   void add(const gptq::Tensor& x, const gptq::Tensor& y) override { cpu_->add(x, y); }
-  void gather_rows(const gptq::Tensor& x, const std::vector<int64_t>& r, const gptq::Tensor& y) override {
-    cpu_->gather_rows(x, r, y);
+  void gather_rows(const gptq::Tensor& x, const gptq::BatchPlan& p, const gptq::Tensor& y) override {
+    cpu_->gather_rows(x, p, y);
   }
   std::unique_ptr<gptq::HessianAccumulator> hessian(int64_t K) override { return cpu_->hessian(K); }
   int64_t lora_calls = 0;

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -66,6 +67,7 @@ struct KVLayout {
 struct KVView {
   KVLayout layout;
   void* const* blocks = nullptr;  // base address of each block id
+  int64_t max_len = 0;            // the most positions a sequence may hold (0: unknown)
 };
 
 // One sequence of a batch as attention sees it: rows [row0, row0 + n_rows) of the batch are its
@@ -145,9 +147,20 @@ class Backend {
                          const BatchPlan& plan, int64_t n_heads, const Tensor& out) = 0;
   virtual void silu_mul(const Tensor& g, const Tensor& u) = 0;  // g = silu(g) * u
   virtual void add(const Tensor& x, const Tensor& y) = 0;       // x += y
-  // y[i, :] = x[rows[i], :]
-  virtual void gather_rows(const Tensor& x, const std::vector<int64_t>& rows, const Tensor& y) = 0;
+  // y[i, :] = x[plan.logit_rows[i], :]
+  virtual void gather_rows(const Tensor& x, const BatchPlan& plan, const Tensor& y) = 0;
   virtual std::unique_ptr<HessianAccumulator> hessian(int64_t K) = 0;
+
+  // Runs ops(): a fixed sequence of this backend's ops whose only inputs that change from call to
+  // call are the plan's contents (same shape: tokens, positions, slots, block tables) and the
+  // memory its tensors point to. A backend may record the sequence the first time it sees `key`
+  // and replay the recording for later calls with that key (the CUDA backend: a CUDA graph), so
+  // the caller changes the key whenever a tensor address, a shape or the op sequence changes.
+  // kv: the cache the plan's block tables index.
+  virtual void run_recorded(uint64_t key, const BatchPlan& plan, const KVView& kv, const std::function<void()>& ops) {
+    (void)key, (void)plan, (void)kv;
+    ops();
+  }
 
   // ---- synthetic weights (bench --synthetic): random values of a real model's shapes, made where
   // the backend keeps them (on the GPU for CUDA, so a 7B model needs no host copy). Values are

@@ -26,6 +26,7 @@ KVCache::KVCache(Backend& backend, const ModelConfig& c, int64_t ctx, const KVCa
     : backend_(backend), opt_(o), ctx_(ctx), impl_(std::make_unique<Impl>()) {
   if (o.block_size < 1 || o.block_size > 4096) fail("KV cache block size must be in 1..4096, got ", o.block_size);
   if (o.max_tokens < 0) fail("KV cache token cap must be >= 0, got ", o.max_tokens);
+  impl_->ctx = ctx;
   KVLayout& L = impl_->layout;
   L.n_layers = c.num_layers;
   L.n_kv_heads = c.num_kv_heads;

@@ -22,8 +22,9 @@ struct KVCache::Impl {
   std::vector<int32_t> free_blocks;          // ids ready for reuse (a stack)
   std::map<int64_t, Seq> seqs;
   int64_t next_id = 0;
+  int64_t ctx = 0;  // the most positions a sequence may hold
 
-  KVView view() const { return KVView{layout, block_ptrs.data()}; }
+  KVView view() const { return KVView{layout, block_ptrs.data(), ctx}; }
   Seq& seq(int64_t id);
   const Seq& seq(int64_t id) const;
 };

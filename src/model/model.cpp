@@ -57,7 +57,9 @@ void ensure_workspace(Backend& be, const ModelConfig& c, Workspace& ws, int64_t 
                 F = c.intermediate_size;
   // Refused with the numbers before anything is taken.
   check_memory(workspace_bytes(c, rows, logit_rows), be.available_bytes(), forward_what(rows, logit_rows));
+  const uint64_t generation = ws.generation + 1;
   ws = Workspace{};
+  ws.generation = generation;
   ws.rows = rows;
   ws.logit_rows = logit_rows;
   auto make = [&](int64_t r, int64_t cols) {
@@ -177,17 +179,31 @@ void Model::forward(const Batch& batch, KVCache& cache, std::vector<float>& logi
   const int64_t T = p.n_tokens(), R = int64_t(p.logit_rows.size());
   Workspace& ws = *ws_;
   const Tensor x = rows_of(ws.x, T), att = rows_of(ws.att, T);
-  embed(p, x);
-  for (int64_t l = 0; l < config_.num_layers; ++l) run_layer(l, p, cache, x, att, Stage::kAttnIn, nullptr);
+  const Tensor hl = rows_of(ws.hl, R), out = rows_of(ws.logits, R);
+  auto ops = [&] {
+    embed(p, x);
+    for (int64_t l = 0; l < config_.num_layers; ++l) run_layer(l, p, cache, x, att, Stage::kAttnIn, nullptr);
+    if (R == 0) return;
+    // Only the rows that want logits go through the final norm and lm_head.
+    backend_->gather_rows(x, p, hl);
+    backend_->rms_norm(hl, w_->final_norm.t, float(config_.rms_norm_eps), hl);
+    backend_->linear(w_->head(), hl, out);
+  };
+  // A decode step (one new token and its logits per sequence) runs the same ops on the same
+  // tensors every time for a given batch size: the backend may record it once and replay it.
+  const KVView kv = cache.impl_->view();
+  const bool decode_step = R == T && int64_t(batch.entries.size()) == T && T < (1 << 16) &&
+                           ws.generation < (1u << 23) && kv.max_len < (1 << 23);
+  if (decode_step) {  // the key packs what the recording depends on, exactly
+    const uint64_t key = uint64_t(T) | ws.generation << 16 | uint64_t(kv.max_len) << 40 |
+                         uint64_t(kv.layout.dtype == DType::kF16) << 63;
+    backend_->run_recorded(key, p, kv, ops);
+  } else {
+    ops();
+  }
   commit(batch, cache);
   logits.resize(size_t(R * config_.vocab_size));
-  if (R == 0) return;
-  // Only the rows that want logits go through the final norm and lm_head.
-  const Tensor hl = rows_of(ws.hl, R), out = rows_of(ws.logits, R);
-  backend_->gather_rows(x, p.logit_rows, hl);
-  backend_->rms_norm(hl, w_->final_norm.t, float(config_.rms_norm_eps), hl);
-  backend_->linear(w_->head(), hl, out);
-  backend_->to_host(out, logits.data());
+  if (R > 0) backend_->to_host(out, logits.data());
 }
 
 void Model::forward(KVCache& cache, const int32_t* tokens, int64_t T, bool all_logits, std::vector<float>& logits) {

@@ -400,7 +400,8 @@ void CpuBackend::add(const Tensor& x, const Tensor& y) {
   }
 }
 
-void CpuBackend::gather_rows(const Tensor& x, const std::vector<int64_t>& rows, const Tensor& y) {
+void CpuBackend::gather_rows(const Tensor& x, const BatchPlan& plan, const Tensor& y) {
+  const std::vector<int64_t>& rows = plan.logit_rows;
   GPTQ_ASSERT(y.rows == int64_t(rows.size()) && y.cols == x.cols);
   for (size_t i = 0; i < rows.size(); ++i)
     std::memcpy(y.f32() + int64_t(i) * y.stride, x.f32() + rows[i] * x.stride, size_t(x.cols) * 4);

@@ -39,7 +39,7 @@ class CpuBackend final : public Backend {
                  const BatchPlan& plan, int64_t n_heads, const Tensor& out) override;
   void silu_mul(const Tensor& g, const Tensor& u) override;
   void add(const Tensor& x, const Tensor& y) override;
-  void gather_rows(const Tensor& x, const std::vector<int64_t>& rows, const Tensor& y) override;
+  void gather_rows(const Tensor& x, const BatchPlan& plan, const Tensor& y) override;
   std::unique_ptr<HessianAccumulator> hessian(int64_t K) override;
   void set_deterministic(bool on) override { deterministic_ = on; }
   bool deterministic() const { return deterministic_; }

@@ -2,10 +2,17 @@
 // attention of every query row of the batch, split over the keys (flash-decoding) so that a few
 // long sequences still fill the GPU.
 //
-// Work item: one warp per (query row, head, key split). A lane holds head_dim/32 elements of q and
-// of the output accumulator (head_dim <= 256). Keys are visited in position order with an online
-// softmax in fp32 (running max m, sum l); each split writes (acc, m, l) and a second kernel
-// combines the splits, or the single split writes acc / l directly.
+// Work item: one warp per (query row, head, key split). A lane holds the element pairs
+// 2·lane + 64·e + {0, 1} of q and of the output accumulator (head_dim <= 256, even). Keys are
+// visited in tiles of kTile: the loads of a tile's keys and values are issued together (a decode
+// step is latency-bound: one key at a time left the warp waiting on every load), their dot
+// products reduced together, then an online-softmax update in fp32 (running max m, sum l) per
+// tile. Each split writes (acc, m, l) and a second kernel combines the splits, or the single
+// split writes acc / l directly.
+//
+// The split is sized from an upper bound on the keys (the cache's context length when known), not
+// from this batch's longest sequence, so that a decode step captured as a CUDA graph stays valid
+// as the sequences grow: splits past a row's keys return at once and are not combined.
 #include <cuda_fp16.h>
 
 #include <algorithm>
@@ -18,9 +25,10 @@ namespace gptq::cuda {
 
 namespace {
 
-constexpr int kMaxPerLane = 8;   // head_dim <= 256
-constexpr int kWarps = 4;        // warps (work items) per block
-constexpr int64_t kMinSplitKeys = 128;
+constexpr int kMaxPairs = 4;  // head_dim <= 256
+constexpr int kTile = 8;      // keys in flight per warp
+constexpr int kWarps = 4;     // warps (work items) per block
+constexpr int64_t kMinSplitKeys = 32;
 
 __device__ __forceinline__ const char* head_base(const PagedKV& kv, int64_t layer, int32_t block, int which, int64_t kvh) {
   return static_cast<const char*>(kv.blocks[block]) + size_t(layer) * kv.layer_bytes +
@@ -46,13 +54,20 @@ __global__ void kv_store_kernel(PagedKV kv, int64_t layer, const float* k, int64
   }
 }
 
-__device__ __forceinline__ float load_kv(const char* p, int64_t i, bool f16) {
-  return f16 ? __half2float(reinterpret_cast<const __half*>(p)[i]) : reinterpret_cast<const float*>(p)[i];
+// Elements i, i + 1 (i even) of a head row as fp32.
+__device__ __forceinline__ float2 load_pair(const char* p, int64_t i, bool f16) {
+  return f16 ? __half22float2(*reinterpret_cast<const __half2*>(p + i * 2)) : *reinterpret_cast<const float2*>(p + i * 4);
 }
 
 struct Split {
   int64_t n_splits, keys_per_split;
 };
+
+__device__ __forceinline__ int64_t visible_keys(const AttnArgs& a, int64_t t, AttnSeqDev* seq) {
+  const AttnSeqDev S = a.seqs[a.row_seq[t]];
+  if (seq) *seq = S;
+  return int64_t(S.pos0) + (t - S.row0) + 1;
+}
 
 // scratch record of one (row, head, split): acc[head_dim], m, l
 __global__ void attention_kernel(AttnArgs a, Split sp) {
@@ -61,102 +76,129 @@ __global__ void attention_kernel(AttnArgs a, Split sp) {
   if (item >= a.T * a.n_heads) return;
   const int64_t t = item / a.n_heads, h = item % a.n_heads;
   const int64_t split = blockIdx.y;
-  const AttnSeqDev S = a.seqs[a.row_seq[t]];
-  const int64_t visible = int64_t(S.pos0) + (t - S.row0) + 1;
-  const int64_t hd = a.kv.head_dim;
-  const int64_t kvh = h / (a.n_heads / a.kv.n_kv_heads);
+  AttnSeqDev S;
+  const int64_t visible = visible_keys(a, t, &S);
   const int64_t j0 = split * sp.keys_per_split, j1 = std::min(visible, j0 + sp.keys_per_split);
+  if (j0 >= j1) return;  // past this row's keys: the combine step skips it
+  const int64_t hd = a.kv.head_dim, bs = a.kv.block_size;
+  const int64_t kvh = h / (a.n_heads / a.kv.n_kv_heads);
   const float scale = 1.f / sqrtf(float(hd));
   const int32_t* table = a.tables + S.table0;
   const size_t es = a.kv.f16 ? 2 : 4;
 
-  float q[kMaxPerLane], acc[kMaxPerLane];
+  float2 q[kMaxPairs], acc[kMaxPairs];
   const float* qr = a.q + t * a.q_stride + h * hd;
 #pragma unroll
-  for (int e = 0; e < kMaxPerLane; ++e) {
-    const int64_t i = lane + 32 * e;
-    q[e] = i < hd ? qr[i] : 0.f;
-    acc[e] = 0.f;
+  for (int e = 0; e < kMaxPairs; ++e) {
+    const int64_t i = 2 * lane + 64 * e;
+    q[e] = i < hd ? make_float2(qr[i] * scale, qr[i + 1] * scale) : make_float2(0.f, 0.f);
+    acc[e] = make_float2(0.f, 0.f);
   }
   float m = -INFINITY, l = 0.f;
-  for (int64_t j = j0; j < j1; ++j) {
-    const int32_t block = table[j / a.kv.block_size];
-    const size_t off = size_t((j % a.kv.block_size) * hd) * es;
-    const char* kp = head_base(a.kv, a.layer, block, 0, kvh) + off;
-    const char* vp = head_base(a.kv, a.layer, block, 1, kvh) + off;
-    float dot = 0.f;
+  for (int64_t jt = j0; jt < j1; jt += kTile) {
+    float s[kTile];
+    float2 v[kTile][kMaxPairs];
 #pragma unroll
-    for (int e = 0; e < kMaxPerLane; ++e) {
-      const int64_t i = lane + 32 * e;
-      if (i < hd) dot = fmaf(q[e], load_kv(kp, i, a.kv.f16), dot);
+    for (int u = 0; u < kTile; ++u) {
+      const int64_t j = jt + u;
+      float d = 0.f;
+      if (j < j1) {
+        const int32_t block = table[j / bs];
+        const size_t off = size_t((j % bs) * hd) * es;
+        const char* kp = head_base(a.kv, a.layer, block, 0, kvh) + off;
+        const char* vp = head_base(a.kv, a.layer, block, 1, kvh) + off;
+#pragma unroll
+        for (int e = 0; e < kMaxPairs; ++e) {
+          const int64_t i = 2 * lane + 64 * e;
+          if (i < hd) {
+            const float2 k = load_pair(kp, i, a.kv.f16);
+            d = fmaf(q[e].x, k.x, fmaf(q[e].y, k.y, d));
+            v[u][e] = load_pair(vp, i, a.kv.f16);
+          }
+        }
+      }
+      s[u] = d;
     }
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
-    const float s = dot * scale;
-    const float m_new = fmaxf(m, s);
-    const float corr = expf(m - m_new);  // 0 on the first key (m = -inf)
-    const float p = expf(s - m_new);
-    l = l * corr + p;
+    for (int o = 16; o > 0; o >>= 1)
 #pragma unroll
-    for (int e = 0; e < kMaxPerLane; ++e) {
-      const int64_t i = lane + 32 * e;
-      if (i < hd) acc[e] = fmaf(p, load_kv(vp, i, a.kv.f16), acc[e] * corr);
+      for (int u = 0; u < kTile; ++u) s[u] += __shfl_xor_sync(0xffffffffu, s[u], o);
+    float m_new = m;
+#pragma unroll
+    for (int u = 0; u < kTile; ++u)
+      if (jt + u < j1) m_new = fmaxf(m_new, s[u]);
+    const float corr = expf(m - m_new);  // 0 on the first tile (m = -inf)
+    l *= corr;
+#pragma unroll
+    for (int e = 0; e < kMaxPairs; ++e) acc[e] = make_float2(acc[e].x * corr, acc[e].y * corr);
+#pragma unroll
+    for (int u = 0; u < kTile; ++u) {
+      if (jt + u >= j1) continue;
+      const float p = expf(s[u] - m_new);
+      l += p;
+#pragma unroll
+      for (int e = 0; e < kMaxPairs; ++e)
+        if (2 * lane + 64 * e < hd) acc[e] = make_float2(fmaf(p, v[u][e].x, acc[e].x), fmaf(p, v[u][e].y, acc[e].y));
     }
     m = m_new;
   }
+  float* dst;
+  float inv = 1.f;
   if (sp.n_splits == 1) {
-    float* o = a.out + t * a.out_stride + h * hd;
-    const float inv = 1.f / l;
-#pragma unroll
-    for (int e = 0; e < kMaxPerLane; ++e) {
-      const int64_t i = lane + 32 * e;
-      if (i < hd) o[i] = acc[e] * inv;
+    dst = a.out + t * a.out_stride + h * hd;
+    inv = 1.f / l;
+  } else {
+    dst = a.scratch + (item * sp.n_splits + split) * (hd + 2);
+    if (lane == 0) {
+      dst[hd] = m;
+      dst[hd + 1] = l;
     }
-    return;
   }
-  float* rec = a.scratch + (item * sp.n_splits + split) * (hd + 2);
 #pragma unroll
-  for (int e = 0; e < kMaxPerLane; ++e) {
-    const int64_t i = lane + 32 * e;
-    if (i < hd) rec[i] = acc[e];
-  }
-  if (lane == 0) {
-    rec[hd] = m;  // -inf for an empty split
-    rec[hd + 1] = l;
+  for (int e = 0; e < kMaxPairs; ++e) {
+    const int64_t i = 2 * lane + 64 * e;
+    if (i < hd) {
+      dst[i] = acc[e].x * inv;
+      dst[i + 1] = acc[e].y * inv;
+    }
   }
 }
 
+// The splits of each (row, head) that hold keys: 0 .. ceil(visible / keys_per_split) - 1.
 __global__ void combine_kernel(AttnArgs a, Split sp) {
   const int lane = threadIdx.x % 32;
   const int64_t item = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;
   if (item >= a.T * a.n_heads) return;
   const int64_t t = item / a.n_heads, h = item % a.n_heads, hd = a.kv.head_dim;
+  const int64_t used = std::min(sp.n_splits, (visible_keys(a, t, nullptr) + sp.keys_per_split - 1) / sp.keys_per_split);
   const float* recs = a.scratch + item * sp.n_splits * (hd + 2);
   float M = -INFINITY;
-  for (int64_t s = 0; s < sp.n_splits; ++s) M = fmaxf(M, recs[s * (hd + 2) + hd]);
-  float L = 0.f, acc[kMaxPerLane] = {};
-  for (int64_t s = 0; s < sp.n_splits; ++s) {
+  for (int64_t s = 0; s < used; ++s) M = fmaxf(M, recs[s * (hd + 2) + hd]);
+  float L = 0.f;
+  float2 acc[kMaxPairs] = {};
+  for (int64_t s = 0; s < used; ++s) {
     const float* r = recs + s * (hd + 2);
-    const float ms = r[hd];
-    if (ms == -INFINITY) continue;  // a split past this row's keys
-    const float w = expf(ms - M);
+    const float w = expf(r[hd] - M);
     L = fmaf(r[hd + 1], w, L);
 #pragma unroll
-    for (int e = 0; e < kMaxPerLane; ++e) {
-      const int64_t i = lane + 32 * e;
-      if (i < hd) acc[e] = fmaf(r[i], w, acc[e]);
+    for (int e = 0; e < kMaxPairs; ++e) {
+      const int64_t i = 2 * lane + 64 * e;
+      if (i < hd) acc[e] = make_float2(fmaf(r[i], w, acc[e].x), fmaf(r[i + 1], w, acc[e].y));
     }
   }
   float* o = a.out + t * a.out_stride + h * hd;
   const float inv = 1.f / L;
 #pragma unroll
-  for (int e = 0; e < kMaxPerLane; ++e) {
-    const int64_t i = lane + 32 * e;
-    if (i < hd) o[i] = acc[e] * inv;
+  for (int e = 0; e < kMaxPairs; ++e) {
+    const int64_t i = 2 * lane + 64 * e;
+    if (i < hd) {
+      o[i] = acc[e].x * inv;
+      o[i + 1] = acc[e].y * inv;
+    }
   }
 }
 
-// Enough warps to fill the GPU (~2 waves of 132 SMs × 16 warps), splits of at least 128 keys.
+// Enough warps to fill the GPU (~2 waves of 132 SMs × 16 warps), splits of at least kMinSplitKeys.
 Split choose_split(int64_t T, int64_t n_heads, int64_t max_keys) {
   const int64_t items = T * n_heads, want = 4224;
   int64_t n = std::max<int64_t>(1, (want + items - 1) / items);
@@ -183,7 +225,7 @@ size_t attention_scratch_floats(int64_t T, int64_t n_heads, int64_t head_dim, in
 
 void paged_attention(const AttnArgs& a, cudaStream_t s) {
   if (a.T == 0) return;
-  GPTQ_ASSERT(a.kv.head_dim <= 32 * kMaxPerLane, "head_dim above 256");
+  GPTQ_ASSERT(a.kv.head_dim <= 64 * kMaxPairs && a.kv.head_dim % 2 == 0, "head_dim odd or above 256");
   const Split sp = choose_split(a.T, a.n_heads, a.max_keys);
   GPTQ_ASSERT(sp.n_splits <= 65535);
   const unsigned blocks = blocks_for(a.T * a.n_heads, kWarps);

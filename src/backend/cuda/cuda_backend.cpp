@@ -116,15 +116,19 @@ std::shared_ptr<void> device_alloc(size_t bytes, const std::string& what = "") {
   });
 }
 
-// A grow-only device buffer (scratch reused across ops: stream order keeps uses apart).
+// A grow-only device buffer (scratch reused across ops: stream order keeps uses apart). Growing
+// moves it, which bumps *moved (recorded decode steps point into it).
 struct Scratch {
   std::shared_ptr<void> mem;
   size_t bytes = 0;
-  void* get(size_t need) {
+  uint64_t* moved = nullptr;
+  void* get(size_t need, bool geometric = false) {
     if (need > bytes) {
+      if (geometric) need = std::max(need, 2 * bytes);
       mem.reset();
       mem = device_alloc(need, "scratch");
       bytes = need;
+      if (moved) ++*moved;
     }
     return mem.get();
   }
@@ -261,9 +265,11 @@ class CudaBackend final : public Backend {
       CUDA_CHECK(cudaMallocHost(&p.ptr, kStagingBytes));
       CUDA_CHECK(cudaEventCreateWithFlags(&p.done, cudaEventDisableTiming));
     }
+    for (Scratch* s : {&x16_, &xperm_, &wdeq_, &attn_, &plan_mem_, &blocks_dev_}) s->moved = &scratch_moves_;
   }
   ~CudaBackend() override {
     cudaStreamSynchronize(stream_);
+    for (auto& [k, g] : graphs_) cudaGraphExecDestroy(g.exec);
     for (auto& [k, p] : plans_) {
       cublasLtMatmulDescDestroy(p.op);
       cublasLtMatrixLayoutDestroy(p.a);
@@ -493,8 +499,8 @@ class CudaBackend final : public Backend {
     a.row_seq = P.row_seq;
     a.seqs = P.seqs;
     a.tables = P.tables;
-    a.max_keys = P.max_keys;
-    const size_t sf = cuda::attention_scratch_floats(a.T, n_heads, L.head_dim, P.max_keys);
+    a.max_keys = std::max(P.max_keys, kv.max_len);  // fixed per cache: see ops.h
+    const size_t sf = cuda::attention_scratch_floats(a.T, n_heads, L.head_dim, a.max_keys);
     a.scratch = sf ? static_cast<float*>(attn_.get(sf * 4)) : nullptr;
     cuda::paged_attention(a, stream_);
   }
@@ -511,14 +517,51 @@ class CudaBackend final : public Backend {
     GPTQ_ASSERT(x.rows == y.rows && x.cols == y.cols);
     cuda::add(x.f32(), x.stride, y.f32(), y.stride, x.rows, x.cols, stream_);
   }
-  void gather_rows(const Tensor& x, const std::vector<int64_t>& rows, const Tensor& y) override {
+  void gather_rows(const Tensor& x, const BatchPlan& plan, const Tensor& y) override {
     check(x);
     check(y);
-    GPTQ_ASSERT(y.rows == int64_t(rows.size()) && y.cols == x.cols);
-    if (rows.empty()) return;
-    auto* d = static_cast<int64_t*>(rows_.get(rows.size() * 8));
-    CUDA_CHECK(cudaMemcpyAsync(d, rows.data(), rows.size() * 8, cudaMemcpyHostToDevice, stream_));
-    cuda::gather_rows(x.f32(), x.stride, d, int64_t(rows.size()), x.cols, y.f32(), y.stride, stream_);
+    const int64_t n = int64_t(plan.logit_rows.size());
+    GPTQ_ASSERT(y.rows == n && y.cols == x.cols);
+    if (n == 0) return;
+    const DevicePlan& P = upload_plan(plan);
+    cuda::gather_rows(x.f32(), x.stride, P.logit_rows, n, x.cols, y.f32(), y.stride, stream_);
+  }
+
+  // A CUDA graph per key: the first call runs ops() (its result, and every buffer sized), then
+  // records them; later calls upload the plan and replay. A scratch buffer that moved since the
+  // recording (a larger batch grew it) makes the key record again. GPTQ_CUDA_GRAPHS=0: always run.
+  void run_recorded(uint64_t key, const BatchPlan& plan, const KVView& kv, const std::function<void()>& ops) override {
+    if (!use_graphs_) return ops();
+    upload_plan(plan);
+    upload_block_ptrs(kv, plan);
+    auto it = graphs_.find(key);
+    if (it != graphs_.end() && it->second.moves == scratch_moves_) {
+      CUDA_CHECK(cudaGraphLaunch(it->second.exec, stream_));
+      return;
+    }
+    if (it != graphs_.end()) {
+      CUDA_CHECK(cudaGraphExecDestroy(it->second.exec));
+      graphs_.erase(it);
+    }
+    ops();
+    if (graphs_.size() >= kMaxGraphs) {
+      for (auto& [k, g] : graphs_) CUDA_CHECK(cudaGraphExecDestroy(g.exec));
+      graphs_.clear();
+    }
+    cudaGraph_t graph = nullptr;
+    CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+    try {
+      ops();  // recorded, not run
+    } catch (...) {
+      (void)cudaStreamEndCapture(stream_, &graph);
+      if (graph) cudaGraphDestroy(graph);
+      throw;
+    }
+    CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
+    cudaGraphExec_t exec = nullptr;
+    CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    CUDA_CHECK(cudaGraphDestroy(graph));
+    graphs_[key] = {exec, scratch_moves_};
   }
   std::unique_ptr<HessianAccumulator> hessian(int64_t K) override {
     synchronize();
@@ -614,6 +657,7 @@ class CudaBackend final : public Backend {
     const int32_t* row_seq = nullptr;
     const cuda::AttnSeqDev* seqs = nullptr;
     const int32_t* tables = nullptr;
+    const int64_t* logit_rows = nullptr;
     int64_t max_keys = 0;
   };
   const DevicePlan& upload_plan(const BatchPlan& plan) {
@@ -631,23 +675,27 @@ class CudaBackend final : public Backend {
       for (int64_t r = 0; r < S.n_rows && size_t(S.row0 + r) < T; ++r) row_seq[size_t(S.row0 + r)] = int32_t(s);
       max_keys = std::max(max_keys, S.pos0 + S.n_rows);
     }
-    // One buffer: [slots i64][seqs][tokens i32][positions][row_seq][tables], 8-byte aligned parts.
+    // One buffer: [slots i64][logit rows i64][seqs][tokens i32][positions][row_seq][tables],
+    // 8-byte aligned parts; only the tables' length changes between decode steps of one batch.
     auto pad8 = [](size_t n) { return (n + 7) / 8 * 8; };
-    const size_t o_slots = 0, o_seqs = o_slots + pad8(T * 8), o_tok = o_seqs + pad8(seqs.size() * sizeof(cuda::AttnSeqDev)),
-                 o_pos = o_tok + pad8(T * 4), o_rs = o_pos + pad8(T * 4), o_tab = o_rs + pad8(T * 4),
-                 total = o_tab + pad8(tables.size() * 4);
+    const size_t R = plan.logit_rows.size();
+    const size_t o_slots = 0, o_rows = o_slots + T * 8, o_seqs = o_rows + R * 8,
+                 o_tok = o_seqs + pad8(seqs.size() * sizeof(cuda::AttnSeqDev)), o_pos = o_tok + pad8(T * 4),
+                 o_rs = o_pos + pad8(T * 4), o_tab = o_rs + pad8(T * 4), total = o_tab + pad8(tables.size() * 4);
     host_plan_.assign(total, 0);
     auto put = [&](size_t off, const void* src, size_t n) { if (n) std::memcpy(host_plan_.data() + off, src, n); };
     put(o_slots, plan.slots.data(), plan.slots.size() * 8);
+    put(o_rows, plan.logit_rows.data(), R * 8);
     put(o_seqs, seqs.data(), seqs.size() * sizeof(cuda::AttnSeqDev));
     put(o_tok, plan.tokens.data(), plan.tokens.size() * 4);
     put(o_pos, plan.positions.data(), plan.positions.size() * 4);
     put(o_rs, row_seq.data(), T * 4);
     put(o_tab, tables.data(), tables.size() * 4);
-    char* d = static_cast<char*>(plan_mem_.get(std::max<size_t>(total, 8)));
+    char* d = static_cast<char*>(plan_mem_.get(std::max<size_t>(total, 8), true));
     CUDA_CHECK(cudaMemcpyAsync(d, host_plan_.data(), total, cudaMemcpyHostToDevice, stream_));
     dplan_.id = plan.id;
     dplan_.slots = reinterpret_cast<const int64_t*>(d + o_slots);
+    dplan_.logit_rows = reinterpret_cast<const int64_t*>(d + o_rows);
     dplan_.seqs = reinterpret_cast<const cuda::AttnSeqDev*>(d + o_seqs);
     dplan_.tokens = reinterpret_cast<const int32_t*>(d + o_tok);
     dplan_.positions = reinterpret_cast<const int32_t*>(d + o_pos);
@@ -657,15 +705,18 @@ class CudaBackend final : public Backend {
     return dplan_;
   }
 
-  // The cache's block base addresses (they change only when the pool grows).
+  // The cache's block base addresses (they change only when the pool grows), checked once per plan.
   void* const* upload_block_ptrs(const KVView& kv, const BatchPlan& plan) {
+    if (plan.id != 0 && plan.id == blocks_plan_ && kv.blocks == blocks_src_) return static_cast<void* const*>(blocks_dev_.mem.get());
+    blocks_plan_ = plan.id;
+    blocks_src_ = kv.blocks;
     int64_t n = 0;
     for (const AttnSeq& S : plan.seqs)
       for (int64_t b = 0; b < S.n_blocks; ++b) n = std::max<int64_t>(n, S.block_table[b] + 1);
     if (n > int64_t(blocks_host_.size()) || !std::equal(blocks_host_.begin(), blocks_host_.begin() + n, kv.blocks)) {
       // Upload every known block address up to the highest id in use (ids are dense).
       blocks_host_.assign(kv.blocks, kv.blocks + n);
-      void* d = blocks_dev_.get(std::max<size_t>(size_t(n), 1) * sizeof(void*));
+      void* d = blocks_dev_.get(std::max<size_t>(size_t(n), 1) * sizeof(void*), true);
       CUDA_CHECK(cudaMemcpyAsync(d, blocks_host_.data(), size_t(n) * sizeof(void*), cudaMemcpyHostToDevice, stream_));
     }
     return static_cast<void* const*>(blocks_dev_.mem.get());
@@ -680,16 +731,27 @@ class CudaBackend final : public Backend {
   std::map<std::tuple<int, int64_t, int64_t, int64_t, int64_t, int64_t, int>, LtPlan> plans_;
   ThreadPool pool_;  // host work at load (repacking)
   Pinned pinned_[2];
-  Scratch x16_, xperm_, wdeq_, attn_, rows_, plan_mem_, blocks_dev_;
+  Scratch x16_, xperm_, wdeq_, attn_, plan_mem_, blocks_dev_;
+  uint64_t scratch_moves_ = 0;
   std::vector<char> host_plan_;
   std::vector<void*> blocks_host_;
+  uint64_t blocks_plan_ = 0;
+  void* const* blocks_src_ = nullptr;
+  struct Recorded {
+    cudaGraphExec_t exec = nullptr;
+    uint64_t moves = 0;  // scratch_moves_ when recorded
+  };
+  static constexpr size_t kMaxGraphs = 128;
+  std::map<uint64_t, Recorded> graphs_;
   DevicePlan dplan_;
   double bandwidth_ = 0;
   // GPTQ_CUDA_DENSE_GEMV=0 sends decode-size dense GEMMs to cuBLASLt too (to compare the two).
-  const bool use_gemv_ = [] {
-    const char* e = std::getenv("GPTQ_CUDA_DENSE_GEMV");
+  const bool use_gemv_ = env_on("GPTQ_CUDA_DENSE_GEMV");
+  const bool use_graphs_ = env_on("GPTQ_CUDA_GRAPHS");
+  static bool env_on(const char* name) {
+    const char* e = std::getenv(name);
     return !(e && std::string(e) == "0");
-  }();
+  }
 };
 
 }  // namespace

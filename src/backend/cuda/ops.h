@@ -73,7 +73,9 @@ struct AttnArgs {
   const int32_t* row_seq = nullptr;  // [T] sequence of each row
   const AttnSeqDev* seqs = nullptr;
   const int32_t* tables = nullptr;
-  int64_t max_keys = 0;   // the most keys any row sees (host-side, sizes the split)
+  // An upper bound on the keys any row sees: sizes the split. The cache's context length keeps the
+  // launch the same from one decode step to the next (CUDA graphs).
+  int64_t max_keys = 0;
   float* scratch = nullptr;  // attention_scratch_floats(...) floats
 };
 size_t attention_scratch_floats(int64_t T, int64_t n_heads, int64_t head_dim, int64_t max_keys);
