@@ -42,24 +42,24 @@ struct Value {
   const Node* macro = nullptr;
 
   static Value undefined(std::string why) { return with_str(Type::kUndefined, std::move(why)); }
-  static Value none() { return Value{Type::kNone}; }
-  static Value of(bool b) { Value v{Type::kBool}; v.boolean = b; return v; }
-  static Value of(int64_t i) { Value v{Type::kInt}; v.integer = i; return v; }
-  static Value of(double f) { Value v{Type::kFloat}; v.number = f; return v; }
+  static Value none() { return make(Type::kNone); }
+  static Value of(bool b) { Value v = make(Type::kBool); v.boolean = b; return v; }
+  static Value of(int64_t i) { Value v = make(Type::kInt); v.integer = i; return v; }
+  static Value of(double f) { Value v = make(Type::kFloat); v.number = f; return v; }
   static Value of(std::string s) { return with_str(Type::kString, std::move(s)); }
   static Value of(List items, bool tuple = false) {
-    Value v{Type::kList};
+    Value v = make(Type::kList);
     v.list = std::make_shared<const List>(std::move(items));
     v.tuple = tuple;
     return v;
   }
   static Value of(Dict items, Type type = Type::kDict) {
-    Value v{type};
+    Value v = make(type);
     v.dict = std::make_shared<Dict>(std::move(items));
     return v;
   }
   static Value function(std::string name, std::shared_ptr<const Value> self = nullptr) {
-    Value v{Type::kFunction};
+    Value v = make(Type::kFunction);
     v.fn = std::move(name);
     v.self = std::move(self);
     return v;
@@ -69,8 +69,13 @@ struct Value {
   const std::string& s() const { return *str; }
 
  private:
+  static Value make(Type type) {
+    Value v;
+    v.type = type;
+    return v;
+  }
   static Value with_str(Type type, std::string s) {
-    Value v{type};
+    Value v = make(type);
     v.str = std::make_shared<const std::string>(std::move(s));
     return v;
   }
