@@ -83,12 +83,26 @@ struct Server::Impl {
   ApiContext ctx;
   httplib::Server http;
   std::atomic<bool> stopping{false};
+  // Requests submitted whose response is not fully written yet: stop() waits for them, since
+  // httplib's own stop() would cut running streams.
+  std::mutex in_flight_mu;
+  std::condition_variable in_flight_cv;
+  int in_flight = 0;
+  std::shared_ptr<void> in_flight_token() {
+    std::lock_guard lock(in_flight_mu);
+    ++in_flight;
+    return std::shared_ptr<void>(nullptr, [this](void*) {
+      std::lock_guard lock(in_flight_mu);
+      if (--in_flight == 0) in_flight_cv.notify_all();
+    });
+  }
 };
 
 void Server::Impl::generate(Endpoint ep, const httplib::Request& req, httplib::Response& res) {
   ParsedRequest p = parse_request(ep, req.body, ctx);
   p.req.deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(opt.timeout_s));
   auto stream = engine->submit(p.req);
+  auto token = in_flight_token();
   auto writer = std::make_shared<ResponseWriter>(ep, ctx, p);
   if (!p.stream) {
     std::vector<Piece> pieces;
@@ -101,7 +115,7 @@ void Server::Impl::generate(Endpoint ep, const httplib::Request& req, httplib::R
   res.set_header("Cache-Control", "no-cache");
   res.set_chunked_content_provider(
       "text/event-stream",
-      [stream, writer](size_t, httplib::DataSink& sink) {
+      [stream, writer, token](size_t, httplib::DataSink& sink) {
         std::vector<Piece> pieces;
         if (!stream->next(pieces, kPoll)) return true;  // nothing yet: called again
         const bool done = stream->done();
@@ -190,9 +204,14 @@ int Server::bind() {
 // request has been answered by then.
 void Server::run() { impl_->http.listen_after_bind(); }
 
+// New requests get 503 from here on; the listening socket closes once the last response is out.
 void Server::stop() {
   impl_->stopping = true;
   impl_->engine->drain();
+  {
+    std::unique_lock lock(impl_->in_flight_mu);
+    impl_->in_flight_cv.wait(lock, [&] { return impl_->in_flight == 0; });
+  }
   impl_->http.stop();
 }
 

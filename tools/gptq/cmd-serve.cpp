@@ -1,17 +1,28 @@
 // gptq serve: the OpenAI-compatible HTTP server. SIGTERM or SIGINT stops accepting, lets the
 // queued and running requests finish, and exits 0.
-#include <pthread.h>
 #include <signal.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <thread>
 
 #include "common.h"
+#include "gptq/error.h"
 #include "gptq/server.h"
 
 namespace gptq::cli {
 
 namespace {
+// The handler may run on any thread (OpenBLAS starts its own before main, so masks cannot steer
+// the signal to one thread): it only writes the signal number to a pipe that a waiter thread reads.
+int stop_pipe[2] = {-1, -1};
+void on_stop_signal(int sig) {
+  const char c = char(sig);
+  (void)!write(stop_pipe[1], &c, 1);
+}
+
 struct ServeArgs {
   std::string model, device = "auto";
   ServerOptions server;
@@ -39,13 +50,11 @@ Runner add_serve(CLI::App& app) {
   c->add_option("-t,--threads", a->threads, "Threads (0: all cores)")->check(int_in(0, INT32_MAX));
   add_device_option(c, a->device);
   return [a]() {
-    // Blocked before any thread starts (the backend's pool, the server's), so that only the
-    // waiter below receives them.
-    sigset_t stop_signals;
-    sigemptyset(&stop_signals);
-    sigaddset(&stop_signals, SIGTERM);
-    sigaddset(&stop_signals, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+    if (pipe(stop_pipe) != 0) fail("cannot create a pipe: ", std::strerror(errno));
+    struct sigaction sa {};
+    sa.sa_handler = on_stop_signal;
+    sigaction(SIGTERM, &sa, nullptr);
+    sigaction(SIGINT, &sa, nullptr);
     signal(SIGPIPE, SIG_IGN);  // a client gone mid-write is an error return, not the end of the server
 
     LoadOptions lo;
@@ -60,13 +69,15 @@ Runner add_serve(CLI::App& app) {
     std::fprintf(stderr, "gptq serve: %s on http://%s:%d (Ctrl-C or SIGTERM to stop)\n", o.model_name.c_str(),
                  o.host.c_str(), port);
     std::thread waiter([&] {
-      int sig = 0;
-      sigwait(&stop_signals, &sig);
-      std::fprintf(stderr, "gptq serve: %s: finishing the requests in progress, then exiting\n", strsignal(sig));
+      char sig = 0;
+      while (read(stop_pipe[0], &sig, 1) < 0 && errno == EINTR) {
+      }
+      if (sig != 0) std::fprintf(stderr, "gptq serve: %s: finishing the requests in progress, then exiting\n", strsignal(sig));
       server.stop();
     });
     server.run();
-    pthread_kill(waiter.native_handle(), SIGTERM);  // wakes the waiter if run() ended otherwise
+    const char wake = 0;  // run() may also end without a signal: let the waiter go
+    (void)!write(stop_pipe[1], &wake, 1);
     waiter.join();
     return 0;
   };
