@@ -21,13 +21,6 @@ using gptq_test::run_cli;
 using gptq_test::slurp;
 using nlohmann::json;
 
-std::string model_or_skip(const std::string& name) {
-  const std::string m = shared_path("models/" + name);
-  return gptq_test::is_dir(m) ? m : std::string();
-}
-#define REQUIRE_MODEL(var, name)                                      \
-  const std::string var = model_or_skip(name);                        \
-  if (var.empty()) GTEST_SKIP() << "../shared/models/" << name << " not found: skipped"
 
 // `gptq serve -m MODEL --port 0 ARGS...`; the port comes from its first stderr line.
 class ServerProcess {
@@ -167,12 +160,19 @@ std::map<std::string, double> metrics(const ServerProcess& s) {
   return out;
 }
 
+void expect_healthy_then_exit_zero(ServerProcess& s) {
+  auto h = s.client().Get("/health");
+  ASSERT_TRUE(h);
+  EXPECT_EQ(h->status, 200);
+  EXPECT_EQ(s.terminate(), 0) << s.log();
+}
+
 json completion(const std::string& prompt, int max_tokens) {
   return {{"prompt", prompt}, {"max_tokens", max_tokens}, {"temperature", 0}};
 }
 
 TEST(Serve, CompletionsEqualGenerateAlone) {
-  REQUIRE_MODEL(m, "babyllama-361");
+  SHARED_MODEL_OR_SKIP(m, "babyllama-361");
   const auto gen = run_cli({"generate", "-m", m, "-p", "Once upon a time", "-n", "24", "--temperature", "0", "--json", "-t", "1"});
   ASSERT_EQ(gen.rc, 0) << gen.err;
   const std::string expected = json::parse(gen.out)["text"];
@@ -233,7 +233,7 @@ TEST(Serve, CompletionsEqualGenerateAlone) {
 }
 
 TEST(Serve, SixteenConcurrentStreamsEqualTheirAloneRuns) {
-  REQUIRE_MODEL(m, "babyllama-361");
+  SHARED_MODEL_OR_SKIP(m, "babyllama-361");
   ServerProcess s(m, {"--max-batch", "16"});
   ASSERT_GT(s.port(), 0) << s.log();
   std::vector<std::string> prompts, alone(16);
@@ -261,7 +261,7 @@ TEST(Serve, SixteenConcurrentStreamsEqualTheirAloneRuns) {
 }
 
 TEST(Serve, BadRequestsAreOpenAiErrors) {
-  REQUIRE_MODEL(m, "babyllama-361");
+  SHARED_MODEL_OR_SKIP(m, "babyllama-361");
   ServerProcess s(m, {});
   ASSERT_GT(s.port(), 0) << s.log();
   auto expect_error = [&](const std::string& path, const std::string& body, int want, const std::string& needle,
@@ -290,14 +290,11 @@ TEST(Serve, BadRequestsAreOpenAiErrors) {
   expect_error("/v1/completions", json{{"prompt", std::string(2 << 20, 'a')}}.dump(), 413, "too large");
   expect_error("/v1/chat/completions", R"({"messages": [{"role": "user", "content": "hi"}]})", 400, "chat template");
   expect_error("/v1/nothing", "{}", 404, "no route");
-  auto h = s.client().Get("/health");
-  ASSERT_TRUE(h);
-  EXPECT_EQ(h->status, 200);
-  EXPECT_EQ(s.terminate(), 0);
+  expect_healthy_then_exit_zero(s);
 }
 
 TEST(Serve, ChatWithTemplateFileAndApiKey) {
-  REQUIRE_MODEL(m, "babyllama-361");
+  SHARED_MODEL_OR_SKIP(m, "babyllama-361");
   const std::string tpl = testing::TempDir() + "/gptq_serve_chatml.jinja";
   std::ofstream(tpl) << "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"
                         "{% if add_generation_prompt %}assistant:{% endif %}";
@@ -330,7 +327,7 @@ TEST(Serve, ChatWithTemplateFileAndApiKey) {
 // One running request (the batch holds one), one queued (the queue holds one): the next gets 429.
 // Then the running one's client disconnects: its blocks come back and the queued one runs.
 TEST(Serve, FullQueueIs429AndADisconnectFreesTheSlot) {
-  REQUIRE_MODEL(m, "llama-gutenberg-22m");
+  SHARED_MODEL_OR_SKIP(m, "llama-gutenberg-22m");
   ServerProcess s(m, {"--max-batch", "1", "--max-queue", "1"});
   ASSERT_GT(s.port(), 0) << s.log();
   json long_body = completion("Once upon a time", 1000);
@@ -367,14 +364,11 @@ TEST(Serve, FullQueueIs429AndADisconnectFreesTheSlot) {
   EXPECT_EQ(mt["gptq_time_to_first_token_seconds_bucket{le=\"+Inf\"}"], mt["gptq_time_to_first_token_seconds_count"]);
   EXPECT_GE(mt["gptq_time_to_first_token_seconds_count"], 2);
   EXPECT_LE(mt["gptq_inter_token_latency_seconds_bucket{le=\"0.001\"}"], mt["gptq_inter_token_latency_seconds_bucket{le=\"1\"}"]);
-  auto h = s.client().Get("/health");
-  ASSERT_TRUE(h);
-  EXPECT_EQ(h->status, 200);
-  EXPECT_EQ(s.terminate(), 0);
+  expect_healthy_then_exit_zero(s);
 }
 
 TEST(Serve, SigtermDrainsRunningStreamsAndExitsZero) {
-  REQUIRE_MODEL(m, "babyllama-361");
+  SHARED_MODEL_OR_SKIP(m, "babyllama-361");
   ServerProcess s(m, {});
   ASSERT_GT(s.port(), 0) << s.log();
   json body = completion("Once upon a time", 200);
