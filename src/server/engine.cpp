@@ -105,6 +105,12 @@ std::shared_ptr<Stream> Engine::submit(Request r) {
                             " tokens, but a sequence may hold at most ", max_seq_tokens_,
                             " tokens: shorten the prompt or lower max_tokens"),
                    "max_tokens", "context_length_exceeded");
+  try {  // what the engine thread will construct, checked here where a refusal can be answered
+    Sampler check_sampling(r.sampling);
+    TextStream check_stop(tok_, r.stop);
+  } catch (const Error& e) {
+    throw ApiError(400, e.what());
+  }
   auto s = std::make_shared<Stream>();
   s->prompt_tokens = int64_t(r.prompt.size());
   {
@@ -242,7 +248,7 @@ void Engine::step() {
   std::vector<float> logits;
   try {
     model_.forward(batch, *cache_, logits);
-  } catch (const Error& e) {
+  } catch (const std::exception& e) {  // gptq::Error, or out of memory
     // Every sequence of this batch may now hold a partial step: none can go on.
     for (size_t i = active_.size(); i-- > 0;) {
       active_[i]->stream->fail(500, cat("the forward pass failed: ", e.what()));
