@@ -260,6 +260,29 @@ TEST(Serve, SixteenConcurrentStreamsEqualTheirAloneRuns) {
   EXPECT_EQ(s.terminate(), 0);
 }
 
+// A prompt longer than the 256-token prefill chunk is prefilled over several steps, while another
+// stream decodes; its greedy text is still the one generate gives for it alone.
+TEST(Serve, ChunkedPrefillEqualsGenerateAlone) {
+  SHARED_MODEL_OR_SKIP(m, "llama-gutenberg-22m");
+  std::string prompt;
+  for (int i = 0; i < 60; ++i) prompt += "The sea was calm and the ship sailed on. ";
+  const auto gen = run_cli({"generate", "-m", m, "-p", prompt, "-n", "12", "--temperature", "0", "--json", "-t", "1"});
+  ASSERT_EQ(gen.rc, 0) << gen.err;
+  const json expected = json::parse(gen.out);
+  ASSERT_GT(expected["prompt_ids"].size(), 512u);
+  ServerProcess s(m, {});
+  ASSERT_GT(s.port(), 0) << s.log();
+  json other = completion("Once upon a time", 64);
+  other["stream"] = true;
+  json r;
+  int status = 0;
+  stream(s, "/v1/completions", other, 0, [&] { r = post(s, "/v1/completions", completion(prompt, 12).dump(), &status); });
+  ASSERT_EQ(status, 200) << r;
+  EXPECT_EQ(r["usage"]["prompt_tokens"], expected["prompt_ids"].size());
+  EXPECT_EQ(r["choices"][0]["text"], expected["text"]);
+  EXPECT_EQ(s.terminate(), 0);
+}
+
 TEST(Serve, BadRequestsAreOpenAiErrors) {
   SHARED_MODEL_OR_SKIP(m, "babyllama-361");
   ServerProcess s(m, {});
