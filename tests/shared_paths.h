@@ -31,7 +31,18 @@ inline std::string shared_path(const std::string& rel) {
   return dir + "/" + rel;
 }
 
+// shared_path("models/" + name) when that folder exists, else "".
+inline std::string shared_model(const std::string& name) {
+  const std::string p = shared_path("models/" + name);
+  return is_dir(p) ? p : std::string();
+}
+
 }  // namespace gptq_test
+
+// const std::string var = the shared model's folder, or the test is skipped with a message.
+#define SHARED_MODEL_OR_SKIP(var, name)                \
+  const std::string var = gptq_test::shared_model(name); \
+  if (var.empty()) GTEST_SKIP() << "../shared/models/" << name << " not found: skipped"
 
 using gptq_test::shared_dir;
 using gptq_test::shared_path;

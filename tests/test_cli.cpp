@@ -23,17 +23,9 @@ using nlohmann::json;
 
 namespace {
 
-std::string model_or_skip(const std::string& name) {
-  const std::string p = shared_path("models/" + name);
-  return gptq_test::is_dir(p) ? p : std::string();
-}
-
-#define NEED_MODEL(var, name)                                                          \
-  const std::string var = model_or_skip(name);                                         \
-  if (var.empty()) GTEST_SKIP() << "../shared/models/" << name << " not found: skipped"
 
 TEST(Cli, GenerateJsonHasTheDocumentedFields) {
-  NEED_MODEL(m, "llama-gutenberg-22m");
+  SHARED_MODEL_OR_SKIP(m, "llama-gutenberg-22m");
   const auto r = run_cli({"generate", "-m", m, "-p", "Once upon a time", "-n", "12", "--temperature", "0", "--json"});
   ASSERT_EQ(r.rc, 0) << r.err;
   const json j = json::parse(r.out);
@@ -52,7 +44,7 @@ TEST(Cli, GenerateJsonHasTheDocumentedFields) {
 }
 
 TEST(Cli, GenerateStreamsTextAndSeedsAreReproducible) {
-  NEED_MODEL(m, "babyllama-361");
+  SHARED_MODEL_OR_SKIP(m, "babyllama-361");
   const auto a = run_cli({"generate", "-m", m, "-p", "Once upon a time", "-n", "30", "--seed", "7"});
   const auto b = run_cli({"generate", "-m", m, "-p", "Once upon a time", "-n", "30", "--seed", "7"});
   const auto c = run_cli({"generate", "-m", m, "-p", "Once upon a time", "-n", "30", "--seed", "8", "--temperature", "1.5"});
@@ -69,7 +61,7 @@ TEST(Cli, GenerateStreamsTextAndSeedsAreReproducible) {
 }
 
 TEST(Cli, StopStringEndsGenerationAndIsNotPrinted) {
-  NEED_MODEL(m, "llama-gutenberg-22m");
+  SHARED_MODEL_OR_SKIP(m, "llama-gutenberg-22m");
   const auto full = run_cli({"generate", "-m", m, "-p", "Once upon a time", "-n", "24", "--temperature", "0", "--json"});
   ASSERT_EQ(full.rc, 0);
   const std::string text = json::parse(full.out)["text"];
@@ -82,7 +74,7 @@ TEST(Cli, StopStringEndsGenerationAndIsNotPrinted) {
 }
 
 TEST(Cli, GenerateSeveralPrompts) {
-  NEED_MODEL(m, "llama-gutenberg-22m");
+  SHARED_MODEL_OR_SKIP(m, "llama-gutenberg-22m");
   const std::vector<std::string> base = {"generate", "-m", m, "-n", "12", "--temperature", "0"};
   auto with = [&](std::vector<std::string> extra) {
     std::vector<std::string> args = base;
@@ -126,7 +118,7 @@ TEST(Cli, GenerateSeveralPrompts) {
 }
 
 TEST(Cli, TokenizeAndInspect) {
-  NEED_MODEL(m, "llama-gutenberg-22m");
+  SHARED_MODEL_OR_SKIP(m, "llama-gutenberg-22m");
   auto r = run_cli({"tokenize", "-m", m, "-p", "Hello world", "--json"});
   ASSERT_EQ(r.rc, 0) << r.err;
   EXPECT_EQ(json::parse(r.out)["ids"], json::parse("[1, 15043, 3186]"));
@@ -145,7 +137,7 @@ TEST(Cli, TokenizeAndInspect) {
 }
 
 TEST(Cli, PerplexityWindowsJson) {
-  NEED_MODEL(m, "babyllama-361");
+  SHARED_MODEL_OR_SKIP(m, "babyllama-361");
   const std::string f = shared_path("data/tinystories-sample/tiny.utf8");
   const auto r = run_cli({"perplexity", "-m", m, "-f", f, "--ctx", "256", "--windows", "128:132", "--json"});
   ASSERT_EQ(r.rc, 0) << r.err;
@@ -166,7 +158,7 @@ TEST(Cli, PerplexityWindowsJson) {
 }
 
 TEST(Cli, BenchTableAndJson) {
-  NEED_MODEL(m, "babyllama-105");
+  SHARED_MODEL_OR_SKIP(m, "babyllama-105");
   auto r = run_cli({"bench", "-m", m, "-p", "32", "-n", "8", "-r", "2", "--no-bandwidth"});
   ASSERT_EQ(r.rc, 0) << r.err;
   EXPECT_NE(r.out.find("| pp32 |"), std::string::npos) << r.out;
@@ -181,7 +173,7 @@ TEST(Cli, BenchTableAndJson) {
 }
 
 TEST(Cli, BenchBatchedDecode) {
-  NEED_MODEL(m, "babyllama-105");
+  SHARED_MODEL_OR_SKIP(m, "babyllama-105");
   auto r = run_cli({"bench", "-m", m, "-p", "16", "-n", "8", "-r", "2", "-b", "1,4", "--no-bandwidth", "--json"});
   ASSERT_EQ(r.rc, 0) << r.err;
   const json j = json::parse(r.out);
@@ -307,7 +299,7 @@ TEST(Cli, DeviceOption) {
 }
 
 TEST(Cli, DeviceCpuRunsARealModel) {
-  NEED_MODEL(m, "babyllama-105");
+  SHARED_MODEL_OR_SKIP(m, "babyllama-105");
   auto r = run_cli({"generate", "-m", m, "-p", "Once", "-n", "4", "--temperature", "0", "--device", "cpu", "--json"});
   ASSERT_EQ(r.rc, 0) << r.err;
   EXPECT_EQ(json::parse(r.out)["new_ids"].size(), 4u);
@@ -318,8 +310,8 @@ TEST(Cli, DeviceCpuRunsARealModel) {
 }
 
 TEST(Cli, PerplexityBatchAndKlDivergence) {
-  NEED_MODEL(m, "babyllama-361");
-  NEED_MODEL(other, "llama-gutenberg-22m");
+  SHARED_MODEL_OR_SKIP(m, "babyllama-361");
+  SHARED_MODEL_OR_SKIP(other, "llama-gutenberg-22m");
   const std::string f = shared_path("data/tinystories-sample/tiny.utf8");
   const std::string q = testing::TempDir() + "/gptq_cli_rtn361";
   fs::remove_all(q);
@@ -357,7 +349,7 @@ TEST(Cli, PerplexityBatchAndKlDivergence) {
 }
 
 TEST(Cli, QuantizeThenCompare) {
-  NEED_MODEL(m, "babyllama-361");
+  SHARED_MODEL_OR_SKIP(m, "babyllama-361");
   const std::string out = testing::TempDir() + "/gptq_cli_q361";
   fs::remove_all(out);
   auto r = run_cli({"quantize", "-m", m, "-o", out, "--calibration", shared_path("data/tinystories-sample/tiny.utf8"),
@@ -392,7 +384,7 @@ TEST(Cli, QuantizeThenCompare) {
 }
 
 TEST(Cli, BadInputGivesOneLineAndExitCode2) {
-  NEED_MODEL(m, "babyllama-105");
+  SHARED_MODEL_OR_SKIP(m, "babyllama-105");
   expect_cli_error(run_cli({"generate", "-m", "/nonexistent/model", "-p", "hi"}), {"/nonexistent/model"});
   // babyllama's context is 256 tokens; its tokenizer is character-level
   expect_cli_error(run_cli({"generate", "-m", m, "-p", std::string(400, 'a')}), {"context", "256"});

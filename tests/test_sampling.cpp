@@ -402,3 +402,26 @@ TEST(SamplerParamsDeathTest, EmptyLogitsAreAProgrammerError) {
 }
 
 }  // namespace
+
+// OpenAI's penalties count the tokens the sampler drew itself: logit -= presence * (count > 0) +
+// frequency * count.
+TEST(SamplerOpenAiPenalties, PresenceOnceFrequencyPerDraw) {
+  gptq::SamplingParams p;
+  p.temperature = 0;
+  p.frequency_penalty = 0.4f;
+  gptq::Sampler freq(p);
+  const std::vector<float> logits = {1.0f, 0.3f, 0.0f};
+  EXPECT_EQ(freq.sample(logits, {}), 0);  // 1.0
+  EXPECT_EQ(freq.sample(logits, {}), 0);  // 1.0 - 0.4 = 0.6 > 0.3
+  EXPECT_EQ(freq.sample(logits, {}), 1);  // 1.0 - 0.8 = 0.2 < 0.3
+  p.frequency_penalty = 0;
+  p.presence_penalty = 0.5f;
+  gptq::Sampler presence(p);
+  EXPECT_EQ(presence.sample(logits, {}), 0);
+  EXPECT_EQ(presence.sample(logits, {}), 0);  // 1.0 - 0.5 = 0.5 > 0.3
+  EXPECT_EQ(presence.sample(logits, {}), 0);  // still 0.5: counted once
+  // The history passed in (the prompt) does not count.
+  EXPECT_EQ(gptq::Sampler(p).sample(logits, {0, 0, 0}), 0);
+  p.presence_penalty = 2.5f;
+  EXPECT_THROW(gptq::Sampler{p}, gptq::Error);
+}

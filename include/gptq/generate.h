@@ -5,6 +5,7 @@
 #include <functional>
 #include <random>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "gptq/model.h"
@@ -19,23 +20,50 @@ struct SamplingParams {
   float min_p = 0.05f;       // 0: off
   float repetition_penalty = 1.0f;  // 1: off (HF rule: positive logits divided, negative multiplied)
   int repeat_last_n = 64;           // how many recent tokens the penalty looks at (-1: all)
+  // OpenAI's penalties over the tokens this sampler has drawn: logit -= presence * (count > 0) +
+  // frequency * count. 0: off; each in [-2, 2].
+  float presence_penalty = 0.0f;
+  float frequency_penalty = 0.0f;
   uint64_t seed = 0;
 };
 
 // Picks the next token from logits [vocab]. Order, as llama.cpp and transformers: repetition
-// penalty, then greedy if temperature == 0, else top-k, temperature, softmax, top-p, min-p, draw.
+// penalty, presence/frequency penalties, then greedy if temperature == 0, else top-k, temperature, softmax, top-p, min-p, draw.
 // Greedy ties go to the lowest token id. The same seed and inputs give the same tokens.
 class Sampler {
  public:
   // Throws gptq::Error for parameters outside their ranges: temperature < 0, top_p outside (0, 1],
-  // min_p outside [0, 1], repetition_penalty <= 0 (and NaN or infinite values).
+  // min_p outside [0, 1], repetition_penalty <= 0, presence/frequency penalties outside [-2, 2]
+  // (and NaN or infinite values).
   explicit Sampler(const SamplingParams& p);
   int32_t sample(std::vector<float> logits, const std::vector<int32_t>& history);
   const SamplingParams& params() const { return p_; }
 
  private:
+  int32_t draw(const std::vector<float>& logits);  // greedy or the truncated distribution, after penalties
   SamplingParams p_;
   std::mt19937_64 rng_;
+  std::unordered_map<int32_t, int> drawn_;  // token -> times sampled (the OpenAI penalties' counts)
+};
+
+// The text of one generated sequence as it streams: tokens detokenized one by one (never half a
+// UTF-8 character) with the stop strings cut out. Text that could be the start of a stop string is
+// held back until the next tokens show whether it is.
+class TextStream {
+ public:
+  // Throws gptq::Error for an empty stop string.
+  TextStream(const Tokenizer& tok, std::vector<std::string> stop);
+  // Appends a token; returns the text that became final. Once a stop string appears, stopped() is
+  // true and the text before it has been returned.
+  std::string push(int32_t id);
+  bool stopped() const { return stopped_; }
+  std::string finish();  // what is held back (nothing after a stop)
+
+ private:
+  StreamDecoder decoder_;
+  std::vector<std::string> stop_;
+  std::string pending_;  // decoded text not yet returned (may start a stop string)
+  bool stopped_ = false;
 };
 
 struct GenerateOptions {

@@ -20,6 +20,11 @@ void check_params(const SamplingParams& p) {
   if (!(p.min_p >= 0.f && p.min_p <= 1.f)) fail("sampling: min_p must be in [0, 1] (0: off), got ", p.min_p);
   if (!(p.repetition_penalty > 0.f) || !std::isfinite(p.repetition_penalty))
     fail("sampling: repetition_penalty must be a finite number > 0 (1: off), got ", p.repetition_penalty);
+  // OpenAI's range for both.
+  if (!(p.presence_penalty >= -2.f && p.presence_penalty <= 2.f))
+    fail("sampling: presence_penalty must be in [-2, 2] (0: off), got ", p.presence_penalty);
+  if (!(p.frequency_penalty >= -2.f && p.frequency_penalty <= 2.f))
+    fail("sampling: frequency_penalty must be in [-2, 2] (0: off), got ", p.frequency_penalty);
 }
 }  // namespace
 
@@ -37,6 +42,17 @@ int32_t Sampler::sample(std::vector<float> logits, const std::vector<int32_t>& h
       l = l > 0 ? l / p_.repetition_penalty : l * p_.repetition_penalty;
     }
   }
+  if (p_.presence_penalty != 0.f || p_.frequency_penalty != 0.f) {
+    for (const auto& [id, count] : drawn_)
+      if (id >= 0 && id < V) logits[size_t(id)] -= p_.presence_penalty + p_.frequency_penalty * float(count);
+  }
+  const int32_t next = draw(logits);
+  ++drawn_[next];
+  return next;
+}
+
+int32_t Sampler::draw(const std::vector<float>& logits) {
+  const int32_t V = int32_t(logits.size());
   if (p_.temperature <= 0.f) return int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
 
   // Candidates sorted by logit, descending; top-k cuts the list first.

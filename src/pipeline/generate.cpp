@@ -29,6 +29,36 @@ size_t held_back(const std::string& text, const std::vector<std::string>& stops)
 
 }  // namespace
 
+TextStream::TextStream(const Tokenizer& tok, std::vector<std::string> stop) : decoder_(tok), stop_(std::move(stop)) {
+  for (const auto& s : stop_)
+    if (s.empty()) fail("stop strings must not be empty");
+}
+
+std::string TextStream::push(int32_t id) {
+  if (stopped_) return {};
+  pending_ += decoder_.push(id);
+  size_t cut = std::string::npos;
+  for (const auto& stop : stop_) cut = std::min(cut, pending_.find(stop));
+  std::string out;
+  if (cut != std::string::npos) {
+    out = pending_.substr(0, cut);
+    pending_.clear();
+    stopped_ = true;
+    return out;
+  }
+  const size_t hold = held_back(pending_, stop_);
+  out = pending_.substr(0, pending_.size() - hold);
+  pending_.erase(0, pending_.size() - hold);
+  return out;
+}
+
+std::string TextStream::finish() {
+  if (stopped_) return {};
+  std::string out = pending_ + decoder_.flush();
+  pending_.clear();
+  return out;
+}
+
 std::vector<int32_t> eos_ids(const Model& model, const Tokenizer& tok) {
   std::vector<int32_t> ids = model.config().eos_token_ids;
   if (ids.empty() && tok.eos_id() >= 0) ids.push_back(tok.eos_id());
@@ -37,14 +67,14 @@ std::vector<int32_t> eos_ids(const Model& model, const Tokenizer& tok) {
 
 namespace {
 
-// A sequence being generated: its sampler, its detokenizer and the text it holds back.
+// A sequence being generated: its sampler and its text.
 struct Running {
-  Running(const Tokenizer& tok, const SamplingParams& p) : sampler(p), stream(tok) {}
+  Running(const Tokenizer& tok, const SamplingParams& p, const std::vector<std::string>& stop)
+      : sampler(p), text(tok, stop) {}
   int64_t seq = -1;  // in the cache
   Sampler sampler;
-  StreamDecoder stream;
+  TextStream text;
   std::vector<int32_t> history;  // prompt and new tokens (the repetition penalty's window)
-  std::string pending;           // decoded text not yet passed on (may start a stop string)
 };
 
 }  // namespace
@@ -62,8 +92,6 @@ BatchGenerateResult generate_batch(Model& model, const Tokenizer& tok, const std
       fail(which, "the prompt has ", prompts[i].size(), " tokens but the model's context is ", ctx,
            " tokens: shorten it (at least one token must be left to generate)");
   }
-  for (const auto& s : opts.stop)
-    if (s.empty()) fail("stop strings must not be empty");
   const auto eos = eos_ids(model, tok);
   auto cache = model.new_cache();
 
@@ -75,7 +103,7 @@ BatchGenerateResult generate_batch(Model& model, const Tokenizer& tok, const std
   for (size_t i = 0; i < n; ++i) {
     SamplingParams sp = opts.sampling;
     sp.seed += i;
-    Running& s = run.emplace_back(tok, sp);
+    Running& s = run.emplace_back(tok, sp, opts.stop);
     s.seq = cache->add_sequence();
     s.history = prompts[i];
     out.results[i].prompt_ids = prompts[i];
@@ -99,8 +127,7 @@ BatchGenerateResult generate_batch(Model& model, const Tokenizer& tok, const std
     Running& s = run[i];
     GenerateResult& r = out.results[i];
     r.stop_reason = reason;
-    if (r.stop_reason != "stop") emit(i, s.pending + s.stream.flush());
-    s.pending.clear();
+    emit(i, s.text.finish());
     r.decode_seconds = seconds_since(t0);
     cache->free_sequence(s.seq);
   };
@@ -111,17 +138,8 @@ BatchGenerateResult generate_batch(Model& model, const Tokenizer& tok, const std
     if (opts.stop_at_eos && std::find(eos.begin(), eos.end(), next) != eos.end()) return "eos";
     r.new_ids.push_back(next);
     s.history.push_back(next);
-    s.pending += s.stream.push(next);
-    size_t cut = std::string::npos;
-    for (const auto& stop : opts.stop) cut = std::min(cut, s.pending.find(stop));
-    if (cut != std::string::npos) {
-      emit(i, s.pending.substr(0, cut));
-      s.pending.clear();
-      return "stop";
-    }
-    const size_t hold = held_back(s.pending, opts.stop);
-    emit(i, s.pending.substr(0, s.pending.size() - hold));
-    s.pending.erase(0, s.pending.size() - hold);
+    emit(i, s.text.push(next));
+    if (s.text.stopped()) return "stop";
     if (int64_t(r.new_ids.size()) >= opts.max_new_tokens) return "length";
     if (cache->seq_len(s.seq) >= cache->context_length()) return "context";
     return nullptr;

@@ -23,6 +23,7 @@ Runner add_inspect(CLI::App& app);
 Runner add_bench(CLI::App& app);
 Runner add_quantize(CLI::App& app);
 Runner add_merge_lora(CLI::App& app);
+Runner add_serve(CLI::App& app);
 
 std::string human_bytes(double bytes);   // "41.45 MiB"
 std::string human_count(double n);       // "21.73 M"

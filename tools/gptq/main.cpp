@@ -25,6 +25,7 @@ int main(int argc, char** argv) {
   add(gptq::cli::add_tokenize);
   add(gptq::cli::add_inspect);
   add(gptq::cli::add_bench);
+  add(gptq::cli::add_serve);
   if (argc > 1 && argv[1][0] != '-') {
     bool known = false;
     std::string names;

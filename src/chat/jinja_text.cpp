@@ -1,0 +1,97 @@
+#include "chat/jinja_text.h"
+
+namespace gptq::chat::jinja {
+
+char32_t decode_utf8(std::string_view s, size_t pos, size_t* len) {
+  const auto b0 = static_cast<unsigned char>(s[pos]);
+  const int n = b0 < 0x80 ? 1 : (b0 >> 5) == 0x6 ? 2 : (b0 >> 4) == 0xE ? 3 : (b0 >> 3) == 0x1E ? 4 : 0;
+  if (n == 0 || pos + n > s.size()) {
+    *len = 1;
+    return b0;
+  }
+  char32_t cp = n == 1 ? b0 : b0 & (0x7F >> n);
+  for (int k = 1; k < n; ++k) {
+    const auto b = static_cast<unsigned char>(s[pos + k]);
+    if ((b >> 6) != 0x2) {
+      *len = 1;
+      return b0;
+    }
+    cp = (cp << 6) | (b & 0x3F);
+  }
+  *len = static_cast<size_t>(n);
+  return cp;
+}
+
+void append_utf8(std::string& out, char32_t cp) {
+  if (cp < 0x80) {
+    out += static_cast<char>(cp);
+  } else if (cp < 0x800) {
+    out += static_cast<char>(0xC0 | (cp >> 6));
+    out += static_cast<char>(0x80 | (cp & 0x3F));
+  } else if (cp < 0x10000) {
+    out += static_cast<char>(0xE0 | (cp >> 12));
+    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+    out += static_cast<char>(0x80 | (cp & 0x3F));
+  } else {
+    out += static_cast<char>(0xF0 | (cp >> 18));
+    out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
+    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+    out += static_cast<char>(0x80 | (cp & 0x3F));
+  }
+}
+
+std::vector<size_t> code_point_starts(std::string_view s) {
+  std::vector<size_t> starts;
+  for (size_t pos = 0, len = 0; pos < s.size(); pos += len) {
+    decode_utf8(s, pos, &len);
+    starts.push_back(pos);
+  }
+  starts.push_back(s.size());
+  return starts;
+}
+
+size_t code_point_count(std::string_view s) {
+  size_t n = 0;
+  for (size_t pos = 0, len = 0; pos < s.size(); pos += len, ++n) decode_utf8(s, pos, &len);
+  return n;
+}
+
+bool is_py_space(char32_t cp) {
+  return (cp >= 0x09 && cp <= 0x0D) || (cp >= 0x1C && cp <= 0x20) || cp == 0x85 || cp == 0xA0 ||
+         cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F ||
+         cp == 0x205F || cp == 0x3000;
+}
+
+size_t py_space_at(std::string_view s, size_t pos) {
+  if (pos >= s.size()) return 0;
+  size_t len = 0;
+  return is_py_space(decode_utf8(s, pos, &len)) ? len : 0;
+}
+
+size_t py_space_before(std::string_view s, size_t end) {
+  // Whitespace code points are at most 3 bytes long.
+  for (size_t len = 1; len <= 3 && len <= end; ++len) {
+    const auto b = static_cast<unsigned char>(s[end - len]);
+    if ((b >> 6) == 0x2) continue;  // a continuation byte: the code point starts further back
+    size_t got = 0;
+    const char32_t cp = decode_utf8(s, end - len, &got);
+    return got == len && is_py_space(cp) ? len : 0;
+  }
+  return 0;
+}
+
+std::string_view py_lstrip(std::string_view s) {
+  size_t pos = 0;
+  while (size_t n = py_space_at(s, pos)) pos += n;
+  return s.substr(pos);
+}
+
+std::string_view py_rstrip(std::string_view s) {
+  size_t end = s.size();
+  while (size_t n = py_space_before(s, end)) end -= n;
+  return s.substr(0, end);
+}
+
+std::string_view py_strip(std::string_view s) { return py_rstrip(py_lstrip(s)); }
+
+}  // namespace gptq::chat::jinja

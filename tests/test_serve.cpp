@@ -1,0 +1,406 @@
+// gptq serve driven as a user drives it: the real binary on a free loopback port, real HTTP
+// clients (httplib::Client, and curl when /usr/bin/curl exists).
+#include <gtest/gtest.h>
+#include <httplib.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <regex>
+#include <thread>
+
+#include "cli_runner.h"
+#include "shared_paths.h"
+
+namespace {
+
+using gptq_test::run_cli;
+using gptq_test::slurp;
+using nlohmann::json;
+
+
+// `gptq serve -m MODEL --port 0 ARGS...`; the port comes from its first stderr line.
+class ServerProcess {
+ public:
+  ServerProcess(const std::string& model, const std::vector<std::string>& args) {
+    static int counter = 0;
+    log_ = testing::TempDir() + "/gptq_serve_" + std::to_string(::getpid()) + "_" + std::to_string(counter++) + ".err";
+    const char* env = std::getenv("GPTQ_CLI");
+    const std::string bin = env && *env ? env : GPTQ_CLI_PATH;
+    std::vector<std::string> argv = {bin, "serve", "-m", model, "--port", "0", "-t", "1"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    pid_ = fork();
+    if (pid_ == 0) {
+      freopen(log_.c_str(), "w", stderr);
+      freopen("/dev/null", "w", stdout);
+      std::vector<char*> a;
+      for (auto& s : argv) a.push_back(s.data());
+      a.push_back(nullptr);
+      execv(a[0], a.data());
+      _exit(127);
+    }
+    const std::regex listening("on http://[0-9.]+:([0-9]+)");
+    for (int i = 0; i < 600 && port_ == 0; ++i) {
+      std::smatch m;
+      const std::string err = slurp(log_);
+      if (std::regex_search(err, m, listening)) port_ = std::stoi(m[1]);
+      else std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  }
+  ~ServerProcess() {
+    if (pid_ > 0 && !exited_) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+    std::remove(log_.c_str());
+  }
+  int port() const { return port_; }
+  std::string log() const { return slurp(log_); }
+  // SIGTERM, then the exit code.
+  int terminate() {
+    kill(pid_, SIGTERM);
+    int status = 0;
+    waitpid(pid_, &status, 0);
+    exited_ = true;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  }
+  void signal_term() { kill(pid_, SIGTERM); }
+  int wait() {
+    int status = 0;
+    waitpid(pid_, &status, 0);
+    exited_ = true;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  }
+  httplib::Client client() const {
+    httplib::Client c("127.0.0.1", port_);
+    c.set_read_timeout(120, 0);
+    return c;
+  }
+
+ private:
+  pid_t pid_ = -1;
+  int port_ = 0;
+  bool exited_ = false;
+  std::string log_;
+};
+
+json post(const ServerProcess& s, const std::string& path, const std::string& body, int* status,
+          const httplib::Headers& headers = {}) {
+  auto c = s.client();
+  auto r = c.Post(path, headers, body, "application/json");
+  if (!r) {
+    *status = -1;
+    return {};
+  }
+  *status = r->status;
+  return json::parse(r->body, nullptr, false);
+}
+
+// A streamed completion: the text of its chunks, and the last data line before [DONE].
+struct Streamed {
+  std::string text, finish_reason;
+  bool done = false;
+  json last;
+};
+// stop_after: the client closes the connection after that many chunks (0: read to the end).
+Streamed stream(const ServerProcess& s, const std::string& path, const json& body, int stop_after = 0,
+                const std::function<void()>& on_first_chunk = {}) {
+  Streamed out;
+  std::string buf;
+  int chunks = 0;
+  auto c = s.client();
+  httplib::Request req;
+  req.method = "POST";
+  req.path = path;
+  req.body = body.dump();
+  req.set_header("Content-Type", "application/json");
+  req.content_receiver = [&](const char* d, size_t n, uint64_t, uint64_t) {
+    buf.append(d, n);
+    for (size_t e; (e = buf.find("\n\n")) != std::string::npos; buf.erase(0, e + 2)) {
+      const std::string line = buf.substr(0, e);
+      if (line.rfind("data: ", 0) != 0) continue;
+      if (line == "data: [DONE]") {
+        out.done = true;
+        continue;
+      }
+      json j = json::parse(line.substr(6));
+      for (const auto& ch : j["choices"]) {
+        if (ch.contains("text")) out.text += ch["text"].get<std::string>();
+        if (ch.contains("delta") && ch["delta"].contains("content")) out.text += ch["delta"]["content"].get<std::string>();
+        if (!ch["finish_reason"].is_null()) out.finish_reason = ch["finish_reason"];
+      }
+      out.last = j;
+      if (++chunks == 1 && on_first_chunk) on_first_chunk();
+      if (stop_after > 0 && chunks >= stop_after) return false;
+    }
+    return true;
+  };
+  c.send(req);
+  return out;
+}
+
+// /metrics as name{labels} -> value, after checking every line against the text format.
+std::map<std::string, double> metrics(const ServerProcess& s) {
+  auto r = s.client().Get("/metrics");
+  EXPECT_TRUE(r && r->status == 200);
+  std::map<std::string, double> out;
+  if (!r) return out;
+  const std::regex comment(R"(^# (HELP|TYPE) [a-zA-Z_:][a-zA-Z0-9_:]* .*$)");
+  const std::regex sample(R"(^([a-zA-Z_:][a-zA-Z0-9_:]*(\{[a-zA-Z_][a-zA-Z0-9_]*="[^"]*"(,[a-zA-Z_][a-zA-Z0-9_]*="[^"]*")*\})?) (\S+)$)");
+  std::istringstream in(r->body);
+  for (std::string line; std::getline(in, line);) {
+    std::smatch m;
+    if (std::regex_match(line, comment)) continue;
+    EXPECT_TRUE(std::regex_match(line, m, sample)) << "not Prometheus text: " << line;
+    if (m.size() > 4) out[m[1]] = m[4] == "+Inf" ? INFINITY : std::stod(m[4]);
+  }
+  return out;
+}
+
+void expect_healthy_then_exit_zero(ServerProcess& s) {
+  auto h = s.client().Get("/health");
+  ASSERT_TRUE(h);
+  EXPECT_EQ(h->status, 200);
+  EXPECT_EQ(s.terminate(), 0) << s.log();
+}
+
+json completion(const std::string& prompt, int max_tokens) {
+  return {{"prompt", prompt}, {"max_tokens", max_tokens}, {"temperature", 0}};
+}
+
+TEST(Serve, CompletionsEqualGenerateAlone) {
+  SHARED_MODEL_OR_SKIP(m, "babyllama-361");
+  const auto gen = run_cli({"generate", "-m", m, "-p", "Once upon a time", "-n", "24", "--temperature", "0", "--json", "-t", "1"});
+  ASSERT_EQ(gen.rc, 0) << gen.err;
+  const std::string expected = json::parse(gen.out)["text"];
+  ServerProcess s(m, {});
+  ASSERT_GT(s.port(), 0) << s.log();
+  int status = 0;
+  json r = post(s, "/v1/completions", completion("Once upon a time", 24).dump(), &status);
+  ASSERT_EQ(status, 200) << r;
+  EXPECT_EQ(r["object"], "text_completion");
+  EXPECT_EQ(r["model"], "babyllama-361");
+  EXPECT_EQ(r["choices"][0]["text"], expected);
+  EXPECT_EQ(r["choices"][0]["finish_reason"], "length");
+  EXPECT_EQ(r["usage"]["completion_tokens"], 24);
+  EXPECT_EQ(r["usage"]["total_tokens"], r["usage"]["prompt_tokens"].get<int>() + 24);
+
+  json body = completion("Once upon a time", 24);
+  body["stream"] = true;
+  body["stream_options"] = {{"include_usage", true}};
+  const Streamed st = stream(s, "/v1/completions", body);
+  EXPECT_TRUE(st.done);
+  EXPECT_EQ(st.text, expected);
+  EXPECT_EQ(st.finish_reason, "length");
+  EXPECT_EQ(st.last["usage"]["completion_tokens"], 24);
+
+  // Logprobs: one per token, the top alternative first, and the greedy token is the top one.
+  body = completion("Once upon a time", 4);
+  body["logprobs"] = 2;
+  r = post(s, "/v1/completions", body.dump(), &status);
+  ASSERT_EQ(status, 200) << r;
+  const json& lp = r["choices"][0]["logprobs"];
+  ASSERT_EQ(lp["token_logprobs"].size(), 4u);
+  for (size_t i = 0; i < 4; ++i) {
+    EXPECT_LE(lp["token_logprobs"][i].get<double>(), 0.0);
+    EXPECT_EQ(lp["top_logprobs"][i].size(), 2u);
+  }
+
+  // A stop string ends the text before it.
+  body = completion("Once upon a time", 24);
+  body["stop"] = expected.substr(6, 3);
+  r = post(s, "/v1/completions", body.dump(), &status);
+  ASSERT_EQ(status, 200) << r;
+  EXPECT_EQ(r["choices"][0]["finish_reason"], "stop");
+  EXPECT_EQ(expected.rfind(r["choices"][0]["text"].get<std::string>(), 0), 0u);
+
+  if (access("/usr/bin/curl", X_OK) == 0) {  // curl, streaming
+    const std::string cmd = "/usr/bin/curl -sN http://127.0.0.1:" + std::to_string(s.port()) +
+                            "/v1/completions -H 'Content-Type: application/json' -d '" +
+                            R"({"prompt":"Once upon a time","max_tokens":5,"stream":true})" + "'";
+    FILE* p = popen(cmd.c_str(), "r");
+    ASSERT_NE(p, nullptr);
+    std::string out;
+    char buf[4096];
+    for (size_t n; (n = fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, n);
+    EXPECT_EQ(pclose(p), 0);
+    EXPECT_NE(out.find("data: [DONE]\n\n"), std::string::npos) << out;
+  }
+  EXPECT_EQ(s.terminate(), 0) << s.log();
+}
+
+TEST(Serve, SixteenConcurrentStreamsEqualTheirAloneRuns) {
+  SHARED_MODEL_OR_SKIP(m, "babyllama-361");
+  ServerProcess s(m, {"--max-batch", "16"});
+  ASSERT_GT(s.port(), 0) << s.log();
+  std::vector<std::string> prompts, alone(16);
+  for (int i = 0; i < 16; ++i) prompts.push_back(std::string(size_t(1 + i % 5), "Tom saw a dog. Lily"[i % 19]) + " went to the park " + std::to_string(i));
+  for (int i = 0; i < 16; ++i) {
+    int status = 0;
+    json r = post(s, "/v1/completions", completion(prompts[size_t(i)], 16 + i).dump(), &status);
+    ASSERT_EQ(status, 200) << r;
+    alone[size_t(i)] = r["choices"][0]["text"];
+  }
+  std::vector<Streamed> together(16);
+  std::vector<std::thread> clients;
+  for (int i = 0; i < 16; ++i)
+    clients.emplace_back([&, i] {
+      json body = completion(prompts[size_t(i)], 16 + i);
+      body["stream"] = true;
+      together[size_t(i)] = stream(s, "/v1/completions", body);
+    });
+  for (auto& t : clients) t.join();
+  for (int i = 0; i < 16; ++i) {
+    EXPECT_TRUE(together[size_t(i)].done) << i;
+    EXPECT_EQ(together[size_t(i)].text, alone[size_t(i)]) << "stream " << i;
+  }
+  EXPECT_EQ(s.terminate(), 0);
+}
+
+// A prompt longer than the 256-token prefill chunk is prefilled over several steps, while another
+// stream decodes; its greedy text is still the one generate gives for it alone.
+TEST(Serve, ChunkedPrefillEqualsGenerateAlone) {
+  SHARED_MODEL_OR_SKIP(m, "llama-gutenberg-22m");
+  std::string prompt;
+  for (int i = 0; i < 60; ++i) prompt += "The sea was calm and the ship sailed on. ";
+  const auto gen = run_cli({"generate", "-m", m, "-p", prompt, "-n", "12", "--temperature", "0", "--json", "-t", "1"});
+  ASSERT_EQ(gen.rc, 0) << gen.err;
+  const json expected = json::parse(gen.out);
+  ASSERT_GT(expected["prompt_ids"].size(), 512u);
+  ServerProcess s(m, {});
+  ASSERT_GT(s.port(), 0) << s.log();
+  json other = completion("Once upon a time", 64);
+  other["stream"] = true;
+  json r;
+  int status = 0;
+  stream(s, "/v1/completions", other, 0, [&] { r = post(s, "/v1/completions", completion(prompt, 12).dump(), &status); });
+  ASSERT_EQ(status, 200) << r;
+  EXPECT_EQ(r["usage"]["prompt_tokens"], expected["prompt_ids"].size());
+  EXPECT_EQ(r["choices"][0]["text"], expected["text"]);
+  EXPECT_EQ(s.terminate(), 0);
+}
+
+TEST(Serve, BadRequestsAreOpenAiErrors) {
+  SHARED_MODEL_OR_SKIP(m, "babyllama-361");
+  ServerProcess s(m, {});
+  ASSERT_GT(s.port(), 0) << s.log();
+  auto expect_error = [&](const std::string& path, const std::string& body, int want, const std::string& needle,
+                          const std::string& param = "") {
+    int status = 0;
+    json r = post(s, path, body, &status);
+    EXPECT_EQ(status, want) << body << " -> " << r;
+    ASSERT_TRUE(r.contains("error")) << r;
+    for (const char* k : {"message", "type", "param", "code"}) EXPECT_TRUE(r["error"].contains(k)) << r;
+    EXPECT_NE(r["error"]["message"].get<std::string>().find(needle), std::string::npos) << r;
+    if (!param.empty()) {
+      EXPECT_EQ(r["error"]["param"], param) << r;
+    }
+  };
+  expect_error("/v1/completions", "{\"prompt\": ", 400, "malformed JSON");
+  expect_error("/v1/completions", "[1, 2]", 400, "JSON object");
+  expect_error("/v1/completions", R"({"prompt": "a", "max_tokens": "ten"})", 400, "integer", "max_tokens");
+  expect_error("/v1/completions", R"({"prompt": "a", "temperature": "hot"})", 400, "number", "temperature");
+  expect_error("/v1/completions", R"({"prompt": "a", "stop": 3})", 400, "string", "stop");
+  expect_error("/v1/completions", R"({"prompt": 7})", 400, "string or a list of token ids", "prompt");
+  expect_error("/v1/completions", R"({"prompt": [1, 99999]})", 400, "vocabulary", "prompt");
+  expect_error("/v1/completions", R"({"prompt": "a", "n": 2})", 400, "must be 1", "n");
+  expect_error("/v1/completions", R"({"prompt": "a", "model": "gpt-9"})", 404, "gpt-9", "model");
+  expect_error("/v1/completions", R"({"prompt": "a", "max_tokens": 100000})", 400, "at most", "max_tokens");
+  expect_error("/v1/completions", json{{"prompt", std::string(2000, 'a')}}.dump(), 400, "shorten", "prompt");
+  expect_error("/v1/completions", json{{"prompt", std::string(2 << 20, 'a')}}.dump(), 413, "too large");
+  expect_error("/v1/chat/completions", R"({"messages": [{"role": "user", "content": "hi"}]})", 400, "chat template");
+  expect_error("/v1/nothing", "{}", 404, "no route");
+  expect_healthy_then_exit_zero(s);
+}
+
+TEST(Serve, ChatWithTemplateFileAndApiKey) {
+  SHARED_MODEL_OR_SKIP(m, "babyllama-361");
+  const std::string tpl = testing::TempDir() + "/gptq_serve_chatml.jinja";
+  std::ofstream(tpl) << "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"
+                        "{% if add_generation_prompt %}assistant:{% endif %}";
+  ServerProcess s(m, {"--chat-template", tpl, "--api-key", "sekrit", "--served-model-name", "baby"});
+  ASSERT_GT(s.port(), 0) << s.log();
+  const json body = {{"model", "baby"}, {"messages", {{{"role", "user"}, {"content", "Once upon a time"}}}},
+                     {"max_tokens", 8}, {"temperature", 0}};
+  int status = 0;
+  json r = post(s, "/v1/chat/completions", body.dump(), &status);
+  EXPECT_EQ(status, 401) << r;
+  EXPECT_EQ(r["error"]["code"], "invalid_api_key");
+  r = post(s, "/v1/chat/completions", body.dump(), &status, {{"Authorization", "Bearer wrong"}});
+  EXPECT_EQ(status, 401);
+  r = post(s, "/v1/chat/completions", body.dump(), &status, {{"Authorization", "Bearer sekrit"}});
+  ASSERT_EQ(status, 200) << r;
+  EXPECT_EQ(r["object"], "chat.completion");
+  EXPECT_EQ(r["choices"][0]["message"]["role"], "assistant");
+  // The same prompt text through /v1/completions (no BOS: the template writes the specials) gives the same answer.
+  const auto gen = run_cli({"generate", "-m", m, "-p", "user: Once upon a time\nassistant:", "--no-special", "-n", "8",
+                            "--temperature", "0", "--json", "-t", "1"});
+  ASSERT_EQ(gen.rc, 0) << gen.err;
+  EXPECT_EQ(r["choices"][0]["message"]["content"], json::parse(gen.out)["text"]);
+  auto h = s.client().Get("/health");  // open without the key, as /metrics
+  ASSERT_TRUE(h);
+  EXPECT_EQ(h->status, 200);
+  EXPECT_EQ(s.terminate(), 0);
+  std::remove(tpl.c_str());
+}
+
+// One running request (the batch holds one), one queued (the queue holds one): the next gets 429.
+// Then the running one's client disconnects: its blocks come back and the queued one runs.
+TEST(Serve, FullQueueIs429AndADisconnectFreesTheSlot) {
+  SHARED_MODEL_OR_SKIP(m, "llama-gutenberg-22m");
+  ServerProcess s(m, {"--max-batch", "1", "--max-queue", "1"});
+  ASSERT_GT(s.port(), 0) << s.log();
+  json long_body = completion("Once upon a time", 1000);
+  long_body["stream"] = true;
+  std::atomic<int> queued_status{0};
+  int full_status = 0;
+  std::thread queued;
+  Streamed first = stream(s, "/v1/completions", long_body, 3, [&] {
+    queued = std::thread([&] {
+      int st = 0;
+      post(s, "/v1/completions", completion("The sea", 8).dump(), &st);
+      queued_status = st;
+    });
+    for (int i = 0; i < 400 && metrics(s)["gptq_queue_depth"] < 1; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    json r = post(s, "/v1/completions", completion("The sky", 8).dump(), &full_status);
+    EXPECT_EQ(r["error"]["type"], "rate_limit_error") << r;
+  });
+  EXPECT_FALSE(first.done);
+  EXPECT_EQ(full_status, 429);
+  queued.join();
+  EXPECT_EQ(queued_status, 200);
+  std::map<std::string, double> mt;
+  for (int i = 0; i < 500; ++i) {
+    mt = metrics(s);
+    if (mt["gptq_kv_blocks_used"] == 0 && mt["gptq_running_sequences"] == 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(mt["gptq_kv_blocks_used"], 0);
+  EXPECT_EQ(mt["gptq_running_sequences"], 0);
+  // The disconnected stream was cut short: far fewer than its 1000 tokens were generated.
+  EXPECT_LT(mt["gptq_generation_tokens_total"], 500);
+  EXPECT_EQ(mt["gptq_requests_total{endpoint=\"/v1/completions\",status=\"429\"}"], 1);
+  // Histograms: cumulative buckets ending in +Inf = _count.
+  EXPECT_EQ(mt["gptq_time_to_first_token_seconds_bucket{le=\"+Inf\"}"], mt["gptq_time_to_first_token_seconds_count"]);
+  EXPECT_GE(mt["gptq_time_to_first_token_seconds_count"], 2);
+  EXPECT_LE(mt["gptq_inter_token_latency_seconds_bucket{le=\"0.001\"}"], mt["gptq_inter_token_latency_seconds_bucket{le=\"1\"}"]);
+  expect_healthy_then_exit_zero(s);
+}
+
+TEST(Serve, SigtermDrainsRunningStreamsAndExitsZero) {
+  SHARED_MODEL_OR_SKIP(m, "babyllama-361");
+  ServerProcess s(m, {});
+  ASSERT_GT(s.port(), 0) << s.log();
+  json body = completion("Once upon a time", 200);
+  body["stream"] = true;
+  const Streamed st = stream(s, "/v1/completions", body, 0, [&] { s.signal_term(); });
+  EXPECT_TRUE(st.done);
+  EXPECT_EQ(st.finish_reason, "length");
+  EXPECT_EQ(s.wait(), 0) << s.log();
+  EXPECT_NE(s.log().find("finishing the requests in progress"), std::string::npos) << s.log();
+}
+
+}  // namespace
