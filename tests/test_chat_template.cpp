@@ -186,7 +186,7 @@ TEST(ChatTemplate, HostileTemplatesHitLimits) {
   EXPECT_NE(error_of("{{ [1] * 100000000000 }}").find("over the limit"), std::string::npos);
   EXPECT_NE(error_of("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}").find("nested deeper than"),
             std::string::npos);
-  EXPECT_NE(error_of(std::string(5000, '(') + "1" + std::string(5000, ')')).find("nested deeper than"),
+  EXPECT_NE(error_of("{{ " + std::string(5000, '(') + "1" + std::string(5000, ')') + " }}").find("nested deeper than"),
             std::string::npos);
   EXPECT_NE(error_of("{{ " + std::string(100000, '-') + "1 }}").find("nested deeper than"), std::string::npos);
   std::string chain = "{{ 1";

@@ -52,16 +52,6 @@ struct Args {
   }
 };
 
-std::string ascii_lower(std::string s) {
-  for (char& c : s) c = (c >= 'A' && c <= 'Z') ? static_cast<char>(c + 32) : c;
-  return s;
-}
-std::string ascii_upper(std::string s) {
-  for (char& c : s) c = (c >= 'a' && c <= 'z') ? static_cast<char>(c - 32) : c;
-  return s;
-}
-bool is_alpha(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || static_cast<unsigned char>(c) >= 0x80; }
-
 class Evaluator {
  public:
   Evaluator(const Limits& limits) : limits_(limits) {}
@@ -224,7 +214,6 @@ class Evaluator {
     }
     const auto len = static_cast<int64_t>(items.size());
     for (int64_t i = 0; i < len; ++i) {
-      count_iteration();
       // Jinja2 starts each iteration in a fresh scope: a `set` in the body does not reach the next one.
       Scope s{&scope, {}};
       assign(n.names, items[static_cast<size_t>(i)], s);
@@ -503,7 +492,7 @@ class Evaluator {
       }
     }
     if (key.is(Type::kString)) return get_attr(obj, key.s());
-    return Value::undefined(cat("'", type_name(obj), " object' has no element ", py_repr(key)));
+    return Value::undefined(cat(type_name(obj), " object has no element ", py_repr(key)));
   }
 
   Value slice(const Expr& e, const Scope& scope) {
@@ -646,23 +635,6 @@ class Evaluator {
     return out;
   }
 
-  static std::string capitalize(const std::string& s) {
-    if (s.empty()) return s;
-    return ascii_upper(s.substr(0, 1)) + ascii_lower(s.substr(1));
-  }
-
-  // str.title(): a letter after a non-letter starts a word.
-  static std::string str_title(const std::string& s) {
-    std::string out = s;
-    bool prev_letter = false;
-    for (char& c : out) {
-      const bool letter = is_alpha(c);
-      if (letter) c = prev_letter ? ascii_lower(std::string(1, c))[0] : ascii_upper(std::string(1, c))[0];
-      prev_letter = letter;
-    }
-    return out;
-  }
-
   Value split(const std::string& s, const Value& sep, int64_t maxsplit) {
     charge(s.size());
     List parts;
@@ -727,10 +699,10 @@ class Evaluator {
     const std::string& s = self.s();
     if (name == "strip" || name == "lstrip" || name == "rstrip")
       return make_string(strip_chars(s, args.get(0, "chars"), name != "rstrip", name != "lstrip"));
-    if (name == "upper") return make_string(ascii_upper(s));
-    if (name == "lower") return make_string(ascii_lower(s));
-    if (name == "title") return make_string(str_title(s));
-    if (name == "capitalize") return make_string(capitalize(s));
+    if (name == "upper") return make_string(py_upper(s));
+    if (name == "lower") return make_string(py_lower(s));
+    if (name == "title") return make_string(py_title(s, false));
+    if (name == "capitalize") return make_string(py_capitalize(s));
     if (name == "startswith" || name == "endswith") return Value::of(affix(s, args.get(0, "prefix"), name == "startswith"));
     if (name == "split") {
       const Value maxsplit = args.get(1, "maxsplit", Value::of(int64_t{-1}));
@@ -834,21 +806,10 @@ class Evaluator {
   Value filter(const std::string& name, const Value& v, const Args& args) {
     auto text = [&] { return py_str(v); };
     if (name == "trim") return make_string(strip_chars(text(), args.get(0, "chars"), true, true));
-    if (name == "upper") return make_string(ascii_upper(text()));
-    if (name == "lower") return make_string(ascii_lower(text()));
-    if (name == "capitalize") return make_string(capitalize(text()));
-    if (name == "title") {
-      // Jinja2's title: words start after whitespace, '-', or an opening bracket.
-      std::string out = text();
-      bool start = true;
-      for (char& c : out) {
-        const bool sep = c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v' || c == '-' ||
-                         c == '(' || c == '{' || c == '[' || c == '<';
-        if (!sep) c = start ? ascii_upper(std::string(1, c))[0] : ascii_lower(std::string(1, c))[0];
-        start = sep;
-      }
-      return make_string(std::move(out));
-    }
+    if (name == "upper") return make_string(py_upper(text()));
+    if (name == "lower") return make_string(py_lower(text()));
+    if (name == "capitalize") return make_string(py_capitalize(text()));
+    if (name == "title") return make_string(py_title(text(), true));
     if (name == "length" || name == "count") return Value::of(length(v));
     if (name == "default" || name == "d") {
       const bool boolean = truthy(args.get(1, "boolean", Value::of(false)));
@@ -947,8 +908,8 @@ class Evaluator {
     if (name == "iterable") return v.is(Type::kString) || v.is(Type::kList) || v.is(Type::kDict) || v.is(Type::kUndefined);
     if (name == "sequence") return v.is(Type::kString) || v.is(Type::kList) || v.is(Type::kDict) || v.is(Type::kUndefined);
     if (name == "callable") return v.is(Type::kFunction);
-    if (name == "lower") return v.is(Type::kString) && ascii_lower(v.s()) == v.s();
-    if (name == "upper") return v.is(Type::kString) && ascii_upper(v.s()) == v.s();
+    if (name == "lower") return v.is(Type::kString) && py_lower(v.s()) == v.s();
+    if (name == "upper") return v.is(Type::kString) && py_upper(v.s()) == v.s();
     if (name == "odd" || name == "even" || name == "divisibleby") {
       if (!v.is(Type::kInt) && !v.is(Type::kBool)) eval_fail(cat("the '", name, "' test needs an integer, not '", type_name(v), "'"));
       const int64_t d = name == "divisibleby" ? as_int(args.get(0, "num")) : 2;

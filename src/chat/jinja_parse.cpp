@@ -354,7 +354,7 @@ class Parser {
       if (t.type == Tok::kEnd) {
         if (opener != nullptr)
           syntax_error(t.line, cat("unexpected end of template: '", opener, "' at line ", opener_line,
-                                   " is never closed (expected '", *stops.begin(), "')"));
+                                   " is never closed (expected '", *(stops.end() - 1), "')"));
         break;
       }
       if (t.type == Tok::kText) {

@@ -94,4 +94,76 @@ std::string_view py_rstrip(std::string_view s) {
 
 std::string_view py_strip(std::string_view s) { return py_rstrip(py_lstrip(s)); }
 
+// Latin Extended-A pairs: upper case at even code points, except in two ranges where it is odd.
+static bool latin_a_upper_is_odd(char32_t cp) { return (cp >= 0x139 && cp <= 0x148) || (cp >= 0x179 && cp <= 0x17E); }
+static bool in_latin_a(char32_t cp) {
+  return (cp >= 0x100 && cp <= 0x12F) || (cp >= 0x132 && cp <= 0x137) || (cp >= 0x139 && cp <= 0x148) ||
+         (cp >= 0x14A && cp <= 0x177) || (cp >= 0x179 && cp <= 0x17E);
+}
+
+char32_t to_upper(char32_t cp) {
+  if (cp >= 'a' && cp <= 'z') return cp - 32;
+  if (cp >= 0xE0 && cp <= 0xFE && cp != 0xF7) return cp - 32;
+  if (cp == 0xFF) return 0x178;
+  if (cp == 0xB5) return 0x39C;
+  if (in_latin_a(cp)) return ((cp & 1) == 0) == latin_a_upper_is_odd(cp) ? cp - 1 : cp;
+  if (cp >= 0x3B1 && cp <= 0x3C9) return cp == 0x3C2 ? 0x3A3 : cp - 32;
+  if (cp >= 0x430 && cp <= 0x44F) return cp - 32;
+  if (cp >= 0x450 && cp <= 0x45F) return cp - 80;
+  return cp;
+}
+
+char32_t to_lower(char32_t cp) {
+  if (cp >= 'A' && cp <= 'Z') return cp + 32;
+  if (cp >= 0xC0 && cp <= 0xDE && cp != 0xD7) return cp + 32;
+  if (cp == 0x178) return 0xFF;
+  if (in_latin_a(cp)) return ((cp & 1) == 0) != latin_a_upper_is_odd(cp) ? cp + 1 : cp;
+  if (cp >= 0x391 && cp <= 0x3A9 && cp != 0x3A2) return cp + 32;
+  if (cp >= 0x410 && cp <= 0x42F) return cp + 32;
+  if (cp >= 0x400 && cp <= 0x40F) return cp + 80;
+  return cp;
+}
+
+bool is_cased(char32_t cp) { return to_upper(cp) != cp || to_lower(cp) != cp || cp == 0xDF; }
+
+template <typename F>
+static std::string map_code_points(std::string_view s, F f) {
+  std::string out;
+  out.reserve(s.size());
+  for (size_t pos = 0, len = 0; pos < s.size(); pos += len) {
+    const char32_t cp = decode_utf8(s, pos, &len);
+    if (len == 1 && cp >= 0x80) {
+      out += s[pos];  // a stray byte stays as it is
+    } else {
+      append_utf8(out, f(cp));
+    }
+  }
+  return out;
+}
+
+std::string py_upper(std::string_view s) { return map_code_points(s, to_upper); }
+std::string py_lower(std::string_view s) { return map_code_points(s, to_lower); }
+
+std::string py_title(std::string_view s, bool title_words) {
+  bool word_start = true;  // str.title: the previous code point is not cased
+  return map_code_points(s, [&](char32_t cp) {
+    const bool start = word_start;
+    if (title_words) {
+      word_start = is_py_space(cp) || cp == '-' || cp == '(' || cp == '{' || cp == '[' || cp == '<';
+    } else {
+      word_start = !is_cased(cp);
+    }
+    return start ? to_upper(cp) : to_lower(cp);
+  });
+}
+
+std::string py_capitalize(std::string_view s) {
+  bool first = true;
+  return map_code_points(s, [&](char32_t cp) {
+    const bool was_first = first;
+    first = false;
+    return was_first ? to_upper(cp) : to_lower(cp);
+  });
+}
+
 }  // namespace gptq::chat::jinja

@@ -26,4 +26,17 @@ std::string_view py_lstrip(std::string_view s);
 std::string_view py_rstrip(std::string_view s);
 std::string_view py_strip(std::string_view s);
 
+// Simple case mapping of ASCII, Latin-1, Latin Extended-A, Greek and Cyrillic (other code points,
+// and the few that Python maps to several, such as ß, stay as they are).
+char32_t to_upper(char32_t cp);
+char32_t to_lower(char32_t cp);
+// Whether the code point has a case (Python's "cased", within the mapped scripts).
+bool is_cased(char32_t cp);
+// str.upper() / str.lower(); str.title() (title_words: Jinja2's title filter, whose words start after
+// whitespace, '-' or an opening bracket); str.capitalize().
+std::string py_upper(std::string_view s);
+std::string py_lower(std::string_view s);
+std::string py_title(std::string_view s, bool title_words);
+std::string py_capitalize(std::string_view s);
+
 }  // namespace gptq::chat::jinja

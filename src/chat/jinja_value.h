@@ -47,6 +47,7 @@ struct Value {
   static Value of(int64_t i) { Value v = make(Type::kInt); v.integer = i; return v; }
   static Value of(double f) { Value v = make(Type::kFloat); v.number = f; return v; }
   static Value of(std::string s) { return with_str(Type::kString, std::move(s)); }
+  static Value of(const char* s) { return of(std::string(s)); }  // not of(bool)
   static Value of(List items, bool tuple = false) {
     Value v = make(Type::kList);
     v.list = std::make_shared<const List>(std::move(items));
