@@ -74,7 +74,7 @@ TEST(ChatTemplate, MatchesGoldenOutputs) {
 bool python_has_jinja2() { return std::system("python3 -c 'import jinja2' >/dev/null 2>&1") == 0; }
 
 // Runs scripts/render_chat_template.py on `cases` (its JSON input) and returns its results.
-nlohmann::json render_with_jinja2(const nlohmann::json& cases, const std::string& dir) {
+nlohmann::json render_with_jinja2(const nlohmann::ordered_json& cases, const std::string& dir) {
   const std::string in = dir + "/cases.json";
   std::ofstream(in) << cases.dump();
   const std::string cmd = "python3 " + std::string(GPTQ_SOURCE_DIR) + "/scripts/render_chat_template.py " +
@@ -113,9 +113,10 @@ TEST_F(ChatTemplateLive, MatchesPythonJinja2) {
       }
     }
   }
-  nlohmann::json input = nlohmann::json::array();
+  // Ordered: the messages' keys reach Python as ChatTemplate passes them (role, content), which tojson shows.
+  nlohmann::ordered_json input = nlohmann::ordered_json::array();
   for (const Case& c : cases) {
-    nlohmann::json msgs = nlohmann::json::array();
+    nlohmann::ordered_json msgs = nlohmann::ordered_json::array();
     for (const Message& m : c.messages) msgs.push_back({{"role", m.role}, {"content", m.content}});
     input.push_back({{"file", c.file}, {"bos_token", c.bos}, {"eos_token", c.eos}, {"messages", msgs},
                      {"add_generation_prompt", c.add_generation_prompt}});
