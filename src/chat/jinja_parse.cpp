@@ -7,6 +7,7 @@
 #include "chat/jinja.h"
 #include "chat/jinja_ast.h"
 #include "chat/jinja_text.h"
+#include "tokenizer/unicode.h"
 #include "gptq/error.h"
 
 namespace gptq::chat::jinja {
@@ -60,7 +61,7 @@ std::string unescape(std::string_view body) {
           cp = cp * 16 + static_cast<char32_t>(is_digit(h) ? h - '0' : (h | 0x20) - 'a' + 10);
         }
         if (cp > 0x10FFFF) fail("\\", c, " escape beyond U+10FFFF in a string literal");
-        append_utf8(out, cp);
+        tok::utf8_append(out, cp);
         i += digits;
         break;
       }
@@ -70,7 +71,7 @@ std::string unescape(std::string_view body) {
           size_t k = 0;
           for (; k < 3 && i + k < body.size() && body[i + k] >= '0' && body[i + k] <= '7'; ++k)
             cp = cp * 8 + static_cast<char32_t>(body[i + k] - '0');
-          append_utf8(out, cp);
+          tok::utf8_append(out, cp);
           i += k - 1;
         } else {
           out += '\\';  // Python keeps unknown escapes as they are
@@ -265,7 +266,7 @@ class Lexer {
     if (std::strchr("+-*/%~<>=()[]{},.:|", c) == nullptr) {
       size_t len = 0;
       std::string ch;
-      append_utf8(ch, decode_utf8(src_, pos_, &len));
+      tok::utf8_append(ch, decode_utf8(src_, pos_, &len));
       syntax_error(line_, cat("unexpected character '", ch, "'"));
     }
     if (c == '(' || c == '[' || c == '{') brackets.push_back(c == '(' ? ')' : c == '[' ? ']' : '}');

@@ -1,4 +1,5 @@
 #include "chat/jinja_text.h"
+#include "tokenizer/unicode.h"
 
 namespace gptq::chat::jinja {
 
@@ -20,24 +21,6 @@ char32_t decode_utf8(std::string_view s, size_t pos, size_t* len) {
   }
   *len = static_cast<size_t>(n);
   return cp;
-}
-
-void append_utf8(std::string& out, char32_t cp) {
-  if (cp < 0x80) {
-    out += static_cast<char>(cp);
-  } else if (cp < 0x800) {
-    out += static_cast<char>(0xC0 | (cp >> 6));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else if (cp < 0x10000) {
-    out += static_cast<char>(0xE0 | (cp >> 12));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else {
-    out += static_cast<char>(0xF0 | (cp >> 18));
-    out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  }
 }
 
 std::vector<size_t> code_point_starts(std::string_view s) {
@@ -135,7 +118,7 @@ static std::string map_code_points(std::string_view s, F f) {
     if (len == 1 && cp >= 0x80) {
       out += s[pos];  // a stray byte stays as it is
     } else {
-      append_utf8(out, f(cp));
+      tok::utf8_append(out, f(cp));
     }
   }
   return out;

@@ -11,7 +11,6 @@ namespace gptq::chat::jinja {
 
 // The code point at s[pos] and its byte length in *len (a stray byte counts as one code point).
 char32_t decode_utf8(std::string_view s, size_t pos, size_t* len);
-void append_utf8(std::string& out, char32_t cp);
 // Byte offsets of each code point's first byte, plus s.size() at the end.
 std::vector<size_t> code_point_starts(std::string_view s);
 size_t code_point_count(std::string_view s);
