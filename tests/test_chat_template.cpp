@@ -126,6 +126,63 @@ TEST_F(ChatTemplateLive, MatchesPythonJinja2) {
   for (size_t i = 0; i < cases.size(); ++i) expect_same(cases[i], render_case(cases[i]), expected[i]);
 }
 
+// Small templates on the edges of Jinja2's semantics, each compared with Jinja2 on one conversation.
+TEST_F(ChatTemplateLive, EdgeCasesMatchPythonJinja2) {
+  if (!python_has_jinja2()) GTEST_SKIP() << "python3 with jinja2 is not installed (apt-get install python3-jinja2)";
+  const std::vector<std::string> templates = {
+      "a  \n  {% if true %}\n  b\n  {% endif %}  \n c",
+      "a  {%- if true -%}  b  {%- endif -%}  c",
+      "{% for m in messages %}\n    {{ m.role }}\n{% endfor %}\n",
+      "x\r\ny\r{% if true %}\r\nz{% endif %}\n\n",
+      "  {#- c -#}  a  {# c #}\n  b {%+ if true %} c{% endif +%}\nd",
+      "{{ 'a' }}\n{{ 'b' -}}\n\n{{- 'c' }}\n",
+      "{% set x = 1 %}{% for i in [1, 2] %}{{ x }}{% set x = x + i %}{{ x }}{% endfor %}{{ x }}",
+      "{% for i in range(5) %}{% if i is even %}{% continue %}{% endif %}{{ i }}{% if i > 2 %}{% break %}{% endif %}{% endfor %}",
+      "{{ messages|length }} {{ messages[0]['content']|trim|length }} {{ messages|map(attribute='role')|join(', ') }}",
+      "{{ [1, [2, 'x'], {'k': none}] }} {{ ('a',) }} {{ 1.0 }} {{ 1e100 }} {{ -0.0 }} {{ 2.5e-7 }} {{ 10/4 }} {{ 123456789012345678 }}",
+      "{{ 'a\\tb\\\\c\\'d\\\"e\\u00e9\\x7f' }} {{ ['\\n', '\\x00', \"'\", '\"', '\\u00a0', '\\u3000'] }}",
+      "{{ {'a': 'b'}|tojson }} {{ 'ü\\n\"'|tojson }} {{ messages|tojson(indent=1) }} {{ 1.5|tojson }}",
+      "{{ 'Hello World'.split() }} {{ ' a  b '.split(' ') }} {{ 'a-b-c'.split('-', 1) }} {{ '  x  '.rstrip() }}|",
+      "{{ 'ab' < 'b' }} {{ [1, 2] == [1, 2] }} {{ none == false }} {{ 0 == false }} {{ 'x' if none else 'y' }} {{ 1 and 'z' }} {{ 0 or '' }}|",
+      "{{ x|default('dx') }} {{ none|default('dn') }} {{ none|default('dn', true) }} {{ x is not defined }} {{ messages[5] is defined }}",
+      "{{ 'x'|upper ~ 'Y'|lower }} {{ 'ßüÉ'|upper }} {{ 'ÀÉÎ'|lower }} {{ 'élan vital'|title }} {{ \"they're\".title() }}",
+      "{{ range(3)|list }} {{ range(1, 10, 3)|list }} {{ range(5, 0, -2)|list }} {{ [3, 1, 2][::-1] }} {{ 'abc'[-1:] }} {{ [1,2,3][5:] }}",
+      "{% macro m(a, b=2) %}{{ a }}{{ b }}{% endmacro %}{{ m(1) }}{{ m(1, 3) }}{{ m(b=4, a=5) }}",
+      "{% set ns = namespace(items=[]) %}{% for i in range(3) %}{% set ns.items = ns.items + [i * 2] %}{% endfor %}{{ ns.items }}",
+      "{% for k, v in {'b': 1, 'a': 2}|items %}{{ k }}{{ v }}{% endfor %} {{ {'x': 1}.values()|list }}",
+      "{{ messages|selectattr('role', 'in', ['user', 'system'])|map(attribute='content')|map('length')|list }}",
+      "{%- for m in messages if m.role != 'system' -%}{{ loop.index }}{{ m.role[0] }}{{ loop.length }}{%- endfor -%}",
+      "{{ raise_exception('custom: ' ~ messages[0].role) }}",
+      "{{ messages[0].role.upper() }} {{ messages.0.role }} {{ 'abc'.replace('', '-') }} {{ 'aXbX'.count('X') }} {{ 'abc'.find('c') }}",
+      "{{ 7 % -3 }} {{ -7.5 // 2 }} {{ 2 ** -1 }} {{ 3 * 1.5 }} {{ true + true }} {{ '5'|int * 2 }} {{ '2.7'|float }} {{ 'z'|float }}",
+      "{% if messages[0].content is string and messages is not string %}ok{% endif %} {{ 3 is number }} {{ true is number }} {{ 1 is integer }}",
+      "{% set a, b = 1, 2 %}{{ a }}{{ b }} {{ (1, 2)|list }} {% set t %}  captured {{ a }}  {% endset %}[{{ t }}]",
+      "{% generation %}gen {{ messages|length }}{% endgeneration %}",
+      "{{ 'x' ~ 5 ~ 1.5 ~ [1] ~ {'a': 1} ~ none }} {{ '%' }} {{ '{' ~ '}' }}",
+  };
+  std::vector<Case> cases;
+  nlohmann::ordered_json input = nlohmann::ordered_json::array();
+  const std::vector<Message> messages = {{"system", "  sys  "}, {"user", "hello"}, {"assistant", "hi"}};
+  for (size_t i = 0; i < templates.size(); ++i) {
+    cases.push_back({"edge" + std::to_string(i), "", "<s>", "</s>", messages, true});
+    nlohmann::ordered_json msgs = nlohmann::ordered_json::array();
+    for (const Message& m : messages) msgs.push_back({{"role", m.role}, {"content", m.content}});
+    input.push_back({{"template", templates[i]}, {"bos_token", "<s>"}, {"eos_token", "</s>"}, {"messages", msgs},
+                     {"add_generation_prompt", true}});
+  }
+  const nlohmann::json expected = render_with_jinja2(input, dir_.string());
+  ASSERT_TRUE(expected.is_array() && expected.size() == cases.size()) << "scripts/render_chat_template.py failed";
+  for (size_t i = 0; i < cases.size(); ++i) {
+    nlohmann::json ours;
+    try {
+      ours = {{"output", ChatTemplate(templates[i], "<s>", "</s>").render(messages, true)}};
+    } catch (const gptq::Error& e) {
+      ours = {{"error", e.what()}};
+    }
+    expect_same(cases[i], ours, expected[i]);
+  }
+}
+
 std::string render(const std::string& source, const std::vector<Message>& messages = {{"user", "hi"}}) {
   return ChatTemplate(source, "<s>", "</s>").render(messages, true);
 }

@@ -124,7 +124,12 @@ static std::string map_code_points(std::string_view s, F f) {
   return out;
 }
 
-std::string py_upper(std::string_view s) { return map_code_points(s, to_upper); }
+std::string py_upper(std::string_view s) {
+  std::string out = map_code_points(s, to_upper);
+  // ß is the one mapped letter whose upper case is two letters.
+  for (size_t at = out.find("\xC3\x9F"); at != std::string::npos; at = out.find("\xC3\x9F", at + 2)) out.replace(at, 2, "SS");
+  return out;
+}
 std::string py_lower(std::string_view s) { return map_code_points(s, to_lower); }
 
 std::string py_title(std::string_view s, bool title_words) {

@@ -26,7 +26,7 @@ std::string_view py_rstrip(std::string_view s);
 std::string_view py_strip(std::string_view s);
 
 // Simple case mapping of ASCII, Latin-1, Latin Extended-A, Greek and Cyrillic (other code points,
-// and the few that Python maps to several, such as ß, stay as they are).
+// stay as they are; upper() turns ß into SS as Python does, title() and capitalize() do not).
 char32_t to_upper(char32_t cp);
 char32_t to_lower(char32_t cp);
 // Whether the code point has a case (Python's "cased", within the mapped scripts).
