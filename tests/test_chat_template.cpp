@@ -159,6 +159,21 @@ TEST_F(ChatTemplateLive, EdgeCasesMatchPythonJinja2) {
       "{% set a, b = 1, 2 %}{{ a }}{{ b }} {{ (1, 2)|list }} {% set t %}  captured {{ a }}  {% endset %}[{{ t }}]",
       "{% generation %}gen {{ messages|length }}{% endgeneration %}",
       "{{ 'x' ~ 5 ~ 1.5 ~ [1] ~ {'a': 1} ~ none }} {{ '%' }} {{ '{' ~ '}' }}",
+      "{% if true %}\n\n  x\n{% endif %}\n  {% if false %}no{% else %}\n  else\n  {% endif %}\n",
+      "\t {% for i in [1] %}\t{{ i }}\n\t {%- endfor %}\n \t{# c #}\n{%- if true %} t {% endif -%}\n  end",
+      "{{ messages[0]['content'] }}{{- ' ' -}}{{ messages[1]['content'] }}   {%- if true %}  {%+ endif %}   x",
+      "{{ {'a': {'b': {'c': '}} %}'}}}['a']['b']['c'] }} {{ [[1]][0][0] }} {{ 'q' if [] else 'r' }}",
+      "{{ 'a' 'b' \"c\" }} {{ 1_000 + 0 }} {{ 0.5 if false else 1.5e3 }}",
+      "{{ messages|first|tojson }} {{ (messages|last).content }} {{ messages[-2:]|map(attribute='role')|list }}",
+      "{{ 'abc'|reverse }} {{ 'a b'|replace(' ', '_') }} {{ ['x', 1, none]|join('|') }} {{ 'hi'|center(6) if false else 'c' }}",
+      "{{ 'tab\\there' }}{{ '\\\\n stays' }}{{ 'line1\\\nline2' }}",
+      "{% for x in 'héé' %}[{{ x }}{{ loop.revindex0 }}]{% endfor %}{% for k in {'z': 1, 'y': 2} %}{{ k }}{% endfor %}",
+      "{{ not none }} {{ not 'a' in 'abc' }} {{ -2 ** 2 }} {{ (-2) ** 2 }} {{ 2 ** 3 ** 2 }} {{ 1 + 2 ~ 3 }} {{ 10 - 3 - 2 }}",
+      "{{ messages[0].content.strip()|length }} {{ '  '.join(['a', 'b']) }} {{ ', '.join(messages|map(attribute='role')) }}",
+      "{{ 5 is divisibleby(5) }} {{ 5 is odd }} {{ 'abc' is lower }} {{ 'ABC' is upper }} {{ messages is sequence }} {{ 1 is in [1] }} {{ 2 is gt 1 }}",
+      "{% for m in messages %}{% set outer = loop %}{% for c in 'ab' %}{{ outer.index }}{{ loop.index }}{% endfor %}{% endfor %}",
+      "{% for i in range(3) %}{% else %}never{% endfor %}{% for i in [] if i %}x{% else %}empty{% endfor %}",
+      "{{ messages[0]|items|list }} {{ messages[0]|length }} {{ messages[0]|list }} {{ none|string }} {{ true|string|upper }}",
   };
   std::vector<Case> cases;
   nlohmann::ordered_json input = nlohmann::ordered_json::array();
