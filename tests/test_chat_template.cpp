@@ -268,6 +268,15 @@ TEST(ChatTemplate, HostileTemplatesHitLimits) {
   std::string ifs;
   for (int i = 0; i < 10000; ++i) ifs += "{% if true %}";
   EXPECT_NE(error_of(ifs).find("nested deeper than"), std::string::npos);
+  EXPECT_NE(error_of("{% set ns = namespace(l=[]) %}{% for i in range(100000) %}{% set ns.l = [ns.l] %}{% endfor %}")
+                .find("nested deeper than 256"),
+            std::string::npos);
+  EXPECT_NE(error_of("{% set ns = namespace(n=none) %}{% for i in range(100000) %}{% set ns.n = namespace(n=ns.n) %}"
+                     "{% endfor %}")
+                .find("nested deeper than 256"),
+            std::string::npos);
+  EXPECT_NE(error_of("{% set ns = namespace() %}{% set ns.me = [ns] %}{{ ns }}").find("holding itself"),
+            std::string::npos);
   EXPECT_NE(error_of("{{ 9223372036854775807 + 1 }}").find("integer overflow"), std::string::npos);
   EXPECT_NE(error_of("{{ 2 ** 100 }}").find("integer overflow"), std::string::npos);
 }

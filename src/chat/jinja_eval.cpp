@@ -56,6 +56,12 @@ struct Args {
 class Evaluator {
  public:
   explicit Evaluator(const Limits& limits) : limits_(limits) {}
+  // A namespace can hold itself (set ns.me = [ns]): emptying them all breaks such cycles.
+  ~Evaluator() {
+    for (const auto& d : namespaces_) d->clear();
+  }
+  Evaluator(const Evaluator&) = delete;
+  Evaluator& operator=(const Evaluator&) = delete;
 
   std::string run(const Node& root, const nlohmann::ordered_json& globals) {
     Scope scope;
@@ -142,6 +148,7 @@ class Evaluator {
         if (!n.attr.empty()) {
           const Value* ns = scope.find(n.names[0]);
           if (ns == nullptr || !ns->is(Type::kNamespace)) eval_fail("cannot assign attribute on non-namespace object");
+          if (v.depth >= kMaxValueDepth) eval_fail(cat("lists or dicts nested deeper than ", kMaxValueDepth));
           dict_set(*ns->dict, Value::of(n.attr), std::move(v));
         } else {
           assign(n.names, std::move(v), scope);
@@ -551,7 +558,9 @@ class Evaluator {
     if (fn == "namespace" || fn == "dict") {
       Dict d;
       for (const auto& [k, v] : args.kw) dict_set(d, Value::of(k), v);
-      return Value::of(std::move(d), fn == "namespace" ? Type::kNamespace : Type::kDict);
+      Value made = Value::of(std::move(d), fn == "namespace" ? Type::kNamespace : Type::kDict);
+      if (made.is(Type::kNamespace)) namespaces_.push_back(made.dict);
+      return made;
     }
     if (fn == "range") return range(args);
     eval_fail(cat("unknown function '", fn, "'"));
@@ -932,6 +941,7 @@ class Evaluator {
   }
 
   const Limits& limits_;
+  std::vector<std::shared_ptr<Dict>> namespaces_;
   const Scope* root_ = nullptr;  // where macros look up names: the template's globals and top-level sets
   int line_ = 0;
   int depth_ = 0;

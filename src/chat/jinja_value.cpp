@@ -155,25 +155,30 @@ static std::string repr_string(const std::string& s) {
   return out + quote;
 }
 
-std::string py_repr(const Value& v) {
+static std::string repr_at(const Value& v, int level);
+std::string py_repr(const Value& v) { return repr_at(v, 0); }
+
+// `level` bounds the recursion: a namespace may hold itself (set ns.self = [ns]).
+static std::string repr_at(const Value& v, int level) {
+  if (level > kMaxValueDepth) eval_fail("a value nested deeper than " + std::to_string(kMaxValueDepth) + " levels (or holding itself)");
   switch (v.type) {
     case Type::kString: return repr_string(v.s());
     case Type::kList: {
       std::string out = v.tuple ? "(" : "[";
-      for (size_t i = 0; i < v.list->size(); ++i) out += (i ? ", " : "") + py_repr((*v.list)[i]);
+      for (size_t i = 0; i < v.list->size(); ++i) out += (i ? ", " : "") + repr_at((*v.list)[i], level + 1);
       if (v.tuple && v.list->size() == 1) out += ",";
       return out + (v.tuple ? ")" : "]");
     }
     case Type::kDict: {
       std::string out = "{";
       for (size_t i = 0; i < v.dict->size(); ++i)
-        out += (i ? ", " : "") + py_repr((*v.dict)[i].first) + ": " + py_repr((*v.dict)[i].second);
+        out += (i ? ", " : "") + repr_at((*v.dict)[i].first, level + 1) + ": " + repr_at((*v.dict)[i].second, level + 1);
       return out + "}";
     }
     case Type::kNamespace: {
       Value items = v;
       items.type = Type::kDict;
-      return "<Namespace " + py_repr(items) + ">";
+      return "<Namespace " + repr_at(items, level + 1) + ">";
     }
     default: return py_str(v);
   }
