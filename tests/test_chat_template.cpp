@@ -77,8 +77,8 @@ bool python_has_jinja2() { return std::system("python3 -c 'import jinja2' >/dev/
 nlohmann::json render_with_jinja2(const nlohmann::ordered_json& cases, const std::string& dir) {
   const std::string in = dir + "/cases.json";
   std::ofstream(in) << cases.dump();
-  const std::string cmd = "python3 " + std::string(GPTQ_SOURCE_DIR) + "/scripts/render_chat_template.py " +
-                          kDataDir + " < " + in;
+  const std::string cmd =
+      "python3 " + std::string(GPTQ_SOURCE_DIR) + "/scripts/render_chat_template.py " + kDataDir + " < " + in;
   FILE* p = popen(cmd.c_str(), "r");
   if (p == nullptr) return nullptr;
   std::string out;
@@ -118,7 +118,10 @@ TEST_F(ChatTemplateLive, MatchesPythonJinja2) {
   for (const Case& c : cases) {
     nlohmann::ordered_json msgs = nlohmann::ordered_json::array();
     for (const Message& m : c.messages) msgs.push_back({{"role", m.role}, {"content", m.content}});
-    input.push_back({{"file", c.file}, {"bos_token", c.bos}, {"eos_token", c.eos}, {"messages", msgs},
+    input.push_back({{"file", c.file},
+                     {"bos_token", c.bos},
+                     {"eos_token", c.eos},
+                     {"messages", msgs},
                      {"add_generation_prompt", c.add_generation_prompt}});
   }
   const nlohmann::json expected = render_with_jinja2(input, dir_.string());
@@ -137,25 +140,35 @@ TEST_F(ChatTemplateLive, EdgeCasesMatchPythonJinja2) {
       "  {#- c -#}  a  {# c #}\n  b {%+ if true %} c{% endif +%}\nd",
       "{{ 'a' }}\n{{ 'b' -}}\n\n{{- 'c' }}\n",
       "{% set x = 1 %}{% for i in [1, 2] %}{{ x }}{% set x = x + i %}{{ x }}{% endfor %}{{ x }}",
-      "{% for i in range(5) %}{% if i is even %}{% continue %}{% endif %}{{ i }}{% if i > 2 %}{% break %}{% endif %}{% endfor %}",
+      "{% for i in range(5) %}{% if i is even %}{% continue %}{% endif %}{{ i }}{% if i > 2 %}{% break %}{% endif %}{% "
+      "endfor %}",
       "{{ messages|length }} {{ messages[0]['content']|trim|length }} {{ messages|map(attribute='role')|join(', ') }}",
-      "{{ [1, [2, 'x'], {'k': none}] }} {{ ('a',) }} {{ 1.0 }} {{ 1e100 }} {{ -0.0 }} {{ 2.5e-7 }} {{ 10/4 }} {{ 123456789012345678 }}",
+      "{{ [1, [2, 'x'], {'k': none}] }} {{ ('a',) }} {{ 1.0 }} {{ 1e100 }} {{ -0.0 }} {{ 2.5e-7 }} {{ 10/4 }} {{ "
+      "123456789012345678 }}",
       "{{ 'a\\tb\\\\c\\'d\\\"e\\u00e9\\x7f' }} {{ ['\\n', '\\x00', \"'\", '\"', '\\u00a0', '\\u3000'] }}",
       "{{ {'a': 'b'}|tojson }} {{ 'ü\\n\"'|tojson }} {{ messages|tojson(indent=1) }} {{ 1.5|tojson }}",
       "{{ 'Hello World'.split() }} {{ ' a  b '.split(' ') }} {{ 'a-b-c'.split('-', 1) }} {{ '  x  '.rstrip() }}|",
-      "{{ 'ab' < 'b' }} {{ [1, 2] == [1, 2] }} {{ none == false }} {{ 0 == false }} {{ 'x' if none else 'y' }} {{ 1 and 'z' }} {{ 0 or '' }}|",
-      "{{ x|default('dx') }} {{ none|default('dn') }} {{ none|default('dn', true) }} {{ x is not defined }} {{ messages[5] is defined }}",
-      "{{ 'x'|upper ~ 'Y'|lower }} {{ 'ßüÉ'|upper }} {{ 'ÀÉÎ'|lower }} {{ 'élan vital'|title }} {{ \"they're\".title() }}",
-      "{{ range(3)|list }} {{ range(1, 10, 3)|list }} {{ range(5, 0, -2)|list }} {{ [3, 1, 2][::-1] }} {{ 'abc'[-1:] }} {{ [1,2,3][5:] }}",
+      "{{ 'ab' < 'b' }} {{ [1, 2] == [1, 2] }} {{ none == false }} {{ 0 == false }} {{ 'x' if none else 'y' }} {{ 1 "
+      "and 'z' }} {{ 0 or '' }}|",
+      "{{ x|default('dx') }} {{ none|default('dn') }} {{ none|default('dn', true) }} {{ x is not defined }} {{ "
+      "messages[5] is defined }}",
+      "{{ 'x'|upper ~ 'Y'|lower }} {{ 'ßüÉ'|upper }} {{ 'ÀÉÎ'|lower }} {{ 'élan vital'|title }} {{ \"they're\".title() "
+      "}}",
+      "{{ range(3)|list }} {{ range(1, 10, 3)|list }} {{ range(5, 0, -2)|list }} {{ [3, 1, 2][::-1] }} {{ 'abc'[-1:] "
+      "}} {{ [1,2,3][5:] }}",
       "{% macro m(a, b=2) %}{{ a }}{{ b }}{% endmacro %}{{ m(1) }}{{ m(1, 3) }}{{ m(b=4, a=5) }}",
-      "{% set ns = namespace(items=[]) %}{% for i in range(3) %}{% set ns.items = ns.items + [i * 2] %}{% endfor %}{{ ns.items }}",
+      "{% set ns = namespace(items=[]) %}{% for i in range(3) %}{% set ns.items = ns.items + [i * 2] %}{% endfor %}{{ "
+      "ns.items }}",
       "{% for k, v in {'b': 1, 'a': 2}|items %}{{ k }}{{ v }}{% endfor %} {{ {'x': 1}.values()|list }}",
       "{{ messages|selectattr('role', 'in', ['user', 'system'])|map(attribute='content')|map('length')|list }}",
       "{%- for m in messages if m.role != 'system' -%}{{ loop.index }}{{ m.role[0] }}{{ loop.length }}{%- endfor -%}",
       "{{ raise_exception('custom: ' ~ messages[0].role) }}",
-      "{{ messages[0].role.upper() }} {{ messages.0.role }} {{ 'abc'.replace('', '-') }} {{ 'aXbX'.count('X') }} {{ 'abc'.find('c') }}",
-      "{{ 7 % -3 }} {{ -7.5 // 2 }} {{ 2 ** -1 }} {{ 3 * 1.5 }} {{ true + true }} {{ '5'|int * 2 }} {{ '2.7'|float }} {{ 'z'|float }}",
-      "{% if messages[0].content is string and messages is not string %}ok{% endif %} {{ 3 is number }} {{ true is number }} {{ 1 is integer }}",
+      "{{ messages[0].role.upper() }} {{ messages.0.role }} {{ 'abc'.replace('', '-') }} {{ 'aXbX'.count('X') }} {{ "
+      "'abc'.find('c') }}",
+      "{{ 7 % -3 }} {{ -7.5 // 2 }} {{ 2 ** -1 }} {{ 3 * 1.5 }} {{ true + true }} {{ '5'|int * 2 }} {{ '2.7'|float }} "
+      "{{ 'z'|float }}",
+      "{% if messages[0].content is string and messages is not string %}ok{% endif %} {{ 3 is number }} {{ true is "
+      "number }} {{ 1 is integer }}",
       "{% set a, b = 1, 2 %}{{ a }}{{ b }} {{ (1, 2)|list }} {% set t %}  captured {{ a }}  {% endset %}[{{ t }}]",
       "{% generation %}gen {{ messages|length }}{% endgeneration %}",
       "{{ 'x' ~ 5 ~ 1.5 ~ [1] ~ {'a': 1} ~ none }} {{ '%' }} {{ '{' ~ '}' }}",
@@ -165,15 +178,21 @@ TEST_F(ChatTemplateLive, EdgeCasesMatchPythonJinja2) {
       "{{ {'a': {'b': {'c': '}} %}'}}}['a']['b']['c'] }} {{ [[1]][0][0] }} {{ 'q' if [] else 'r' }}",
       "{{ 'a' 'b' \"c\" }} {{ 1_000 + 0 }} {{ 0.5 if false else 1.5e3 }}",
       "{{ messages|first|tojson }} {{ (messages|last).content }} {{ messages[-2:]|map(attribute='role')|list }}",
-      "{{ 'abc'|reverse }} {{ 'a b'|replace(' ', '_') }} {{ ['x', 1, none]|join('|') }} {{ 'hi'|center(6) if false else 'c' }}",
+      "{{ 'abc'|reverse }} {{ 'a b'|replace(' ', '_') }} {{ ['x', 1, none]|join('|') }} {{ 'hi'|center(6) if false "
+      "else 'c' }}",
       "{{ 'tab\\there' }}{{ '\\\\n stays' }}{{ 'line1\\\nline2' }}",
       "{% for x in 'héé' %}[{{ x }}{{ loop.revindex0 }}]{% endfor %}{% for k in {'z': 1, 'y': 2} %}{{ k }}{% endfor %}",
-      "{{ not none }} {{ not 'a' in 'abc' }} {{ -2 ** 2 }} {{ (-2) ** 2 }} {{ 2 ** 3 ** 2 }} {{ 1 + 2 ~ 3 }} {{ 10 - 3 - 2 }}",
-      "{{ messages[0].content.strip()|length }} {{ '  '.join(['a', 'b']) }} {{ ', '.join(messages|map(attribute='role')) }}",
-      "{{ 5 is divisibleby(5) }} {{ 5 is odd }} {{ 'abc' is lower }} {{ 'ABC' is upper }} {{ messages is sequence }} {{ 1 is in [1] }} {{ 2 is gt 1 }}",
-      "{% for m in messages %}{% set outer = loop %}{% for c in 'ab' %}{{ outer.index }}{{ loop.index }}{% endfor %}{% endfor %}",
+      "{{ not none }} {{ not 'a' in 'abc' }} {{ -2 ** 2 }} {{ (-2) ** 2 }} {{ 2 ** 3 ** 2 }} {{ 1 + 2 ~ 3 }} {{ 10 - 3 "
+      "- 2 }}",
+      "{{ messages[0].content.strip()|length }} {{ '  '.join(['a', 'b']) }} {{ ', "
+      "'.join(messages|map(attribute='role')) }}",
+      "{{ 5 is divisibleby(5) }} {{ 5 is odd }} {{ 'abc' is lower }} {{ 'ABC' is upper }} {{ messages is sequence }} "
+      "{{ 1 is in [1] }} {{ 2 is gt 1 }}",
+      "{% for m in messages %}{% set outer = loop %}{% for c in 'ab' %}{{ outer.index }}{{ loop.index }}{% endfor %}{% "
+      "endfor %}",
       "{% for i in range(3) %}{% else %}never{% endfor %}{% for i in [] if i %}x{% else %}empty{% endfor %}",
-      "{{ messages[0]|items|list }} {{ messages[0]|length }} {{ messages[0]|list }} {{ none|string }} {{ true|string|upper }}",
+      "{{ messages[0]|items|list }} {{ messages[0]|length }} {{ messages[0]|list }} {{ none|string }} {{ "
+      "true|string|upper }}",
   };
   std::vector<Case> cases;
   nlohmann::ordered_json input = nlohmann::ordered_json::array();
@@ -182,7 +201,10 @@ TEST_F(ChatTemplateLive, EdgeCasesMatchPythonJinja2) {
     cases.push_back({"edge" + std::to_string(i), "", "<s>", "</s>", messages, true});
     nlohmann::ordered_json msgs = nlohmann::ordered_json::array();
     for (const Message& m : messages) msgs.push_back({{"role", m.role}, {"content", m.content}});
-    input.push_back({{"template", templates[i]}, {"bos_token", "<s>"}, {"eos_token", "</s>"}, {"messages", msgs},
+    input.push_back({{"template", templates[i]},
+                     {"bos_token", "<s>"},
+                     {"eos_token", "</s>"},
+                     {"messages", msgs},
                      {"add_generation_prompt", true}});
   }
   const nlohmann::json expected = render_with_jinja2(input, dir_.string());

@@ -80,7 +80,8 @@ class Evaluator {
 
  private:
   static std::string one_line(std::string s) {
-    std::replace_if(s.begin(), s.end(), [](char c) { return c == '\n' || c == '\r'; }, ' ');
+    std::replace_if(
+        s.begin(), s.end(), [](char c) { return c == '\n' || c == '\r'; }, ' ');
     return s;
   }
 
@@ -94,23 +95,28 @@ class Evaluator {
 
   void charge(size_t bytes) {
     work_ += static_cast<int64_t>(bytes);
-    if (work_ > limits_.max_work_bytes) eval_fail(cat("string operations over the limit of ", limits_.max_work_bytes, " bytes"));
+    if (work_ > limits_.max_work_bytes)
+      eval_fail(cat("string operations over the limit of ", limits_.max_work_bytes, " bytes"));
   }
   Value make_string(std::string s) {
-    if (s.size() > limits_.max_output_bytes) eval_fail(cat("a string over the limit of ", limits_.max_output_bytes, " bytes"));
+    if (s.size() > limits_.max_output_bytes)
+      eval_fail(cat("a string over the limit of ", limits_.max_output_bytes, " bytes"));
     charge(s.size());
     return Value::of(std::move(s));
   }
   Value make_list(List items, bool tuple = false) {
-    if (items.size() > limits_.max_output_bytes) eval_fail(cat("a list over the limit of ", limits_.max_output_bytes, " items"));
+    if (items.size() > limits_.max_output_bytes)
+      eval_fail(cat("a list over the limit of ", limits_.max_output_bytes, " items"));
     charge(items.size());
     return Value::of(std::move(items), tuple);
   }
   void count_iteration() {
-    if (++iterations_ > limits_.max_iterations) eval_fail(cat("loops over the limit of ", limits_.max_iterations, " iterations"));
+    if (++iterations_ > limits_.max_iterations)
+      eval_fail(cat("loops over the limit of ", limits_.max_iterations, " iterations"));
   }
   void write(std::string& out, std::string_view s) {
-    if (out.size() + s.size() > limits_.max_output_bytes) eval_fail(cat("output over the limit of ", limits_.max_output_bytes, " bytes"));
+    if (out.size() + s.size() > limits_.max_output_bytes)
+      eval_fail(cat("output over the limit of ", limits_.max_output_bytes, " bytes"));
     charge(s.size());
     out += s;
   }
@@ -199,7 +205,8 @@ class Evaluator {
         charge(v.s().size());
         List chars;
         const auto starts = code_point_starts(v.s());
-        for (size_t i = 0; i + 1 < starts.size(); ++i) chars.push_back(Value::of(v.s().substr(starts[i], starts[i + 1] - starts[i])));
+        for (size_t i = 0; i + 1 < starts.size(); ++i)
+          chars.push_back(Value::of(v.s().substr(starts[i], starts[i + 1] - starts[i])));
         return chars;
       }
       default: eval_fail(cat("'", type_name(v), "' object is not iterable"));
@@ -226,9 +233,9 @@ class Evaluator {
       Scope s{&scope, {}};
       assign(n.names, items[static_cast<size_t>(i)], s);
       // The keys are made once: a loop object per iteration is the evaluator's hottest allocation.
-      static const std::vector<Value> kKeys = {Value::of("index"),  Value::of("index0"), Value::of("revindex"),
-                                               Value::of("revindex0"), Value::of("first"), Value::of("last"),
-                                               Value::of("length"), Value::of("cycle"), Value::of("previtem"),
+      static const std::vector<Value> kKeys = {Value::of("index"),     Value::of("index0"), Value::of("revindex"),
+                                               Value::of("revindex0"), Value::of("first"),  Value::of("last"),
+                                               Value::of("length"),    Value::of("cycle"),  Value::of("previtem"),
                                                Value::of("nextitem")};
       Dict loop = {{kKeys[0], Value::of(i + 1)},
                    {kKeys[1], Value::of(i)},
@@ -263,7 +270,8 @@ class Evaluator {
         const Value* v = scope.find(e.name);
         return v != nullptr ? *v : Value::undefined(cat("'", e.name, "' is undefined"));
       }
-      case ExprKind::kList: case ExprKind::kTuple: {
+      case ExprKind::kList:
+      case ExprKind::kTuple: {
         List items;
         for (const auto& k : e.kids) items.push_back(eval(*k, scope));
         return make_list(std::move(items), e.kind == ExprKind::kTuple);
@@ -302,7 +310,8 @@ class Evaluator {
         if (e.op == Op::kNot) return Value::of(!truthy(v));
         if (v.is(Type::kUndefined)) undefined_error(v);
         if (v.is(Type::kFloat)) return Value::of(e.op == Op::kNeg ? -v.number : v.number);
-        if (!v.is(Type::kInt) && !v.is(Type::kBool)) eval_fail(cat("bad operand type for unary ", e.op == Op::kNeg ? "-" : "+", ": '", type_name(v), "'"));
+        if (!v.is(Type::kInt) && !v.is(Type::kBool))
+          eval_fail(cat("bad operand type for unary ", e.op == Op::kNeg ? "-" : "+", ": '", type_name(v), "'"));
         const int64_t i = v.is(Type::kBool) ? v.boolean : v.integer;
         if (e.op == Op::kNeg && i == INT64_MIN) eval_fail("integer overflow");
         return Value::of(e.op == Op::kNeg ? -i : i);
@@ -352,8 +361,13 @@ class Evaluator {
     if (op == Op::kConcat) return make_string(py_str(a) + py_str(b));
     if (a.is(Type::kUndefined)) undefined_error(a);
     if (b.is(Type::kUndefined)) undefined_error(b);
-    const char* sym = op == Op::kAdd ? "+" : op == Op::kSub ? "-" : op == Op::kMul ? "*" : op == Op::kDiv ? "/"
-                      : op == Op::kFloorDiv ? "//" : op == Op::kMod ? "%" : "**";
+    const char* sym = op == Op::kAdd        ? "+"
+                      : op == Op::kSub      ? "-"
+                      : op == Op::kMul      ? "*"
+                      : op == Op::kDiv      ? "/"
+                      : op == Op::kFloorDiv ? "//"
+                      : op == Op::kMod      ? "%"
+                                            : "**";
     if (op == Op::kAdd && a.is(Type::kString) && b.is(Type::kString)) return make_string(a.s() + b.s());
     if (op == Op::kAdd && a.is(Type::kList) && b.is(Type::kList)) {
       List items = *a.list;
@@ -427,11 +441,13 @@ class Evaluator {
   bool contains(const Value& container, const Value& item) {
     switch (container.type) {
       case Type::kString:
-        if (!item.is(Type::kString)) eval_fail(cat("'in <string>' requires string as left operand, not ", type_name(item)));
+        if (!item.is(Type::kString))
+          eval_fail(cat("'in <string>' requires string as left operand, not ", type_name(item)));
         charge(container.s().size());
         return container.s().find(item.s()) != std::string::npos;
       case Type::kList:
-        return std::any_of(container.list->begin(), container.list->end(), [&](const Value& v) { return equal(v, item); });
+        return std::any_of(container.list->begin(), container.list->end(),
+                           [&](const Value& v) { return equal(v, item); });
       case Type::kDict: return dict_find(*container.dict, item) != nullptr;
       case Type::kUndefined: return false;
       default: eval_fail(cat("argument of type '", type_name(container), "' is not iterable"));
@@ -468,8 +484,9 @@ class Evaluator {
   // ---- attributes, items, slices --------------------------------------------------------------
 
   static bool is_method(const Value& v, const std::string& name) {
-    static const char* const kStr[] = {"strip", "lstrip", "rstrip", "startswith", "endswith", "split", "upper",
-                                       "lower", "title", "capitalize", "replace", "find", "count", "join", "format"};
+    static const char* const kStr[] = {"strip",   "lstrip", "rstrip", "startswith", "endswith",
+                                       "split",   "upper",  "lower",  "title",      "capitalize",
+                                       "replace", "find",   "count",  "join",       "format"};
     static const char* const kDict[] = {"items", "keys", "values", "get"};
     if (v.is(Type::kString)) return std::find(std::begin(kStr), std::end(kStr), name) != std::end(kStr);
     if (v.is(Type::kDict)) return std::find(std::begin(kDict), std::end(kDict), name) != std::end(kDict);
@@ -568,13 +585,15 @@ class Evaluator {
 
   Value range(const Args& args) {
     for (const Value& v : args.pos)
-      if (!v.is(Type::kInt) && !v.is(Type::kBool)) eval_fail(cat("'", type_name(v), "' object cannot be interpreted as an integer"));
+      if (!v.is(Type::kInt) && !v.is(Type::kBool))
+        eval_fail(cat("'", type_name(v), "' object cannot be interpreted as an integer"));
     if (args.pos.empty() || args.pos.size() > 3) eval_fail("range expected 1 to 3 arguments");
     const int64_t start = args.pos.size() > 1 ? as_int(args.pos[0]) : 0;
     const int64_t stop = args.pos.size() > 1 ? as_int(args.pos[1]) : as_int(args.pos[0]);
     const int64_t step = args.pos.size() > 2 ? as_int(args.pos[2]) : 1;
     if (step == 0) eval_fail("range() arg 3 must not be zero");
-    const double count = std::max(0.0, std::ceil((static_cast<double>(stop) - static_cast<double>(start)) / static_cast<double>(step)));
+    const double count =
+        std::max(0.0, std::ceil((static_cast<double>(stop) - static_cast<double>(start)) / static_cast<double>(step)));
     if (count > static_cast<double>(limits_.max_iterations))
       eval_fail(cat("range() of ", static_cast<int64_t>(count), " items over the limit of ", limits_.max_iterations));
     List items;
@@ -583,7 +602,8 @@ class Evaluator {
   }
 
   Value call_macro(const Node& m, const Args& args) {
-    if (args.pos.size() > m.names.size()) eval_fail(cat("macro '", m.text, "' takes not more than ", m.names.size(), " arguments"));
+    if (args.pos.size() > m.names.size())
+      eval_fail(cat("macro '", m.text, "' takes not more than ", m.names.size(), " arguments"));
     Scope s{root_, {}};
     for (size_t i = 0; i < m.names.size(); ++i) {
       Value v = args.get(i, m.names[i].c_str(), Value::undefined(cat("parameter '", m.names[i], "' was not provided")));
@@ -642,7 +662,8 @@ class Evaluator {
       out.append(s, pos, at - pos);
       out += to;
       pos = at + from.size();
-      if (out.size() > limits_.max_output_bytes) eval_fail(cat("a string over the limit of ", limits_.max_output_bytes, " bytes"));
+      if (out.size() > limits_.max_output_bytes)
+        eval_fail(cat("a string over the limit of ", limits_.max_output_bytes, " bytes"));
     }
     out.append(s, pos);
     return out;
@@ -686,7 +707,8 @@ class Evaluator {
 
   bool affix(const std::string& s, const Value& arg, bool prefix) {
     auto one = [&](const Value& a) {
-      if (!a.is(Type::kString)) eval_fail(cat(prefix ? "startswith" : "endswith", " first arg must be str or a tuple of str"));
+      if (!a.is(Type::kString))
+        eval_fail(cat(prefix ? "startswith" : "endswith", " first arg must be str or a tuple of str"));
       const std::string& x = a.s();
       return x.size() <= s.size() && s.compare(prefix ? 0 : s.size() - x.size(), x.size(), x) == 0;
     };
@@ -716,19 +738,24 @@ class Evaluator {
     if (name == "lower") return make_string(py_lower(s));
     if (name == "title") return make_string(py_title(s, false));
     if (name == "capitalize") return make_string(py_capitalize(s));
-    if (name == "startswith" || name == "endswith") return Value::of(affix(s, args.get(0, "prefix"), name == "startswith"));
+    if (name == "startswith" || name == "endswith")
+      return Value::of(affix(s, args.get(0, "prefix"), name == "startswith"));
     if (name == "split") {
       const Value maxsplit = args.get(1, "maxsplit", Value::of(int64_t{-1}));
       return split(s, args.get(0, "sep"), as_int(maxsplit));
     }
-    if (name == "replace") return make_string(replace(s, args.get(0, "old"), args.get(1, "new"), as_int(args.get(2, "count", Value::of(int64_t{-1})))));
+    if (name == "replace")
+      return make_string(
+          replace(s, args.get(0, "old"), args.get(1, "new"), as_int(args.get(2, "count", Value::of(int64_t{-1})))));
     if (name == "find" || name == "count") {
       const Value sub = args.get(0, "sub");
       if (!sub.is(Type::kString)) eval_fail(cat("must be str, not ", type_name(sub)));
       charge(s.size());
       if (name == "find") {
         const size_t at = s.find(sub.s());
-        return Value::of(at == std::string::npos ? int64_t{-1} : static_cast<int64_t>(code_point_count(std::string_view(s).substr(0, at))));
+        return Value::of(at == std::string::npos
+                             ? int64_t{-1}
+                             : static_cast<int64_t>(code_point_count(std::string_view(s).substr(0, at))));
       }
       if (sub.s().empty()) return Value::of(static_cast<int64_t>(code_point_count(s) + 1));
       int64_t n = 0;
@@ -747,7 +774,8 @@ class Evaluator {
         eval_fail(cat("sequence item ", i, ": expected str instance, ", type_name(items[i]), " found"));
       if (i) out += sep;
       out += py_str(items[i]);
-      if (out.size() > limits_.max_output_bytes) eval_fail(cat("a string over the limit of ", limits_.max_output_bytes, " bytes"));
+      if (out.size() > limits_.max_output_bytes)
+        eval_fail(cat("a string over the limit of ", limits_.max_output_bytes, " bytes"));
     }
     return out;
   }
@@ -766,7 +794,8 @@ class Evaluator {
 
   Value to_int(const Value& v, const Value& fallback) {
     if (v.is(Type::kInt) || v.is(Type::kBool)) return Value::of(as_int(v));
-    if (v.is(Type::kFloat) && std::isfinite(v.number) && std::fabs(v.number) < 9.2e18) return Value::of(static_cast<int64_t>(v.number));
+    if (v.is(Type::kFloat) && std::isfinite(v.number) && std::fabs(v.number) < 9.2e18)
+      return Value::of(static_cast<int64_t>(v.number));
     if (v.is(Type::kString)) {
       const std::string t(py_strip(v.s()));
       size_t used = 0;
@@ -826,12 +855,14 @@ class Evaluator {
     if (name == "length" || name == "count") return Value::of(length(v));
     if (name == "default" || name == "d") {
       const bool boolean = truthy(args.get(1, "boolean", Value::of(false)));
-      if (v.is(Type::kUndefined) || (boolean && !truthy(v))) return args.get(0, "default_value", Value::of(std::string()));
+      if (v.is(Type::kUndefined) || (boolean && !truthy(v)))
+        return args.get(0, "default_value", Value::of(std::string()));
       return v;
     }
     if (name == "tojson") {
       const Value indent = args.get(0, "indent");
-      const std::string json = to_json(v, indent.is(Type::kInt) ? static_cast<int>(std::clamp<int64_t>(indent.integer, 0, 64)) : -1);
+      const std::string json =
+          to_json(v, indent.is(Type::kInt) ? static_cast<int>(std::clamp<int64_t>(indent.integer, 0, 64)) : -1);
       return make_string(json);
     }
     if (name == "string") return make_string(text());
@@ -852,7 +883,8 @@ class Evaluator {
       return Value::of(std::abs(as_int(v)));
     }
     if (name == "replace") {
-      return make_string(replace(text(), args.get(0, "old"), args.get(1, "new"), as_int(args.get(2, "count", Value::of(int64_t{-1})))));
+      return make_string(replace(text(), args.get(0, "old"), args.get(1, "new"),
+                                 as_int(args.get(2, "count", Value::of(int64_t{-1})))));
     }
     if (name == "join") {
       const Value attr = args.get(1, "attribute");
@@ -902,7 +934,8 @@ class Evaluator {
       }
       return make_list(std::move(out));
     }
-    if (name == "select" || name == "reject" || name == "selectattr" || name == "rejectattr") return select(name, v, args);
+    if (name == "select" || name == "reject" || name == "selectattr" || name == "rejectattr")
+      return select(name, v, args);
     eval_fail(cat("no filter named '", name, "'"));
   }
 
@@ -918,23 +951,26 @@ class Evaluator {
     if (name == "number") return is_number(v);
     if (name == "string") return v.is(Type::kString);
     if (name == "mapping") return v.is(Type::kDict);
-    if (name == "iterable") return v.is(Type::kString) || v.is(Type::kList) || v.is(Type::kDict) || v.is(Type::kUndefined);
-    if (name == "sequence") return v.is(Type::kString) || v.is(Type::kList) || v.is(Type::kDict) || v.is(Type::kUndefined);
+    if (name == "iterable")
+      return v.is(Type::kString) || v.is(Type::kList) || v.is(Type::kDict) || v.is(Type::kUndefined);
+    if (name == "sequence")
+      return v.is(Type::kString) || v.is(Type::kList) || v.is(Type::kDict) || v.is(Type::kUndefined);
     if (name == "callable") return v.is(Type::kFunction);
     if (name == "lower") return v.is(Type::kString) && py_lower(v.s()) == v.s();
     if (name == "upper") return v.is(Type::kString) && py_upper(v.s()) == v.s();
     if (name == "odd" || name == "even" || name == "divisibleby") {
-      if (!v.is(Type::kInt) && !v.is(Type::kBool)) eval_fail(cat("the '", name, "' test needs an integer, not '", type_name(v), "'"));
+      if (!v.is(Type::kInt) && !v.is(Type::kBool))
+        eval_fail(cat("the '", name, "' test needs an integer, not '", type_name(v), "'"));
       const int64_t d = name == "divisibleby" ? as_int(args.get(0, "num")) : 2;
       if (d == 0) eval_fail("integer division or modulo by zero");
       const int64_t r = as_int(v) % d;
       return name == "odd" ? r != 0 : r == 0;
     }
     static const std::pair<const char*, Op> kCompare[] = {
-        {"eq", Op::kEq}, {"equalto", Op::kEq}, {"==", Op::kEq}, {"ne", Op::kNe}, {"!=", Op::kNe},
-        {"lt", Op::kLt}, {"lessthan", Op::kLt}, {"<", Op::kLt}, {"le", Op::kLe}, {"<=", Op::kLe},
-        {"gt", Op::kGt}, {"greaterthan", Op::kGt}, {">", Op::kGt}, {"ge", Op::kGe}, {">=", Op::kGe},
-        {"in", Op::kIn}};
+        {"eq", Op::kEq}, {"equalto", Op::kEq}, {"==", Op::kEq},       {"ne", Op::kNe},
+        {"!=", Op::kNe}, {"lt", Op::kLt},      {"lessthan", Op::kLt}, {"<", Op::kLt},
+        {"le", Op::kLe}, {"<=", Op::kLe},      {"gt", Op::kGt},       {"greaterthan", Op::kGt},
+        {">", Op::kGt},  {"ge", Op::kGe},      {">=", Op::kGe},       {"in", Op::kIn}};
     for (const auto& [test_name, op] : kCompare)
       if (name == test_name) return compare(op, v, args.get(0, "other"));
     eval_fail(cat("no test named '", name, "'"));

@@ -52,7 +52,9 @@ std::string unescape(std::string_view body) {
       case 'r': out += '\r'; break;
       case 't': out += '\t'; break;
       case 'v': out += '\v'; break;
-      case 'x': case 'u': case 'U': {
+      case 'x':
+      case 'u':
+      case 'U': {
         const size_t digits = c == 'x' ? 2 : c == 'u' ? 4 : 8;
         char32_t cp = 0;
         for (size_t k = 1; k <= digits; ++k) {
@@ -176,12 +178,11 @@ class Lexer {
     std::vector<char> brackets;
     while (true) {
       while (size_t n = py_space_at(src_, pos_)) advance_to(pos_ + n);
-      if (pos_ >= src_.size())
-        syntax_error(start_line, cat("unexpected end of template, expected '", end_char, "}'"));
+      if (pos_ >= src_.size()) syntax_error(start_line, cat("unexpected end of template, expected '", end_char, "}'"));
       const char c = src_[pos_];
       if (brackets.empty()) {
-        const bool signed_end = (c == '-' || (c == '+' && end_char == '%')) &&
-                                src_.compare(pos_ + 1, 2, std::string{end_char, '}'}) == 0;
+        const bool signed_end =
+            (c == '-' || (c == '+' && end_char == '%')) && src_.compare(pos_ + 1, 2, std::string{end_char, '}'}) == 0;
         if (signed_end || src_.compare(pos_, 2, std::string{end_char, '}'}) == 0) {
           advance_to(pos_ + (signed_end ? 3 : 2));
           tokens_.push_back({end_char == '}' ? Tok::kVarEnd : Tok::kBlockEnd, line_, "", 0, 0});
@@ -321,7 +322,8 @@ class Parser {
       case Tok::kBlockBegin: return "'{%'";
       case Tok::kBlockEnd: return "'%}'";
       case Tok::kString: return "a string";
-      case Tok::kInt: case Tok::kFloat: return "a number";
+      case Tok::kInt:
+      case Tok::kFloat: return "a number";
       case Tok::kEnd: return "the end of the template";
       default: return "'" + t.text + "'";
     }
@@ -612,7 +614,7 @@ class Parser {
     std::vector<Op> ops;
     while (true) {
       static constexpr std::pair<const char*, Op> kOps[] = {{"==", Op::kEq}, {"!=", Op::kNe}, {"<", Op::kLt},
-                                                           {"<=", Op::kLe}, {">", Op::kGt}, {">=", Op::kGe}};
+                                                            {"<=", Op::kLe}, {">", Op::kGt},  {">=", Op::kGe}};
       bool found = false;
       for (const auto& [text, op] : kOps) {
         if (skip_op(text)) {

@@ -40,9 +40,8 @@ size_t code_point_count(std::string_view s) {
 }
 
 bool is_py_space(char32_t cp) {
-  return (cp >= 0x09 && cp <= 0x0D) || (cp >= 0x1C && cp <= 0x20) || cp == 0x85 || cp == 0xA0 ||
-         cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F ||
-         cp == 0x205F || cp == 0x3000;
+  return (cp >= 0x09 && cp <= 0x0D) || (cp >= 0x1C && cp <= 0x20) || cp == 0x85 || cp == 0xA0 || cp == 0x1680 ||
+         (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F || cp == 0x205F || cp == 0x3000;
 }
 
 size_t py_space_at(std::string_view s, size_t pos) {
@@ -127,7 +126,8 @@ static std::string map_code_points(std::string_view s, F f) {
 std::string py_upper(std::string_view s) {
   std::string out = map_code_points(s, to_upper);
   // ß is the one mapped letter whose upper case is two letters.
-  for (size_t at = out.find("\xC3\x9F"); at != std::string::npos; at = out.find("\xC3\x9F", at + 2)) out.replace(at, 2, "SS");
+  for (size_t at = out.find("\xC3\x9F"); at != std::string::npos; at = out.find("\xC3\x9F", at + 2))
+    out.replace(at, 2, "SS");
   return out;
 }
 std::string py_lower(std::string_view s) { return map_code_points(s, to_lower); }
