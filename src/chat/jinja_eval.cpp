@@ -105,11 +105,13 @@ class Evaluator {
     return Value::of(std::move(s));
   }
   Value make_list(List items, bool tuple = false) {
-    if (items.size() > limits_.max_output_bytes)
-      eval_fail(cat("a list over the limit of ", limits_.max_output_bytes, " items"));
-    charge(items.size());
+    if (items.size() > max_list_items())
+      eval_fail(cat("a list over the limit of ", max_list_items(), " items"));
+    charge(items.size() * sizeof(Value));  // what the list holds in memory
     return Value::of(std::move(items), tuple);
   }
+  // As many items as loops may visit: a longer list could not be walked anyway.
+  size_t max_list_items() const { return static_cast<size_t>(limits_.max_iterations); }
   void count_iteration() {
     if (++iterations_ > limits_.max_iterations)
       eval_fail(cat("loops over the limit of ", limits_.max_iterations, " iterations"));
@@ -381,8 +383,9 @@ class Evaluator {
         eval_fail(cat("can't multiply sequence by non-int of type '", type_name(count), "'"));
       const int64_t n = std::max<int64_t>(0, as_int(count));
       const size_t unit = seq.is(Type::kString) ? seq.s().size() : seq.list->size();
-      if (unit != 0 && static_cast<uint64_t>(n) > limits_.max_output_bytes / unit)
-        eval_fail(cat("a repeated sequence over the limit of ", limits_.max_output_bytes));
+      const size_t limit = seq.is(Type::kString) ? limits_.max_output_bytes : max_list_items();
+      if (unit != 0 && static_cast<uint64_t>(n) > limit / unit)
+        eval_fail(cat("a repeated sequence over the limit of ", limit));
       if (seq.is(Type::kString)) {
         std::string s;
         for (int64_t i = 0; i < n; ++i) s += seq.s();
