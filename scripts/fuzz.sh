@@ -32,6 +32,7 @@ table=(
   "fuzz_gptq              8192  -"
   "fuzz_gptq_checkpoint  24576  config"
   "fuzz_lora_config       4096  config"
+  "fuzz_chat_template     4096  jinja"
 )
 [ ${#targets[@]} -gt 0 ] || for row in "${table[@]}"; do targets+=("${row%% *}"); done
 
@@ -53,6 +54,7 @@ done
 for t in fuzz_safetensors fuzz_tokenizer_load fuzz_gptq fuzz_gptq_checkpoint fuzz_lora_config; do
   GPTQ_FUZZ_WRITE_SEEDS=$seeds/$t "$build/$t" >/dev/null 2>&1 || { echo "fuzz: $t could not write its seeds" >&2; exit 1; }
 done
+cp tests/data/chat_templates/*.jinja "$seeds/fuzz_chat_template/"
 cfg=$seeds/fuzz_config
 if [ "$have_shared" = 1 ]; then
   for d in "$shared"/models/*/; do

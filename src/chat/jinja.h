@@ -18,9 +18,9 @@
 namespace gptq::chat::jinja {
 
 struct Limits {
-  size_t max_output_bytes = size_t{16} << 20;  // also the size of any one string or list value
-  int64_t max_iterations = 1'000'000;          // loop iterations (and range() items) in one render
-  int64_t max_work_bytes = int64_t{1} << 30;   // bytes copied or scanned by string operations
+  size_t max_output_bytes = size_t{16} << 20;  // also the size of any one string
+  int64_t max_iterations = 1'000'000;          // loop iterations in one render; items of one list
+  int64_t max_work_bytes = int64_t{256} << 20;  // bytes made, copied or scanned by string and list operations
   int max_depth = 256;                         // evaluation recursion (expressions, blocks, macro calls)
 };
 

@@ -2,6 +2,7 @@
 // filters, tests, str methods) under the bounds of Limits.
 #include <algorithm>
 #include <cmath>
+#include <optional>
 
 #include "chat/jinja.h"
 #include "chat/jinja_ast.h"
@@ -52,19 +53,15 @@ struct Args {
   }
 };
 
-std::string ascii_lower(std::string s) {
-  for (char& c : s) c = (c >= 'A' && c <= 'Z') ? static_cast<char>(c + 32) : c;
-  return s;
-}
-std::string ascii_upper(std::string s) {
-  for (char& c : s) c = (c >= 'a' && c <= 'z') ? static_cast<char>(c - 32) : c;
-  return s;
-}
-bool is_alpha(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || static_cast<unsigned char>(c) >= 0x80; }
-
 class Evaluator {
  public:
-  Evaluator(const Limits& limits) : limits_(limits) {}
+  explicit Evaluator(const Limits& limits) : limits_(limits) {}
+  // A namespace can hold itself (set ns.me = [ns]): emptying them all breaks such cycles.
+  ~Evaluator() {
+    for (const auto& d : namespaces_) d->clear();
+  }
+  Evaluator(const Evaluator&) = delete;
+  Evaluator& operator=(const Evaluator&) = delete;
 
   std::string run(const Node& root, const nlohmann::ordered_json& globals) {
     Scope scope;
@@ -83,7 +80,8 @@ class Evaluator {
 
  private:
   static std::string one_line(std::string s) {
-    std::replace_if(s.begin(), s.end(), [](char c) { return c == '\n' || c == '\r'; }, ' ');
+    std::replace_if(
+        s.begin(), s.end(), [](char c) { return c == '\n' || c == '\r'; }, ' ');
     return s;
   }
 
@@ -97,23 +95,30 @@ class Evaluator {
 
   void charge(size_t bytes) {
     work_ += static_cast<int64_t>(bytes);
-    if (work_ > limits_.max_work_bytes) eval_fail(cat("string operations over the limit of ", limits_.max_work_bytes, " bytes"));
+    if (work_ > limits_.max_work_bytes)
+      eval_fail(cat("string operations over the limit of ", limits_.max_work_bytes, " bytes"));
   }
   Value make_string(std::string s) {
-    if (s.size() > limits_.max_output_bytes) eval_fail(cat("a string over the limit of ", limits_.max_output_bytes, " bytes"));
+    if (s.size() > limits_.max_output_bytes)
+      eval_fail(cat("a string over the limit of ", limits_.max_output_bytes, " bytes"));
     charge(s.size());
     return Value::of(std::move(s));
   }
   Value make_list(List items, bool tuple = false) {
-    if (items.size() > limits_.max_output_bytes) eval_fail(cat("a list over the limit of ", limits_.max_output_bytes, " items"));
-    charge(items.size());
+    if (items.size() > max_list_items())
+      eval_fail(cat("a list over the limit of ", max_list_items(), " items"));
+    charge(items.size() * sizeof(Value));  // what the list holds in memory
     return Value::of(std::move(items), tuple);
   }
+  // As many items as loops may visit: a longer list could not be walked anyway.
+  size_t max_list_items() const { return static_cast<size_t>(limits_.max_iterations); }
   void count_iteration() {
-    if (++iterations_ > limits_.max_iterations) eval_fail(cat("loops over the limit of ", limits_.max_iterations, " iterations"));
+    if (++iterations_ > limits_.max_iterations)
+      eval_fail(cat("loops over the limit of ", limits_.max_iterations, " iterations"));
   }
   void write(std::string& out, std::string_view s) {
-    if (out.size() + s.size() > limits_.max_output_bytes) eval_fail(cat("output over the limit of ", limits_.max_output_bytes, " bytes"));
+    if (out.size() + s.size() > limits_.max_output_bytes)
+      eval_fail(cat("output over the limit of ", limits_.max_output_bytes, " bytes"));
     charge(s.size());
     out += s;
   }
@@ -151,6 +156,7 @@ class Evaluator {
         if (!n.attr.empty()) {
           const Value* ns = scope.find(n.names[0]);
           if (ns == nullptr || !ns->is(Type::kNamespace)) eval_fail("cannot assign attribute on non-namespace object");
+          if (v.depth >= kMaxValueDepth) eval_fail(cat("lists or dicts nested deeper than ", kMaxValueDepth));
           dict_set(*ns->dict, Value::of(n.attr), std::move(v));
         } else {
           assign(n.names, std::move(v), scope);
@@ -201,7 +207,8 @@ class Evaluator {
         charge(v.s().size());
         List chars;
         const auto starts = code_point_starts(v.s());
-        for (size_t i = 0; i + 1 < starts.size(); ++i) chars.push_back(Value::of(v.s().substr(starts[i], starts[i + 1] - starts[i])));
+        for (size_t i = 0; i + 1 < starts.size(); ++i)
+          chars.push_back(Value::of(v.s().substr(starts[i], starts[i + 1] - starts[i])));
         return chars;
       }
       default: eval_fail(cat("'", type_name(v), "' object is not iterable"));
@@ -224,22 +231,24 @@ class Evaluator {
     }
     const auto len = static_cast<int64_t>(items.size());
     for (int64_t i = 0; i < len; ++i) {
-      count_iteration();
       // Jinja2 starts each iteration in a fresh scope: a `set` in the body does not reach the next one.
       Scope s{&scope, {}};
       assign(n.names, items[static_cast<size_t>(i)], s);
-      Dict loop = {{Value::of("index"), Value::of(i + 1)},
-                   {Value::of("index0"), Value::of(i)},
-                   {Value::of("revindex"), Value::of(len - i)},
-                   {Value::of("revindex0"), Value::of(len - i - 1)},
-                   {Value::of("first"), Value::of(i == 0)},
-                   {Value::of("last"), Value::of(i == len - 1)},
-                   {Value::of("length"), Value::of(len)},
-                   {Value::of("depth"), Value::of(int64_t{1})},
-                   {Value::of("depth0"), Value::of(int64_t{0})},
-                   {Value::of("cycle"), Value::function("cycle", std::make_shared<const Value>(Value::of(i)))}};
-      if (i > 0) loop.emplace_back(Value::of("previtem"), items[static_cast<size_t>(i - 1)]);
-      if (i + 1 < len) loop.emplace_back(Value::of("nextitem"), items[static_cast<size_t>(i + 1)]);
+      // The keys are made once: a loop object per iteration is the evaluator's hottest allocation.
+      static const std::vector<Value> kKeys = {Value::of("index"),     Value::of("index0"), Value::of("revindex"),
+                                               Value::of("revindex0"), Value::of("first"),  Value::of("last"),
+                                               Value::of("length"),    Value::of("cycle"),  Value::of("previtem"),
+                                               Value::of("nextitem")};
+      Dict loop = {{kKeys[0], Value::of(i + 1)},
+                   {kKeys[1], Value::of(i)},
+                   {kKeys[2], Value::of(len - i)},
+                   {kKeys[3], Value::of(len - i - 1)},
+                   {kKeys[4], Value::of(i == 0)},
+                   {kKeys[5], Value::of(i == len - 1)},
+                   {kKeys[6], Value::of(len)},
+                   {kKeys[7], Value::function("cycle", std::make_shared<const Value>(Value::of(i)))}};
+      if (i > 0) loop.emplace_back(kKeys[8], items[static_cast<size_t>(i - 1)]);
+      if (i + 1 < len) loop.emplace_back(kKeys[9], items[static_cast<size_t>(i + 1)]);
       s.set("loop", Value::of(std::move(loop)));
       if (exec_body(n.body, s, out) == Flow::kBreak) break;
     }
@@ -263,7 +272,8 @@ class Evaluator {
         const Value* v = scope.find(e.name);
         return v != nullptr ? *v : Value::undefined(cat("'", e.name, "' is undefined"));
       }
-      case ExprKind::kList: case ExprKind::kTuple: {
+      case ExprKind::kList:
+      case ExprKind::kTuple: {
         List items;
         for (const auto& k : e.kids) items.push_back(eval(*k, scope));
         return make_list(std::move(items), e.kind == ExprKind::kTuple);
@@ -302,7 +312,8 @@ class Evaluator {
         if (e.op == Op::kNot) return Value::of(!truthy(v));
         if (v.is(Type::kUndefined)) undefined_error(v);
         if (v.is(Type::kFloat)) return Value::of(e.op == Op::kNeg ? -v.number : v.number);
-        if (!v.is(Type::kInt) && !v.is(Type::kBool)) eval_fail(cat("bad operand type for unary ", e.op == Op::kNeg ? "-" : "+", ": '", type_name(v), "'"));
+        if (!v.is(Type::kInt) && !v.is(Type::kBool))
+          eval_fail(cat("bad operand type for unary ", e.op == Op::kNeg ? "-" : "+", ": '", type_name(v), "'"));
         const int64_t i = v.is(Type::kBool) ? v.boolean : v.integer;
         if (e.op == Op::kNeg && i == INT64_MIN) eval_fail("integer overflow");
         return Value::of(e.op == Op::kNeg ? -i : i);
@@ -352,8 +363,13 @@ class Evaluator {
     if (op == Op::kConcat) return make_string(py_str(a) + py_str(b));
     if (a.is(Type::kUndefined)) undefined_error(a);
     if (b.is(Type::kUndefined)) undefined_error(b);
-    const char* sym = op == Op::kAdd ? "+" : op == Op::kSub ? "-" : op == Op::kMul ? "*" : op == Op::kDiv ? "/"
-                      : op == Op::kFloorDiv ? "//" : op == Op::kMod ? "%" : "**";
+    const char* sym = op == Op::kAdd        ? "+"
+                      : op == Op::kSub      ? "-"
+                      : op == Op::kMul      ? "*"
+                      : op == Op::kDiv      ? "/"
+                      : op == Op::kFloorDiv ? "//"
+                      : op == Op::kMod      ? "%"
+                                            : "**";
     if (op == Op::kAdd && a.is(Type::kString) && b.is(Type::kString)) return make_string(a.s() + b.s());
     if (op == Op::kAdd && a.is(Type::kList) && b.is(Type::kList)) {
       List items = *a.list;
@@ -367,8 +383,9 @@ class Evaluator {
         eval_fail(cat("can't multiply sequence by non-int of type '", type_name(count), "'"));
       const int64_t n = std::max<int64_t>(0, as_int(count));
       const size_t unit = seq.is(Type::kString) ? seq.s().size() : seq.list->size();
-      if (unit != 0 && static_cast<uint64_t>(n) > limits_.max_output_bytes / unit)
-        eval_fail(cat("a repeated sequence over the limit of ", limits_.max_output_bytes));
+      const size_t limit = seq.is(Type::kString) ? limits_.max_output_bytes : max_list_items();
+      if (unit != 0 && static_cast<uint64_t>(n) > limit / unit)
+        eval_fail(cat("a repeated sequence over the limit of ", limit));
       if (seq.is(Type::kString)) {
         std::string s;
         for (int64_t i = 0; i < n; ++i) s += seq.s();
@@ -427,11 +444,13 @@ class Evaluator {
   bool contains(const Value& container, const Value& item) {
     switch (container.type) {
       case Type::kString:
-        if (!item.is(Type::kString)) eval_fail(cat("'in <string>' requires string as left operand, not ", type_name(item)));
+        if (!item.is(Type::kString))
+          eval_fail(cat("'in <string>' requires string as left operand, not ", type_name(item)));
         charge(container.s().size());
         return container.s().find(item.s()) != std::string::npos;
       case Type::kList:
-        return std::any_of(container.list->begin(), container.list->end(), [&](const Value& v) { return equal(v, item); });
+        return std::any_of(container.list->begin(), container.list->end(),
+                           [&](const Value& v) { return equal(v, item); });
       case Type::kDict: return dict_find(*container.dict, item) != nullptr;
       case Type::kUndefined: return false;
       default: eval_fail(cat("argument of type '", type_name(container), "' is not iterable"));
@@ -468,8 +487,9 @@ class Evaluator {
   // ---- attributes, items, slices --------------------------------------------------------------
 
   static bool is_method(const Value& v, const std::string& name) {
-    static const char* const kStr[] = {"strip", "lstrip", "rstrip", "startswith", "endswith", "split", "upper",
-                                       "lower", "title", "capitalize", "replace", "find", "count", "join", "format"};
+    static const char* const kStr[] = {"strip",   "lstrip", "rstrip", "startswith", "endswith",
+                                       "split",   "upper",  "lower",  "title",      "capitalize",
+                                       "replace", "find",   "count",  "join",       "format"};
     static const char* const kDict[] = {"items", "keys", "values", "get"};
     if (v.is(Type::kString)) return std::find(std::begin(kStr), std::end(kStr), name) != std::end(kStr);
     if (v.is(Type::kDict)) return std::find(std::begin(kDict), std::end(kDict), name) != std::end(kDict);
@@ -503,7 +523,7 @@ class Evaluator {
       }
     }
     if (key.is(Type::kString)) return get_attr(obj, key.s());
-    return Value::undefined(cat("'", type_name(obj), " object' has no element ", py_repr(key)));
+    return Value::undefined(cat(type_name(obj), " object has no element ", py_repr(key)));
   }
 
   Value slice(const Expr& e, const Scope& scope) {
@@ -558,7 +578,9 @@ class Evaluator {
     if (fn == "namespace" || fn == "dict") {
       Dict d;
       for (const auto& [k, v] : args.kw) dict_set(d, Value::of(k), v);
-      return Value::of(std::move(d), fn == "namespace" ? Type::kNamespace : Type::kDict);
+      Value made = Value::of(std::move(d), fn == "namespace" ? Type::kNamespace : Type::kDict);
+      if (made.is(Type::kNamespace)) namespaces_.push_back(made.dict);
+      return made;
     }
     if (fn == "range") return range(args);
     eval_fail(cat("unknown function '", fn, "'"));
@@ -566,13 +588,15 @@ class Evaluator {
 
   Value range(const Args& args) {
     for (const Value& v : args.pos)
-      if (!v.is(Type::kInt) && !v.is(Type::kBool)) eval_fail(cat("'", type_name(v), "' object cannot be interpreted as an integer"));
+      if (!v.is(Type::kInt) && !v.is(Type::kBool))
+        eval_fail(cat("'", type_name(v), "' object cannot be interpreted as an integer"));
     if (args.pos.empty() || args.pos.size() > 3) eval_fail("range expected 1 to 3 arguments");
     const int64_t start = args.pos.size() > 1 ? as_int(args.pos[0]) : 0;
     const int64_t stop = args.pos.size() > 1 ? as_int(args.pos[1]) : as_int(args.pos[0]);
     const int64_t step = args.pos.size() > 2 ? as_int(args.pos[2]) : 1;
     if (step == 0) eval_fail("range() arg 3 must not be zero");
-    const double count = std::max(0.0, std::ceil((static_cast<double>(stop) - static_cast<double>(start)) / static_cast<double>(step)));
+    const double count =
+        std::max(0.0, std::ceil((static_cast<double>(stop) - static_cast<double>(start)) / static_cast<double>(step)));
     if (count > static_cast<double>(limits_.max_iterations))
       eval_fail(cat("range() of ", static_cast<int64_t>(count), " items over the limit of ", limits_.max_iterations));
     List items;
@@ -581,7 +605,8 @@ class Evaluator {
   }
 
   Value call_macro(const Node& m, const Args& args) {
-    if (args.pos.size() > m.names.size()) eval_fail(cat("macro '", m.text, "' takes not more than ", m.names.size(), " arguments"));
+    if (args.pos.size() > m.names.size())
+      eval_fail(cat("macro '", m.text, "' takes not more than ", m.names.size(), " arguments"));
     Scope s{root_, {}};
     for (size_t i = 0; i < m.names.size(); ++i) {
       Value v = args.get(i, m.names[i].c_str(), Value::undefined(cat("parameter '", m.names[i], "' was not provided")));
@@ -640,26 +665,10 @@ class Evaluator {
       out.append(s, pos, at - pos);
       out += to;
       pos = at + from.size();
-      if (out.size() > limits_.max_output_bytes) eval_fail(cat("a string over the limit of ", limits_.max_output_bytes, " bytes"));
+      if (out.size() > limits_.max_output_bytes)
+        eval_fail(cat("a string over the limit of ", limits_.max_output_bytes, " bytes"));
     }
     out.append(s, pos);
-    return out;
-  }
-
-  static std::string capitalize(const std::string& s) {
-    if (s.empty()) return s;
-    return ascii_upper(s.substr(0, 1)) + ascii_lower(s.substr(1));
-  }
-
-  // str.title(): a letter after a non-letter starts a word.
-  static std::string str_title(const std::string& s) {
-    std::string out = s;
-    bool prev_letter = false;
-    for (char& c : out) {
-      const bool letter = is_alpha(c);
-      if (letter) c = prev_letter ? ascii_lower(std::string(1, c))[0] : ascii_upper(std::string(1, c))[0];
-      prev_letter = letter;
-    }
     return out;
   }
 
@@ -701,7 +710,8 @@ class Evaluator {
 
   bool affix(const std::string& s, const Value& arg, bool prefix) {
     auto one = [&](const Value& a) {
-      if (!a.is(Type::kString)) eval_fail(cat(prefix ? "startswith" : "endswith", " first arg must be str or a tuple of str"));
+      if (!a.is(Type::kString))
+        eval_fail(cat(prefix ? "startswith" : "endswith", " first arg must be str or a tuple of str"));
       const std::string& x = a.s();
       return x.size() <= s.size() && s.compare(prefix ? 0 : s.size() - x.size(), x.size(), x) == 0;
     };
@@ -727,23 +737,28 @@ class Evaluator {
     const std::string& s = self.s();
     if (name == "strip" || name == "lstrip" || name == "rstrip")
       return make_string(strip_chars(s, args.get(0, "chars"), name != "rstrip", name != "lstrip"));
-    if (name == "upper") return make_string(ascii_upper(s));
-    if (name == "lower") return make_string(ascii_lower(s));
-    if (name == "title") return make_string(str_title(s));
-    if (name == "capitalize") return make_string(capitalize(s));
-    if (name == "startswith" || name == "endswith") return Value::of(affix(s, args.get(0, "prefix"), name == "startswith"));
+    if (name == "upper") return make_string(py_upper(s));
+    if (name == "lower") return make_string(py_lower(s));
+    if (name == "title") return make_string(py_title(s, false));
+    if (name == "capitalize") return make_string(py_capitalize(s));
+    if (name == "startswith" || name == "endswith")
+      return Value::of(affix(s, args.get(0, "prefix"), name == "startswith"));
     if (name == "split") {
       const Value maxsplit = args.get(1, "maxsplit", Value::of(int64_t{-1}));
       return split(s, args.get(0, "sep"), as_int(maxsplit));
     }
-    if (name == "replace") return make_string(replace(s, args.get(0, "old"), args.get(1, "new"), as_int(args.get(2, "count", Value::of(int64_t{-1})))));
+    if (name == "replace")
+      return make_string(
+          replace(s, args.get(0, "old"), args.get(1, "new"), as_int(args.get(2, "count", Value::of(int64_t{-1})))));
     if (name == "find" || name == "count") {
       const Value sub = args.get(0, "sub");
       if (!sub.is(Type::kString)) eval_fail(cat("must be str, not ", type_name(sub)));
       charge(s.size());
       if (name == "find") {
         const size_t at = s.find(sub.s());
-        return Value::of(at == std::string::npos ? int64_t{-1} : static_cast<int64_t>(code_point_count(std::string_view(s).substr(0, at))));
+        return Value::of(at == std::string::npos
+                             ? int64_t{-1}
+                             : static_cast<int64_t>(code_point_count(std::string_view(s).substr(0, at))));
       }
       if (sub.s().empty()) return Value::of(static_cast<int64_t>(code_point_count(s) + 1));
       int64_t n = 0;
@@ -762,7 +777,8 @@ class Evaluator {
         eval_fail(cat("sequence item ", i, ": expected str instance, ", type_name(items[i]), " found"));
       if (i) out += sep;
       out += py_str(items[i]);
-      if (out.size() > limits_.max_output_bytes) eval_fail(cat("a string over the limit of ", limits_.max_output_bytes, " bytes"));
+      if (out.size() > limits_.max_output_bytes)
+        eval_fail(cat("a string over the limit of ", limits_.max_output_bytes, " bytes"));
     }
     return out;
   }
@@ -781,7 +797,8 @@ class Evaluator {
 
   Value to_int(const Value& v, const Value& fallback) {
     if (v.is(Type::kInt) || v.is(Type::kBool)) return Value::of(as_int(v));
-    if (v.is(Type::kFloat) && std::isfinite(v.number) && std::fabs(v.number) < 9.2e18) return Value::of(static_cast<int64_t>(v.number));
+    if (v.is(Type::kFloat) && std::isfinite(v.number) && std::fabs(v.number) < 9.2e18)
+      return Value::of(static_cast<int64_t>(v.number));
     if (v.is(Type::kString)) {
       const std::string t(py_strip(v.s()));
       size_t used = 0;
@@ -834,30 +851,21 @@ class Evaluator {
   Value filter(const std::string& name, const Value& v, const Args& args) {
     auto text = [&] { return py_str(v); };
     if (name == "trim") return make_string(strip_chars(text(), args.get(0, "chars"), true, true));
-    if (name == "upper") return make_string(ascii_upper(text()));
-    if (name == "lower") return make_string(ascii_lower(text()));
-    if (name == "capitalize") return make_string(capitalize(text()));
-    if (name == "title") {
-      // Jinja2's title: words start after whitespace, '-', or an opening bracket.
-      std::string out = text();
-      bool start = true;
-      for (char& c : out) {
-        const bool sep = c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v' || c == '-' ||
-                         c == '(' || c == '{' || c == '[' || c == '<';
-        if (!sep) c = start ? ascii_upper(std::string(1, c))[0] : ascii_lower(std::string(1, c))[0];
-        start = sep;
-      }
-      return make_string(std::move(out));
-    }
+    if (name == "upper") return make_string(py_upper(text()));
+    if (name == "lower") return make_string(py_lower(text()));
+    if (name == "capitalize") return make_string(py_capitalize(text()));
+    if (name == "title") return make_string(py_title(text(), true));
     if (name == "length" || name == "count") return Value::of(length(v));
     if (name == "default" || name == "d") {
       const bool boolean = truthy(args.get(1, "boolean", Value::of(false)));
-      if (v.is(Type::kUndefined) || (boolean && !truthy(v))) return args.get(0, "default_value", Value::of(std::string()));
+      if (v.is(Type::kUndefined) || (boolean && !truthy(v)))
+        return args.get(0, "default_value", Value::of(std::string()));
       return v;
     }
     if (name == "tojson") {
       const Value indent = args.get(0, "indent");
-      const std::string json = to_json(v, indent.is(Type::kInt) ? static_cast<int>(std::clamp<int64_t>(indent.integer, 0, 64)) : -1);
+      const std::string json =
+          to_json(v, indent.is(Type::kInt) ? static_cast<int>(std::clamp<int64_t>(indent.integer, 0, 64)) : -1);
       return make_string(json);
     }
     if (name == "string") return make_string(text());
@@ -878,7 +886,8 @@ class Evaluator {
       return Value::of(std::abs(as_int(v)));
     }
     if (name == "replace") {
-      return make_string(replace(text(), args.get(0, "old"), args.get(1, "new"), as_int(args.get(2, "count", Value::of(int64_t{-1})))));
+      return make_string(replace(text(), args.get(0, "old"), args.get(1, "new"),
+                                 as_int(args.get(2, "count", Value::of(int64_t{-1})))));
     }
     if (name == "join") {
       const Value attr = args.get(1, "attribute");
@@ -928,7 +937,8 @@ class Evaluator {
       }
       return make_list(std::move(out));
     }
-    if (name == "select" || name == "reject" || name == "selectattr" || name == "rejectattr") return select(name, v, args);
+    if (name == "select" || name == "reject" || name == "selectattr" || name == "rejectattr")
+      return select(name, v, args);
     eval_fail(cat("no filter named '", name, "'"));
   }
 
@@ -944,29 +954,33 @@ class Evaluator {
     if (name == "number") return is_number(v);
     if (name == "string") return v.is(Type::kString);
     if (name == "mapping") return v.is(Type::kDict);
-    if (name == "iterable") return v.is(Type::kString) || v.is(Type::kList) || v.is(Type::kDict) || v.is(Type::kUndefined);
-    if (name == "sequence") return v.is(Type::kString) || v.is(Type::kList) || v.is(Type::kDict) || v.is(Type::kUndefined);
+    if (name == "iterable")
+      return v.is(Type::kString) || v.is(Type::kList) || v.is(Type::kDict) || v.is(Type::kUndefined);
+    if (name == "sequence")
+      return v.is(Type::kString) || v.is(Type::kList) || v.is(Type::kDict) || v.is(Type::kUndefined);
     if (name == "callable") return v.is(Type::kFunction);
-    if (name == "lower") return v.is(Type::kString) && ascii_lower(v.s()) == v.s();
-    if (name == "upper") return v.is(Type::kString) && ascii_upper(v.s()) == v.s();
+    if (name == "lower") return v.is(Type::kString) && py_lower(v.s()) == v.s();
+    if (name == "upper") return v.is(Type::kString) && py_upper(v.s()) == v.s();
     if (name == "odd" || name == "even" || name == "divisibleby") {
-      if (!v.is(Type::kInt) && !v.is(Type::kBool)) eval_fail(cat("the '", name, "' test needs an integer, not '", type_name(v), "'"));
+      if (!v.is(Type::kInt) && !v.is(Type::kBool))
+        eval_fail(cat("the '", name, "' test needs an integer, not '", type_name(v), "'"));
       const int64_t d = name == "divisibleby" ? as_int(args.get(0, "num")) : 2;
       if (d == 0) eval_fail("integer division or modulo by zero");
       const int64_t r = as_int(v) % d;
       return name == "odd" ? r != 0 : r == 0;
     }
     static const std::pair<const char*, Op> kCompare[] = {
-        {"eq", Op::kEq}, {"equalto", Op::kEq}, {"==", Op::kEq}, {"ne", Op::kNe}, {"!=", Op::kNe},
-        {"lt", Op::kLt}, {"lessthan", Op::kLt}, {"<", Op::kLt}, {"le", Op::kLe}, {"<=", Op::kLe},
-        {"gt", Op::kGt}, {"greaterthan", Op::kGt}, {">", Op::kGt}, {"ge", Op::kGe}, {">=", Op::kGe},
-        {"in", Op::kIn}};
+        {"eq", Op::kEq}, {"equalto", Op::kEq}, {"==", Op::kEq},       {"ne", Op::kNe},
+        {"!=", Op::kNe}, {"lt", Op::kLt},      {"lessthan", Op::kLt}, {"<", Op::kLt},
+        {"le", Op::kLe}, {"<=", Op::kLe},      {"gt", Op::kGt},       {"greaterthan", Op::kGt},
+        {">", Op::kGt},  {"ge", Op::kGe},      {">=", Op::kGe},       {"in", Op::kIn}};
     for (const auto& [test_name, op] : kCompare)
       if (name == test_name) return compare(op, v, args.get(0, "other"));
     eval_fail(cat("no test named '", name, "'"));
   }
 
   const Limits& limits_;
+  std::vector<std::shared_ptr<Dict>> namespaces_;
   const Scope* root_ = nullptr;  // where macros look up names: the template's globals and top-level sets
   int line_ = 0;
   int depth_ = 0;

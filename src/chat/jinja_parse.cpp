@@ -7,6 +7,7 @@
 #include "chat/jinja.h"
 #include "chat/jinja_ast.h"
 #include "chat/jinja_text.h"
+#include "tokenizer/unicode.h"
 #include "gptq/error.h"
 
 namespace gptq::chat::jinja {
@@ -51,7 +52,9 @@ std::string unescape(std::string_view body) {
       case 'r': out += '\r'; break;
       case 't': out += '\t'; break;
       case 'v': out += '\v'; break;
-      case 'x': case 'u': case 'U': {
+      case 'x':
+      case 'u':
+      case 'U': {
         const size_t digits = c == 'x' ? 2 : c == 'u' ? 4 : 8;
         char32_t cp = 0;
         for (size_t k = 1; k <= digits; ++k) {
@@ -60,7 +63,7 @@ std::string unescape(std::string_view body) {
           cp = cp * 16 + static_cast<char32_t>(is_digit(h) ? h - '0' : (h | 0x20) - 'a' + 10);
         }
         if (cp > 0x10FFFF) fail("\\", c, " escape beyond U+10FFFF in a string literal");
-        append_utf8(out, cp);
+        tok::utf8_append(out, cp);
         i += digits;
         break;
       }
@@ -70,7 +73,7 @@ std::string unescape(std::string_view body) {
           size_t k = 0;
           for (; k < 3 && i + k < body.size() && body[i + k] >= '0' && body[i + k] <= '7'; ++k)
             cp = cp * 8 + static_cast<char32_t>(body[i + k] - '0');
-          append_utf8(out, cp);
+          tok::utf8_append(out, cp);
           i += k - 1;
         } else {
           out += '\\';  // Python keeps unknown escapes as they are
@@ -175,12 +178,11 @@ class Lexer {
     std::vector<char> brackets;
     while (true) {
       while (size_t n = py_space_at(src_, pos_)) advance_to(pos_ + n);
-      if (pos_ >= src_.size())
-        syntax_error(start_line, cat("unexpected end of template, expected '", end_char, "}'"));
+      if (pos_ >= src_.size()) syntax_error(start_line, cat("unexpected end of template, expected '", end_char, "}'"));
       const char c = src_[pos_];
       if (brackets.empty()) {
-        const bool signed_end = (c == '-' || (c == '+' && end_char == '%')) &&
-                                src_.compare(pos_ + 1, 2, std::string{end_char, '}'}) == 0;
+        const bool signed_end =
+            (c == '-' || (c == '+' && end_char == '%')) && src_.compare(pos_ + 1, 2, std::string{end_char, '}'}) == 0;
         if (signed_end || src_.compare(pos_, 2, std::string{end_char, '}'}) == 0) {
           advance_to(pos_ + (signed_end ? 3 : 2));
           tokens_.push_back({end_char == '}' ? Tok::kVarEnd : Tok::kBlockEnd, line_, "", 0, 0});
@@ -265,7 +267,7 @@ class Lexer {
     if (std::strchr("+-*/%~<>=()[]{},.:|", c) == nullptr) {
       size_t len = 0;
       std::string ch;
-      append_utf8(ch, decode_utf8(src_, pos_, &len));
+      tok::utf8_append(ch, decode_utf8(src_, pos_, &len));
       syntax_error(line_, cat("unexpected character '", ch, "'"));
     }
     if (c == '(' || c == '[' || c == '{') brackets.push_back(c == '(' ? ')' : c == '[' ? ']' : '}');
@@ -320,7 +322,8 @@ class Parser {
       case Tok::kBlockBegin: return "'{%'";
       case Tok::kBlockEnd: return "'%}'";
       case Tok::kString: return "a string";
-      case Tok::kInt: case Tok::kFloat: return "a number";
+      case Tok::kInt:
+      case Tok::kFloat: return "a number";
       case Tok::kEnd: return "the end of the template";
       default: return "'" + t.text + "'";
     }
@@ -354,7 +357,7 @@ class Parser {
       if (t.type == Tok::kEnd) {
         if (opener != nullptr)
           syntax_error(t.line, cat("unexpected end of template: '", opener, "' at line ", opener_line,
-                                   " is never closed (expected '", *stops.begin(), "')"));
+                                   " is never closed (expected '", *(stops.end() - 1), "')"));
         break;
       }
       if (t.type == Tok::kText) {
@@ -611,7 +614,7 @@ class Parser {
     std::vector<Op> ops;
     while (true) {
       static constexpr std::pair<const char*, Op> kOps[] = {{"==", Op::kEq}, {"!=", Op::kNe}, {"<", Op::kLt},
-                                                           {"<=", Op::kLe}, {">", Op::kGt}, {">=", Op::kGe}};
+                                                            {"<=", Op::kLe}, {">", Op::kGt},  {">=", Op::kGe}};
       bool found = false;
       for (const auto& [text, op] : kOps) {
         if (skip_op(text)) {

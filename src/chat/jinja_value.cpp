@@ -28,7 +28,8 @@ const char* type_name(const Value& v) {
 
 bool truthy(const Value& v) {
   switch (v.type) {
-    case Type::kUndefined: case Type::kNone: return false;
+    case Type::kUndefined:
+    case Type::kNone: return false;
     case Type::kBool: return v.boolean;
     case Type::kInt: return v.integer != 0;
     case Type::kFloat: return v.number != 0;
@@ -53,7 +54,8 @@ bool equal(const Value& a, const Value& b) {
   }
   if (a.type != b.type) return false;
   switch (a.type) {
-    case Type::kUndefined: case Type::kNone: return true;
+    case Type::kUndefined:
+    case Type::kNone: return true;
     case Type::kString: return a.s() == b.s();
     case Type::kList: {
       if (a.list->size() != b.list->size() || a.tuple != b.tuple) return false;
@@ -145,7 +147,10 @@ static std::string repr_string(const std::string& s) {
     } else if (cp == '\t') {
       out += "\\t";
     } else if (!is_py_printable(cp)) {
-      std::snprintf(buf, sizeof buf, cp < 0x100 ? "\\x%02x" : cp < 0x10000 ? "\\u%04x" : "\\U%08x",
+      std::snprintf(buf, sizeof buf,
+                    cp < 0x100     ? "\\x%02x"
+                    : cp < 0x10000 ? "\\u%04x"
+                                   : "\\U%08x",
                     static_cast<unsigned>(cp));
       out += buf;
     } else {
@@ -155,25 +160,32 @@ static std::string repr_string(const std::string& s) {
   return out + quote;
 }
 
-std::string py_repr(const Value& v) {
+static std::string repr_at(const Value& v, int level);
+std::string py_repr(const Value& v) { return repr_at(v, 0); }
+
+// `level` bounds the recursion: a namespace may hold itself (set ns.self = [ns]).
+static std::string repr_at(const Value& v, int level) {
+  if (level > kMaxValueDepth)
+    eval_fail("a value nested deeper than " + std::to_string(kMaxValueDepth) + " levels (or holding itself)");
   switch (v.type) {
     case Type::kString: return repr_string(v.s());
     case Type::kList: {
       std::string out = v.tuple ? "(" : "[";
-      for (size_t i = 0; i < v.list->size(); ++i) out += (i ? ", " : "") + py_repr((*v.list)[i]);
+      for (size_t i = 0; i < v.list->size(); ++i) out += (i ? ", " : "") + repr_at((*v.list)[i], level + 1);
       if (v.tuple && v.list->size() == 1) out += ",";
       return out + (v.tuple ? ")" : "]");
     }
     case Type::kDict: {
       std::string out = "{";
       for (size_t i = 0; i < v.dict->size(); ++i)
-        out += (i ? ", " : "") + py_repr((*v.dict)[i].first) + ": " + py_repr((*v.dict)[i].second);
+        out +=
+            (i ? ", " : "") + repr_at((*v.dict)[i].first, level + 1) + ": " + repr_at((*v.dict)[i].second, level + 1);
       return out + "}";
     }
     case Type::kNamespace: {
       Value items = v;
       items.type = Type::kDict;
-      return "<Namespace " + py_repr(items) + ">";
+      return "<Namespace " + repr_at(items, level + 1) + ">";
     }
     default: return py_str(v);
   }
@@ -219,15 +231,18 @@ static void json_string(std::string& out, const std::string& s) {
 static void json_dump(std::string& out, const Value& v, int indent, int level) {
   // json.dumps separators: ", " and ": " on one line; "," and a newline with an indent.
   auto newline = [&](int lvl) {
-    if (indent >= 0) out += "\n" + std::string(static_cast<size_t>(indent * lvl), ' ');
+    if (indent < 0) return;
+    out += '\n';
+    out.append(static_cast<size_t>(indent * lvl), ' ');
   };
   switch (v.type) {
     case Type::kNone: out += "null"; return;
     case Type::kBool: out += v.boolean ? "true" : "false"; return;
     case Type::kInt: out += std::to_string(v.integer); return;
     case Type::kFloat:
-      out += std::isnan(v.number) ? "NaN" : std::isinf(v.number) ? (v.number > 0 ? "Infinity" : "-Infinity")
-                                                                    : py_float(v.number);
+      out += std::isnan(v.number)   ? "NaN"
+             : std::isinf(v.number) ? (v.number > 0 ? "Infinity" : "-Infinity")
+                                    : py_float(v.number);
       return;
     case Type::kString: json_string(out, v.s()); return;
     case Type::kList: {
@@ -286,7 +301,11 @@ Value from_json(const nlohmann::ordered_json& j) {
     case nlohmann::ordered_json::value_t::null: return Value::none();
     case nlohmann::ordered_json::value_t::boolean: return Value::of(j.get<bool>());
     case nlohmann::ordered_json::value_t::number_integer: return Value::of(j.get<int64_t>());
-    case nlohmann::ordered_json::value_t::number_unsigned: return Value::of(j.get<double>());
+    case nlohmann::ordered_json::value_t::number_unsigned: {
+      const auto u = j.get<uint64_t>();  // Python's ints are unbounded; past int64 a float is closest
+      return u <= static_cast<uint64_t>(INT64_MAX) ? Value::of(static_cast<int64_t>(u))
+                                                   : Value::of(static_cast<double>(u));
+    }
     case nlohmann::ordered_json::value_t::number_float: return Value::of(j.get<double>());
     case nlohmann::ordered_json::value_t::string: return Value::of(j.get<std::string>());
     case nlohmann::ordered_json::value_t::array: {

@@ -2,6 +2,7 @@
 // text, truthiness, equality, and json.dumps as transformers' tojson calls it.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -25,12 +26,17 @@ struct EvalError {
 };
 [[noreturn]] void eval_fail(std::string message);
 
+// Lists and dicts nest at most this deep (deeper values could exhaust the stack when they are
+// printed, compared or destroyed).
+inline constexpr int kMaxValueDepth = 256;
+
 enum class Type { kUndefined, kNone, kBool, kInt, kFloat, kString, kList, kDict, kNamespace, kFunction };
 
 struct Value {
   Type type = Type::kUndefined;
   bool boolean = false;
   bool tuple = false;  // a kList that came from a tuple: only repr() differs
+  int depth = 1;       // of nested lists and dicts
   int64_t integer = 0;
   double number = 0;
   std::shared_ptr<const std::string> str;  // kString; kUndefined: why it is undefined, for errors
@@ -47,14 +53,17 @@ struct Value {
   static Value of(int64_t i) { Value v = make(Type::kInt); v.integer = i; return v; }
   static Value of(double f) { Value v = make(Type::kFloat); v.number = f; return v; }
   static Value of(std::string s) { return with_str(Type::kString, std::move(s)); }
+  static Value of(const char* s) { return of(std::string(s)); }  // not of(bool)
   static Value of(List items, bool tuple = false) {
     Value v = make(Type::kList);
+    for (const Value& x : items) v.nest(x);
     v.list = std::make_shared<const List>(std::move(items));
     v.tuple = tuple;
     return v;
   }
   static Value of(Dict items, Type type = Type::kDict) {
     Value v = make(type);
+    for (const auto& [key, x] : items) v.nest(x);
     v.dict = std::make_shared<Dict>(std::move(items));
     return v;
   }
@@ -69,6 +78,10 @@ struct Value {
   const std::string& s() const { return *str; }
 
  private:
+  void nest(const Value& child) {
+    depth = std::max(depth, child.depth + 1);
+    if (depth > kMaxValueDepth) eval_fail("lists or dicts nested deeper than " + std::to_string(kMaxValueDepth));
+  }
   static Value make(Type type) {
     Value v;
     v.type = type;
