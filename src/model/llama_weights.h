@@ -37,7 +37,7 @@ struct LlamaWeights {
 struct Workspace {
   int64_t rows = 0, logit_rows = 0;
   uint64_t plan_id = 0;  // the plan whose RoPE angles `cs` holds
-  uint64_t generation = 0;  // bumped when the tensors move (keys of recorded decode steps)
+  uint64_t generation = 0;  // new (process-wide) whenever the tensors move: keys of recorded decode steps
   std::vector<std::shared_ptr<void>> mem;
   Tensor x, h, q, k, v, att, g, u, tmp, cs;  // [rows, ...]
   Tensor hl, logits;                          // [logit_rows, hidden], [logit_rows, vocab]

@@ -57,9 +57,11 @@ void ensure_workspace(Backend& be, const ModelConfig& c, Workspace& ws, int64_t 
                 F = c.intermediate_size;
   // Refused with the numbers before anything is taken.
   check_memory(workspace_bytes(c, rows, logit_rows), be.available_bytes(), forward_what(rows, logit_rows));
-  const uint64_t generation = ws.generation + 1;
+  // Unique over every model of the process: a backend shared by several models keeps each one's
+  // recorded decode steps apart.
+  static std::atomic<uint64_t> next_generation{1};
   ws = Workspace{};
-  ws.generation = generation;
+  ws.generation = next_generation++;
   ws.rows = rows;
   ws.logit_rows = logit_rows;
   auto make = [&](int64_t r, int64_t cols) {

@@ -25,7 +25,9 @@ int main(int argc, char** argv) {
   add(gptq::cli::add_tokenize);
   add(gptq::cli::add_inspect);
   add(gptq::cli::add_bench);
+#ifndef GPTQ_NO_SERVE  // static builds: Debian has no static cpp-httplib
   add(gptq::cli::add_serve);
+#endif
   if (argc > 1 && argv[1][0] != '-') {
     bool known = false;
     std::string names;
