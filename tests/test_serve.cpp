@@ -2,7 +2,10 @@
 // clients (httplib::Client, and curl when /usr/bin/curl exists).
 #include <gtest/gtest.h>
 #include <httplib.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -13,91 +16,17 @@
 #include <thread>
 
 #include "cli_runner.h"
+#include "server_process.h"
 #include "shared_paths.h"
 
 namespace {
 
 using gptq_test::run_cli;
 using gptq_test::slurp;
+using gptq_test::ServerProcess;
+using gptq_test::post;
 using nlohmann::json;
 
-
-// `gptq serve -m MODEL --port 0 ARGS...`; the port comes from its first stderr line.
-class ServerProcess {
- public:
-  ServerProcess(const std::string& model, const std::vector<std::string>& args) {
-    static int counter = 0;
-    log_ = testing::TempDir() + "/gptq_serve_" + std::to_string(::getpid()) + "_" + std::to_string(counter++) + ".err";
-    const char* env = std::getenv("GPTQ_CLI");
-    const std::string bin = env && *env ? env : GPTQ_CLI_PATH;
-    std::vector<std::string> argv = {bin, "serve", "-m", model, "--port", "0", "-t", "1"};
-    argv.insert(argv.end(), args.begin(), args.end());
-    pid_ = fork();
-    if (pid_ == 0) {
-      freopen(log_.c_str(), "w", stderr);
-      freopen("/dev/null", "w", stdout);
-      std::vector<char*> a;
-      for (auto& s : argv) a.push_back(s.data());
-      a.push_back(nullptr);
-      execv(a[0], a.data());
-      _exit(127);
-    }
-    const std::regex listening("on http://[0-9.]+:([0-9]+)");
-    for (int i = 0; i < 600 && port_ == 0; ++i) {
-      std::smatch m;
-      const std::string err = slurp(log_);
-      if (std::regex_search(err, m, listening)) port_ = std::stoi(m[1]);
-      else std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-  }
-  ~ServerProcess() {
-    if (pid_ > 0 && !exited_) {
-      kill(pid_, SIGKILL);
-      waitpid(pid_, nullptr, 0);
-    }
-    std::remove(log_.c_str());
-  }
-  int port() const { return port_; }
-  std::string log() const { return slurp(log_); }
-  // SIGTERM, then the exit code.
-  int terminate() {
-    kill(pid_, SIGTERM);
-    int status = 0;
-    waitpid(pid_, &status, 0);
-    exited_ = true;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  }
-  void signal_term() { kill(pid_, SIGTERM); }
-  int wait() {
-    int status = 0;
-    waitpid(pid_, &status, 0);
-    exited_ = true;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  }
-  httplib::Client client() const {
-    httplib::Client c("127.0.0.1", port_);
-    c.set_read_timeout(120, 0);
-    return c;
-  }
-
- private:
-  pid_t pid_ = -1;
-  int port_ = 0;
-  bool exited_ = false;
-  std::string log_;
-};
-
-json post(const ServerProcess& s, const std::string& path, const std::string& body, int* status,
-          const httplib::Headers& headers = {}) {
-  auto c = s.client();
-  auto r = c.Post(path, headers, body, "application/json");
-  if (!r) {
-    *status = -1;
-    return {};
-  }
-  *status = r->status;
-  return json::parse(r->body, nullptr, false);
-}
 
 // A streamed completion: the text of its chunks, and the last data line before [DONE].
 struct Streamed {
@@ -401,6 +330,98 @@ TEST(Serve, SigtermDrainsRunningStreamsAndExitsZero) {
   EXPECT_EQ(st.finish_reason, "length");
   EXPECT_EQ(s.wait(), 0) << s.log();
   EXPECT_NE(s.log().find("finishing the requests in progress"), std::string::npos) << s.log();
+}
+
+}  // namespace
+
+namespace {
+
+// While SIGTERM drains a running stream, the listening socket still answers: new requests get 503
+// with an OpenAI error object (not a refused connection), /health says 503, and the stream finishes.
+TEST(Serve, DuringTheDrainNewRequestsGet503AndStreamsFinish) {
+  SHARED_MODEL_OR_SKIP(m, "llama-gutenberg-22m");
+  ServerProcess s(m, {});
+  ASSERT_GT(s.port(), 0) << s.log();
+  json body = completion("Once upon a time", 600);
+  body["stream"] = true;
+  int health = 0, refused = 0;
+  json error;
+  const Streamed st = stream(s, "/v1/completions", body, 0, [&] {
+    s.signal_term();
+    for (int i = 0; i < 500 && health != 503; ++i) {
+      auto h = s.client().Get("/health");
+      health = h ? h->status : -1;
+      if (health != 503) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    error = post(s, "/v1/completions", completion("The sea", 4).dump(), &refused);
+  });
+  EXPECT_EQ(health, 503);
+  EXPECT_EQ(refused, 503) << error;
+  EXPECT_EQ(error["error"]["type"], "server_error") << error;
+  EXPECT_NE(error["error"]["message"].get<std::string>().find("shutting down"), std::string::npos) << error;
+  EXPECT_TRUE(st.done);
+  EXPECT_EQ(st.finish_reason, "length");
+  EXPECT_EQ(s.wait(), 0) << s.log();
+}
+
+// A raw TCP client: sends one request and lets the test close the connection when it likes.
+class RawClient {
+ public:
+  RawClient(int port, const std::string& path, const std::string& body) {
+    fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(uint16_t(port));
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) return;
+    const std::string req = "POST " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n" +
+                            "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+    sent_ = send(fd_, req.data(), req.size(), 0) == ssize_t(req.size());
+  }
+  ~RawClient() { close(); }
+  bool sent() const { return sent_; }
+  void close() {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+  }
+
+ private:
+  int fd_ = -1;
+  bool sent_ = false;
+};
+
+// A non-streaming client that disconnects before its answer: the request leaves the batch at once,
+// its KV blocks come back, and the next request (the batch holds one) is answered.
+TEST(Serve, ANonStreamingClientThatLeavesFreesItsSlot) {
+  SHARED_MODEL_OR_SKIP(m, "llama-gutenberg-22m");
+  ServerProcess s(m, {"--max-batch", "1"});
+  ASSERT_GT(s.port(), 0) << s.log();
+  {
+    RawClient c(s.port(), "/v1/completions", completion("Once upon a time", 1000).dump());
+    ASSERT_TRUE(c.sent());
+    bool running = false;
+    for (int i = 0; i < 500 && !running; ++i) {
+      running = metrics(s)["gptq_kv_blocks_used"] > 0;
+      if (!running) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    ASSERT_TRUE(running);
+  }  // the client closes its connection
+  std::map<std::string, double> mt;
+  for (int i = 0; i < 500; ++i) {
+    mt = metrics(s);
+    if (mt["gptq_kv_blocks_used"] == 0 && mt["gptq_running_sequences"] == 0 &&
+        mt["gptq_requests_total{endpoint=\"/v1/completions\",status=\"499\"}"] == 1)
+      break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(mt["gptq_kv_blocks_used"], 0);
+  EXPECT_EQ(mt["gptq_running_sequences"], 0);
+  EXPECT_EQ(mt["gptq_requests_total{endpoint=\"/v1/completions\",status=\"499\"}"], 1);
+  EXPECT_LT(mt["gptq_generation_tokens_total"], 500);  // cut short, far from its 1000 tokens
+  int status = 0;
+  json r = post(s, "/v1/completions", completion("The sea", 4).dump(), &status);
+  EXPECT_EQ(status, 200) << r;
+  expect_healthy_then_exit_zero(s);
 }
 
 }  // namespace

@@ -3,13 +3,21 @@
 // request's Stream; the engine thread never touches a socket.
 #include <httplib.h>
 
+#include <dirent.h>
+#include <netdb.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
 
 #include "chat/chat_template.h"
-#include "core/fs.h"
 #include "gptq/server.h"
 #include "server/api_error.h"
+#include "server/chat_prompt.h"
 #include "server/engine.h"
 #include "server/metrics.h"
 #include "server/openai.h"
@@ -22,23 +30,58 @@ using nlohmann::json;
 namespace {
 constexpr auto kPoll = std::chrono::milliseconds(100);
 
-void declare_metrics(Metrics& m) {
-  m.counter("gptq_requests_total", "HTTP requests answered, by endpoint and status");
-  m.counter("gptq_prompt_tokens_total", "Prompt tokens of admitted requests");
-  m.counter("gptq_generation_tokens_total", "Tokens generated");
-  m.gauge("gptq_queue_depth", "Requests waiting for admission");
-  m.gauge("gptq_running_sequences", "Sequences in the running batch");
-  m.gauge("gptq_kv_blocks_used", "KV cache blocks in use");
-  m.gauge("gptq_kv_blocks_total", "KV cache blocks the pool may hold");
-  const std::vector<double> latency = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
-  m.histogram("gptq_time_to_first_token_seconds", "From arrival to the first generated token", latency);
-  m.histogram("gptq_inter_token_latency_seconds", "Between consecutive tokens of a request", latency);
-}
 
 void reply_error(httplib::Response& res, int status, const std::string& message, const std::string& param = "",
                  const std::string& code = "") {
   res.status = status;
   res.set_content(dump(error_object(status, message, param, code)), "application/json");
+}
+
+// cpp-httplib 0.11 (Debian 12's) shows a handler nothing of its connection (later versions have
+// Request::is_connection_closed). The connection's socket is found among this process's file
+// descriptors by its two ends, the request's local and remote address and port (the pair is
+// unique while the connection is open, and the handler holds it open). -1 when not found.
+int connection_fd(const httplib::Request& req) {
+  DIR* d = opendir("/proc/self/fd");
+  if (!d) return -1;
+  int found = -1;
+  const auto numeric = [](const sockaddr_storage& a, socklen_t len, std::string& host, int& port) {
+    char h[NI_MAXHOST], p[NI_MAXSERV];
+    if (getnameinfo(reinterpret_cast<const sockaddr*>(&a), len, h, sizeof h, p, sizeof p, NI_NUMERICHOST | NI_NUMERICSERV) != 0)
+      return false;
+    host = h;
+    port = std::atoi(p);
+    return true;
+  };
+  while (dirent* e = readdir(d)) {
+    const int fd = std::atoi(e->d_name);
+    struct stat st {};
+    if (e->d_name[0] < '0' || e->d_name[0] > '9' || fd == dirfd(d) || fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode)) continue;
+    sockaddr_storage local {}, peer {};
+    socklen_t llen = sizeof local, plen = sizeof peer;
+    if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &llen) != 0 ||
+        getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &plen) != 0)
+      continue;  // the listening socket has no peer
+    std::string lhost, phost;
+    int lport = -1, pport = -1;
+    if (numeric(local, llen, lhost, lport) && numeric(peer, plen, phost, pport) && lport == req.local_port &&
+        pport == req.remote_port && phost == req.remote_addr) {
+      found = fd;
+      break;
+    }
+  }
+  closedir(d);
+  return found;
+}
+
+// Whether the client closed its end: a hang-up or error, or end-of-file waiting to be read (httplib
+// has consumed the whole request by now, so readable with nothing to read means closed).
+bool peer_closed(int fd) {
+  pollfd p{fd, POLLIN, 0};
+  if (poll(&p, 1, 0) <= 0) return false;
+  if (p.revents & (POLLERR | POLLHUP | POLLNVAL)) return true;
+  char c;
+  return (p.revents & POLLIN) && recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
 }
 
 std::string endpoint_label(const std::string& path) {
@@ -50,13 +93,8 @@ std::string endpoint_label(const std::string& path) {
 
 struct Server::Impl {
   Impl(Model& model, const Tokenizer& tok, const ServerOptions& o) : opt(o), tok(tok) {
-    declare_metrics(metrics);
-    if (!o.chat_template_file.empty()) {
-      const auto text = [&](int32_t id) { return id >= 0 ? tok.token_text(id) : std::string(); };
-      chat_template.emplace(read_text_file(o.chat_template_file), text(tok.bos_id()), text(tok.eos_id()));
-    } else {
-      chat_template = chat::ChatTemplate::from_model_dir(model.dir());
-    }
+    declare_server_metrics(metrics);
+    chat_template = load_chat_template(model.dir(), tok, o.chat_template_file);
     if (!(o.timeout_s > 0)) fail("--timeout must be > 0 seconds, got ", o.timeout_s);
     EngineOptions e;
     e.max_batch = o.max_batch;
@@ -101,12 +139,22 @@ struct Server::Impl {
 void Server::Impl::generate(Endpoint ep, const httplib::Request& req, httplib::Response& res) {
   ParsedRequest p = parse_request(ep, req.body, ctx);
   p.req.deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(opt.timeout_s));
+  auto token = in_flight_token();  // before submit: stop() must not see zero in flight while it runs
   auto stream = engine->submit(p.req);
-  auto token = in_flight_token();
   auto writer = std::make_shared<ResponseWriter>(ep, ctx, p);
   if (!p.stream) {
+    // A client that goes away while waiting frees its slot (or its place in the queue) and its KV
+    // blocks at the engine's next step, as a stream's does when a write fails.
+    const int fd = connection_fd(req);
     std::vector<Piece> pieces;
-    while (!stream->done()) stream->next(pieces, kPoll);
+    while (!stream->done()) {
+      stream->next(pieces, kPoll);
+      if (fd >= 0 && !stream->done() && peer_closed(fd)) {
+        engine->cancel(stream);
+        // nginx's "client closed request": what the request log and gptq_requests_total count.
+        return reply_error(res, 499, "the client closed the connection before the answer");
+      }
+    }
     stream->next(pieces, std::chrono::milliseconds(0));
     if (stream->error_status != 0) return reply_error(res, stream->error_status, stream->error_message);
     res.set_content(dump(writer->complete(pieces, *stream)), "application/json");

@@ -45,4 +45,8 @@ class Metrics {
   std::map<std::string, Family> families_;
 };
 
+// The families gptq serve exposes (the engine's and the HTTP side's); gptq chat declares them too,
+// since the engine it runs reports into them.
+void declare_server_metrics(Metrics& m);
+
 }  // namespace gptq::server

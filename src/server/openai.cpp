@@ -6,6 +6,7 @@
 
 #include "core/json.h"
 #include "server/api_error.h"
+#include "server/chat_prompt.h"
 
 namespace gptq::server {
 
@@ -89,14 +90,11 @@ std::vector<int32_t> chat_prompt(const json& body, const ApiContext& ctx) {
     if (role == m.end() || !role->is_string()) bad(cat("messages[", i, "].role"), "must be a string");
     messages.push_back({role->get<std::string>(), message_content(m, i)});
   }
-  std::string text;
   try {
-    text = ctx.chat_template->render(messages, true);
+    return chat_prompt_tokens(*ctx.chat_template, *ctx.tok, messages);
   } catch (const Error& e) {
     throw ApiError(400, cat("the chat template refused these messages: ", e.what()), "messages");
   }
-  // As transformers' apply_chat_template: the template writes the special tokens itself.
-  return ctx.tok->encode(text, false);
 }
 
 std::vector<std::string> stop_strings(const json& body) {

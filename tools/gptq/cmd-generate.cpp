@@ -15,9 +15,7 @@ struct GenerateArgs {
   std::string model, prompt_file, prompts_file, device = "auto";
   std::vector<std::string> prompts;
   int n = 128, threads = 0;
-  float temperature = 0.8f, top_p = 0.95f, min_p = 0.05f, repeat_penalty = 1.0f;
-  int top_k = 40, repeat_last_n = 64;
-  uint64_t seed = 0;
+  SamplingArgs sampling;
   std::vector<std::string> stop;
   bool json = false, no_special = false, ignore_eos = false;
 };
@@ -57,14 +55,7 @@ Runner add_generate(CLI::App& app) {
   c->add_option("-f,--file", a->prompt_file, "Read the prompt from a file");
   c->add_option("--prompts", a->prompts_file, "Read prompts from a file, one per line (decoded together)");
   c->add_option("-n,--n-predict", a->n, "Tokens to generate")->check(int_in(0, 1 << 20));
-  c->add_option("--temperature,--temp", a->temperature, "Sampling temperature; 0 is greedy")->check(number_in(0.0, 100.0));
-  c->add_option("--top-k", a->top_k, "Keep the k most likely tokens (0: off)")->check(int_in(0, INT32_MAX));
-  c->add_option("--top-p", a->top_p, "Nucleus sampling mass (1: off)")->check(number_in(0.0, 1.0));
-  c->add_option("--min-p", a->min_p, "Drop tokens below min-p x the top probability (0: off)")->check(number_in(0.0, 1.0));
-  c->add_option("--repeat-penalty,--repetition-penalty", a->repeat_penalty, "Repetition penalty (1: off)")
-      ->check(number_in(0.01, 100.0));
-  c->add_option("--repeat-last-n", a->repeat_last_n, "Tokens the repetition penalty looks back (-1: all)");
-  c->add_option("-s,--seed", a->seed, "Random seed");
+  add_sampling_options(c, a->sampling);
   c->add_option("--stop", a->stop, "Stop string (repeatable); not printed");
   c->add_flag("--ignore-eos", a->ignore_eos, "Keep generating past the end-of-sequence token");
   c->add_flag("--no-special", a->no_special, "Do not add the BOS token to the prompt");
@@ -85,23 +76,7 @@ Runner add_generate(CLI::App& app) {
     g.max_new_tokens = a->n;
     g.stop = a->stop;
     g.stop_at_eos = !a->ignore_eos;
-    SamplingParams& sp = g.sampling;
-    // generation_config.json's sampling defaults apply unless the flag is given.
-    const GenerationDefaults& d = model->config().generation;
-    sp.temperature = a->temperature;
-    sp.top_k = a->top_k;
-    sp.top_p = a->top_p;
-    sp.min_p = a->min_p;
-    sp.repetition_penalty = a->repeat_penalty;
-    if (d.do_sample.value_or(false)) {
-      if (!c->count("--temperature") && d.temperature) sp.temperature = float(*d.temperature);
-      if (!c->count("--top-k") && d.top_k) sp.top_k = *d.top_k;
-      if (!c->count("--top-p") && d.top_p) sp.top_p = float(*d.top_p);
-      if (!c->count("--min-p") && d.min_p) sp.min_p = float(*d.min_p);
-    }
-    if (!c->count("--repeat-penalty") && d.repetition_penalty) sp.repetition_penalty = float(*d.repetition_penalty);
-    sp.repeat_last_n = a->repeat_last_n;
-    sp.seed = a->seed;
+    g.sampling = sampling_params(a->sampling, c, model->config().generation);
 
     std::vector<std::vector<int32_t>> ids;
     for (const auto& p : prompts) ids.push_back(tok.encode(p, !a->no_special));

@@ -146,6 +146,36 @@ std::shared_ptr<Backend> make_backend(const std::string& device, int threads) {
   return make_cuda_backend(o);
 }
 
+void add_sampling_options(CLI::App* c, SamplingArgs& s) {
+  c->add_option("--temperature,--temp", s.temperature, "Sampling temperature; 0 is greedy")->check(number_in(0.0, 100.0));
+  c->add_option("--top-k", s.top_k, "Keep the k most likely tokens (0: off)")->check(int_in(0, INT32_MAX));
+  c->add_option("--top-p", s.top_p, "Nucleus sampling mass (1: off)")->check(number_in(0.0, 1.0));
+  c->add_option("--min-p", s.min_p, "Drop tokens below min-p x the top probability (0: off)")->check(number_in(0.0, 1.0));
+  c->add_option("--repeat-penalty,--repetition-penalty", s.repeat_penalty, "Repetition penalty (1: off)")
+      ->check(number_in(0.01, 100.0));
+  c->add_option("--repeat-last-n", s.repeat_last_n, "Tokens the repetition penalty looks back (-1: all)");
+  c->add_option("-s,--seed", s.seed, "Random seed");
+}
+
+SamplingParams sampling_params(const SamplingArgs& s, const CLI::App* c, const GenerationDefaults& d) {
+  SamplingParams sp;
+  sp.temperature = s.temperature;
+  sp.top_k = s.top_k;
+  sp.top_p = s.top_p;
+  sp.min_p = s.min_p;
+  sp.repetition_penalty = s.repeat_penalty;
+  if (d.do_sample.value_or(false)) {
+    if (!c->count("--temperature") && d.temperature) sp.temperature = float(*d.temperature);
+    if (!c->count("--top-k") && d.top_k) sp.top_k = *d.top_k;
+    if (!c->count("--top-p") && d.top_p) sp.top_p = float(*d.top_p);
+    if (!c->count("--min-p") && d.min_p) sp.min_p = float(*d.min_p);
+  }
+  if (!c->count("--repeat-penalty") && d.repetition_penalty) sp.repetition_penalty = float(*d.repetition_penalty);
+  sp.repeat_last_n = s.repeat_last_n;
+  sp.seed = s.seed;
+  return sp;
+}
+
 std::string read_prompt(const std::string& prompt, const std::string& file) {
   if (!file.empty()) {
     if (!prompt.empty()) fail("give either -p/--prompt or -f/--file, not both");

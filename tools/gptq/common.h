@@ -8,6 +8,9 @@
 #include <string>
 #include <vector>
 
+#include "gptq/generate.h"
+#include "gptq/model_config.h"
+
 namespace gptq {
 class Backend;
 }
@@ -24,6 +27,7 @@ Runner add_bench(CLI::App& app);
 Runner add_quantize(CLI::App& app);
 Runner add_merge_lora(CLI::App& app);
 Runner add_serve(CLI::App& app);
+Runner add_chat(CLI::App& app);
 
 std::string human_bytes(double bytes);   // "41.45 MiB"
 std::string human_count(double n);       // "21.73 M"
@@ -44,6 +48,17 @@ void add_device_option(CLI::App* c, std::string& device);
 // anything else than those spellings and for a GPU that cannot be used. threads: the CPU's
 // (already capped).
 std::shared_ptr<Backend> make_backend(const std::string& device, int threads);
+// The sampling options of generate and chat (--temperature, --top-k, --top-p, --min-p,
+// --repeat-penalty, --repeat-last-n, --seed), llama.cpp's defaults.
+struct SamplingArgs {
+  float temperature = 0.8f, top_p = 0.95f, min_p = 0.05f, repeat_penalty = 1.0f;
+  int top_k = 40, repeat_last_n = 64;
+  uint64_t seed = 0;
+};
+void add_sampling_options(CLI::App* c, SamplingArgs& s);
+// The options as SamplingParams; generation_config.json's defaults (d) apply where c did not get
+// the flag (its temperature, top-k, top-p and min-p only when it sets do_sample).
+SamplingParams sampling_params(const SamplingArgs& s, const CLI::App* c, const GenerationDefaults& d);
 std::string read_prompt(const std::string& prompt, const std::string& file);  // -p TEXT or -f FILE
 
 }  // namespace gptq::cli

@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
   add(gptq::cli::add_quantize);
   add(gptq::cli::add_merge_lora);
   add(gptq::cli::add_generate);
+  add(gptq::cli::add_chat);
   add(gptq::cli::add_perplexity);
   add(gptq::cli::add_tokenize);
   add(gptq::cli::add_inspect);
