@@ -11,6 +11,8 @@
 
 #include <chrono>
 #include <fstream>
+#include <functional>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <regex>
 #include <thread>
@@ -390,33 +392,44 @@ class RawClient {
   bool sent_ = false;
 };
 
-// A non-streaming client that disconnects before its answer: the request leaves the batch at once,
-// its KV blocks come back, and the next request (the batch holds one) is answered.
-TEST(Serve, ANonStreamingClientThatLeavesFreesItsSlot) {
+// Non-streaming clients that disconnect before their answer: a queued one leaves the queue, a
+// running one leaves the batch at once and its KV blocks come back; the next request (the batch
+// holds one) is answered.
+TEST(Serve, NonStreamingClientsThatLeaveFreeTheirSlots) {
   SHARED_MODEL_OR_SKIP(m, "llama-gutenberg-22m");
   ServerProcess s(m, {"--max-batch", "1"});
   ASSERT_GT(s.port(), 0) << s.log();
-  {
-    RawClient c(s.port(), "/v1/completions", completion("Once upon a time", 1000).dump());
-    ASSERT_TRUE(c.sent());
-    bool running = false;
-    for (int i = 0; i < 500 && !running; ++i) {
-      running = metrics(s)["gptq_kv_blocks_used"] > 0;
-      if (!running) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  const std::string left = "gptq_requests_total{endpoint=\"/v1/completions\",status=\"499\"}";
+  // Polls /metrics until pred holds (10 s at most); the last sample.
+  auto until = [&](const std::function<bool(std::map<std::string, double>&)>& pred) {
+    std::map<std::string, double> mt;
+    for (int i = 0; i < 1000; ++i) {
+      mt = metrics(s);
+      if (pred(mt)) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
-    ASSERT_TRUE(running);
-  }  // the client closes its connection
-  std::map<std::string, double> mt;
-  for (int i = 0; i < 500; ++i) {
-    mt = metrics(s);
-    if (mt["gptq_kv_blocks_used"] == 0 && mt["gptq_running_sequences"] == 0 &&
-        mt["gptq_requests_total{endpoint=\"/v1/completions\",status=\"499\"}"] == 1)
-      break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+    return mt;
+  };
+  {
+    RawClient running(s.port(), "/v1/completions", completion("Once upon a time", 1000).dump());
+    ASSERT_TRUE(running.sent());
+    auto mt = until([](auto& m) { return m["gptq_kv_blocks_used"] > 0; });
+    ASSERT_GT(mt["gptq_kv_blocks_used"], 0);
+    {
+      RawClient queued(s.port(), "/v1/completions", completion("The sea", 8).dump());
+      ASSERT_TRUE(queued.sent());
+      mt = until([](auto& m) { return m["gptq_queue_depth"] == 1; });
+      ASSERT_EQ(mt["gptq_queue_depth"], 1);
+    }  // the queued client closes its connection
+    mt = until([&](auto& m) { return m["gptq_queue_depth"] == 0 && m[left] == 1; });
+    EXPECT_EQ(mt["gptq_queue_depth"], 0);
+    EXPECT_EQ(mt[left], 1);
+    EXPECT_EQ(mt["gptq_running_sequences"], 1);  // the running one goes on
+  }  // the running client closes its connection
+  auto mt = until([&](auto& m) { return m["gptq_kv_blocks_used"] == 0 && m["gptq_running_sequences"] == 0 && m[left] == 2; });
   EXPECT_EQ(mt["gptq_kv_blocks_used"], 0);
   EXPECT_EQ(mt["gptq_running_sequences"], 0);
-  EXPECT_EQ(mt["gptq_requests_total{endpoint=\"/v1/completions\",status=\"499\"}"], 1);
+  EXPECT_EQ(mt[left], 2);
   EXPECT_LT(mt["gptq_generation_tokens_total"], 500);  // cut short, far from its 1000 tokens
   int status = 0;
   json r = post(s, "/v1/completions", completion("The sea", 4).dump(), &status);

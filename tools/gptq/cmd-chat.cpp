@@ -77,7 +77,8 @@ class LineReader {
         fail("cannot wait for input: ", std::strerror(errno));
       }
       if (fds[1].revents & POLLIN) drain_wake_pipe();
-      if (fds[0].revents & (POLLIN | POLLHUP | POLLERR)) {
+      if (fds[0].revents & POLLNVAL) eof_ = true;  // stdin closed: as EOF
+      else if (fds[0].revents & (POLLIN | POLLHUP | POLLERR)) {
         char b[4096];
         const ssize_t n = read(STDIN_FILENO, b, sizeof b);
         if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
