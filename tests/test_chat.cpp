@@ -253,6 +253,8 @@ TEST_F(Chat, EofExitsZeroAndBadInputIsOneLine) {
   gptq_test::expect_cli_error(run_cli({"chat", "-m", (dir_ / "nothing").string()}), {"nothing"});
   gptq_test::expect_cli_error(run_cli({"chat", "-m", m, "--chat-template", (dir_ / "none.jinja").string()}),
                               {"none.jinja"});
+  gptq_test::expect_cli_error(run_cli({"chat", "-m", m, "--chat-template", write("bad.jinja", "{% for")}),
+                              {"bad.jinja", "line 1"});
   gptq_test::expect_cli_error(run_cli({"chat", "-m", m, "-c", "64", "-n", "64"}), {"--max-tokens"});
 }
 
