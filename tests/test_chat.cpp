@@ -256,6 +256,8 @@ TEST_F(Chat, EofExitsZeroAndBadInputIsOneLine) {
   gptq_test::expect_cli_error(run_cli({"chat", "-m", m, "--chat-template", write("bad.jinja", "{% for")}),
                               {"bad.jinja", "line 1"});
   gptq_test::expect_cli_error(run_cli({"chat", "-m", m, "-c", "64", "-n", "64"}), {"--max-tokens"});
+  gptq_test::expect_cli_error(run_cli({"chat", "-m", m, "--top-p", "0"}), {"top_p"});
+  gptq_test::expect_cli_error(run_cli({"chat", "-m", m, "--stop", ""}), {"stop"});
 }
 
 // A context of 64 tokens: the conversation drops its oldest exchanges to go on; a message that

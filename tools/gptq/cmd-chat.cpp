@@ -177,6 +177,10 @@ Runner add_chat(CLI::App& app) {
     base.sampling = sampling_params(a->sampling, c, model->config().generation);
     base.stop = a->stop;
     const uint64_t seed = base.sampling.seed;
+    {  // what the engine will build for every answer, checked once here: bad options fail at the start
+      Sampler check_sampling(base.sampling);
+      TextStream check_stop(tok, base.stop);
+    }
 
     if (pipe2(g_wake, O_NONBLOCK | O_CLOEXEC) != 0) fail("cannot create a pipe: ", std::strerror(errno));
     struct sigaction sa {};
