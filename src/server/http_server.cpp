@@ -30,7 +30,6 @@ using nlohmann::json;
 namespace {
 constexpr auto kPoll = std::chrono::milliseconds(100);
 
-
 void reply_error(httplib::Response& res, int status, const std::string& message, const std::string& param = "",
                  const std::string& code = "") {
   res.status = status;
@@ -75,7 +74,8 @@ int connection_fd(const httplib::Request& req) {
 }
 
 // Whether the client closed its end: a hang-up or error, or end-of-file waiting to be read (httplib
-// has consumed the whole request by now, so readable with nothing to read means closed).
+// has consumed the whole request by now, so readable with nothing to read means closed). A client
+// that only shuts down its sending side after the request reads the same; HTTP clients do not.
 bool peer_closed(int fd) {
   pollfd p{fd, POLLIN, 0};
   if (poll(&p, 1, 0) <= 0) return false;
