@@ -1,4 +1,4 @@
-// CUDA kernel workbench: our GPTQ GEMV against cuBLAS fp16 GEMM on Llama-2-7B layer shapes, with
+// CUDA kernel workbench: our GPTQ and fp16 GEMVs against cuBLAS fp16 GEMM on Llama-2-7B layer shapes, with
 // the device's measured copy bandwidth as the roofline. Validation and timing in one program
 // (llm.c style); never asserts on speed.
 //
@@ -26,6 +26,7 @@
 
 #include "backend/cuda/cuda_common.h"
 #include "backend/cuda/gptq_kernels.h"
+#include "backend/cuda/ops.h"
 #include "gptq/version.h"
 
 using gptq::cuda::GptqDeviceMatrix;
@@ -113,7 +114,7 @@ DevGptq make_gptq(int64_t K, int64_t N, int bits, int G, uint32_t seed) {
   d.m.N = N;
   d.m.n_chunks = (K + 31) / 32;
   d.m.n_groups = (K + G - 1) / G;
-  const int64_t nq = d.m.n_chunks * N * bits, nsz = d.m.n_groups * N;
+  const int64_t nq = gptq::cuda::gptq_qweight_words(bits, d.m.n_chunks, N), nsz = d.m.n_groups * gptq::cuda::gptq_sz_stride(bits, N);
   CUDA_CHECK(cudaMalloc(&d.qweight, size_t(nq) * 4));
   CUDA_CHECK(cudaMalloc(&d.scale_zero, size_t(nsz) * 4));
   CUDA_CHECK(cudaMalloc(&d.chunk_group, size_t(d.m.n_chunks) * 4));
@@ -126,6 +127,7 @@ DevGptq make_gptq(int64_t K, int64_t N, int bits, int G, uint32_t seed) {
   d.m.qweight = d.qweight;
   d.m.scale_zero = d.scale_zero;
   d.m.chunk_group = d.chunk_group;
+  d.m.chunks_per_group = G / 32;
   d.bytes = (nq + nsz + d.m.n_chunks) * 4;
   return d;
 }
@@ -293,6 +295,19 @@ int main(int argc, char** argv) {
           for (int c = 0; c < copies; ++c) cublas_gemm(h, W[size_t(c)], xh, y, K, N, T);
         });
         results.push_back({"cublas f16", sh.name, K, N, T, us, wbytes + double(T * K) * 2 + double(T * N) * 4, -1});
+      }
+      // Our dense GEMV on the same weights (fp32 x, the decode path of fp16 checkpoints).
+      for (int64_t T : kGemvT) {
+        cublas_gemm(h, W[0], xh, yref, K, N, T);
+        CUDA_CHECK(cudaMemsetAsync(y, 0xff, size_t(T * N) * 4, s));
+        gptq::cuda::dense_gemv(W[0], gptq::cuda::ElemType::kF16, K, N, xf, K, T, y, N, s);
+        CUDA_CHECK(cudaStreamSynchronize(s));
+        const double err = nmse(download(y, size_t(T * N)), download(yref, size_t(T * N)));
+        const double us = time_passes(s, copies, reps, [&](cudaStream_t st) {
+          for (int c = 0; c < copies; ++c)
+            gptq::cuda::dense_gemv(W[size_t(c)], gptq::cuda::ElemType::kF16, K, N, xf, K, T, y, N, st);
+        });
+        results.push_back({"ours f16 gemv", sh.name, K, N, T, us, wbytes + double(T * K) * 4 + double(T * N) * 4, err});
       }
       for (__half* w : W) CUDA_CHECK(cudaFree(w));
     }

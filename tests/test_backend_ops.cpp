@@ -84,9 +84,9 @@ BackendEntry cpu_entry(cpu::SimdLevel level) {
 
 // The CUDA backend (skipped with the reason when the build has no CUDA or there is no GPU).
 // Its dense F16/BF16 GEMMs above 8 rows (or with K % 8 != 0) run on cuBLASLt with x rounded to the
-// weight's type (at most 8 rows: a GEMV in fp32); GPTQ layers above
-// the GEMV row limit (8) are dequantized to fp16 and so are x's rows; layers without the chunk
-// layout are held as exact fp32 (backend/cuda/cuda_backend.cpp).
+// weight's type (at most 8 rows: a GEMV in fp32); 4-bit GPTQ layers round x to fp16 at every T
+// (tensor-core GEMV, or fp16 dequantization + cuBLAS above 8 rows), 2/3/8-bit ones above the GEMV
+// row limit (8); layers without the chunk layout are held as exact fp32 (backend/cuda/cuda_backend.cpp).
 BackendEntry cuda_entry() {
   BackendEntry e;
   e.name = "cuda";
@@ -100,6 +100,9 @@ BackendEntry cuda_entry() {
     const bool gemv = T <= 8 && w.in_features() % 8 == 0;  // dense_gemv: fp32 x
     if (k == "F16") return gemv ? 0.0 : 1.0 / 2048;
     if (k == "BF16") return gemv ? 0.0 : 1.0 / 256;
+    const bool held = k.find("held as F32") != std::string::npos;
+    // 4 bits run on tensor cores (x in fp16) at every T; 2, 3 and 8 bits GEMV in fp32 up to 8 rows.
+    if (k.rfind("GPTQ 4-bit", 0) == 0 && !held) return 1.0 / 2048;
     if (k.rfind("GPTQ", 0) == 0) return T > 8 ? 1.0 / 2048 : 0.0;
     return 0.0;
   };

@@ -2,9 +2,11 @@
 //  - CudaLayout.*: on the host, no GPU. Checkpoint layers of every bit width, group layout,
 //    act-order, zero convention, with K and N off the multiples of 32 where the format allows, go
 //    through cpu::prepare and make_gptq_layout; the layout is then decoded with the kernels' own
-//    decode (gptq_decode.h) and must equal quant::dequantize (inputs permuted) exactly.
+//    decode (gptq_decode.h; 4 bits: the code at gptq_mma4_pos, whose lop3 decode the GPU test
+//    checks) and must equal quant::dequantize (inputs permuted) exactly.
 //  - CudaGptq.*: on the GPU (skipped without one): gptq_gemv for T = 1..8 against a float64 host
-//    product, gptq_dequant_f16 against the host's fp16 rounding of the same weights.
+//    product (x rounded to fp16 first at 4 bits, as the tensor-core kernel does),
+//    gptq_dequant_f16 against the host's fp16 rounding of the same weights.
 #if defined(GPTQ_WITH_CUDA)
 
 #include <cuda_runtime.h>
@@ -73,6 +75,10 @@ float half_hi(uint32_t v) { return gptq::fp16_to_fp32(uint16_t(v >> 16)); }
 // q - zero of reordered input k, column n, exactly as the kernels decode it.
 template <int BITS>
 float decode_one(const GptqLayout& L, int64_t n, int64_t k, float zero) {
+  if constexpr (BITS == 4) {  // the mma layout: the code where gptq_mma4_pos puts it
+    const auto p = gptq::cuda::gptq_mma4_pos(n, k, (L.N + 15) / 16);
+    return float((L.qweight[size_t(p.word)] >> (4 * p.nibble)) & 15u) - zero;
+  }
   uint32_t w[BITS];
   const int64_t c = k / 32;
   for (int j = 0; j < BITS; ++j) w[j] = L.qweight[size_t((c * L.N + n) * BITS + j)];
@@ -96,7 +102,8 @@ std::vector<float> decode_layout(const GptqLayout& L) {
   std::vector<float> W(size_t(L.N * L.K));
   for (int64_t n = 0; n < L.N; ++n)
     for (int64_t k = 0; k < L.K; ++k) {
-      const uint32_t sz = L.scale_zero[size_t(L.chunk_group[size_t(k / 32)] * L.N + n)];
+      const uint32_t sz =
+          L.scale_zero[size_t(L.chunk_group[size_t(k / 32)] * gptq::cuda::gptq_sz_stride(L.bits, L.N) + n)];
       W[size_t(n * L.K + k)] = half_lo(sz) * decode(L, n, k, half_hi(sz));
     }
   return W;
@@ -134,10 +141,17 @@ TEST(CudaLayout, DecodesToDequantize) {
     ASSERT_EQ(L.N, c.N);
     ASSERT_EQ(L.n_chunks, (c.K + 31) / 32);
     ASSERT_EQ(L.n_groups, m.n_groups());
-    ASSERT_EQ(L.qweight.size(), size_t(L.n_chunks * c.N * c.bits));
-    ASSERT_EQ(L.scale_zero.size(), size_t(L.n_groups * c.N));
+    ASSERT_EQ(L.qweight.size(), size_t(gptq::cuda::gptq_qweight_words(c.bits, L.n_chunks, c.N)));
+    ASSERT_EQ(L.scale_zero.size(), size_t(L.n_groups * gptq::cuda::gptq_sz_stride(c.bits, c.N)));
     ASSERT_EQ(L.chunk_group.size(), size_t(L.n_chunks));
     EXPECT_EQ(L.perm.empty(), !c.act_order);  // shuffled g_idx is never sorted at these K
+    // Uniform groups are recognized (the kernels then compute the group of a chunk): always without
+    // act-order (G / 32 chunks per group; G = -1: one group), and act-order reordering keeps G.
+    if (c.group_size > 0 && c.K % c.group_size == 0) {
+      EXPECT_EQ(L.chunks_per_group, c.group_size / 32);
+    } else if (c.group_size == -1) {
+      EXPECT_EQ(L.chunks_per_group, L.n_chunks);
+    }
     const std::vector<float> W = decode_layout(L);
     int64_t bad = 0;
     for (int64_t n = 0; n < c.N; ++n)
@@ -151,6 +165,14 @@ TEST(CudaLayout, DecodesToDequantize) {
     // code would still be a layout bug).
     for (int64_t n = 0; n < c.N; ++n)
       for (int64_t k = c.K; k < L.n_chunks * 32; ++k) ASSERT_EQ(decode(L, n, k, 0.f), 0.f) << "n " << n << " k " << k;
+    if (c.bits == 4) {  // the mma layout pads to k-blocks of 64 and column tiles of 16
+      const int64_t Kp = (L.n_chunks + 1) / 2 * 64, Np = (c.N + 15) / 16 * 16;
+      for (int64_t n = 0; n < Np; ++n)
+        for (int64_t k = 0; k < Kp; ++k) {
+          if (n < c.N && k < c.K) continue;
+          ASSERT_EQ(decode(L, n, k, 0.f), 0.f) << "n " << n << " k " << k;
+        }
+    }
   }
 }
 
@@ -210,6 +232,8 @@ TEST(CudaGptq, GemvMatchesReference) {
       {8, 128, true, false, QuantFormat::kGptqV1, 1100, 36},
       {8, -1, false, true, QuantFormat::kGptqV2, 60, 100},      // one chunk, partial
       {4, 128, false, true, QuantFormat::kGptqV2, 11008, 96},   // long K: many chunks per warp
+      {4, 32, true, false, QuantFormat::kGptqV1, 200, 40},     // odd chunk count, a partial column tile
+      {4, -1, false, false, QuantFormat::kGptqV2, 4096, 12288}, // many column tiles: few warps per block
   };
   std::mt19937 rng(12345);
   std::normal_distribution<float> nd(0.f, 1.f);
@@ -236,6 +260,7 @@ TEST(CudaGptq, GemvMatchesReference) {
     dm.qweight = dq.p;
     dm.scale_zero = dsz.p;
     dm.chunk_group = dcg.p;
+    dm.chunks_per_group = L.chunks_per_group;
 
     for (int64_t T = 1; T <= gptq::cuda::kGemvMaxRows; ++T) {
       SCOPED_TRACE("T " + std::to_string(T));
@@ -246,14 +271,21 @@ TEST(CudaGptq, GemvMatchesReference) {
       upload(dx, x);
       std::vector<float> y(size_t(T * ys), std::numeric_limits<float>::quiet_NaN());
       upload(dy, y);
-      gptq::cuda::gptq_gemv(dm, dx.p, xs, T, dy.p, ys, nullptr);
+      // The chunk -> group table path as well (irregular groups read it; these are uniform).
+      auto dm_table = dm;
+      dm_table.chunks_per_group = 0;
+      gptq::cuda::gptq_gemv(T % 2 ? dm : dm_table, dx.p, xs, T, dy.p, ys, nullptr);
       CUDA_OK(cudaDeviceSynchronize());
       CUDA_OK(cudaMemcpy(y.data(), dy.p, y.size() * sizeof(float), cudaMemcpyDeviceToHost));
+      // 4 bits run on tensor cores with x rounded to fp16 (gptq_kernels.h): the reference rounds it too.
+      std::vector<float> xr = x;
+      if (c.bits == 4)
+        for (auto& v : xr) v = gptq::fp16_to_fp32(gptq::fp32_to_fp16(v));
       double num = 0, den = 0;
       for (int64_t t = 0; t < T; ++t)
         for (int64_t n = 0; n < N; ++n) {
           double r = 0;
-          for (int64_t k = 0; k < K; ++k) r += double(x[size_t(t * xs + k)]) * double(W[size_t(n * K + k)]);
+          for (int64_t k = 0; k < K; ++k) r += double(xr[size_t(t * xs + k)]) * double(W[size_t(n * K + k)]);
           const double d = double(y[size_t(t * ys + n)]) - r;
           num += d * d;
           den += r * r;

@@ -188,6 +188,7 @@ class CudaGptqWeight final : public Weight {
     m_.qweight = static_cast<const uint32_t*>(qweight_.get());
     m_.scale_zero = static_cast<const uint32_t*>(sz_.get());
     m_.chunk_group = static_cast<const int32_t*>(cg_.get());
+    m_.chunks_per_group = L.chunks_per_group;
     if (bias) {
       bias_.assign(bias, bias + L.N);
       bias_dev_ = up(bias_, "a bias");
@@ -210,8 +211,8 @@ class CudaGptqWeight final : public Weight {
       v.resize(n);
       if (n) CUDA_CHECK(cudaMemcpy(v.data(), src, n * sizeof(v[0]), cudaMemcpyDeviceToHost));
     };
-    down(L.qweight, size_t(m_.n_chunks * m_.N * m_.bits), m_.qweight);
-    down(L.scale_zero, size_t(m_.n_groups * m_.N), m_.scale_zero);
+    down(L.qweight, size_t(cuda::gptq_qweight_words(m_.bits, m_.n_chunks, m_.N)), m_.qweight);
+    down(L.scale_zero, size_t(m_.n_groups * cuda::gptq_sz_stride(m_.bits, m_.N)), m_.scale_zero);
     down(L.chunk_group, size_t(m_.n_chunks), m_.chunk_group);
     return cuda::dequantize_layout(L);
   }

@@ -1,7 +1,7 @@
 // GPTQ kernels over the chunked device layout of gptq_kernels.h: a decode GEMV (T <= 8 rows) and
 // a dequantization to fp16 for cuBLAS at larger T.
 //
-// gptq_gemv tiling. One block = 32 output columns (one column tile) and all of K; its warps split
+// gptq_gemv tiling, 2/3/8 bits (the chunk layout; 4 bits: gptq4_mma_gemv below). One block = 32 output columns (one column tile) and all of K; its warps split
 // the K chunks into contiguous ranges (warp w: chunks [w*cpw, (w+1)*cpw)). Lane l owns column
 // tile*32 + l and, per chunk, loads that column's `bits` consecutive words (4-bit: one 16-byte
 // load; 8-bit: two; 3-bit: three 4-byte loads; 2-bit: one 8-byte load), so a warp reads
@@ -246,6 +246,274 @@ __global__ void __launch_bounds__(256)
   }
 }
 
+// ---- 4 bits: tensor cores over the mma layout ----------------------------------------------
+//
+// gptq4_mma_gemv tiling. One block = one column tile (16 output columns) and all of K; its warps
+// split the k-blocks (64 inputs) into contiguous ranges. Per k-block a lane holds one uint4: its
+// A fragment word of each of the block's 4 16x16 tiles (the warp: 512 contiguous bytes), decodes
+// each word into the fragment (4 LOP3 + 1 SHF + 4 HADD2/HFMA2: exact q - zero in fp16, see
+// decode_a) and runs one mma.sync m16n8k16 per tile with B = x^T (k x 8 rows, rows >= T zero; lane
+// (g, c) loads x[g][2c, 2c+1] and x[g][2c+8, 2c+9] as float2 and rounds them to half2), fp32
+// accumulation. Per chunk (32 inputs: one group, as the layout guarantees) the fp32 accumulator is
+// scaled by the column's scale and added to y, so every product and the per-group sum are exact up
+// to fp32 rounding; scales never round through fp16 arithmetic.
+// Memory: decode reads every weight once, so what matters is bytes in flight and that nothing
+// else waits on global memory in the loop. Each warp streams its k-blocks through a kStages-deep
+// ring in shared memory with cp.async (16 bytes per lane, L2 only): a stage is kMmaBatch k-blocks
+// (2 KB of codes) plus the scale/zero words of their 8 chunks for the tile's 16 columns (512 B,
+// one 16-byte copy per lane); kStages - 1 stages (6 KB + 1.5 KB) are in flight while one is
+// computed, without registers. x is converted to fp16 into shared memory once per block while the
+// first stages load (reading it from global memory inside the loop put an L2 round trip on every
+// k-block step: 25 % of the bandwidth, measured). The scale/zero address is computed from the chunk
+// (uniform groups) or read from a chunk -> group table in shared memory: no dependent global load.
+// Instruction budget: ~80 per warp and k-block (decode 36, x 16, scale/zero 16, mma 4, copies),
+// ~20 issue clk per SM against ~32 clk for its 512 bytes at 4.25 TB/s over 132 SMs: memory-bound
+// at every T <= 8 (one mma does all 8 rows at the cost of one).
+// Limits: x 8-byte aligned rows (float2), K % 4 == 0; T <= 8; 2 K bytes per row of x in shared
+// memory (rows that do not fit together run in groups: see launch_mma4_gemv).
+constexpr int kMmaBatch = 4;
+constexpr int kStages = 4;
+constexpr int kStageU4 = kMmaBatch * 32 + 32;  // uint4 per warp and stage: codes [u][lane], then scale/zero [8 chunks][16]
+
+__device__ __forceinline__ uint32_t lop3_and_or(uint32_t a, uint32_t b, uint32_t c) {  // (a & b) | c
+  uint32_t r;
+  asm("lop3.b32 %0, %1, %2, %3, 0xea;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
+  return r;
+}
+__device__ __forceinline__ __half2 u32_as_h2(uint32_t u) {
+  __half2 h;
+  memcpy(&h, &u, 4);
+  return h;
+}
+__device__ __forceinline__ uint32_t h2_as_u32(__half2 h) {
+  uint32_t u;
+  memcpy(&u, &h, 4);
+  return u;
+}
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+
+// Per column and chunk: 1024 + zero and -(64 + zero) in both halves (exact: zero <= 16).
+struct Mma4Zero {
+  __half2 z1024, zm64;
+};
+__device__ __forceinline__ Mma4Zero mma4_zero(uint32_t sz) {
+  const __half2 z = u32_as_h2(__byte_perm(sz, 0u, 0x3232));  // the high half (zero) twice
+  return {__hadd2(z, u32_as_h2(0x64006400u)), __hsub2(u32_as_h2(0xD400D400u), z)};  // 1024 + z, -64 - z
+}
+
+// One word -> the A fragment (q - zero, exact). OR-ing a nibble into the mantissa of fp16 1024
+// gives 1024 + q (nibbles 0 and 4 of the word: lo and hi half) or 1024 + 16 q (nibbles 1, 5), so
+// one HSUB2 or one HFMA2 by 1/16 leaves q - zero; the word shifted by 8 gives nibbles 2, 6 and 3, 7.
+__device__ __forceinline__ void decode_a(uint32_t w, const Mma4Zero& z0, const Mma4Zero& z1, uint32_t (&a)[4]) {
+  const __half2 sixteenth = u32_as_h2(0x2C002C00u);  // 1/16
+  const uint32_t w8 = w >> 8;
+  a[0] = h2_as_u32(__hsub2(u32_as_h2(lop3_and_or(w, 0x000F000Fu, 0x64006400u)), z0.z1024));
+  a[2] = h2_as_u32(__hfma2(u32_as_h2(lop3_and_or(w, 0x00F000F0u, 0x64006400u)), sixteenth, z0.zm64));
+  a[1] = h2_as_u32(__hsub2(u32_as_h2(lop3_and_or(w8, 0x000F000Fu, 0x64006400u)), z1.z1024));
+  a[3] = h2_as_u32(__hfma2(u32_as_h2(lop3_and_or(w8, 0x00F000F0u, 0x64006400u)), sixteenth, z1.zm64));
+}
+
+__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Dynamic shared memory of a block of `warps` warps at T rows: the stage rings, x as fp16
+// [T][n_kb * 64 + 8] (zero past K; the 8-half pad puts rows g = 0..7 on distinct banks), then the
+// chunk -> group table when groups are not uniform.
+struct Mma4Smem {
+  size_t ring, x, table;
+  int64_t x_stride;  // halves
+  size_t total() const { return ring + x + table; }
+};
+Mma4Smem mma4_smem(int warps, int64_t T, int64_t n_kb, int64_t n_chunks, bool table) {
+  Mma4Smem m;
+  m.ring = size_t(warps) * kStages * kStageU4 * 16;
+  m.x_stride = n_kb * 64 + 8;
+  m.x = size_t(T * m.x_stride) * 2;
+  m.table = table ? size_t(n_chunks) * 4 : 0;
+  return m;
+}
+
+__global__ void __launch_bounds__(kMaxWarps * 32)
+    gptq4_mma_gemv_kernel(const uint4* __restrict__ qw,             // [n_kb][n_ct][32]
+                          const uint32_t* __restrict__ scale_zero,  // [n_groups][n_ct * 16]
+                          const int32_t* __restrict__ chunk_group,  // [n_chunks]
+                          int chunks_per_group,                     // > 0: group = chunk / it
+                          const float* __restrict__ x, int64_t x_stride, int T, float* __restrict__ y,
+                          int64_t y_stride, int N, int K, int n_chunks, int n_kb, int kb_per_warp,
+                          int xs_stride) {
+  extern __shared__ uint4 smem[];
+  __shared__ float red[kMaxWarps][8][16];  // [warp][t][column in the tile]
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+  const int ct = blockIdx.x, n_ct = gridDim.x;
+  const int g = lane >> 2, c = lane & 3;
+  __half* xs = reinterpret_cast<__half*>(smem + n_warps * kStages * kStageU4);
+  int* table = reinterpret_cast<int*>(xs + T * xs_stride);
+  if (chunks_per_group == 0) {  // irregular groups: the table first (the copies below need it)
+    for (int i = threadIdx.x; i < n_chunks; i += blockDim.x) table[i] = __ldg(chunk_group + i);
+    __syncthreads();
+  }
+
+  uint4* ring = smem + warp * kStages * kStageU4;
+  const int kb_begin = warp * kb_per_warp, kb_end = min(kb_begin + kb_per_warp, n_kb);
+  const int n_batches = kb_begin < kb_end ? (kb_end - kb_begin + kMmaBatch - 1) / kMmaBatch : 0;
+  const int64_t sz_stride = int64_t(n_ct) * 16;
+  // Batch b into stage b % kStages: lane l copies its codes of each k-block, and 16 bytes of the
+  // scale/zero row (columns 16ct + 4(l%4) .. +4) of chunk l / 4 of the batch. Past kb_end: the last
+  // k-block again (never used).
+  auto issue = [&](int b) {
+    uint4* st = ring + (b % kStages) * kStageU4;
+    const int kb0 = kb_begin + b * kMmaBatch;
+#pragma unroll
+    for (int u = 0; u < kMmaBatch; ++u)
+      cp_async16(st + u * 32 + lane, qw + (int64_t(min(kb0 + u, kb_end - 1)) * n_ct + ct) * 32 + lane);
+    const int j = lane >> 2, kb = min(kb0 + (j >> 1), kb_end - 1), chunk = min(2 * kb + (j & 1), n_chunks - 1);
+    const int grp = chunks_per_group > 0 ? chunk / chunks_per_group : table[chunk];
+    cp_async16(st + kMmaBatch * 32 + lane, scale_zero + int64_t(grp) * sz_stride + ct * 16 + (lane & 3) * 4);
+  };
+#pragma unroll
+  for (int b = 0; b < kStages - 1; ++b) {
+    if (b < n_batches) issue(b);
+    cp_async_commit();  // empty groups too: the wait below counts groups
+  }
+  // x -> fp16 in shared memory while the first stages are in flight (all of it: the warps' k ranges
+  // cover K). Pairs: K % 4 == 0, x rows 8-byte aligned.
+  {
+    const int pairs = xs_stride / 2;
+    for (int i = threadIdx.x; i < T * pairs; i += blockDim.x) {
+      const int t = i / pairs, k = 2 * (i - t * pairs);
+      float2 v = make_float2(0.f, 0.f);
+      if (k < K) v = __ldg(reinterpret_cast<const float2*>(x + t * x_stride + k));
+      reinterpret_cast<__half2*>(xs + t * xs_stride)[k / 2] = __floats2half2_rn(v.x, v.y);
+    }
+  }
+  __syncthreads();
+
+  const bool xrow = g < T;
+  const uint32_t* __restrict__ xg = reinterpret_cast<const uint32_t*>(xs + (xrow ? g : 0) * xs_stride) + c;
+  float yv[4] = {0.f, 0.f, 0.f, 0.f};  // (t 2c, column g), (2c+1, g), (2c, g+8), (2c+1, g+8)
+  for (int b = 0; b < n_batches; ++b) {
+    cp_async_wait<kStages - 2>();  // batch b has landed (for this lane's copies) ...
+    __syncwarp();                  // ... and for every lane's; stage (b - 1) % kStages is free again
+    if (b + kStages - 1 < n_batches) issue(b + kStages - 1);
+    cp_async_commit();
+    const uint4* st = ring + (b % kStages) * kStageU4;
+    const uint32_t* sz = reinterpret_cast<const uint32_t*>(st + kMmaBatch * 32);  // [8 chunks][16 columns]
+    const int kb0 = kb_begin + b * kMmaBatch;
+#pragma unroll
+    for (int u = 0; u < kMmaBatch; ++u) {
+      if (kb0 + u >= kb_end) break;
+      const uint4 wv = st[u * 32 + lane];
+      const uint32_t words[4] = {wv.x, wv.y, wv.z, wv.w};
+      const uint32_t* xk = xg + (kb0 + u) * 32;  // half2 words: k-block kb starts at word 32 kb
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {  // the two chunks of the k-block
+        const uint32_t sz0 = sz[(2 * u + h) * 16 + g], sz1 = sz[(2 * u + h) * 16 + g + 8];
+        const Mma4Zero z0 = mma4_zero(sz0), z1 = mma4_zero(sz1);
+        float acc[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int kt = 2 * h + j;
+          uint32_t a[4];
+          decode_a(words[kt], z0, z1, a);
+          // B: x[g][16kt + 2c, +1] and x[g][16kt + 2c + 8, +9] (rows >= T: zero)
+          const uint32_t b0 = xrow ? xk[kt * 8] : 0u, b1 = xrow ? xk[kt * 8 + 4] : 0u;
+          mma_16816(acc, a, b0, b1);
+        }
+        const float s0 = half_bits_to_float(sz0 & 0xffffu), s1 = half_bits_to_float(sz1 & 0xffffu);
+        yv[0] = __fmaf_rn(s0, acc[0], yv[0]);
+        yv[1] = __fmaf_rn(s0, acc[1], yv[1]);
+        yv[2] = __fmaf_rn(s1, acc[2], yv[2]);
+        yv[3] = __fmaf_rn(s1, acc[3], yv[3]);
+      }
+    }
+  }
+  cp_async_wait<0>();  // nothing left in flight at exit (the trailing groups are empty)
+
+  // Partial sums of the warps through shared memory, added in warp order (deterministic).
+  if (2 * c < T) red[warp][2 * c][g] = yv[0], red[warp][2 * c][g + 8] = yv[2];
+  if (2 * c + 1 < T) red[warp][2 * c + 1][g] = yv[1], red[warp][2 * c + 1][g + 8] = yv[3];
+  __syncthreads();
+  for (int i = threadIdx.x; i < T * 16; i += blockDim.x) {
+    const int t = i >> 4, col = ct * 16 + (i & 15);
+    float sum = red[0][t][i & 15];
+    for (int v = 1; v < n_warps; ++v) sum += red[v][t][i & 15];
+    if (col < N) y[t * y_stride + col] = sum;
+  }
+}
+
+// out[n][k] = scale * (q - zero) rounded to fp16 (the product in fp32, as the host computes it),
+// from the mma layout. One warp per (column tile, kMmaBatch consecutive k-blocks): the batch's
+// loads are issued together, each k-block is decoded into a [16 rows][64 k] tile in shared memory
+// (rows padded to 72 halves: the fragment writes hit 32 distinct banks), and the warp writes the
+// tile as 16 rows of 128 contiguous bytes, 8 bytes per lane (rows are only 8-byte aligned: K % 4).
+__global__ void __launch_bounds__(256)
+    gptq4_mma_dequant_kernel(const uint4* __restrict__ qw, const uint32_t* __restrict__ scale_zero,
+                             const int32_t* __restrict__ chunk_group, __half* __restrict__ out, int N, int K,
+                             int n_chunks, int n_kb) {
+  constexpr int kPitch = 72;  // halves per tile row
+  __shared__ __align__(16) __half tile[8][16 * kPitch];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int ct = blockIdx.x, n_ct = gridDim.x;
+  const int g = lane >> 2, c = lane & 3;
+  const int64_t sz_stride = int64_t(n_ct) * 16;
+  __half* st = tile[warp];
+  for (int kb0 = (blockIdx.y * 8 + warp) * kMmaBatch; kb0 < n_kb; kb0 += gridDim.y * 8 * kMmaBatch) {
+    uint4 wv[kMmaBatch];
+    uint32_t sz[kMmaBatch][2][2];  // [u][chunk][column g, g + 8]
+#pragma unroll
+    for (int u = 0; u < kMmaBatch; ++u) {
+      const int kb = min(kb0 + u, n_kb - 1);
+      wv[u] = __ldcs(qw + (int64_t(kb) * n_ct + ct) * 32 + lane);
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int64_t grp = __ldg(chunk_group + min(2 * kb + h, n_chunks - 1));
+        sz[u][h][0] = __ldg(scale_zero + grp * sz_stride + ct * 16 + g);
+        sz[u][h][1] = __ldg(scale_zero + grp * sz_stride + ct * 16 + g + 8);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kMmaBatch; ++u) {
+      if (kb0 + u >= n_kb) break;
+      const uint32_t words[4] = {wv[u].x, wv[u].y, wv[u].z, wv[u].w};
+#pragma unroll
+      for (int kt = 0; kt < 4; ++kt) {
+        const uint32_t* s2 = sz[u][kt >> 1];
+        uint32_t a[4];
+        decode_a(words[kt], mma4_zero(s2[0]), mma4_zero(s2[1]), a);
+        const float s[2] = {half_bits_to_float(s2[0] & 0xffffu), half_bits_to_float(s2[1] & 0xffffu)};
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {  // a[r]: row g + 8 (r & 1), k + 8 (r >> 1)
+          const float2 v = __half22float2(u32_as_h2(a[r]));
+          *reinterpret_cast<__half2*>(st + (g + 8 * (r & 1)) * kPitch + kt * 16 + 2 * c + 8 * (r >> 1)) =
+              __floats2half2_rn(s[r & 1] * v.x, s[r & 1] * v.y);
+        }
+      }
+      __syncwarp();
+      const int kb = kb0 + u;
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        const int row = 2 * i + (lane >> 4), seg = lane & 15, col = ct * 16 + row, k = kb * 64 + seg * 4;
+        if (col < N && k < K)
+          *reinterpret_cast<uint2*>(out + int64_t(col) * K + k) =
+              *reinterpret_cast<const uint2*>(st + row * kPitch + seg * 4);
+      }
+      __syncwarp();
+    }
+  }
+}
+
 int sm_count() {  // of the current device; cached per device (callers may be on any thread)
   int dev = 0;
   CUDA_CHECK(cudaGetDevice(&dev));
@@ -270,6 +538,48 @@ void launch_gemv(const GptqDeviceMatrix& w, const float* x, int64_t x_stride, fl
   warps = std::max(1, (n_chunks + cpw - 1) / cpw);  // drop warps that would get no chunk
   gptq_gemv_kernel<BITS, T><<<n_tiles, warps * 32, 0, stream>>>(w.qweight, w.scale_zero, w.chunk_group, x, x_stride,
                                                                 y, y_stride, int(w.N), int(w.K), n_chunks, cpw);
+}
+
+// Warps per block: enough for ~16 resident warps per SM over the whole grid (a column tile per
+// block; N = 4096: 8 warps, 12288: 2, 22016: 1), never more than there are k-blocks. Every block is
+// resident at once (shared memory: 40 KB per 4 warps), so the kernel runs in one wave.
+void launch_mma4_gemv(const GptqDeviceMatrix& w, const float* x, int64_t x_stride, int64_t T, float* y,
+                      int64_t y_stride, cudaStream_t stream) {
+  // The opt-in shared memory limit of the device (227 KB on Hopper, 163 KB on A100), granted once.
+  static std::atomic<int> smem_limit{0};
+  int limit = smem_limit.load(std::memory_order_relaxed);
+  if (limit == 0) {
+    int dev = 0;
+    CUDA_CHECK(cudaGetDevice(&dev));
+    CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    limit -= int(sizeof(float)) * kMaxWarps * 8 * 16;  // the kernel's static reduction buffer
+    CUDA_CHECK(cudaFuncSetAttribute(gptq4_mma_gemv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, limit));
+    smem_limit.store(limit, std::memory_order_relaxed);
+  }
+  const int n_ct = int((w.N + 15) / 16), n_kb = int((w.n_chunks + 1) / 2);
+  const bool table = w.chunks_per_group <= 0;
+  // x of T rows must fit in shared memory next to one warp's ring: otherwise the rows go in groups
+  // that fit, each reading the weights again (K * T past ~110000 on Hopper; no Llama shape at T <= 8
+  // but Llama-2-70B's down_proj, K = 28672, above T = 3).
+  int64_t fit = T;
+  while (fit > 1 && mma4_smem(1, fit, n_kb, w.n_chunks, table).total() > size_t(limit)) --fit;
+  GPTQ_ASSERT(mma4_smem(1, fit, n_kb, w.n_chunks, table).total() <= size_t(limit), "gptq_gemv: K ", w.K,
+              " does not fit in shared memory");
+  if (fit < T) {
+    for (int64_t t0 = 0; t0 < T; t0 += fit)
+      launch_mma4_gemv(w, x + t0 * x_stride, x_stride, std::min(fit, T - t0), y + t0 * y_stride, y_stride, stream);
+    return;
+  }
+  int warps = 1;
+  while (warps < kMaxWarps && int64_t(n_ct) * warps * 2 <= int64_t(sm_count()) * 16) warps *= 2;
+  warps = std::min(warps, n_kb);
+  while (warps > 1 && mma4_smem(warps, T, n_kb, w.n_chunks, table).total() > size_t(limit)) --warps;
+  const Mma4Smem sm = mma4_smem(warps, T, n_kb, w.n_chunks, table);
+  const int kbpw = std::max(1, (n_kb + warps - 1) / warps);
+  warps = std::max(1, (n_kb + kbpw - 1) / kbpw);  // drop warps that would get no k-block
+  gptq4_mma_gemv_kernel<<<n_ct, warps * 32, mma4_smem(warps, T, n_kb, w.n_chunks, table).total(), stream>>>(
+      reinterpret_cast<const uint4*>(w.qweight), w.scale_zero, w.chunk_group, table ? 0 : int(w.chunks_per_group), x,
+      x_stride, int(T), y, y_stride, int(w.N), int(w.K), int(w.n_chunks), n_kb, kbpw, int(sm.x_stride));
 }
 
 template <int BITS>
@@ -307,7 +617,7 @@ void gptq_gemv(const GptqDeviceMatrix& w, const float* x, int64_t x_stride, int6
   switch (w.bits) {
     case 2: launch_gemv_bits<2>(w, x, x_stride, T, y, y_stride, stream); break;
     case 3: launch_gemv_bits<3>(w, x, x_stride, T, y, y_stride, stream); break;
-    case 4: launch_gemv_bits<4>(w, x, x_stride, T, y, y_stride, stream); break;
+    case 4: launch_mma4_gemv(w, x, x_stride, T, y, y_stride, stream); break;
     case 8: launch_gemv_bits<8>(w, x, x_stride, T, y, y_stride, stream); break;
   }
   CUDA_CHECK(cudaGetLastError());
@@ -320,10 +630,17 @@ void gptq_dequant_f16(const GptqDeviceMatrix& w, void* out, cudaStream_t stream)
   const dim3 grid(unsigned((w.N + 31) / 32), unsigned(std::min<int64_t>((w.n_chunks + 7) / 8, 65535)));
   auto* o = static_cast<__half*>(out);
   const int N = int(w.N), K = int(w.K), nc = int(w.n_chunks);
+  if (w.bits == 4) {
+    const int n_kb = int((w.n_chunks + 1) / 2);
+    const dim3 g4(unsigned((w.N + 15) / 16), unsigned(std::min((n_kb + 8 * kMmaBatch - 1) / (8 * kMmaBatch), 65535)));
+    gptq4_mma_dequant_kernel<<<g4, 256, 0, stream>>>(reinterpret_cast<const uint4*>(w.qweight), w.scale_zero,
+                                                     w.chunk_group, o, N, K, nc, n_kb);
+    CUDA_CHECK(cudaGetLastError());
+    return;
+  }
   switch (w.bits) {
     case 2: gptq_dequant_kernel<2><<<grid, 256, 0, stream>>>(w.qweight, w.scale_zero, w.chunk_group, o, N, K, nc); break;
     case 3: gptq_dequant_kernel<3><<<grid, 256, 0, stream>>>(w.qweight, w.scale_zero, w.chunk_group, o, N, K, nc); break;
-    case 4: gptq_dequant_kernel<4><<<grid, 256, 0, stream>>>(w.qweight, w.scale_zero, w.chunk_group, o, N, K, nc); break;
     case 8: gptq_dequant_kernel<8><<<grid, 256, 0, stream>>>(w.qweight, w.scale_zero, w.chunk_group, o, N, K, nc); break;
   }
   CUDA_CHECK(cudaGetLastError());

@@ -1,5 +1,5 @@
 // make_gptq_layout: the CPU-prepared form (column tiles of 32, act-order already reordered) cut
-// into the chunked device layout of gptq_kernels.h. Plain C++; runs once per layer at load.
+// into the device layouts of gptq_kernels.h. Plain C++; runs once per layer at load.
 #include <algorithm>
 
 #include "backend/cuda/gptq_kernels.h"
@@ -26,22 +26,33 @@ GptqLayout make_gptq_layout(const cpu::PreparedQuantMatrix& w) {
   const int b = w.bits;
   const int64_t N = w.N, nc = L.n_chunks, ng = w.n_groups, Kw = w.words_per_col;
 
-  // qweight: chunk c of column n is stream words [c*b, c*b+b) of the column, which the prepared
-  // tile holds at qt[word][n % 32]; words past the column's stream (the last chunk's padding) are 0.
-  L.qweight.assign(size_t(nc * N * b), 0u);
+  // qweight: the prepared tile holds column n's bit stream at qt[word][n % 32]. 4 bits: each code
+  // moved to its mma position; otherwise chunk c of column n is stream words [c*b, c*b+b), words
+  // past the column's stream (the last chunk's padding) 0.
+  L.qweight.assign(size_t(gptq_qweight_words(b, nc, N)), 0u);
   for (int64_t n = 0; n < N; ++n) {
     const uint32_t* qt = w.qweight.data() + (n / TN) * Kw * TN + n % TN;
+    if (b == 4) {
+      const int64_t n_ct = (N + 15) / 16;
+      for (int64_t k = 0; k < w.K; ++k) {
+        const uint32_t q = (qt[(k / 8) * TN] >> (4 * (k % 8))) & 15u;
+        const GptqMma4Pos p = gptq_mma4_pos(n, k, n_ct);
+        L.qweight[size_t(p.word)] |= q << (4 * p.nibble);
+      }
+      continue;
+    }
     for (int64_t c = 0; c < nc; ++c)
       for (int j = 0; j < b; ++j) {
         const int64_t r = c * b + j;
         if (r < Kw) L.qweight[size_t((c * N + n) * b + j)] = qt[r * TN];
       }
   }
-  L.scale_zero.resize(size_t(ng * N));
+  const int64_t szs = gptq_sz_stride(b, N);
+  L.scale_zero.assign(size_t(ng * szs), 0u);
   for (int64_t g = 0; g < ng; ++g)
     for (int64_t n = 0; n < N; ++n) {
       const size_t i = size_t(((n / TN) * ng + g) * TN + n % TN);
-      L.scale_zero[size_t(g * N + n)] = uint32_t(w.scales[i]) | (uint32_t(w.zeros[i]) << 16);
+      L.scale_zero[size_t(g * szs + n)] = uint32_t(w.scales[i]) | (uint32_t(w.zeros[i]) << 16);
     }
   // Groups are contiguous ranges of the reordered K (prepare sorted them), so the group of chunk c
   // is the one whose range holds input 32c; empty groups (act-order maps may skip one) never match.
@@ -51,6 +62,13 @@ GptqLayout make_gptq_layout(const cpu::PreparedQuantMatrix& w) {
     while (g + 1 < ng && w.group_begin[size_t(g + 1)] <= 32 * c) ++g;
     L.chunk_group[size_t(c)] = int32_t(g);
   }
+  // Uniform groups (every group G = 32 * cpg reordered inputs; act-order checkpoints too, once
+  // reordered, unless a group is short or empty): the kernels compute the group, no table read.
+  int64_t cpg = 0;  // the chunks of group 0
+  while (cpg < nc && L.chunk_group[size_t(cpg)] == 0) ++cpg;
+  bool uniform = cpg > 0;
+  for (int64_t c = 0; c < nc && uniform; ++c) uniform = L.chunk_group[size_t(c)] == c / cpg;
+  L.chunks_per_group = uniform ? int32_t(cpg) : 0;
   L.perm = w.perm;
   L.fast = true;
   return L;
@@ -60,11 +78,19 @@ std::vector<float> dequantize_layout(const GptqLayout& L) {
   GPTQ_ASSERT(L.fast);
   std::vector<float> W(size_t(L.N * L.K));
   std::vector<uint8_t> q(32);
+  const int64_t n_ct = (L.N + 15) / 16;
   for (int64_t c = 0; c < L.n_chunks; ++c) {
     const int32_t g = L.chunk_group[size_t(c)];
     for (int64_t n = 0; n < L.N; ++n) {
-      quant::unpack_stream(L.qweight.data() + size_t((c * L.N + n) * L.bits), 1, 32, L.bits, q.data());
-      const uint32_t sz = L.scale_zero[size_t(g * L.N + n)];
+      if (L.bits == 4) {
+        for (int64_t i = 0; i < 32; ++i) {
+          const GptqMma4Pos p = gptq_mma4_pos(n, c * 32 + i, n_ct);
+          q[size_t(i)] = uint8_t((L.qweight[size_t(p.word)] >> (4 * p.nibble)) & 15u);
+        }
+      } else {
+        quant::unpack_stream(L.qweight.data() + size_t((c * L.N + n) * L.bits), 1, 32, L.bits, q.data());
+      }
+      const uint32_t sz = L.scale_zero[size_t(g * gptq_sz_stride(L.bits, L.N) + n)];
       const float s = fp16_to_fp32(uint16_t(sz & 0xffffu)), z = fp16_to_fp32(uint16_t(sz >> 16));
       for (int64_t i = 0; i < 32 && c * 32 + i < L.K; ++i) {
         const int64_t k = c * 32 + i, ko = L.perm.empty() ? k : L.perm[size_t(k)];
