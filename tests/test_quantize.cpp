@@ -7,6 +7,7 @@
 #include <cmath>
 #include <deque>
 #include <filesystem>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "cli_runner.h"
@@ -130,6 +131,39 @@ TEST(Quantize, CheckpointFormatFilesAndDeterminism) {
   EXPECT_NE(m->weight_dtype_summary().find("GPTQ 3-bit g32"), std::string::npos);
 }
 
+// --grid: recorded in quantize_config.json's meta only (loaders see the same fields and tensors),
+// changes the scales, and a bad value is one line naming the flag.
+TEST(Quantize, GridFlagIsRecordedInMetaAndBadValuesAreRefused) {
+  NEED_SHARED(kBaby);
+  const std::string src = shared_path("models/babyllama-361");
+  const std::string calib = shared_path(kBaby.file);
+  std::map<std::string, std::string> scales;
+  for (const std::string grid : {"minmax", "mse"}) {
+    const std::string out = out_dir("grid_" + grid);
+    const auto r = gptq_test::run_cli(
+        {"quantize", "-m", src, "-o", out, "--calibration", calib, "--seqlen", "256", "--nsamples", "8", "--grid", grid, "-q"});
+    ASSERT_EQ(r.rc, 0) << r.err;
+    const json q = json::parse(gptq::read_text_file(out + "/quantize_config.json"));
+    EXPECT_EQ(q["meta"]["grid"], grid);
+    EXPECT_FALSE(q.contains("grid"));
+    EXPECT_EQ(json::parse(gptq::read_text_file(out + "/config.json"))["quantization_config"], q);
+    gptq::SafetensorsFile st(out + "/model.safetensors");
+    const auto& t = st.tensors().at("model.layers.0.mlp.down_proj.scales");
+    scales[grid].assign(static_cast<const char*>(t.data), t.nbytes);
+    EXPECT_LT(calib_ppl(out, kBaby), 3.3) << grid;  // a working 4-bit checkpoint (reference GPTQ: 3.025)
+    fs::remove_all(out);
+  }
+  EXPECT_NE(scales["minmax"], scales["mse"]);
+  gptq_test::expect_cli_error(
+      gptq_test::run_cli({"quantize", "-m", src, "-o", out_dir("grid_bad"), "--method", "rtn", "--grid", "l2"}),
+      {"--grid", "l2"});
+  auto o = calib_options(kBaby);
+  o.grid = "MSE";
+  EXPECT_NE(error_of([&] { gptq::quantize_model(src, out_dir("grid_bad"), o); }).find("--grid must be minmax or mse"),
+            std::string::npos);
+  EXPECT_FALSE(fs::exists(out_dir("grid_bad")));
+}
+
 TEST(Quantize, ShardsAndV2FormatAndRtn) {
   NEED_SHARED(kBaby);
   const std::string src = shared_path("models/babyllama-361");
@@ -240,6 +274,7 @@ double quantized_ppl(const RefConfig& c, const std::string& method) {
   o.group_size = c.group;
   o.desc_act = c.desc_act;
   o.sym = c.sym;
+  o.grid = "minmax";  // the reference's grid, whatever the default
   const std::string dir = out_dir(ref_name(c) + "_" + method);
   gptq::quantize_model(shared_path(std::string("models/") + c.model), dir, o);
   const double ppl = calib_ppl(dir, cal);

@@ -18,6 +18,7 @@ struct QuantizeOptions {
   bool desc_act = false;        // act-order
   bool static_groups = false;
   bool sym = true;
+  std::string grid = "minmax";  // each group's scale/zero: "minmax" (the GPTQ authors') or "mse" (best shrink)
   double damp_percent = 0.01;
   bool true_sequential = true;  // [k,v,q] -> [o] -> [up,gate] -> [down], each on quantized inputs
   std::string method = "gptq";  // "gptq" or "rtn"

@@ -50,6 +50,7 @@ void check_options(const QuantizeOptions& o) {
   quant::check_bits(o.bits);
   if (o.group_size == 0 || o.group_size < -1) fail("--group-size must be -1 or positive, got ", o.group_size);
   if (o.method != "gptq" && o.method != "rtn") fail("--method must be gptq or rtn, got \"", o.method, "\"");
+  quant::parse_grid(o.grid);
   if (o.format != "gptq" && o.format != "gptq_v2") fail("--format must be gptq or gptq_v2, got \"", o.format, "\"");
   if (!(o.damp_percent > 0 && o.damp_percent < 1)) fail("--damp must be in (0, 1), got ", o.damp_percent);
   if (o.method == "gptq") {
@@ -79,6 +80,7 @@ std::string quant_config_json(const QuantizeOptions& o, const nlohmann::ordered_
   q["model_file_base_name"] = "model";
   q["meta"] = {{"quantizer", {std::string("gptq.cpp:") + version()}},
                {"method", o.method},
+               {"grid", o.grid},
                {"calibration_windows", o.method == "gptq" ? o.nsamples : 0},
                {"calibration_seqlen", o.method == "gptq" ? o.seqlen : 0}};
   if (!adapters.empty()) q["meta"]["lora_adapters"] = adapters;
@@ -144,6 +146,7 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
   spec.sym = o.sym;
   spec.desc_act = o.desc_act;
   spec.static_groups = o.static_groups;
+  spec.grid = quant::parse_grid(o.grid);
   spec.damp_percent = o.damp_percent;
   for (int64_t N : {cfg.hidden_size, cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim,
                     cfg.intermediate_size}) {

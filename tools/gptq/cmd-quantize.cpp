@@ -31,6 +31,10 @@ Runner add_quantize(CLI::App& app) {
   c->add_flag("--desc-act,--act-order", o.desc_act, "Quantize columns in order of decreasing Hessian diagonal (g_idx)");
   c->add_flag("--static-groups", o.static_groups, "With --desc-act: groups fixed before the column loop");
   c->add_flag("--sym,!--no-sym", o.sym, "Symmetric grid (default) or asymmetric (--no-sym)");
+  c->add_option("--grid", o.grid,
+                "Group scale/zero: minmax (the GPTQ authors') or mse (best shrink of the range under the "
+                "Hessian-weighted error)")
+      ->check(CLI::IsMember({"minmax", "mse"}));
   c->add_option("--damp", o.damp_percent, "Damping, as a fraction of the mean Hessian diagonal");
   c->add_flag("--true-sequential,!--no-true-sequential", o.true_sequential,
               "Quantize [k,v,q] -> [o] -> [up,gate] -> [down], each from quantized inputs (default on)");
