@@ -164,6 +164,32 @@ TEST(Quantize, GridFlagIsRecordedInMetaAndBadValuesAreRefused) {
   EXPECT_FALSE(fs::exists(out_dir("grid_bad")));
 }
 
+// --order group: written as a plain (desc_act false, g_idx = k / G) checkpoint; bad combinations
+// and values are one line.
+TEST(Quantize, OrderGroupKeepsTheNonActOrderLayout) {
+  NEED_SHARED(kBaby);
+  const std::string src = shared_path("models/babyllama-361");
+  const std::string out = out_dir("order_group");
+  const auto r = gptq_test::run_cli({"quantize", "-m", src, "-o", out, "--calibration", shared_path(kBaby.file), "--seqlen",
+                                     "256", "--nsamples", "8", "--group-size", "32", "--order", "group", "-q"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const json q = json::parse(gptq::read_text_file(out + "/quantize_config.json"));
+  EXPECT_EQ(q["desc_act"], false);
+  EXPECT_EQ(q["meta"]["order"], "group");
+  gptq::SafetensorsFile st(out + "/model.safetensors");
+  const auto& gi = st.tensors().at("model.layers.0.mlp.down_proj.g_idx");
+  const int32_t* g = static_cast<const int32_t*>(gi.data);
+  for (int k = 0; k < 352; ++k) EXPECT_EQ(g[k], k / 32);
+  EXPECT_LT(calib_ppl(out, kBaby), 3.3);
+  fs::remove_all(out);
+  gptq_test::expect_cli_error(gptq_test::run_cli({"quantize", "-m", src, "-o", out, "--method", "rtn", "--order", "random"}),
+                              {"--order", "random"});
+  gptq_test::expect_cli_error(
+      gptq_test::run_cli({"quantize", "-m", src, "-o", out, "--method", "rtn", "--order", "group", "--desc-act"}),
+      {"--order group", "--desc-act"});
+  EXPECT_FALSE(fs::exists(out));
+}
+
 TEST(Quantize, ShardsAndV2FormatAndRtn) {
   NEED_SHARED(kBaby);
   const std::string src = shared_path("models/babyllama-361");

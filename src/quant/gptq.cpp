@@ -124,9 +124,26 @@ QuantResult gptq_quantize(ThreadPool& pool, const float* W, const float* H, int6
 
   std::vector<int64_t> perm(static_cast<size_t>(K));
   std::iota(perm.begin(), perm.end(), int64_t(0));
-  if (spec.desc_act)
-    std::stable_sort(perm.begin(), perm.end(),
-                     [&](int64_t a, int64_t b) { return diag[size_t(a)] > diag[size_t(b)]; });
+  auto by_diag = [&](int64_t a, int64_t b) { return diag[size_t(a)] > diag[size_t(b)]; };
+  const bool group_order = spec.group_order && !spec.desc_act;
+  if (spec.desc_act || (group_order && whole_row)) {
+    std::stable_sort(perm.begin(), perm.end(), by_diag);
+  } else if (group_order) {
+    // Full groups by decreasing Hessian mass (the partial last one stays last), then each group's
+    // columns by decreasing diagonal, in place.
+    const int64_t full = K / G;
+    std::vector<double> mass(static_cast<size_t>(full), 0.0);
+    for (int64_t k = 0; k < full * G; ++k) mass[size_t(k / G)] += diag[size_t(k)];
+    std::vector<int64_t> order(static_cast<size_t>(full));
+    std::iota(order.begin(), order.end(), int64_t(0));
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return mass[size_t(a)] > mass[size_t(b)]; });
+    for (int64_t j = 0; j < full; ++j) {
+      auto first = perm.begin() + j * G;
+      std::iota(first, first + G, order[size_t(j)] * G);
+      std::stable_sort(first, first + G, by_diag);
+    }
+    std::stable_sort(perm.begin() + full * G, perm.end(), by_diag);
+  }
 
   // Wp: [N, K] = W with dead columns zeroed, columns permuted (the solver's working copy).
   std::vector<float> Wp(static_cast<size_t>(N * K));
@@ -218,9 +235,12 @@ QuantResult gptq_quantize(ThreadPool& pool, const float* W, const float* H, int6
                 p = {res.scales[size_t(g * N + n)], float(res.zeros[size_t(g * N + n)])};
               } else {
                 if (col % G == 0) {
+                  // The group's index: its place in the solver's order, or (group_order) the
+                  // original group its columns came from.
+                  const int64_t g = group_order ? perm[size_t(col)] / G : col / G;
                   cur[size_t(r)] = grid_of(wrow + col, hperm.data() + col, std::min(G, K - col));
-                  res.scales[size_t((col / G) * N + n)] = cur[size_t(r)].scale;
-                  res.zeros[size_t((col / G) * N + n)] = int32_t(cur[size_t(r)].zero);
+                  res.scales[size_t(g * N + n)] = cur[size_t(r)].scale;
+                  res.zeros[size_t(g * N + n)] = int32_t(cur[size_t(r)].zero);
                 }
                 p = cur[size_t(r)];
               }

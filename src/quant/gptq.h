@@ -19,6 +19,12 @@
 //  - Grid::kMse (not the reference's default) replaces each of those min-max grids by the best
 //    shrink of it under the group's Hessian-diagonal-weighted error (quantizer.h), computed at the
 //    same point from the same values; the weights are diag(H) as accumulated (0 for dead inputs).
+//  - group_order (ours, not in the reference): the non-act-order layout (g_idx[k] = k / G, every
+//    group G consecutive input channels) quantized in a better order: groups by decreasing
+//    Hessian mass sum(diag(H)) over the group, the columns inside a group by decreasing diag(H).
+//    Each group stays contiguous in the solver's order, so its grid is still computed at its
+//    first column; a partial last group (K % G != 0) stays last so that groups start at multiples
+//    of G. With group_size -1 (one group) it orders the columns as act-order does.
 //  - When the Cholesky fails (H + damp*I not positive definite) the damping is multiplied by 10
 //    and the factorization retried, up to max_damp_retries times; the result reports it.
 #pragma once
@@ -38,6 +44,7 @@ struct QuantSpec {
   bool sym = true;           // symmetric grid (zero = 2^(bits-1))
   bool desc_act = false;     // act-order
   bool static_groups = false;
+  bool group_order = false;  // act-order inside groups and between them, keeping g_idx = k / G (no desc_act)
   Grid grid = Grid::kMinMax; // how each group's scale and zero are chosen (quantizer.h)
   double damp_percent = 0.01;
   int block_size = 128;      // lazy-update block width (does not change the result)

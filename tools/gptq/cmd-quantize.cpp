@@ -29,6 +29,10 @@ Runner add_quantize(CLI::App& app) {
   c->add_option("--bits", o.bits, "Bits per weight: 2, 3, 4 or 8")->check(CLI::IsMember({2, 3, 4, 8}));
   c->add_option("--group-size", o.group_size, "Inputs per quantization group (-1: one group per row)");
   c->add_flag("--desc-act,--act-order", o.desc_act, "Quantize columns in order of decreasing Hessian diagonal (g_idx)");
+  c->add_option("--order", o.order,
+                "Column order: natural, act (= --desc-act) or group (groups by Hessian mass, columns inside a group by "
+                "the Hessian diagonal; keeps the non-act-order layout)")
+      ->check(CLI::IsMember({"natural", "act", "group"}));
   c->add_flag("--static-groups", o.static_groups, "With --desc-act: groups fixed before the column loop");
   c->add_flag("--sym,!--no-sym", o.sym, "Symmetric grid (default) or asymmetric (--no-sym)");
   c->add_option("--grid", o.grid,
