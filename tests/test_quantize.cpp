@@ -99,6 +99,7 @@ TEST(Quantize, CheckpointFormatFilesAndDeterminism) {
   EXPECT_EQ(q["desc_act"], true);
   EXPECT_EQ(q["sym"], true);
   EXPECT_EQ(q["checkpoint_format"], "gptq");
+  EXPECT_EQ(q["meta"]["grid"], "mse");  // GPTQ's default grid
   EXPECT_EQ(json::parse(gptq::read_text_file(a + "/quantize_config.json")), q);
   gptq::SafetensorsFile st(a + "/model.safetensors");
   EXPECT_EQ(st.metadata().at("format"), "pt");
@@ -210,6 +211,7 @@ TEST(Quantize, ShardsAndV2FormatAndRtn) {
   const json q = json::parse(gptq::read_text_file(a + "/config.json"))["quantization_config"];
   EXPECT_EQ(q["checkpoint_format"], "gptq_v2");
   EXPECT_EQ(q["sym"], false);
+  EXPECT_EQ(q["meta"]["grid"], "minmax");  // RTN's default grid: the reference's baseline
   const double ppl = calib_ppl(a, kBaby);
   EXPECT_LT(ppl, 3.3);  // reference RTN 4-bit g128 sym: 3.116
 }

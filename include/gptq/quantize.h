@@ -21,7 +21,10 @@ struct QuantizeOptions {
   std::string order = "natural";
   bool static_groups = false;
   bool sym = true;
-  std::string grid = "minmax";  // each group's scale/zero: "minmax" (the GPTQ authors') or "mse" (best shrink)
+  // Each group's scale/zero: "minmax" (the GPTQ authors') or "mse" (best shrink of the min-max
+  // range, quantizer.h). "": mse for gptq (measured better, docs/measurements.md), minmax for rtn
+  // (the baseline stays the reference's RTN).
+  std::string grid;
   double damp_percent = 0.01;
   bool true_sequential = true;  // [k,v,q] -> [o] -> [up,gate] -> [down], each on quantized inputs
   std::string method = "gptq";  // "gptq" or "rtn"

@@ -50,7 +50,7 @@ void check_options(const QuantizeOptions& o) {
   quant::check_bits(o.bits);
   if (o.group_size == 0 || o.group_size < -1) fail("--group-size must be -1 or positive, got ", o.group_size);
   if (o.method != "gptq" && o.method != "rtn") fail("--method must be gptq or rtn, got \"", o.method, "\"");
-  quant::parse_grid(o.grid);
+  if (!o.grid.empty()) quant::parse_grid(o.grid);
   if (o.order != "natural" && o.order != "act" && o.order != "group")
     fail("--order must be natural, act or group, got \"", o.order, "\"");
   if (o.order == "group" && o.desc_act)
@@ -118,6 +118,7 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
   const auto t_start = Clock::now();
   QuantizeOptions o = opts_in;
   check_options(o);
+  if (o.grid.empty()) o.grid = o.method == "gptq" ? "mse" : "minmax";
   if (o.order == "act") o.desc_act = true;  // the same as --desc-act, and written as desc_act
   // -o is checked now and created only once the inputs have been read (CheckpointOutput::open).
   std::vector<InputFolder> inputs = {{model_dir, "-m"}};

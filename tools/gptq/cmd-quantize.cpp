@@ -37,7 +37,7 @@ Runner add_quantize(CLI::App& app) {
   c->add_flag("--sym,!--no-sym", o.sym, "Symmetric grid (default) or asymmetric (--no-sym)");
   c->add_option("--grid", o.grid,
                 "Group scale/zero: minmax (the GPTQ authors') or mse (best shrink of the range under the "
-                "Hessian-weighted error)")
+                "Hessian-weighted error; the default for --method gptq, minmax for rtn)")
       ->check(CLI::IsMember({"minmax", "mse"}));
   c->add_option("--damp", o.damp_percent, "Damping, as a fraction of the mean Hessian diagonal");
   c->add_flag("--true-sequential,!--no-true-sequential", o.true_sequential,
