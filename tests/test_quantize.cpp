@@ -7,6 +7,7 @@
 #include <cmath>
 #include <deque>
 #include <filesystem>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "cli_runner.h"
@@ -98,6 +99,7 @@ TEST(Quantize, CheckpointFormatFilesAndDeterminism) {
   EXPECT_EQ(q["desc_act"], true);
   EXPECT_EQ(q["sym"], true);
   EXPECT_EQ(q["checkpoint_format"], "gptq");
+  EXPECT_EQ(q["meta"]["grid"], "mse");  // GPTQ's default grid
   EXPECT_EQ(json::parse(gptq::read_text_file(a + "/quantize_config.json")), q);
   gptq::SafetensorsFile st(a + "/model.safetensors");
   EXPECT_EQ(st.metadata().at("format"), "pt");
@@ -130,6 +132,65 @@ TEST(Quantize, CheckpointFormatFilesAndDeterminism) {
   EXPECT_NE(m->weight_dtype_summary().find("GPTQ 3-bit g32"), std::string::npos);
 }
 
+// --grid: recorded in quantize_config.json's meta only (loaders see the same fields and tensors),
+// changes the scales, and a bad value is one line naming the flag.
+TEST(Quantize, GridFlagIsRecordedInMetaAndBadValuesAreRefused) {
+  NEED_SHARED(kBaby);
+  const std::string src = shared_path("models/babyllama-361");
+  const std::string calib = shared_path(kBaby.file);
+  std::map<std::string, std::string> scales;
+  for (const std::string grid : {"minmax", "mse"}) {
+    const std::string out = out_dir("grid_" + grid);
+    const auto r = gptq_test::run_cli(
+        {"quantize", "-m", src, "-o", out, "--calibration", calib, "--seqlen", "256", "--nsamples", "8", "--grid", grid, "-q"});
+    ASSERT_EQ(r.rc, 0) << r.err;
+    const json q = json::parse(gptq::read_text_file(out + "/quantize_config.json"));
+    EXPECT_EQ(q["meta"]["grid"], grid);
+    EXPECT_FALSE(q.contains("grid"));
+    EXPECT_EQ(json::parse(gptq::read_text_file(out + "/config.json"))["quantization_config"], q);
+    gptq::SafetensorsFile st(out + "/model.safetensors");
+    const auto& t = st.tensors().at("model.layers.0.mlp.down_proj.scales");
+    scales[grid].assign(static_cast<const char*>(t.data), t.nbytes);
+    EXPECT_LT(calib_ppl(out, kBaby), 3.3) << grid;  // a working 4-bit checkpoint (reference GPTQ: 3.025)
+    fs::remove_all(out);
+  }
+  EXPECT_NE(scales["minmax"], scales["mse"]);
+  gptq_test::expect_cli_error(
+      gptq_test::run_cli({"quantize", "-m", src, "-o", out_dir("grid_bad"), "--method", "rtn", "--grid", "l2"}),
+      {"--grid", "l2"});
+  auto o = calib_options(kBaby);
+  o.grid = "MSE";
+  EXPECT_NE(error_of([&] { gptq::quantize_model(src, out_dir("grid_bad"), o); }).find("--grid must be minmax or mse"),
+            std::string::npos);
+  EXPECT_FALSE(fs::exists(out_dir("grid_bad")));
+}
+
+// --order group: written as a plain (desc_act false, g_idx = k / G) checkpoint; bad combinations
+// and values are one line.
+TEST(Quantize, OrderGroupKeepsTheNonActOrderLayout) {
+  NEED_SHARED(kBaby);
+  const std::string src = shared_path("models/babyllama-361");
+  const std::string out = out_dir("order_group");
+  const auto r = gptq_test::run_cli({"quantize", "-m", src, "-o", out, "--calibration", shared_path(kBaby.file), "--seqlen",
+                                     "256", "--nsamples", "8", "--group-size", "32", "--order", "group", "-q"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const json q = json::parse(gptq::read_text_file(out + "/quantize_config.json"));
+  EXPECT_EQ(q["desc_act"], false);
+  EXPECT_EQ(q["meta"]["order"], "group");
+  gptq::SafetensorsFile st(out + "/model.safetensors");
+  const auto& gi = st.tensors().at("model.layers.0.mlp.down_proj.g_idx");
+  const int32_t* g = static_cast<const int32_t*>(gi.data);
+  for (int k = 0; k < 352; ++k) EXPECT_EQ(g[k], k / 32);
+  EXPECT_LT(calib_ppl(out, kBaby), 3.3);
+  fs::remove_all(out);
+  gptq_test::expect_cli_error(gptq_test::run_cli({"quantize", "-m", src, "-o", out, "--method", "rtn", "--order", "random"}),
+                              {"--order", "random"});
+  gptq_test::expect_cli_error(
+      gptq_test::run_cli({"quantize", "-m", src, "-o", out, "--method", "rtn", "--order", "group", "--desc-act"}),
+      {"--order group", "--desc-act"});
+  EXPECT_FALSE(fs::exists(out));
+}
+
 TEST(Quantize, ShardsAndV2FormatAndRtn) {
   NEED_SHARED(kBaby);
   const std::string src = shared_path("models/babyllama-361");
@@ -150,6 +211,7 @@ TEST(Quantize, ShardsAndV2FormatAndRtn) {
   const json q = json::parse(gptq::read_text_file(a + "/config.json"))["quantization_config"];
   EXPECT_EQ(q["checkpoint_format"], "gptq_v2");
   EXPECT_EQ(q["sym"], false);
+  EXPECT_EQ(q["meta"]["grid"], "minmax");  // RTN's default grid: the reference's baseline
   const double ppl = calib_ppl(a, kBaby);
   EXPECT_LT(ppl, 3.3);  // reference RTN 4-bit g128 sym: 3.116
 }
@@ -240,6 +302,7 @@ double quantized_ppl(const RefConfig& c, const std::string& method) {
   o.group_size = c.group;
   o.desc_act = c.desc_act;
   o.sym = c.sym;
+  o.grid = "minmax";  // the reference's grid, whatever the default
   const std::string dir = out_dir(ref_name(c) + "_" + method);
   gptq::quantize_model(shared_path(std::string("models/") + c.model), dir, o);
   const double ppl = calib_ppl(dir, cal);

@@ -16,8 +16,15 @@ struct QuantizeOptions {
   int bits = 4;                 // 2, 3, 4, 8
   int group_size = 128;         // -1, 32, 64, 128 (any positive size works)
   bool desc_act = false;        // act-order
+  // Column order: "natural", "act" (= desc_act) or "group" (groups by Hessian mass, columns inside
+  // a group by the Hessian diagonal, keeping the non-act-order layout g_idx = k / G).
+  std::string order = "natural";
   bool static_groups = false;
   bool sym = true;
+  // Each group's scale/zero: "minmax" (the GPTQ authors') or "mse" (best shrink of the min-max
+  // range, quantizer.h). "": mse for gptq (measured better, docs/measurements.md), minmax for rtn
+  // (the baseline stays the reference's RTN).
+  std::string grid;
   double damp_percent = 0.01;
   bool true_sequential = true;  // [k,v,q] -> [o] -> [up,gate] -> [down], each on quantized inputs
   std::string method = "gptq";  // "gptq" or "rtn"

@@ -50,6 +50,11 @@ void check_options(const QuantizeOptions& o) {
   quant::check_bits(o.bits);
   if (o.group_size == 0 || o.group_size < -1) fail("--group-size must be -1 or positive, got ", o.group_size);
   if (o.method != "gptq" && o.method != "rtn") fail("--method must be gptq or rtn, got \"", o.method, "\"");
+  if (!o.grid.empty()) quant::parse_grid(o.grid);
+  if (o.order != "natural" && o.order != "act" && o.order != "group")
+    fail("--order must be natural, act or group, got \"", o.order, "\"");
+  if (o.order == "group" && o.desc_act)
+    fail("--order group keeps the non-act-order layout: it cannot be combined with --desc-act");
   if (o.format != "gptq" && o.format != "gptq_v2") fail("--format must be gptq or gptq_v2, got \"", o.format, "\"");
   if (!(o.damp_percent > 0 && o.damp_percent < 1)) fail("--damp must be in (0, 1), got ", o.damp_percent);
   if (o.method == "gptq") {
@@ -79,6 +84,8 @@ std::string quant_config_json(const QuantizeOptions& o, const nlohmann::ordered_
   q["model_file_base_name"] = "model";
   q["meta"] = {{"quantizer", {std::string("gptq.cpp:") + version()}},
                {"method", o.method},
+               {"grid", o.grid},
+               {"order", o.desc_act ? "act" : o.order},
                {"calibration_windows", o.method == "gptq" ? o.nsamples : 0},
                {"calibration_seqlen", o.method == "gptq" ? o.seqlen : 0}};
   if (!adapters.empty()) q["meta"]["lora_adapters"] = adapters;
@@ -111,6 +118,8 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
   const auto t_start = Clock::now();
   QuantizeOptions o = opts_in;
   check_options(o);
+  if (o.grid.empty()) o.grid = o.method == "gptq" ? "mse" : "minmax";
+  if (o.order == "act") o.desc_act = true;  // the same as --desc-act, and written as desc_act
   // -o is checked now and created only once the inputs have been read (CheckpointOutput::open).
   std::vector<InputFolder> inputs = {{model_dir, "-m"}};
   if (!o.lora_adapter.empty()) inputs.push_back({o.lora_adapter, "--lora", "adapter folder"});
@@ -144,6 +153,8 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
   spec.sym = o.sym;
   spec.desc_act = o.desc_act;
   spec.static_groups = o.static_groups;
+  spec.grid = quant::parse_grid(o.grid);
+  spec.group_order = o.order == "group";
   spec.damp_percent = o.damp_percent;
   for (int64_t N : {cfg.hidden_size, cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim,
                     cfg.intermediate_size}) {

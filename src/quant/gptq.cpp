@@ -92,11 +92,18 @@ QuantResult gptq_quantize(ThreadPool& pool, const float* W, const float* H, int6
 
   QuantResult res = empty_result(N, K, spec);
 
+  // hdiag: [K] diag(H) as accumulated, the weights of Grid::kMse's group error (0 on dead inputs).
+  std::vector<float> hdiag(static_cast<size_t>(K));
+  for (int64_t k = 0; k < K; ++k) hdiag[size_t(k)] = H[k * K + k];
+  auto grid_of = [&](const float* x, const float* h, int64_t len) {
+    return find_grid(spec.grid, x, h, len, maxq, spec.sym);
+  };
+
   // The whole-row grid comes from W before dead columns are zeroed (fasterquant's first find_params).
   if (whole_row) {
     pool.parallel_for(0, size_t(N), [&](size_t n0, size_t n1) {
       for (int64_t n = int64_t(n0); n < int64_t(n1); ++n) {
-        const GridParams p = find_params(W + n * K, K, maxq, spec.sym);
+        const GridParams p = grid_of(W + n * K, hdiag.data(), K);
         res.scales[size_t(n)] = p.scale;
         res.zeros[size_t(n)] = int32_t(p.zero);
       }
@@ -117,9 +124,26 @@ QuantResult gptq_quantize(ThreadPool& pool, const float* W, const float* H, int6
 
   std::vector<int64_t> perm(static_cast<size_t>(K));
   std::iota(perm.begin(), perm.end(), int64_t(0));
-  if (spec.desc_act)
-    std::stable_sort(perm.begin(), perm.end(),
-                     [&](int64_t a, int64_t b) { return diag[size_t(a)] > diag[size_t(b)]; });
+  auto by_diag = [&](int64_t a, int64_t b) { return diag[size_t(a)] > diag[size_t(b)]; };
+  const bool group_order = spec.group_order && !spec.desc_act;
+  if (spec.desc_act || (group_order && whole_row)) {
+    std::stable_sort(perm.begin(), perm.end(), by_diag);
+  } else if (group_order) {
+    // Full groups by decreasing Hessian mass (the partial last one stays last), then each group's
+    // columns by decreasing diagonal, in place.
+    const int64_t full = K / G;
+    std::vector<double> mass(static_cast<size_t>(full), 0.0);
+    for (int64_t k = 0; k < full * G; ++k) mass[size_t(k / G)] += diag[size_t(k)];
+    std::vector<int64_t> order(static_cast<size_t>(full));
+    std::iota(order.begin(), order.end(), int64_t(0));
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return mass[size_t(a)] > mass[size_t(b)]; });
+    for (int64_t j = 0; j < full; ++j) {
+      auto first = perm.begin() + j * G;
+      std::iota(first, first + G, order[size_t(j)] * G);
+      std::stable_sort(first, first + G, by_diag);
+    }
+    std::stable_sort(perm.begin() + full * G, perm.end(), by_diag);
+  }
 
   // Wp: [N, K] = W with dead columns zeroed, columns permuted (the solver's working copy).
   std::vector<float> Wp(static_cast<size_t>(N * K));
@@ -139,12 +163,16 @@ QuantResult gptq_quantize(ThreadPool& pool, const float* W, const float* H, int6
         for (int64_t g = 0; g < res.n_groups; ++g) {
           const int64_t k0 = g * G, k1 = std::min(K, k0 + G);
           for (int64_t k = k0; k < k1; ++k) row[size_t(k - k0)] = dead[size_t(k)] ? 0.f : W[n * K + k];
-          const GridParams p = find_params(row.data(), k1 - k0, maxq, spec.sym);
+          const GridParams p = grid_of(row.data(), hdiag.data() + k0, k1 - k0);
           res.scales[size_t(g * N + n)] = p.scale;
           res.zeros[size_t(g * N + n)] = int32_t(p.zero);
         }
     });
   }
+
+  // hperm: [K] hdiag in the solver's column order, for the groups formed in that order.
+  std::vector<float> hperm(static_cast<size_t>(K));
+  for (int64_t i = 0; i < K; ++i) hperm[size_t(i)] = hdiag[size_t(perm[size_t(i)])];
 
   for (int64_t k = 0; k < K; ++k) res.g_idx[size_t(k)] = whole_row ? 0 : int32_t(k / G);
   if (spec.desc_act && !static_groups && !whole_row)
@@ -207,9 +235,12 @@ QuantResult gptq_quantize(ThreadPool& pool, const float* W, const float* H, int6
                 p = {res.scales[size_t(g * N + n)], float(res.zeros[size_t(g * N + n)])};
               } else {
                 if (col % G == 0) {
-                  cur[size_t(r)] = find_params(wrow + col, std::min(G, K - col), maxq, spec.sym);
-                  res.scales[size_t((col / G) * N + n)] = cur[size_t(r)].scale;
-                  res.zeros[size_t((col / G) * N + n)] = int32_t(cur[size_t(r)].zero);
+                  // The group's index: its place in the solver's order, or (group_order) the
+                  // original group its columns came from.
+                  const int64_t g = group_order ? perm[size_t(col)] / G : col / G;
+                  cur[size_t(r)] = grid_of(wrow + col, hperm.data() + col, std::min(G, K - col));
+                  res.scales[size_t(g * N + n)] = cur[size_t(r)].scale;
+                  res.zeros[size_t(g * N + n)] = int32_t(cur[size_t(r)].zero);
                 }
                 p = cur[size_t(r)];
               }
@@ -250,7 +281,7 @@ QuantResult rtn_quantize(ThreadPool& pool, const float* W, int64_t N, int64_t K,
     for (int64_t n = int64_t(n0); n < int64_t(n1); ++n)
       for (int64_t g = 0; g < res.n_groups; ++g) {
         const int64_t k0 = g * G, k1 = std::min(K, k0 + G);
-        const GridParams p = find_params(W + n * K + k0, k1 - k0, maxq, spec.sym);
+        const GridParams p = find_grid(spec.grid, W + n * K + k0, nullptr, k1 - k0, maxq, spec.sym);
         res.scales[size_t(g * N + n)] = p.scale;
         res.zeros[size_t(g * N + n)] = int32_t(p.zero);
         for (int64_t k = k0; k < k1; ++k) {

@@ -16,6 +16,15 @@
 //    not its in-block copy W1).
 //  - Static groups: one grid per group of *original* columns, computed before the loop (after dead
 //    zeroing); act-order then visits columns in permuted order, each using its original group.
+//  - Grid::kMse (not the reference's default) replaces each of those min-max grids by the best
+//    shrink of it under the group's Hessian-diagonal-weighted error (quantizer.h), computed at the
+//    same point from the same values; the weights are diag(H) as accumulated (0 for dead inputs).
+//  - group_order (ours, not in the reference): the non-act-order layout (g_idx[k] = k / G, every
+//    group G consecutive input channels) quantized in a better order: groups by decreasing
+//    Hessian mass sum(diag(H)) over the group, the columns inside a group by decreasing diag(H).
+//    Each group stays contiguous in the solver's order, so its grid is still computed at its
+//    first column; a partial last group (K % G != 0) stays last so that groups start at multiples
+//    of G. With group_size -1 (one group) it orders the columns as act-order does.
 //  - When the Cholesky fails (H + damp*I not positive definite) the damping is multiplied by 10
 //    and the factorization retried, up to max_damp_retries times; the result reports it.
 #pragma once
@@ -25,6 +34,7 @@
 
 #include "core/thread_pool.h"
 #include "io/gptq_format.h"
+#include "quant/quantizer.h"
 
 namespace gptq::quant {
 
@@ -34,6 +44,8 @@ struct QuantSpec {
   bool sym = true;           // symmetric grid (zero = 2^(bits-1))
   bool desc_act = false;     // act-order
   bool static_groups = false;
+  bool group_order = false;  // act-order inside groups and between them, keeping g_idx = k / G (no desc_act)
+  Grid grid = Grid::kMinMax; // how each group's scale and zero are chosen (quantizer.h)
   double damp_percent = 0.01;
   int block_size = 128;      // lazy-update block width (does not change the result)
   int max_damp_retries = 4;  // damping x10 per retry
@@ -63,6 +75,7 @@ struct QuantResult {
 QuantResult gptq_quantize(ThreadPool& pool, const float* W, const float* H, int64_t N, int64_t K, const QuantSpec& spec);
 
 // Round-to-nearest on the same grid (per row, per group of group_size columns), no error feedback.
+// Grid::kMse weighs every column alike (there is no Hessian).
 QuantResult rtn_quantize(ThreadPool& pool, const float* W, int64_t N, int64_t K, const QuantSpec& spec);
 
 // Packs a result for the checkpoint writer. bias: [N] fp32 or nullptr.

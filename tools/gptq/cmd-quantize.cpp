@@ -29,8 +29,16 @@ Runner add_quantize(CLI::App& app) {
   c->add_option("--bits", o.bits, "Bits per weight: 2, 3, 4 or 8")->check(CLI::IsMember({2, 3, 4, 8}));
   c->add_option("--group-size", o.group_size, "Inputs per quantization group (-1: one group per row)");
   c->add_flag("--desc-act,--act-order", o.desc_act, "Quantize columns in order of decreasing Hessian diagonal (g_idx)");
+  c->add_option("--order", o.order,
+                "Column order: natural, act (= --desc-act) or group (groups by Hessian mass, columns inside a group by "
+                "the Hessian diagonal; keeps the non-act-order layout)")
+      ->check(CLI::IsMember({"natural", "act", "group"}));
   c->add_flag("--static-groups", o.static_groups, "With --desc-act: groups fixed before the column loop");
   c->add_flag("--sym,!--no-sym", o.sym, "Symmetric grid (default) or asymmetric (--no-sym)");
+  c->add_option("--grid", o.grid,
+                "Group scale/zero: minmax (the GPTQ authors') or mse (best shrink of the range under the "
+                "Hessian-weighted error; the default for --method gptq, minmax for rtn)")
+      ->check(CLI::IsMember({"minmax", "mse"}));
   c->add_option("--damp", o.damp_percent, "Damping, as a fraction of the mean Hessian diagonal");
   c->add_flag("--true-sequential,!--no-true-sequential", o.true_sequential,
               "Quantize [k,v,q] -> [o] -> [up,gate] -> [down], each from quantized inputs (default on)");
