@@ -5,6 +5,8 @@
 #   sanitize   the same under compute-sanitizer memcheck (a subset: GPTQ_SANITIZE_FILTER)
 #   workbench  bench/cuda_workbench: GPTQ kernels and cuBLAS fp16 on Llama-2-7B layer shapes
 #   bench      gptq bench --device cuda: llama-gutenberg-22m, synthetic Llama-2-7B fp16 and GPTQ
+#   profile    ncu: time per kernel over ~2 decode steps of synthetic Llama-2-7B GPTQ 4-bit at batch 1
+#              (profile.txt: kernel, launches, total us), and the GPTQ 4-bit GEMV's stall reasons
 set -uo pipefail
 w=/tmp/gptq-gpu
 out=${OUT:-/tmp}
@@ -43,6 +45,27 @@ for what in ${@:-tests bench}; do
       done
       GPTQ_CUDA_DENSE_GEMV=0 "$w/gptq" bench --synthetic llama2-7b --dtype f16 -b 1 -n 64 --device cuda 2>&1 |
         tee -a "$out/bench_7b_cublas.txt" | grep -E 'tg|roofline:' ;;
+    profile)
+      ncu --metrics gpu__time_duration.sum --csv --launch-skip 3000 --launch-count 1000 "$w/gptq" bench \
+        --synthetic llama2-7b --bits 4 --group-size 128 -p 0 -n 16 -r 1 -b 1 --device cuda >"$out/profile.csv" 2>&1
+      python3 - "$out/profile.csv" <<'PY' | tee "$out/profile.txt"
+import csv, sys, collections
+rows = [r for r in csv.reader(l for l in open(sys.argv[1]) if l.startswith('"'))]
+h = rows[0]; ki, vi = h.index("Kernel Name"), h.index("Metric Value")
+t = collections.defaultdict(lambda: [0, 0.0])
+for r in rows[1:]:
+    if r[vi].replace(",", "").replace(".", "").isdigit():
+        k = r[ki].split("(")[0][:60]; t[k][0] += 1; t[k][1] += float(r[vi].replace(",", "")) / 1e3
+tot = sum(v[1] for v in t.values())
+for k, (n, us) in sorted(t.items(), key=lambda x: -x[1][1]):
+    print(f"{k:60s} {n:6d} {us:10.1f} us {100 * us / tot:5.1f} %")
+print(f"total {tot:.1f} us over {sum(v[0] for v in t.values())} launches")
+PY
+      timeout 200 ncu -k regex:gptq4_mma_gemv -s 8 -c 1 --section SpeedOfLight --section WarpStateStats \
+        --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats "$w/gptq_cuda_workbench" --reps 1 \
+        >"$out/ncu_gemv.txt" 2>&1
+      grep -E "Duration|Throughput|Stall|Warp Cycles|Achieved|Block Size|Grid Size|Registers|Theoretical|Issued|Eligible" \
+        "$out/ncu_gemv.txt" | head -40 ;;
     *) echo "unknown: $what"; rc=1 ;;
   esac
 done

@@ -262,18 +262,23 @@ __global__ void __launch_bounds__(256)
 // ring in shared memory with cp.async (16 bytes per lane, L2 only): a stage is kMmaBatch k-blocks
 // (2 KB of codes) plus the scale/zero words of their 8 chunks for the tile's 16 columns (512 B,
 // one 16-byte copy per lane); kStages - 1 stages (6 KB + 1.5 KB) are in flight while one is
-// computed, without registers. x is converted to fp16 into shared memory once per block while the
-// first stages load (reading it from global memory inside the loop put an L2 round trip on every
-// k-block step: 25 % of the bandwidth, measured). The scale/zero address is computed from the chunk
-// (uniform groups) or read from a chunk -> group table in shared memory: no dependent global load.
+// computed, without registers. x rides in the same stages (T rows x 256 inputs per stage, fp32,
+// rounded to fp16 as it enters the mma): reading it from global memory inside the loop put an L2
+// round trip on every k-block step (25 % of the bandwidth, measured), and staging all of x per
+// block in a prologue serialized T*K/threads dependent loads before the first mma (slower still at
+// T = 8). The scale/zero address is computed from the chunk (uniform groups) or read from a chunk ->
+// group table in shared memory: no dependent global load.
 // Instruction budget: ~80 per warp and k-block (decode 36, x 16, scale/zero 16, mma 4, copies),
 // ~20 issue clk per SM against ~32 clk for its 512 bytes at 4.25 TB/s over 132 SMs: memory-bound
 // at every T <= 8 (one mma does all 8 rows at the cost of one).
-// Limits: x 8-byte aligned rows (float2), K % 4 == 0; T <= 8; 2 K bytes per row of x in shared
-// memory (rows that do not fit together run in groups: see launch_mma4_gemv).
+// Limits: x 16-byte aligned rows (cp.async), K % 4 == 0; T <= 8; the chunk table (4 bytes per 32
+// inputs, irregular groups only) fits in shared memory.
 constexpr int kMmaBatch = 4;
 constexpr int kStages = 4;
-constexpr int kStageU4 = kMmaBatch * 32 + 32;  // uint4 per warp and stage: codes [u][lane], then scale/zero [8 chunks][16]
+constexpr int kStageCodesU4 = kMmaBatch * 32 + 32;  // uint4: codes [u][lane], then scale/zero [8 chunks][16]
+constexpr int kXPitch = kMmaBatch * 64 + 8;          // floats per x row in a stage (+8: rows on other banks)
+// uint4 per warp and stage at T rows of x.
+constexpr int stage_u4(int T) { return kStageCodesU4 + T * kXPitch / 4; }
 
 __device__ __forceinline__ uint32_t lop3_and_or(uint32_t a, uint32_t b, uint32_t c) {  // (a & b) | c
   uint32_t r;
@@ -328,21 +333,15 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// Dynamic shared memory of a block of `warps` warps at T rows: the stage rings, x as fp16
-// [T][n_kb * 64 + 8] (zero past K; the 8-half pad puts rows g = 0..7 on distinct banks), then the
-// chunk -> group table when groups are not uniform.
-struct Mma4Smem {
-  size_t ring, x, table;
-  int64_t x_stride;  // halves
-  size_t total() const { return ring + x + table; }
-};
-Mma4Smem mma4_smem(int warps, int64_t T, int64_t n_kb, int64_t n_chunks, bool table) {
-  Mma4Smem m;
-  m.ring = size_t(warps) * kStages * kStageU4 * 16;
-  m.x_stride = n_kb * 64 + 8;
-  m.x = size_t(T * m.x_stride) * 2;
-  m.table = table ? size_t(n_chunks) * 4 : 0;
-  return m;
+// Dynamic shared memory of a block of `warps` warps at T rows: the stage rings (reused for the
+// final reduction), then the chunk -> group table when groups are not uniform.
+size_t mma4_smem(int warps, int64_t T, int64_t n_chunks, bool table) {
+  return size_t(warps) * kStages * stage_u4(int(T)) * 16 + (table ? size_t(n_chunks) * 4 : 0);
+}
+
+__device__ __forceinline__ void cp_async16_zfill(void* smem, const void* gmem, bool valid) {
+  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(gmem), "r"(valid ? 16 : 0) : "memory");
 }
 
 __global__ void __launch_bounds__(kMaxWarps * 32)
@@ -351,29 +350,28 @@ __global__ void __launch_bounds__(kMaxWarps * 32)
                           const int32_t* __restrict__ chunk_group,  // [n_chunks]
                           int chunks_per_group,                     // > 0: group = chunk / it
                           const float* __restrict__ x, int64_t x_stride, int T, float* __restrict__ y,
-                          int64_t y_stride, int N, int K, int n_chunks, int n_kb, int kb_per_warp,
-                          int xs_stride) {
+                          int64_t y_stride, int N, int K, int n_chunks, int n_kb, int kb_per_warp) {
   extern __shared__ uint4 smem[];
-  __shared__ float red[kMaxWarps][8][16];  // [warp][t][column in the tile]
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
   const int ct = blockIdx.x, n_ct = gridDim.x;
   const int g = lane >> 2, c = lane & 3;
-  __half* xs = reinterpret_cast<__half*>(smem + n_warps * kStages * kStageU4);
-  int* table = reinterpret_cast<int*>(xs + T * xs_stride);
+  const int su4 = stage_u4(T);
+  int* table = reinterpret_cast<int*>(smem + n_warps * kStages * su4);
   if (chunks_per_group == 0) {  // irregular groups: the table first (the copies below need it)
     for (int i = threadIdx.x; i < n_chunks; i += blockDim.x) table[i] = __ldg(chunk_group + i);
     __syncthreads();
   }
 
-  uint4* ring = smem + warp * kStages * kStageU4;
+  uint4* ring = smem + warp * kStages * su4;
   const int kb_begin = warp * kb_per_warp, kb_end = min(kb_begin + kb_per_warp, n_kb);
   const int n_batches = kb_begin < kb_end ? (kb_end - kb_begin + kMmaBatch - 1) / kMmaBatch : 0;
   const int64_t sz_stride = int64_t(n_ct) * 16;
-  // Batch b into stage b % kStages: lane l copies its codes of each k-block, and 16 bytes of the
-  // scale/zero row (columns 16ct + 4(l%4) .. +4) of chunk l / 4 of the batch. Past kb_end: the last
-  // k-block again (never used).
+  // Batch b into stage b % kStages: lane l copies its codes of each k-block, 16 bytes of the
+  // scale/zero row (columns 16ct + 4(l%4) .. +4) of chunk l / 4 of the batch, and 16-byte pieces
+  // l, l + 32 of each of the T rows of x over the batch's inputs (zero-filled past K). Past kb_end:
+  // the last k-block's codes again (never used).
   auto issue = [&](int b) {
-    uint4* st = ring + (b % kStages) * kStageU4;
+    uint4* st = ring + (b % kStages) * su4;
     const int kb0 = kb_begin + b * kMmaBatch;
 #pragma unroll
     for (int u = 0; u < kMmaBatch; ++u)
@@ -381,42 +379,36 @@ __global__ void __launch_bounds__(kMaxWarps * 32)
     const int j = lane >> 2, kb = min(kb0 + (j >> 1), kb_end - 1), chunk = min(2 * kb + (j & 1), n_chunks - 1);
     const int grp = chunks_per_group > 0 ? chunk / chunks_per_group : table[chunk];
     cp_async16(st + kMmaBatch * 32 + lane, scale_zero + int64_t(grp) * sz_stride + ct * 16 + (lane & 3) * 4);
+    float* xs = reinterpret_cast<float*>(st + kStageCodesU4);
+    for (int t = 0; t < T; ++t)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int k = kb0 * 64 + 4 * (lane + 32 * h);  // K % 4 == 0: a piece is all in or all out
+        cp_async16_zfill(xs + t * kXPitch + 4 * (lane + 32 * h), x + t * x_stride + (k < K ? k : 0), k < K);
+      }
   };
 #pragma unroll
   for (int b = 0; b < kStages - 1; ++b) {
     if (b < n_batches) issue(b);
     cp_async_commit();  // empty groups too: the wait below counts groups
   }
-  // x -> fp16 in shared memory while the first stages are in flight (all of it: the warps' k ranges
-  // cover K). Pairs: K % 4 == 0, x rows 8-byte aligned.
-  {
-    const int pairs = xs_stride / 2;
-    for (int i = threadIdx.x; i < T * pairs; i += blockDim.x) {
-      const int t = i / pairs, k = 2 * (i - t * pairs);
-      float2 v = make_float2(0.f, 0.f);
-      if (k < K) v = __ldg(reinterpret_cast<const float2*>(x + t * x_stride + k));
-      reinterpret_cast<__half2*>(xs + t * xs_stride)[k / 2] = __floats2half2_rn(v.x, v.y);
-    }
-  }
-  __syncthreads();
 
   const bool xrow = g < T;
-  const uint32_t* __restrict__ xg = reinterpret_cast<const uint32_t*>(xs + (xrow ? g : 0) * xs_stride) + c;
   float yv[4] = {0.f, 0.f, 0.f, 0.f};  // (t 2c, column g), (2c+1, g), (2c, g+8), (2c+1, g+8)
   for (int b = 0; b < n_batches; ++b) {
     cp_async_wait<kStages - 2>();  // batch b has landed (for this lane's copies) ...
     __syncwarp();                  // ... and for every lane's; stage (b - 1) % kStages is free again
     if (b + kStages - 1 < n_batches) issue(b + kStages - 1);
     cp_async_commit();
-    const uint4* st = ring + (b % kStages) * kStageU4;
+    const uint4* st = ring + (b % kStages) * su4;
     const uint32_t* sz = reinterpret_cast<const uint32_t*>(st + kMmaBatch * 32);  // [8 chunks][16 columns]
+    const float* xg = reinterpret_cast<const float*>(st + kStageCodesU4) + (xrow ? g : 0) * kXPitch + 2 * c;
     const int kb0 = kb_begin + b * kMmaBatch;
 #pragma unroll
     for (int u = 0; u < kMmaBatch; ++u) {
       if (kb0 + u >= kb_end) break;
       const uint4 wv = st[u * 32 + lane];
       const uint32_t words[4] = {wv.x, wv.y, wv.z, wv.w};
-      const uint32_t* xk = xg + (kb0 + u) * 32;  // half2 words: k-block kb starts at word 32 kb
 #pragma unroll
       for (int h = 0; h < 2; ++h) {  // the two chunks of the k-block
         const uint32_t sz0 = sz[(2 * u + h) * 16 + g], sz1 = sz[(2 * u + h) * 16 + g + 8];
@@ -427,9 +419,13 @@ __global__ void __launch_bounds__(kMaxWarps * 32)
           const int kt = 2 * h + j;
           uint32_t a[4];
           decode_a(words[kt], z0, z1, a);
-          // B: x[g][16kt + 2c, +1] and x[g][16kt + 2c + 8, +9] (rows >= T: zero)
-          const uint32_t b0 = xrow ? xk[kt * 8] : 0u, b1 = xrow ? xk[kt * 8 + 4] : 0u;
-          mma_16816(acc, a, b0, b1);
+          // B: x[g][16kt + 2c, +1] and x[g][16kt + 2c + 8, +9], rounded to fp16 (rows >= T: zero)
+          float2 x0 = make_float2(0.f, 0.f), x1 = x0;
+          if (xrow) {
+            x0 = *reinterpret_cast<const float2*>(xg + u * 64 + kt * 16);
+            x1 = *reinterpret_cast<const float2*>(xg + u * 64 + kt * 16 + 8);
+          }
+          mma_16816(acc, a, h2_as_u32(__floats2half2_rn(x0.x, x0.y)), h2_as_u32(__floats2half2_rn(x1.x, x1.y)));
         }
         const float s0 = half_bits_to_float(sz0 & 0xffffu), s1 = half_bits_to_float(sz1 & 0xffffu);
         yv[0] = __fmaf_rn(s0, acc[0], yv[0]);
@@ -439,16 +435,18 @@ __global__ void __launch_bounds__(kMaxWarps * 32)
       }
     }
   }
-  cp_async_wait<0>();  // nothing left in flight at exit (the trailing groups are empty)
+  cp_async_wait<0>();  // nothing left in flight (the trailing groups are empty)
+  __syncthreads();     // every warp is done with its ring: the reduction reuses the space
 
   // Partial sums of the warps through shared memory, added in warp order (deterministic).
-  if (2 * c < T) red[warp][2 * c][g] = yv[0], red[warp][2 * c][g + 8] = yv[2];
-  if (2 * c + 1 < T) red[warp][2 * c + 1][g] = yv[1], red[warp][2 * c + 1][g + 8] = yv[3];
+  float* red = reinterpret_cast<float*>(smem);  // [warp][t][16]
+  if (2 * c < T) red[(warp * 8 + 2 * c) * 16 + g] = yv[0], red[(warp * 8 + 2 * c) * 16 + g + 8] = yv[2];
+  if (2 * c + 1 < T) red[(warp * 8 + 2 * c + 1) * 16 + g] = yv[1], red[(warp * 8 + 2 * c + 1) * 16 + g + 8] = yv[3];
   __syncthreads();
   for (int i = threadIdx.x; i < T * 16; i += blockDim.x) {
     const int t = i >> 4, col = ct * 16 + (i & 15);
-    float sum = red[0][t][i & 15];
-    for (int v = 1; v < n_warps; ++v) sum += red[v][t][i & 15];
+    float sum = red[t * 16 + (i & 15)];
+    for (int v = 1; v < n_warps; ++v) sum += red[(v * 8 + t) * 16 + (i & 15)];
     if (col < N) y[t * y_stride + col] = sum;
   }
 }
@@ -545,41 +543,39 @@ void launch_gemv(const GptqDeviceMatrix& w, const float* x, int64_t x_stride, fl
 // resident at once (shared memory: 40 KB per 4 warps), so the kernel runs in one wave.
 void launch_mma4_gemv(const GptqDeviceMatrix& w, const float* x, int64_t x_stride, int64_t T, float* y,
                       int64_t y_stride, cudaStream_t stream) {
-  // The opt-in shared memory limit of the device (227 KB on Hopper, 163 KB on A100), granted once.
-  static std::atomic<int> smem_limit{0};
-  int limit = smem_limit.load(std::memory_order_relaxed);
+  // The opt-in shared memory limit per block (227 KB on Hopper, 163 KB on A100), granted once, and
+  // the shared memory of an SM.
+  static std::atomic<int> smem_block{0}, smem_sm{0};
+  int limit = smem_block.load(std::memory_order_relaxed), per_sm = smem_sm.load(std::memory_order_relaxed);
   if (limit == 0) {
     int dev = 0;
     CUDA_CHECK(cudaGetDevice(&dev));
     CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-    limit -= int(sizeof(float)) * kMaxWarps * 8 * 16;  // the kernel's static reduction buffer
+    CUDA_CHECK(cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev));
     CUDA_CHECK(cudaFuncSetAttribute(gptq4_mma_gemv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, limit));
-    smem_limit.store(limit, std::memory_order_relaxed);
+    smem_sm.store(per_sm, std::memory_order_relaxed);
+    smem_block.store(limit, std::memory_order_relaxed);
   }
   const int n_ct = int((w.N + 15) / 16), n_kb = int((w.n_chunks + 1) / 2);
   const bool table = w.chunks_per_group <= 0;
-  // x of T rows must fit in shared memory next to one warp's ring: otherwise the rows go in groups
-  // that fit, each reading the weights again (K * T past ~110000 on Hopper; no Llama shape at T <= 8
-  // but Llama-2-70B's down_proj, K = 28672, above T = 3).
-  int64_t fit = T;
-  while (fit > 1 && mma4_smem(1, fit, n_kb, w.n_chunks, table).total() > size_t(limit)) --fit;
-  GPTQ_ASSERT(mma4_smem(1, fit, n_kb, w.n_chunks, table).total() <= size_t(limit), "gptq_gemv: K ", w.K,
-              " does not fit in shared memory");
-  if (fit < T) {
-    for (int64_t t0 = 0; t0 < T; t0 += fit)
-      launch_mma4_gemv(w, x + t0 * x_stride, x_stride, std::min(fit, T - t0), y + t0 * y_stride, y_stride, stream);
-    return;
-  }
+  GPTQ_ASSERT(mma4_smem(1, T, w.n_chunks, table) <= size_t(limit), "gptq_gemv: K ", w.K, " too large");
+  // Warps per block: up to ~16 resident warps per SM over the grid (a column tile per block;
+  // N = 4096: 8 warps, 12288: 2, 22016: 1), fewer when the blocks an SM must hold for one wave do
+  // not fit its shared memory, never more than there are k-blocks.
+  const int sms = sm_count(), blocks_per_sm = (n_ct + sms - 1) / sms;
   int warps = 1;
-  while (warps < kMaxWarps && int64_t(n_ct) * warps * 2 <= int64_t(sm_count()) * 16) warps *= 2;
+  while (warps < kMaxWarps && int64_t(n_ct) * warps * 2 <= int64_t(sms) * 16) warps *= 2;
   warps = std::min(warps, n_kb);
-  while (warps > 1 && mma4_smem(warps, T, n_kb, w.n_chunks, table).total() > size_t(limit)) --warps;
-  const Mma4Smem sm = mma4_smem(warps, T, n_kb, w.n_chunks, table);
+  auto fits = [&](int wp) {
+    const size_t b = mma4_smem(wp, T, w.n_chunks, table);
+    return b <= size_t(limit) && size_t(blocks_per_sm) * (b + 1024) <= size_t(per_sm);
+  };
+  while (warps > 1 && !fits(warps)) --warps;
   const int kbpw = std::max(1, (n_kb + warps - 1) / warps);
   warps = std::max(1, (n_kb + kbpw - 1) / kbpw);  // drop warps that would get no k-block
-  gptq4_mma_gemv_kernel<<<n_ct, warps * 32, mma4_smem(warps, T, n_kb, w.n_chunks, table).total(), stream>>>(
+  gptq4_mma_gemv_kernel<<<n_ct, warps * 32, mma4_smem(warps, T, w.n_chunks, table), stream>>>(
       reinterpret_cast<const uint4*>(w.qweight), w.scale_zero, w.chunk_group, table ? 0 : int(w.chunks_per_group), x,
-      x_stride, int(T), y, y_stride, int(w.N), int(w.K), int(w.n_chunks), n_kb, kbpw, int(sm.x_stride));
+      x_stride, int(T), y, y_stride, int(w.N), int(w.K), int(w.n_chunks), n_kb, kbpw);
 }
 
 template <int BITS>
