@@ -92,9 +92,19 @@ QuantResult gptq_quantize(ThreadPool& pool, const float* W, const float* H, int6
 
   QuantResult res = empty_result(N, K, spec);
 
-  // hdiag: [K] diag(H) as accumulated, the weights of Grid::kMse's group error (0 on dead inputs).
-  std::vector<float> hdiag(static_cast<size_t>(K));
-  for (int64_t k = 0; k < K; ++k) hdiag[size_t(k)] = H[k * K + k];
+  // Dead inputs: never seen non-zero in calibration, so nothing constrains them.
+  // diag: [K] diag(H) after the dead fix (1 on dead inputs, for the solver); hdiag: diag(H) as
+  // accumulated (0 on dead inputs), the weights of Grid::kMse's group error.
+  std::vector<float> diag(static_cast<size_t>(K)), hdiag(static_cast<size_t>(K));
+  std::vector<uint8_t> dead(static_cast<size_t>(K), 0);
+  for (int64_t k = 0; k < K; ++k) {
+    diag[size_t(k)] = hdiag[size_t(k)] = H[k * K + k];
+    if (diag[size_t(k)] == 0.f) {
+      dead[size_t(k)] = 1;
+      diag[size_t(k)] = 1.f;
+      ++res.dead_columns;
+    }
+  }
   auto grid_of = [&](const float* x, const float* h, int64_t len) {
     return find_grid(spec.grid, x, h, len, maxq, spec.sym);
   };
@@ -108,18 +118,6 @@ QuantResult gptq_quantize(ThreadPool& pool, const float* W, const float* H, int6
         res.zeros[size_t(n)] = int32_t(p.zero);
       }
     });
-  }
-
-  // Dead inputs: never seen non-zero in calibration, so nothing constrains them.
-  std::vector<float> diag(static_cast<size_t>(K));  // diag(H) after the dead fix
-  std::vector<uint8_t> dead(static_cast<size_t>(K), 0);
-  for (int64_t k = 0; k < K; ++k) {
-    diag[size_t(k)] = H[k * K + k];
-    if (diag[size_t(k)] == 0.f) {
-      dead[size_t(k)] = 1;
-      diag[size_t(k)] = 1.f;
-      ++res.dead_columns;
-    }
   }
 
   std::vector<int64_t> perm(static_cast<size_t>(K));

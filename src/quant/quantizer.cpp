@@ -31,15 +31,20 @@ void minmax_range(const float* x, int64_t n, bool sym, float& xmin, float& xmax)
     xmax = 1.f;
   }
 }
+
+// The grid of a range [xmin, xmax] (quant.py: scale, then zero).
+GridParams grid_of_range(float xmin, float xmax, int maxq, bool sym) {
+  GridParams p;
+  p.scale = (xmax - xmin) / float(maxq);
+  p.zero = sym ? float(maxq + 1) / 2.f : std::nearbyint(-xmin / p.scale);
+  return p;
+}
 }  // namespace
 
 GridParams find_params(const float* x, int64_t n, int maxq, bool sym) {
   float xmin, xmax;
   minmax_range(x, n, sym, xmin, xmax);
-  GridParams p;
-  p.scale = (xmax - xmin) / float(maxq);
-  p.zero = sym ? float(maxq + 1) / 2.f : std::nearbyint(-xmin / p.scale);
-  return p;
+  return grid_of_range(xmin, xmax, maxq, sym);
 }
 
 double grid_error(const float* x, const float* h, int64_t n, GridParams p, int maxq) {
@@ -56,14 +61,11 @@ GridParams find_params_mse(const float* x, const float* h, int64_t n, int maxq, 
   constexpr double kMaxShrink = 0.8;
   float xmin, xmax;
   minmax_range(x, n, sym, xmin, xmax);
-  GridParams best = find_params(x, n, maxq, sym);  // p = 1
+  GridParams best = grid_of_range(xmin, xmax, maxq, sym);  // p = 1: find_params
   double best_err = grid_error(x, h, n, best, maxq);
   for (int i = 1; i < int(kMaxShrink * kGrid); ++i) {
     const float p = float(1.0 - double(i) / kGrid);
-    const float xmin1 = p * xmin, xmax1 = p * xmax;
-    GridParams c;
-    c.scale = (xmax1 - xmin1) / float(maxq);
-    c.zero = sym ? float(maxq + 1) / 2.f : std::nearbyint(-xmin1 / c.scale);
+    const GridParams c = grid_of_range(p * xmin, p * xmax, maxq, sym);
     const double err = grid_error(x, h, n, c, maxq);
     if (err < best_err) {
       best_err = err;
