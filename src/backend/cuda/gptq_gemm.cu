@@ -17,9 +17,9 @@
 // Decoding: gptq_decode.h (one LOP3 + one FFMA per code, exact q - zero in fp32), then T FFMAs per
 // code against x; per chunk y_t += scale * acc_t. At the end the warps' partial sums go through
 // shared memory and are added in warp order (deterministic, no atomics).
-// Instruction budget: ~3.2 issue slots per code at T = 1, then ~1 FFMA per code per row: issue-bound
-// from T ~ 2-3 on at every width (when it ran 4 bits too it reached 32 % of the copy bandwidth at
-// T = 1 and 346.7 us per Llama-2-7B layer at T = 8; the tensor-core kernel below replaced it there).
+// Instruction budget at T = 1, 4 bits: ~3.2 issue slots per code, ~26 clk per warp-chunk per SM,
+// against ~31 clk for its 512 bytes at 4.25 TB/s over 132 SMs: the kernel is near the memory
+// roofline at T = 1 and becomes issue-bound (FFMA) from T ~ 2-3 on; 2- and 3-bit are issue-bound.
 //
 // Limits: 1 <= T <= 8; K % 4 == 0 (the format guarantees it); x 16-byte aligned and x_stride a
 // multiple of 4 floats (float4 loads); N, n_chunks and n_groups*N below 2^31.
@@ -72,8 +72,10 @@ struct Batch {
 
 template <int BITS>
 __device__ __forceinline__ void load_chunk(const uint32_t* __restrict__ p, uint32_t (&w)[BITS]) {
-  static_assert(BITS == 2 || BITS == 3 || BITS == 8, "4 bits have the mma layout (gptq4_mma_gemv)");
-  if constexpr (BITS == 8) {
+  if constexpr (BITS == 4) {
+    const uint4 v = __ldg(reinterpret_cast<const uint4*>(p));
+    w[0] = v.x, w[1] = v.y, w[2] = v.z, w[3] = v.w;
+  } else if constexpr (BITS == 8) {
     const uint4 a = __ldg(reinterpret_cast<const uint4*>(p)), b = __ldg(reinterpret_cast<const uint4*>(p) + 1);
     w[0] = a.x, w[1] = a.y, w[2] = a.z, w[3] = a.w, w[4] = b.x, w[5] = b.y, w[6] = b.z, w[7] = b.w;
   } else if constexpr (BITS == 2) {
