@@ -2,7 +2,10 @@
 // the device's measured copy bandwidth as the roofline. Validation and timing in one program
 // (llm.c style); never asserts on speed.
 //
-//   gptq_cuda_workbench [--reps R] [--json FILE]
+//   gptq_cuda_workbench [--reps R] [--json FILE] [--sweep]
+//
+// --sweep: also the 4-bit kernel's launch choices (gptq_kernels.h Gemv4Tuning) one by one.
+// --shape NAME: that layer shape only (qkv, o, gate_up, down), e.g. under ncu.
 //
 // Per (kernel, shape K x N, T): the median over R samples of one pass over C weight copies
 // (C such that a pass touches >= 200 MB, so the 50-60 MB L2 does not hold the weights),
@@ -232,13 +235,19 @@ struct Result {
 int main(int argc, char** argv) {
   int reps = 50;
   std::string json;
+  bool sweep = false;
+  std::string only_shape;
   for (int i = 1; i < argc; ++i) {
-    if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) {
+    if (!std::strcmp(argv[i], "--sweep")) {
+      sweep = true;
+    } else if (!std::strcmp(argv[i], "--shape") && i + 1 < argc) {
+      only_shape = argv[++i];
+    } else if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) {
       reps = std::max(1, std::atoi(argv[++i]));
     } else if (!std::strcmp(argv[i], "--json") && i + 1 < argc) {
       json = argv[++i];
     } else {
-      std::fprintf(stderr, "usage: %s [--reps R] [--json FILE]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--reps R] [--json FILE] [--sweep] [--shape NAME]\n", argv[0]);
       return 2;
     }
   }
@@ -268,6 +277,7 @@ int main(int argc, char** argv) {
   const int64_t maxT = 512;
   std::vector<Result> results;
   for (const Shape& sh : kShapes) {
+    if (!only_shape.empty() && only_shape != sh.name) continue;
     const int64_t K = sh.K, N = sh.N;
     // x: fp16-exact values, as fp16 for cuBLAS and fp32 for the GEMV; y fp32 for both.
     __half* xh;
@@ -322,17 +332,25 @@ int main(int argc, char** argv) {
       __half* Wd;
       CUDA_CHECK(cudaMalloc(&Wd, size_t(N * K) * 2));
       gptq::cuda::gptq_dequant_f16(W[0].m, Wd, s);
-      for (int64_t T : kGemvT) {
-        cublas_gemm(h, Wd, xh, yref, K, N, T);
-        CUDA_CHECK(cudaMemsetAsync(y, 0xff, size_t(T * N) * 4, s));  // NaN poison
-        gptq::cuda::gptq_gemv(W[0].m, xf, K, T, y, N, s);
-        CUDA_CHECK(cudaStreamSynchronize(s));
-        const double err = nmse(download(y, size_t(T * N)), download(yref, size_t(T * N)));
-        const double us = time_passes(s, copies, reps, [&](cudaStream_t st) {
-          for (int c = 0; c < copies; ++c) gptq::cuda::gptq_gemv(W[size_t(c)].m, xf, K, T, y, N, st);
-        });
-        results.push_back({g.name(), sh.name, K, N, T, us, wbytes + double(T * K) * 4 + double(T * N) * 4, err});
-      }
+      // The dispatch's launch; for 4-bit g128 also the launch choices it picks from (column tiles per
+      // block sharing x, chunks per scale), so the dispatch table can be read off this output.
+      std::vector<std::pair<std::string, gptq::cuda::Gemv4Tuning>> variants{{g.name(), {}}};
+      if (g.bits == 4 && g.group == 128 && sweep)
+        for (int ct : {1, 2, 4})
+          for (int span : {1, 4})
+            variants.push_back({g.name() + " ct" + std::to_string(ct) + " span" + std::to_string(span), {ct, 0, 1, span}});
+      for (const auto& [vname, tune] : variants)
+        for (int64_t T : kGemvT) {
+          cublas_gemm(h, Wd, xh, yref, K, N, T);
+          CUDA_CHECK(cudaMemsetAsync(y, 0xff, size_t(T * N) * 4, s));  // NaN poison
+          gptq::cuda::gptq_gemv(W[0].m, xf, K, T, y, N, s, tune);
+          CUDA_CHECK(cudaStreamSynchronize(s));
+          const double err = nmse(download(y, size_t(T * N)), download(yref, size_t(T * N)));
+          const double us = time_passes(s, copies, reps, [&](cudaStream_t st) {
+            for (int c = 0; c < copies; ++c) gptq::cuda::gptq_gemv(W[size_t(c)].m, xf, K, T, y, N, st, tune);
+          });
+          results.push_back({vname, sh.name, K, N, T, us, wbytes + double(T * K) * 4 + double(T * N) * 4, err});
+        }
       // Dequantization alone (what T > 8 pays before cuBLAS): reads the GPTQ bytes, writes fp16.
       {
         // One output for all copies: at N*K*2 >= 33 MB per write it gains little from L2.

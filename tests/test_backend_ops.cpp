@@ -354,7 +354,9 @@ const auto rows = std::get<0>(b_); const auto cols = std::get<1>(b_); const auto
 void add_rms_norm_cases() {
   struct P { int64_t T, D; double scale; bool alias; int64_t pad; };
   for (P p : {P{1, 64, 1.0, false, 0}, P{5, 64, 1.0, true, 0}, P{33, 4099, 1.0, false, 0}, P{33, 4099, 1.0, true, 0},
-              P{4, 256, 1e-3, false, 0}, P{4, 256, 1e-3, true, 0}, P{6, 130, 2.0, false, 5}, P{6, 130, 2.0, true, 5}}) {
+              P{4, 256, 1e-3, false, 0}, P{4, 256, 1e-3, true, 0}, P{6, 130, 2.0, false, 5}, P{6, 130, 2.0, true, 5},
+              // the CUDA kernel's register paths: 4 float4 per thread (D <= 4096), 8 (partly used), strided
+              P{1, 4096, 1.0, false, 0}, P{3, 5120, 1.0, false, 0}, P{2, 8192, 1.0, true, 4}}) {
     const std::string name = cat("rms_norm_T", p.T, "_D", p.D, p.scale != 1.0 ? cat("_x", p.scale) : "",
                                  p.pad ? cat("_stride", p.D + p.pad) : "", p.alias ? "_inplace" : "");
     add_case("rms_norm", name, cat("x [", p.T, ", ", p.D, "] |x|~", p.scale, p.alias ? " y=x" : "", p.pad ? " strided" : ""),

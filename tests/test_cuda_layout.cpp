@@ -234,6 +234,7 @@ TEST(CudaGptq, GemvMatchesReference) {
       {4, 128, false, true, QuantFormat::kGptqV2, 11008, 96},   // long K: many chunks per warp
       {4, 32, true, false, QuantFormat::kGptqV1, 200, 40},     // odd chunk count, a partial column tile
       {4, -1, false, false, QuantFormat::kGptqV2, 4096, 12288}, // many column tiles: few warps per block
+      {4, 64, true, false, QuantFormat::kGptqV1, 576, 48},      // 2 chunks per group: spans of 2
   };
   std::mt19937 rng(12345);
   std::normal_distribution<float> nd(0.f, 1.f);
@@ -271,31 +272,48 @@ TEST(CudaGptq, GemvMatchesReference) {
       upload(dx, x);
       std::vector<float> y(size_t(T * ys), std::numeric_limits<float>::quiet_NaN());
       upload(dy, y);
-      // The chunk -> group table path as well (irregular groups read it; these are uniform).
-      auto dm_table = dm;
-      dm_table.chunks_per_group = 0;
-      gptq::cuda::gptq_gemv(T % 2 ? dm : dm_table, dx.p, xs, T, dy.p, ys, nullptr);
-      CUDA_OK(cudaDeviceSynchronize());
-      CUDA_OK(cudaMemcpy(y.data(), dy.p, y.size() * sizeof(float), cudaMemcpyDeviceToHost));
       // 4 bits run on tensor cores with x rounded to fp16 (gptq_kernels.h): the reference rounds it too.
       std::vector<float> xr = x;
       if (c.bits == 4)
         for (auto& v : xr) v = gptq::fp16_to_fp32(gptq::fp32_to_fp16(v));
-      double num = 0, den = 0;
+      std::vector<double> ref(size_t(T * N));
       for (int64_t t = 0; t < T; ++t)
         for (int64_t n = 0; n < N; ++n) {
           double r = 0;
           for (int64_t k = 0; k < K; ++k) r += double(xr[size_t(t * xs + k)]) * double(W[size_t(n * K + k)]);
-          const double d = double(y[size_t(t * ys + n)]) - r;
-          num += d * d;
-          den += r * r;
+          ref[size_t(t * N + n)] = r;
         }
-      ASSERT_TRUE(std::isfinite(num)) << "NaN or inf in y (an output not written?)";
-      const double nmse = num / den, limit = 64.0 * double(K) * std::ldexp(1.0, -48);
-      EXPECT_LE(nmse, limit);
-      // Columns past N inside a row stride stay untouched (the NaN poison is still there).
-      for (int64_t t = 0; t < T; ++t)
-        for (int64_t n = N; n < ys; ++n) EXPECT_TRUE(std::isnan(y[size_t(t * ys + n)]));
+      // The dispatch's launch, and at 4 bits every column-tile count with and without rotation and
+      // with warp counts that leave a warp a partial batch (all fit T = 8's shared memory).
+      std::vector<gptq::cuda::Gemv4Tuning> tunings{{}};
+      // {col_tiles, warps, rotate, span}
+      if (c.bits == 4)
+        tunings.insert(tunings.end(), {{1, 3, 1, 0}, {1, 0, 0, 1}, {2, 3, 0, 2}, {2, 0, 1, 1}, {4, 5, 1, 0}, {4, 0, 0, 2}});
+      for (const auto& tune : tunings) {
+        SCOPED_TRACE("col_tiles " + std::to_string(tune.col_tiles) + " warps " + std::to_string(tune.warps) +
+                     " rotate " + std::to_string(tune.rotate) + " span " + std::to_string(tune.span));
+        std::fill(y.begin(), y.end(), std::numeric_limits<float>::quiet_NaN());
+        upload(dy, y);
+        // The chunk -> group table path as well (irregular groups read it; these are uniform).
+        auto dm_table = dm;
+        dm_table.chunks_per_group = 0;
+        gptq::cuda::gptq_gemv(T % 2 ? dm : dm_table, dx.p, xs, T, dy.p, ys, nullptr, tune);
+        CUDA_OK(cudaDeviceSynchronize());
+        CUDA_OK(cudaMemcpy(y.data(), dy.p, y.size() * sizeof(float), cudaMemcpyDeviceToHost));
+        double num = 0, den = 0;
+        for (int64_t t = 0; t < T; ++t)
+          for (int64_t n = 0; n < N; ++n) {
+            const double r = ref[size_t(t * N + n)], d = double(y[size_t(t * ys + n)]) - r;
+            num += d * d;
+            den += r * r;
+          }
+        ASSERT_TRUE(std::isfinite(num)) << "NaN or inf in y (an output not written?)";
+        const double nmse = num / den, limit = 64.0 * double(K) * std::ldexp(1.0, -48);
+        EXPECT_LE(nmse, limit);
+        // Columns past N inside a row stride stay untouched (the NaN poison is still there).
+        for (int64_t t = 0; t < T; ++t)
+          for (int64_t n = N; n < ys; ++n) EXPECT_TRUE(std::isnan(y[size_t(t * ys + n)]));
+      }
     }
 
     // Dequantization: exactly the host's fp16 rounding of scale * (q - zero).

@@ -4,9 +4,11 @@
 #   tests      the CUDA test cases: BackendOps.*/cuda, Cuda*.* (GPTQ_TEST_FILTER overrides)
 #   sanitize   the same under compute-sanitizer memcheck (a subset: GPTQ_SANITIZE_FILTER)
 #   workbench  bench/cuda_workbench: GPTQ kernels and cuBLAS fp16 on Llama-2-7B layer shapes
+#              (GPTQ_WORKBENCH_ARGS: its arguments, e.g. --sweep)
 #   bench      gptq bench --device cuda: llama-gutenberg-22m, synthetic Llama-2-7B fp16 and GPTQ
 #   profile    ncu: time per kernel over ~2 decode steps of synthetic Llama-2-7B GPTQ 4-bit at batch 1
 #              (profile.txt: kernel, launches, total us), and the GPTQ 4-bit GEMV's stall reasons
+#   ncu        ncu --set full of the 4-bit GEMV's first workbench launch (GPTQ_NCU_SHAPE, default qkv; T = 1)
 set -uo pipefail
 w=/tmp/gptq-gpu
 out=${OUT:-/tmp}
@@ -36,7 +38,7 @@ for what in ${@:-tests bench}; do
         --gtest_brief=1 >"$out/sanitize.log" 2>&1 || rc=1
       grep -E 'ERROR SUMMARY|FAIL|tests? ran' "$out/sanitize.log" | head -20 ;;
     workbench)
-      "$w/gptq_cuda_workbench" 2>&1 | tee "$out/workbench.txt" | tail -60 ;;
+      "$w/gptq_cuda_workbench" ${GPTQ_WORKBENCH_ARGS:-} 2>&1 | tee "$out/workbench.txt" | tail -60 ;;
     bench)
       m="$w/shared/models/llama-gutenberg-22m"
       "$w/gptq" bench -m "$m" --device cuda 2>&1 | tee "$out/bench_22m.txt" | tail -20
@@ -66,6 +68,10 @@ PY
         >"$out/ncu_gemv.txt" 2>&1
       grep -E "Duration|Throughput|Stall|Warp Cycles|Achieved|Block Size|Grid Size|Registers|Theoretical|Issued|Eligible" \
         "$out/ncu_gemv.txt" | head -40 ;;
+    ncu)  # the 4-bit GEMV's first launch on one shape (GPTQ_NCU_SHAPE, default qkv) at T = 1, full set
+      timeout 300 ncu -k regex:gptq4_mma_gemv -c 1 --set full "$w/gptq_cuda_workbench" --reps 1 \
+        --shape "${GPTQ_NCU_SHAPE:-qkv}" >"$out/ncu_full.txt" 2>&1
+      grep -vE "^==PROF==|^\s*$" "$out/ncu_full.txt" | grep -E "Duration|Throughput|Stall|Warp Cycles|Achieved|Theoretical|Issued|Eligible|Active|Occupancy|L1|L2|DRAM|Bandwidth|Sectors|Hit|Registers|Shared|Block|Grid|Waves|Memory|Elapsed|SM " | head -90 ;;
     *) echo "unknown: $what"; rc=1 ;;
   esac
 done

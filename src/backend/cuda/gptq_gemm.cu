@@ -1,25 +1,24 @@
-// GPTQ kernels over the chunked device layout of gptq_kernels.h: a decode GEMV (T <= 8 rows) and
-// a dequantization to fp16 for cuBLAS at larger T.
+// GPTQ kernels over the device layouts of gptq_kernels.h: decode GEMVs (T <= 8 rows) and a
+// dequantization to fp16 for cuBLAS at larger T. 4 bits (the mma layout): gptq4_mma_gemv and
+// gptq4_mma_dequant below; 2, 3 and 8 bits (the chunk layout): gptq_gemv and gptq_dequant here.
 //
-// gptq_gemv tiling, 2/3/8 bits (the chunk layout; 4 bits: gptq4_mma_gemv below). One block = 32 output columns (one column tile) and all of K; its warps split
-// the K chunks into contiguous ranges (warp w: chunks [w*cpw, (w+1)*cpw)). Lane l owns column
-// tile*32 + l and, per chunk, loads that column's `bits` consecutive words (4-bit: one 16-byte
-// load; 8-bit: two; 3-bit: three 4-byte loads; 2-bit: one 8-byte load), so a warp reads
-// 32*4*bits contiguous bytes per chunk (512 B at 4 bits). Loads go in batches of U chunks
-// (16 words at T = 1: 4 chunks at 4 bits), double-buffered: batch b+1 is issued before batch b is
-// decoded, so a warp has 1-2 batches (2-4 KB at 4 bits) in flight at all times, and an SM with
-// 16-24 warps holds ~32-96 KB in flight: past what Little's law asks of HBM3e (~16 B/clk/SM times
-// ~1 us of loaded latency). chunk_group and scale_zero (one 4-byte half2 per column and chunk: an
-// L1 hit after the first chunk of a group) are loaded with the batch.
+// gptq_gemv tiling (chunk layout). One block = 32 output columns (one column tile) and all of K;
+// its warps split the K chunks into contiguous ranges (warp w: chunks [w*cpw, (w+1)*cpw)). Lane l
+// owns column tile*32 + l and, per chunk, loads that column's `bits` consecutive words (8-bit: two
+// 16-byte loads; 3-bit: three 4-byte loads; 2-bit: one 8-byte load), so a warp reads 32*4*bits
+// contiguous bytes per chunk. Loads go in batches of U chunks, double-buffered: batch b+1 is issued
+// before batch b is decoded, so a warp has 1-2 batches in flight at all times. chunk_group and
+// scale_zero (one 4-byte half2 per column and chunk: an L1 hit after the first chunk of a group)
+// are loaded with the batch.
 // x is read with warp-uniform float4 loads (one broadcast transaction, L1-resident): every lane
 // needs all 32 inputs of the chunk, and staging x in shared memory would not fit K*T floats at
 // K = 11008, T = 8 without a second pass.
 // Decoding: gptq_decode.h (one LOP3 + one FFMA per code, exact q - zero in fp32), then T FFMAs per
 // code against x; per chunk y_t += scale * acc_t. At the end the warps' partial sums go through
 // shared memory and are added in warp order (deterministic, no atomics).
-// Instruction budget at T = 1, 4 bits: ~3.2 issue slots per code, ~26 clk per warp-chunk per SM,
-// against ~31 clk for its 512 bytes at 4.25 TB/s over 132 SMs: the kernel is near the memory
-// roofline at T = 1 and becomes issue-bound (FFMA) from T ~ 2-3 on; 2- and 3-bit are issue-bound.
+// Instruction budget: ~3.2 issue slots per code at T = 1, then ~1 FFMA per code per row: issue-bound
+// from T ~ 2-3 on at every width (when it ran 4 bits too it reached 32 % of the copy bandwidth at
+// T = 1 and 346.7 us per Llama-2-7B layer at T = 8; the tensor-core kernel replaced it there).
 //
 // Limits: 1 <= T <= 8; K % 4 == 0 (the format guarantees it); x 16-byte aligned and x_stride a
 // multiple of 4 floats (float4 loads); N, n_chunks and n_groups*N below 2^31.
@@ -27,8 +26,11 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
+#include <map>
+#include <mutex>
+#include <set>
+#include <utility>
 
 #include "backend/cuda/cuda_common.h"
 #include "backend/cuda/gptq_decode.h"
@@ -41,9 +43,8 @@ namespace {
 
 constexpr int kMaxWarps = 16;
 
-// Chunks per load batch (two batches live: the one decoded, the one in flight): 16 weight
-// registers per batch (4-bit: 4 chunks = 2 KB per warp in flight while it computes), 8 for 2-bit
-// at T > 4 (spilled on sm_80 otherwise).
+// Chunks per load batch (two batches live: the one decoded, the one in flight): ~16 weight
+// registers per batch, 8 for 2-bit at T > 4 (spilled on sm_80 otherwise).
 template <int BITS, int T>
 constexpr int chunks_in_flight() {
   constexpr int words = T == 1 ? 16 : T <= 4 ? 12 : BITS == 2 ? 4 : 8;
@@ -72,10 +73,8 @@ struct Batch {
 
 template <int BITS>
 __device__ __forceinline__ void load_chunk(const uint32_t* __restrict__ p, uint32_t (&w)[BITS]) {
-  if constexpr (BITS == 4) {
-    const uint4 v = __ldg(reinterpret_cast<const uint4*>(p));
-    w[0] = v.x, w[1] = v.y, w[2] = v.z, w[3] = v.w;
-  } else if constexpr (BITS == 8) {
+  static_assert(BITS == 2 || BITS == 3 || BITS == 8, "4 bits have the mma layout (gptq4_mma_gemv)");
+  if constexpr (BITS == 8) {
     const uint4 a = __ldg(reinterpret_cast<const uint4*>(p)), b = __ldg(reinterpret_cast<const uint4*>(p) + 1);
     w[0] = a.x, w[1] = a.y, w[2] = a.z, w[3] = a.w, w[4] = b.x, w[5] = b.y, w[6] = b.z, w[7] = b.w;
   } else if constexpr (BITS == 2) {
@@ -248,37 +247,47 @@ __global__ void __launch_bounds__(256)
 
 // ---- 4 bits: tensor cores over the mma layout ----------------------------------------------
 //
-// gptq4_mma_gemv tiling. One block = one column tile (16 output columns) and all of K; its warps
-// split the k-blocks (64 inputs) into contiguous ranges. Per k-block a lane holds one uint4: its
-// A fragment word of each of the block's 4 16x16 tiles (the warp: 512 contiguous bytes), decodes
-// each word into the fragment (4 LOP3 + 1 SHF + 4 HADD2/HFMA2: exact q - zero in fp16, see
-// decode_a) and runs one mma.sync m16n8k16 per tile with B = x^T (k x 8 rows, rows >= T zero; lane
-// (g, c) loads x[g][2c, 2c+1] and x[g][2c+8, 2c+9] as float2 and rounds them to half2), fp32
-// accumulation. Per chunk (32 inputs: one group, as the layout guarantees) the fp32 accumulator is
-// scaled by the column's scale and added to y, so every product and the per-group sum are exact up
-// to fp32 rounding; scales never round through fp16 arithmetic.
+// gptq4_mma_gemv tiling. One block = CT consecutive column tiles (16 output columns each) and all
+// of K; its warps split the k-blocks (64 inputs) into contiguous ranges, and every warp computes
+// all CT tiles of its range. Per k-block and tile a lane holds one uint4: its A fragment word of
+// the tile's 4 16x16 sub-tiles (the warp: 512 contiguous bytes per tile), decodes each word into
+// the fragment (4 LOP3 + 1 SHF + 4 HADD2/HFMA2: exact q - zero in fp16, see decode_a) and runs one
+// mma.sync m16n8k16 per sub-tile with B = x^T (k x 8 rows, rows >= T zero; lane (g, c) reads
+// x[g][2c, 2c+1] and x[g][2c+8, 2c+9] as float2 and rounds them to half2: once per k-block for
+// all CT tiles), fp32 accumulation. Per chunk (32 inputs: one group, as the layout guarantees) the
+// fp32 accumulator is scaled by the column's scale and added to y, so every product and the
+// per-group sum are exact up to fp32 rounding; scales never round through fp16 arithmetic.
 // Memory: decode reads every weight once, so what matters is bytes in flight and that nothing
 // else waits on global memory in the loop. Each warp streams its k-blocks through a kStages-deep
-// ring in shared memory with cp.async (16 bytes per lane, L2 only): a stage is kMmaBatch k-blocks
-// (2 KB of codes) plus the scale/zero words of their 8 chunks for the tile's 16 columns (512 B,
-// one 16-byte copy per lane); kStages - 1 stages (6 KB + 1.5 KB) are in flight while one is
-// computed, without registers. x rides in the same stages (T rows x 256 inputs per stage, fp32,
-// rounded to fp16 as it enters the mma): reading it from global memory inside the loop put an L2
-// round trip on every k-block step (25 % of the bandwidth, measured), and staging all of x per
-// block in a prologue serialized T*K/threads dependent loads before the first mma (slower still at
-// T = 8). The scale/zero address is computed from the chunk (uniform groups) or read from a chunk ->
-// group table in shared memory: no dependent global load.
-// Instruction budget: ~80 per warp and k-block (decode 36, x 16, scale/zero 16, mma 4, copies),
-// ~20 issue clk per SM against ~32 clk for its 512 bytes at 4.25 TB/s over 132 SMs: memory-bound
-// at every T <= 8 (one mma does all 8 rows at the cost of one).
+// ring in shared memory with cp.async (16 bytes per lane, L2 only): a stage is KB k-blocks of
+// codes for the CT tiles (2 KB at CT = 1, KB = 4; 4 KB at CT = 4, KB = 2), the scale/zero words of
+// their chunks for the CT*16 columns, and T rows of x over the stage's inputs (fp32, zero-filled
+// past K); kStages - 1 stages are in flight while one is computed, without registers.
+// x is the same vector for every block, so its traffic from L2 is (blocks x T x K x 4 bytes):
+// at CT = 1 and T = 8 that is 4x the weight bytes, and every block asking for the same lines at
+// the same time queues on the few L2 slices that hold them. CT > 1 divides that traffic by CT;
+// `rotate` starts block b's warps at batch b mod (their batch count), so the blocks' x requests
+// spread over all of x. Reading x from global memory inside the loop put an L2 round trip on
+// every k-block step (25 % of the bandwidth, measured), and staging all of x per block in a
+// prologue serialized T*K/threads dependent loads before the first mma (slower still at T = 8).
+// The scale/zero address is computed from the chunk (uniform groups) or read from a chunk -> group
+// table in shared memory: no dependent global load.
+// Instruction budget per warp, k-block and tile: ~80 (decode 36, x 16 / CT, scale/zero 16, mma 4,
+// copies), ~20 issue clk per SM against ~32 clk for its 512 bytes at 4.25 TB/s over 132 SMs:
+// memory-bound at every T <= 8 (one mma does all 8 rows at the cost of one).
 // Limits: x 16-byte aligned rows (cp.async), K % 4 == 0; T <= 8; the chunk table (4 bytes per 32
 // inputs, irregular groups only) fits in shared memory.
-constexpr int kMmaBatch = 4;
 constexpr int kStages = 4;
-constexpr int kStageCodesU4 = kMmaBatch * 32 + 32;  // uint4: codes [u][lane], then scale/zero [8 chunks][16]
-constexpr int kXPitch = kMmaBatch * 64 + 8;          // floats per x row in a stage (+8: rows on other banks)
-// uint4 per warp and stage at T rows of x.
-constexpr int stage_u4(int T) { return kStageCodesU4 + T * kXPitch / 4; }
+template <int CT>
+constexpr int mma_kb() {  // k-blocks per stage
+  return CT == 1 ? 4 : 2;
+}
+// uint4 per warp and stage: codes [KB][CT][32 lanes], scale/zero words [2 KB chunks][CT * 16
+// columns], then T rows of x, x_pitch floats apart (+8: rows on other banks).
+constexpr int mma_codes_u4(int CT) { return (CT == 1 ? 4 : 2) * CT * 32; }
+constexpr int mma_sz_u4(int CT) { return (CT == 1 ? 4 : 2) * CT * 8; }
+constexpr int mma_x_pitch(int CT) { return (CT == 1 ? 4 : 2) * 64 + 8; }
+constexpr int mma_stage_u4(int CT, int T) { return mma_codes_u4(CT) + mma_sz_u4(CT) + T * mma_x_pitch(CT) / 4; }
 
 __device__ __forceinline__ uint32_t lop3_and_or(uint32_t a, uint32_t b, uint32_t c) {  // (a & b) | c
   uint32_t r;
@@ -299,6 +308,10 @@ __device__ __forceinline__ uint32_t h2_as_u32(__half2 h) {
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
   const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void cp_async16_zfill(void* smem, const void* gmem, bool valid) {
+  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(gmem), "r"(valid ? 16 : 0) : "memory");
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 template <int N>
@@ -333,105 +346,145 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// Dynamic shared memory of a block of `warps` warps at T rows: the stage rings (reused for the
-// final reduction), then the chunk -> group table when groups are not uniform.
-size_t mma4_smem(int warps, int64_t T, int64_t n_chunks, bool table) {
-  return size_t(warps) * kStages * stage_u4(int(T)) * 16 + (table ? size_t(n_chunks) * 4 : 0);
+// Dynamic shared memory of a block of `warps` warps at CT tiles and T rows: the stage rings
+// (reused for the final reduction), then the chunk -> group table when groups are not uniform.
+size_t mma4_smem(int CT, int warps, int64_t T, int64_t n_chunks, bool table) {
+  return size_t(warps) * kStages * mma_stage_u4(CT, int(T)) * 16 + (table ? size_t(n_chunks) * 4 : 0);
 }
 
-__device__ __forceinline__ void cp_async16_zfill(void* smem, const void* gmem, bool valid) {
-  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(gmem), "r"(valid ? 16 : 0) : "memory");
-}
-
+// SPAN: consecutive chunks of a stage that share a group (1, 2 or 4, dividing the stage's 2 KB
+// chunks and the group's chunk count): their products are summed in one fp32 accumulator and
+// scaled once, and their zero constants made once (at g128: once per 128 inputs, not per 32).
+// group_shift >= 0: group = chunk >> group_shift (power-of-two chunks per group, or one group:
+// shift 30); < 0: the chunk -> group table.
+template <int CT, int SPAN>
 __global__ void __launch_bounds__(kMaxWarps * 32)
     gptq4_mma_gemv_kernel(const uint4* __restrict__ qw,             // [n_kb][n_ct][32]
                           const uint32_t* __restrict__ scale_zero,  // [n_groups][n_ct * 16]
                           const int32_t* __restrict__ chunk_group,  // [n_chunks]
-                          int chunks_per_group,                     // > 0: group = chunk / it
-                          const float* __restrict__ x, int64_t x_stride, int T, float* __restrict__ y,
-                          int64_t y_stride, int N, int K, int n_chunks, int n_kb, int kb_per_warp) {
+                          int group_shift, const float* __restrict__ x, int64_t x_stride, int T,
+                          float* __restrict__ y, int64_t y_stride, int N, int K, int n_chunks, int n_kb, int n_ct,
+                          int kb_per_warp, bool rotate) {
+  constexpr int KB = mma_kb<CT>(), kCodes = mma_codes_u4(CT), kSz = mma_sz_u4(CT), kXPitch = mma_x_pitch(CT);
+  static_assert(SPAN == 1 || SPAN == 2 || SPAN == 4, "SPAN");
+  static_assert((2 * KB) % SPAN == 0, "a span lies in one stage");
   extern __shared__ uint4 smem[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
-  const int ct = blockIdx.x, n_ct = gridDim.x;
+  const int ct0 = blockIdx.x * CT;
   const int g = lane >> 2, c = lane & 3;
-  const int su4 = stage_u4(T);
+  const int su4 = mma_stage_u4(CT, T);
   int* table = reinterpret_cast<int*>(smem + n_warps * kStages * su4);
-  if (chunks_per_group == 0) {  // irregular groups: the table first (the copies below need it)
+  if (group_shift < 0) {  // irregular groups: the table first (the copies below need it)
     for (int i = threadIdx.x; i < n_chunks; i += blockDim.x) table[i] = __ldg(chunk_group + i);
     __syncthreads();
   }
 
   uint4* ring = smem + warp * kStages * su4;
   const int kb_begin = warp * kb_per_warp, kb_end = min(kb_begin + kb_per_warp, n_kb);
-  const int n_batches = kb_begin < kb_end ? (kb_end - kb_begin + kMmaBatch - 1) / kMmaBatch : 0;
+  const int n_batches = kb_begin < kb_end ? (kb_end - kb_begin + KB - 1) / KB : 0;
+  const int rot = rotate && n_batches > 0 ? int(blockIdx.x % unsigned(n_batches)) : 0;
   const int64_t sz_stride = int64_t(n_ct) * 16;
-  // Batch b into stage b % kStages: lane l copies its codes of each k-block, 16 bytes of the
-  // scale/zero row (columns 16ct + 4(l%4) .. +4) of chunk l / 4 of the batch, and 16-byte pieces
-  // l, l + 32 of each of the T rows of x over the batch's inputs (zero-filled past K). Past kb_end:
-  // the last k-block's codes again (never used).
-  auto issue = [&](int b) {
-    uint4* st = ring + (b % kStages) * su4;
-    const int kb0 = kb_begin + b * kMmaBatch;
+  // This lane's copies that do not change from batch to batch: its codes' offset, tile t's uint4s
+  // (the last block's tiles past n_ct read the last tile: never used), its scale/zero pieces.
+  const uint4* qw_lane = qw + int64_t(ct0) * 32 + lane;
+  int tile_off[CT];
 #pragma unroll
-    for (int u = 0; u < kMmaBatch; ++u)
-      cp_async16(st + u * 32 + lane, qw + (int64_t(min(kb0 + u, kb_end - 1)) * n_ct + ct) * 32 + lane);
-    const int j = lane >> 2, kb = min(kb0 + (j >> 1), kb_end - 1), chunk = min(2 * kb + (j & 1), n_chunks - 1);
-    const int grp = chunks_per_group > 0 ? chunk / chunks_per_group : table[chunk];
-    cp_async16(st + kMmaBatch * 32 + lane, scale_zero + int64_t(grp) * sz_stride + ct * 16 + (lane & 3) * 4);
-    float* xs = reinterpret_cast<float*>(st + kStageCodesU4);
+  for (int t = 0; t < CT; ++t) tile_off[t] = (min(ct0 + t, n_ct - 1) - ct0) * 32;
+  // The first k-block of the s-th batch this warp computes (batches in rotated order).
+  auto first_kb = [&](int s) {
+    const int b = s + rot;
+    return kb_begin + (b < n_batches ? b : b - n_batches) * KB;
+  };
+  // Batch s into stage s % kStages. Codes: lane l copies its uint4 of every (k-block, tile);
+  // scale/zero: 16-byte piece i = chunk i / (4 CT) of the batch, columns 16 ct0 + 4 (i % 4 CT) .. + 4;
+  // x: 16-byte pieces l, l + 32, ... of each of the T rows over the batch's inputs (zero-filled past
+  // K). Past kb_end (the last warp's last batch only: ranges are whole batches otherwise): the
+  // last k-block's codes and scales again, against x = 0.
+  auto issue = [&](int s) {
+    uint4* st = ring + (s % kStages) * su4;
+    const int kb0 = first_kb(s);
+#pragma unroll
+    for (int u = 0; u < KB; ++u) {
+      const uint4* src = qw_lane + int64_t(min(kb0 + u, kb_end - 1)) * n_ct * 32;
+#pragma unroll
+      for (int t = 0; t < CT; ++t) cp_async16(st + (u * CT + t) * 32 + lane, src + tile_off[t]);
+    }
+#pragma unroll
+    for (int r = 0; r < kSz / 32; ++r) {
+      const int i = lane + 32 * r, j = i / (4 * CT), piece = i % (4 * CT);
+      const int chunk = min(min(2 * kb0 + j, 2 * kb_end - 1), n_chunks - 1);
+      const int grp = group_shift >= 0 ? chunk >> group_shift : table[chunk];
+      const int col = min(ct0 + piece / 4, n_ct - 1) * 16 + (piece % 4) * 4;
+      cp_async16(st + kCodes + i, scale_zero + int64_t(grp) * sz_stride + col);
+    }
+    float* xs = reinterpret_cast<float*>(st + kCodes + kSz);
     for (int t = 0; t < T; ++t)
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int k = kb0 * 64 + 4 * (lane + 32 * h);  // K % 4 == 0: a piece is all in or all out
-        cp_async16_zfill(xs + t * kXPitch + 4 * (lane + 32 * h), x + t * x_stride + (k < K ? k : 0), k < K);
+      for (int h = 0; h < KB / 2; ++h) {
+        const int p = lane + 32 * h, k = kb0 * 64 + 4 * p;  // K % 4 == 0: a piece is all in or all out
+        cp_async16_zfill(xs + t * kXPitch + 4 * p, x + t * x_stride + (k < K ? k : 0), k < K);
       }
   };
 #pragma unroll
-  for (int b = 0; b < kStages - 1; ++b) {
-    if (b < n_batches) issue(b);
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < n_batches) issue(s);
     cp_async_commit();  // empty groups too: the wait below counts groups
   }
 
   const bool xrow = g < T;
-  float yv[4] = {0.f, 0.f, 0.f, 0.f};  // (t 2c, column g), (2c+1, g), (2c, g+8), (2c+1, g+8)
-  for (int b = 0; b < n_batches; ++b) {
-    cp_async_wait<kStages - 2>();  // batch b has landed (for this lane's copies) ...
-    __syncwarp();                  // ... and for every lane's; stage (b - 1) % kStages is free again
-    if (b + kStages - 1 < n_batches) issue(b + kStages - 1);
+  float yv[CT][4];  // per tile: (t 2c, column g), (2c+1, g), (2c, g+8), (2c+1, g+8)
+#pragma unroll
+  for (int t = 0; t < CT; ++t) yv[t][0] = yv[t][1] = yv[t][2] = yv[t][3] = 0.f;
+  for (int s = 0; s < n_batches; ++s) {
+    cp_async_wait<kStages - 2>();  // batch s has landed (for this lane's copies) ...
+    __syncwarp();                  // ... and for every lane's; stage (s - 1) % kStages is free again
+    if (s + kStages - 1 < n_batches) issue(s + kStages - 1);
     cp_async_commit();
-    const uint4* st = ring + (b % kStages) * su4;
-    const uint32_t* sz = reinterpret_cast<const uint32_t*>(st + kMmaBatch * 32);  // [8 chunks][16 columns]
-    const float* xg = reinterpret_cast<const float*>(st + kStageCodesU4) + (xrow ? g : 0) * kXPitch + 2 * c;
-    const int kb0 = kb_begin + b * kMmaBatch;
+    const uint4* st = ring + (s % kStages) * su4;
+    const uint32_t* sz = reinterpret_cast<const uint32_t*>(st + kCodes);  // [2 KB chunks][CT * 16 columns]
+    const float* xg = reinterpret_cast<const float*>(st + kCodes + kSz) + (xrow ? g : 0) * kXPitch + 2 * c;
 #pragma unroll
-    for (int u = 0; u < kMmaBatch; ++u) {
-      if (kb0 + u >= kb_end) break;
-      const uint4 wv = st[u * 32 + lane];
-      const uint32_t words[4] = {wv.x, wv.y, wv.z, wv.w};
+    for (int c0 = 0; c0 < 2 * KB; c0 += SPAN) {  // the spans of the stage
+      Mma4Zero z[CT][2];
+      float acc[CT][4];
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {  // the two chunks of the k-block
-        const uint32_t sz0 = sz[(2 * u + h) * 16 + g], sz1 = sz[(2 * u + h) * 16 + g + 8];
-        const Mma4Zero z0 = mma4_zero(sz0), z1 = mma4_zero(sz1);
-        float acc[4] = {0.f, 0.f, 0.f, 0.f};
+      for (int t = 0; t < CT; ++t) {
+        const uint32_t* szc = sz + c0 * (CT * 16) + t * 16;
+        z[t][0] = mma4_zero(szc[g]);
+        z[t][1] = mma4_zero(szc[g + 8]);
+        acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.f;
+      }
+#pragma unroll
+      for (int ch = c0; ch < c0 + SPAN; ++ch) {  // chunk ch of the stage: k-block ch / 2, its half ch % 2
+        const int u = ch >> 1, h = ch & 1;
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
+          // B of sub-tile kt = 2h + j: x[g][16kt + 2c, +1] and x[g][16kt + 2c + 8, +9] in fp16 (rows >= T: 0)
           const int kt = 2 * h + j;
-          uint32_t a[4];
-          decode_a(words[kt], z0, z1, a);
-          // B: x[g][16kt + 2c, +1] and x[g][16kt + 2c + 8, +9], rounded to fp16 (rows >= T: zero)
           float2 x0 = make_float2(0.f, 0.f), x1 = x0;
           if (xrow) {
             x0 = *reinterpret_cast<const float2*>(xg + u * 64 + kt * 16);
             x1 = *reinterpret_cast<const float2*>(xg + u * 64 + kt * 16 + 8);
           }
-          mma_16816(acc, a, h2_as_u32(__floats2half2_rn(x0.x, x0.y)), h2_as_u32(__floats2half2_rn(x1.x, x1.y)));
+          const uint32_t b0 = h2_as_u32(__floats2half2_rn(x0.x, x0.y)), b1 = h2_as_u32(__floats2half2_rn(x1.x, x1.y));
+#pragma unroll
+          for (int t = 0; t < CT; ++t) {
+            const uint4 wv = st[(u * CT + t) * 32 + lane];
+            const uint32_t words[4] = {wv.x, wv.y, wv.z, wv.w};
+            uint32_t a[4];
+            decode_a(words[kt], z[t][0], z[t][1], a);
+            mma_16816(acc[t], a, b0, b1);
+          }
         }
-        const float s0 = half_bits_to_float(sz0 & 0xffffu), s1 = half_bits_to_float(sz1 & 0xffffu);
-        yv[0] = __fmaf_rn(s0, acc[0], yv[0]);
-        yv[1] = __fmaf_rn(s0, acc[1], yv[1]);
-        yv[2] = __fmaf_rn(s1, acc[2], yv[2]);
-        yv[3] = __fmaf_rn(s1, acc[3], yv[3]);
+      }
+#pragma unroll
+      for (int t = 0; t < CT; ++t) {
+        const uint32_t* szc = sz + c0 * (CT * 16) + t * 16;
+        const float s0 = half_bits_to_float(szc[g] & 0xffffu), s1 = half_bits_to_float(szc[g + 8] & 0xffffu);
+        yv[t][0] = __fmaf_rn(s0, acc[t][0], yv[t][0]);
+        yv[t][1] = __fmaf_rn(s0, acc[t][1], yv[t][1]);
+        yv[t][2] = __fmaf_rn(s1, acc[t][2], yv[t][2]);
+        yv[t][3] = __fmaf_rn(s1, acc[t][3], yv[t][3]);
       }
     }
   }
@@ -439,23 +492,29 @@ __global__ void __launch_bounds__(kMaxWarps * 32)
   __syncthreads();     // every warp is done with its ring: the reduction reuses the space
 
   // Partial sums of the warps through shared memory, added in warp order (deterministic).
-  float* red = reinterpret_cast<float*>(smem);  // [warp][t][16]
-  if (2 * c < T) red[(warp * 8 + 2 * c) * 16 + g] = yv[0], red[(warp * 8 + 2 * c) * 16 + g + 8] = yv[2];
-  if (2 * c + 1 < T) red[(warp * 8 + 2 * c + 1) * 16 + g] = yv[1], red[(warp * 8 + 2 * c + 1) * 16 + g + 8] = yv[3];
+  constexpr int W = CT * 16;
+  float* red = reinterpret_cast<float*>(smem);  // [warp][8 rows][W columns]
+#pragma unroll
+  for (int t = 0; t < CT; ++t) {
+    float* r = red + warp * 8 * W + t * 16 + g;
+    if (2 * c < T) r[2 * c * W] = yv[t][0], r[2 * c * W + 8] = yv[t][2];
+    if (2 * c + 1 < T) r[(2 * c + 1) * W] = yv[t][1], r[(2 * c + 1) * W + 8] = yv[t][3];
+  }
   __syncthreads();
-  for (int i = threadIdx.x; i < T * 16; i += blockDim.x) {
-    const int t = i >> 4, col = ct * 16 + (i & 15);
-    float sum = red[t * 16 + (i & 15)];
-    for (int v = 1; v < n_warps; ++v) sum += red[(v * 8 + t) * 16 + (i & 15)];
+  for (int i = threadIdx.x; i < T * W; i += blockDim.x) {
+    const int t = i / W, j = i % W, col = ct0 * 16 + j;
+    float sum = red[t * W + j];
+    for (int v = 1; v < n_warps; ++v) sum += red[(v * 8 + t) * W + j];
     if (col < N) y[t * y_stride + col] = sum;
   }
 }
 
 // out[n][k] = scale * (q - zero) rounded to fp16 (the product in fp32, as the host computes it),
-// from the mma layout. One warp per (column tile, kMmaBatch consecutive k-blocks): the batch's
+// from the mma layout. One warp per (column tile, kDequantBatch consecutive k-blocks): the batch's
 // loads are issued together, each k-block is decoded into a [16 rows][64 k] tile in shared memory
 // (rows padded to 72 halves: the fragment writes hit 32 distinct banks), and the warp writes the
 // tile as 16 rows of 128 contiguous bytes, 8 bytes per lane (rows are only 8-byte aligned: K % 4).
+constexpr int kDequantBatch = 4;
 __global__ void __launch_bounds__(256)
     gptq4_mma_dequant_kernel(const uint4* __restrict__ qw, const uint32_t* __restrict__ scale_zero,
                              const int32_t* __restrict__ chunk_group, __half* __restrict__ out, int N, int K,
@@ -467,11 +526,11 @@ __global__ void __launch_bounds__(256)
   const int g = lane >> 2, c = lane & 3;
   const int64_t sz_stride = int64_t(n_ct) * 16;
   __half* st = tile[warp];
-  for (int kb0 = (blockIdx.y * 8 + warp) * kMmaBatch; kb0 < n_kb; kb0 += gridDim.y * 8 * kMmaBatch) {
-    uint4 wv[kMmaBatch];
-    uint32_t sz[kMmaBatch][2][2];  // [u][chunk][column g, g + 8]
+  for (int kb0 = (blockIdx.y * 8 + warp) * kDequantBatch; kb0 < n_kb; kb0 += gridDim.y * 8 * kDequantBatch) {
+    uint4 wv[kDequantBatch];
+    uint32_t sz[kDequantBatch][2][2];  // [u][chunk][column g, g + 8]
 #pragma unroll
-    for (int u = 0; u < kMmaBatch; ++u) {
+    for (int u = 0; u < kDequantBatch; ++u) {
       const int kb = min(kb0 + u, n_kb - 1);
       wv[u] = __ldcs(qw + (int64_t(kb) * n_ct + ct) * 32 + lane);
 #pragma unroll
@@ -482,7 +541,7 @@ __global__ void __launch_bounds__(256)
       }
     }
 #pragma unroll
-    for (int u = 0; u < kMmaBatch; ++u) {
+    for (int u = 0; u < kDequantBatch; ++u) {
       if (kb0 + u >= n_kb) break;
       const uint32_t words[4] = {wv[u].x, wv[u].y, wv[u].z, wv[u].w};
 #pragma unroll
@@ -512,16 +571,35 @@ __global__ void __launch_bounds__(256)
   }
 }
 
-int sm_count() {  // of the current device; cached per device (callers may be on any thread)
+// What the launchers need of the current device, read once per device (callers may be on any
+// thread, and one process may drive several GPUs).
+struct DeviceLimits {
+  int sms = 0, smem_block = 0, smem_sm = 0;  // SMs; opt-in shared memory per block; per SM
+};
+std::mutex g_device_mutex;
+const DeviceLimits& device_limits() {
   int dev = 0;
   CUDA_CHECK(cudaGetDevice(&dev));
-  static std::atomic<int> cached[64] = {};
-  if (dev < 64)
-    if (const int n = cached[dev].load(std::memory_order_relaxed)) return n;
-  int n = 0;
-  CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
-  if (dev < 64) cached[dev].store(n, std::memory_order_relaxed);
-  return n;
+  static std::map<int, DeviceLimits> limits;  // entries are never erased: references stay valid
+  std::lock_guard<std::mutex> lock(g_device_mutex);
+  auto [it, fresh] = limits.try_emplace(dev);
+  if (fresh) {
+    DeviceLimits& d = it->second;
+    CUDA_CHECK(cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, dev));
+    CUDA_CHECK(cudaDeviceGetAttribute(&d.smem_block, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    CUDA_CHECK(cudaDeviceGetAttribute(&d.smem_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev));
+  }
+  return it->second;
+}
+// Grants `kernel` the device's opt-in shared memory per block, once per (device, kernel): the
+// attribute belongs to the device's context, so a second GPU needs its own call.
+void allow_max_smem(const void* kernel, int bytes) {
+  int dev = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  static std::set<std::pair<int, const void*>> done;
+  std::lock_guard<std::mutex> lock(g_device_mutex);
+  if (done.insert({dev, kernel}).second)
+    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
 }
 
 template <int BITS, int T>
@@ -530,7 +608,7 @@ void launch_gemv(const GptqDeviceMatrix& w, const float* x, int64_t x_stride, fl
   const int n_tiles = int((w.N + 31) / 32), n_chunks = int(w.n_chunks);
   // Enough warps in flight per SM: 16 per block when the column tiles alone leave SMs thin
   // (N = 4096: 128 tiles for 132 SMs), 8 otherwise; never more warps than chunks.
-  int warps = n_tiles < 2 * sm_count() ? 16 : 8;
+  int warps = n_tiles < 2 * device_limits().sms ? 16 : 8;
   warps = std::max(1, std::min(warps, n_chunks));
   const int cpw = std::max(1, (n_chunks + warps - 1) / warps);
   warps = std::max(1, (n_chunks + cpw - 1) / cpw);  // drop warps that would get no chunk
@@ -538,44 +616,75 @@ void launch_gemv(const GptqDeviceMatrix& w, const float* x, int64_t x_stride, fl
                                                                 y, y_stride, int(w.N), int(w.K), n_chunks, cpw);
 }
 
-// Warps per block: enough for ~16 resident warps per SM over the whole grid (a column tile per
-// block; N = 4096: 8 warps, 12288: 2, 22016: 1), never more than there are k-blocks. Every block is
-// resident at once (shared memory: 40 KB per 4 warps), so the kernel runs in one wave.
-void launch_mma4_gemv(const GptqDeviceMatrix& w, const float* x, int64_t x_stride, int64_t T, float* y,
-                      int64_t y_stride, cudaStream_t stream) {
-  // The opt-in shared memory limit per block (227 KB on Hopper, 163 KB on A100), granted once, and
-  // the shared memory of an SM.
-  static std::atomic<int> smem_block{0}, smem_sm{0};
-  int limit = smem_block.load(std::memory_order_relaxed), per_sm = smem_sm.load(std::memory_order_relaxed);
-  if (limit == 0) {
-    int dev = 0;
-    CUDA_CHECK(cudaGetDevice(&dev));
-    CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-    CUDA_CHECK(cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev));
-    CUDA_CHECK(cudaFuncSetAttribute(gptq4_mma_gemv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, limit));
-    smem_sm.store(per_sm, std::memory_order_relaxed);
-    smem_block.store(limit, std::memory_order_relaxed);
-  }
-  const int n_ct = int((w.N + 15) / 16), n_kb = int((w.n_chunks + 1) / 2);
-  const bool table = w.chunks_per_group <= 0;
-  GPTQ_ASSERT(mma4_smem(1, T, w.n_chunks, table) <= size_t(limit), "gptq_gemv: K ", w.K, " too large");
-  // Warps per block: up to ~16 resident warps per SM over the grid (a column tile per block;
-  // N = 4096: 8 warps, 12288: 2, 22016: 1), fewer when the blocks an SM must hold for one wave do
-  // not fit its shared memory, never more than there are k-blocks.
-  const int sms = sm_count(), blocks_per_sm = (n_ct + sms - 1) / sms;
-  int warps = 1;
-  while (warps < kMaxWarps && int64_t(n_ct) * warps * 2 <= int64_t(sms) * 16) warps *= 2;
-  warps = std::min(warps, n_kb);
+// The 4-bit kernel's launch: CT column tiles per block (x shared by CT tiles), warps per block
+// (k split), rotation and the span of chunks per scale; Gemv4Tuning fields left at 0 / -1 take the
+// dispatch's choice. Warps: up to ~16 resident warps per SM over the grid, fewer when the blocks
+// an SM must hold for one wave do not fit its shared memory, never more than there are batches of
+// k-blocks.
+template <int CT, int SPAN>
+void launch_mma4(const GptqDeviceMatrix& w, int group_shift, const float* x, int64_t x_stride, int64_t T, float* y,
+                 int64_t y_stride, const Gemv4Tuning& tune, cudaStream_t stream) {
+  const DeviceLimits& dl = device_limits();
+  allow_max_smem(reinterpret_cast<const void*>(&gptq4_mma_gemv_kernel<CT, SPAN>), dl.smem_block);
+  const int n_ct = int((w.N + 15) / 16), n_kb = int((w.n_chunks + 1) / 2), KB = mma_kb<CT>();
+  const int blocks = (n_ct + CT - 1) / CT;
+  const bool table = group_shift < 0;
+  GPTQ_ASSERT(mma4_smem(CT, 1, T, w.n_chunks, table) <= size_t(dl.smem_block), "gptq_gemv: K ", w.K, " too large");
+  const int blocks_per_sm = (blocks + dl.sms - 1) / dl.sms;
   auto fits = [&](int wp) {
-    const size_t b = mma4_smem(wp, T, w.n_chunks, table);
-    return b <= size_t(limit) && size_t(blocks_per_sm) * (b + 1024) <= size_t(per_sm);
+    const size_t b = mma4_smem(CT, wp, T, w.n_chunks, table);
+    return b <= size_t(dl.smem_block) && size_t(blocks_per_sm) * (b + 1024) <= size_t(dl.smem_sm);
   };
-  while (warps > 1 && !fits(warps)) --warps;
-  const int kbpw = std::max(1, (n_kb + warps - 1) / warps);
-  warps = std::max(1, (n_kb + kbpw - 1) / kbpw);  // drop warps that would get no k-block
-  gptq4_mma_gemv_kernel<<<n_ct, warps * 32, mma4_smem(warps, T, w.n_chunks, table), stream>>>(
-      reinterpret_cast<const uint4*>(w.qweight), w.scale_zero, w.chunk_group, table ? 0 : int(w.chunks_per_group), x,
-      x_stride, int(T), y, y_stride, int(w.N), int(w.K), int(w.n_chunks), n_kb, kbpw);
+  int warps = tune.warps;
+  if (warps <= 0) {
+    warps = 1;
+    while (warps < kMaxWarps && int64_t(blocks) * (warps + 1) <= int64_t(dl.sms) * 16) ++warps;
+    warps = std::min(warps, (n_kb + KB - 1) / KB);
+    while (warps > 1 && !fits(warps)) --warps;
+  }
+  GPTQ_ASSERT(warps >= 1 && warps <= kMaxWarps && mma4_smem(CT, warps, T, w.n_chunks, table) <= size_t(dl.smem_block),
+              "gptq_gemv: ", warps, " warps do not fit");
+  // k-blocks per warp: whole batches (so spans never straddle a range), then only the warps that get one.
+  const int kbpw = std::max(1, ((n_kb + warps - 1) / warps + KB - 1) / KB * KB);
+  warps = std::max(1, (n_kb + kbpw - 1) / kbpw);
+  gptq4_mma_gemv_kernel<CT, SPAN><<<blocks, warps * 32, mma4_smem(CT, warps, T, w.n_chunks, table), stream>>>(
+      reinterpret_cast<const uint4*>(w.qweight), w.scale_zero, w.chunk_group, group_shift, x, x_stride, int(T), y,
+      y_stride, int(w.N), int(w.K), int(w.n_chunks), n_kb, n_ct, kbpw, tune.rotate != 0);
+}
+
+template <int CT>
+void launch_mma4_span(const GptqDeviceMatrix& w, const float* x, int64_t x_stride, int64_t T, float* y,
+                      int64_t y_stride, const Gemv4Tuning& tune, cudaStream_t stream) {
+  // Uniform groups of a power-of-two chunk count (g32/64/128 of every real checkpoint) or one
+  // group: computed by a shift, and spans of up to 4 chunks share a scale; anything else: the
+  // table, a span of 1.
+  const int64_t cpg = w.chunks_per_group;
+  int shift = -1, span = 1;
+  if (cpg > 0 && cpg >= w.n_chunks) {
+    shift = 30, span = 4;
+  } else if (cpg > 0 && (cpg & (cpg - 1)) == 0) {
+    for (shift = 0; (int64_t(1) << shift) < cpg;) ++shift;
+    span = int(std::min<int64_t>(cpg, 4));
+  }
+  if (tune.span > 0) span = std::min(span, tune.span);
+  switch (span) {
+    case 4: return launch_mma4<CT, 4>(w, shift, x, x_stride, T, y, y_stride, tune, stream);
+    case 2: return launch_mma4<CT, 2>(w, shift, x, x_stride, T, y, y_stride, tune, stream);
+    default: return launch_mma4<CT, 1>(w, shift, x, x_stride, T, y, y_stride, tune, stream);
+  }
+}
+
+void launch_mma4_gemv(const GptqDeviceMatrix& w, const float* x, int64_t x_stride, int64_t T, float* y,
+                      int64_t y_stride, const Gemv4Tuning& tune, cudaStream_t stream) {
+  // 2 tiles per block: on the H200 it beat 1 and 4 on every Llama-2-7B layer shape at T = 1, 2, 4
+  // and on all but gate_up at T = 8 (workbench --sweep; 4 tiles leave too few blocks per SM).
+  const int ct = tune.col_tiles > 0 ? tune.col_tiles : 2;
+  GPTQ_ASSERT(ct == 1 || ct == 2 || ct == 4, "gptq_gemv: col_tiles ", ct);
+  switch (ct) {
+    case 1: return launch_mma4_span<1>(w, x, x_stride, T, y, y_stride, tune, stream);
+    case 2: return launch_mma4_span<2>(w, x, x_stride, T, y, y_stride, tune, stream);
+    case 4: return launch_mma4_span<4>(w, x, x_stride, T, y, y_stride, tune, stream);
+  }
 }
 
 template <int BITS>
@@ -603,7 +712,7 @@ void check_matrix(const GptqDeviceMatrix& w) {
 }  // namespace
 
 void gptq_gemv(const GptqDeviceMatrix& w, const float* x, int64_t x_stride, int64_t T, float* y, int64_t y_stride,
-               cudaStream_t stream) {
+               cudaStream_t stream, const Gemv4Tuning& tune) {
   check_matrix(w);
   GPTQ_ASSERT(T >= 1 && T <= kGemvMaxRows, "T ", T);
   GPTQ_ASSERT(reinterpret_cast<uintptr_t>(x) % 16 == 0 && x_stride % 4 == 0 && (T == 1 || x_stride >= w.K),
@@ -613,7 +722,7 @@ void gptq_gemv(const GptqDeviceMatrix& w, const float* x, int64_t x_stride, int6
   switch (w.bits) {
     case 2: launch_gemv_bits<2>(w, x, x_stride, T, y, y_stride, stream); break;
     case 3: launch_gemv_bits<3>(w, x, x_stride, T, y, y_stride, stream); break;
-    case 4: launch_mma4_gemv(w, x, x_stride, T, y, y_stride, stream); break;
+    case 4: launch_mma4_gemv(w, x, x_stride, T, y, y_stride, tune, stream); break;
     case 8: launch_gemv_bits<8>(w, x, x_stride, T, y, y_stride, stream); break;
   }
   CUDA_CHECK(cudaGetLastError());
@@ -623,21 +732,20 @@ void gptq_dequant_f16(const GptqDeviceMatrix& w, void* out, cudaStream_t stream)
   check_matrix(w);
   GPTQ_ASSERT(reinterpret_cast<uintptr_t>(out) % 8 == 0, "out must be 8-byte aligned");
   if (w.N == 0 || w.n_chunks == 0) return;
-  const dim3 grid(unsigned((w.N + 31) / 32), unsigned(std::min<int64_t>((w.n_chunks + 7) / 8, 65535)));
   auto* o = static_cast<__half*>(out);
   const int N = int(w.N), K = int(w.K), nc = int(w.n_chunks);
   if (w.bits == 4) {
-    const int n_kb = int((w.n_chunks + 1) / 2);
-    const dim3 g4(unsigned((w.N + 15) / 16), unsigned(std::min((n_kb + 8 * kMmaBatch - 1) / (8 * kMmaBatch), 65535)));
-    gptq4_mma_dequant_kernel<<<g4, 256, 0, stream>>>(reinterpret_cast<const uint4*>(w.qweight), w.scale_zero,
-                                                     w.chunk_group, o, N, K, nc, n_kb);
-    CUDA_CHECK(cudaGetLastError());
-    return;
-  }
-  switch (w.bits) {
-    case 2: gptq_dequant_kernel<2><<<grid, 256, 0, stream>>>(w.qweight, w.scale_zero, w.chunk_group, o, N, K, nc); break;
-    case 3: gptq_dequant_kernel<3><<<grid, 256, 0, stream>>>(w.qweight, w.scale_zero, w.chunk_group, o, N, K, nc); break;
-    case 8: gptq_dequant_kernel<8><<<grid, 256, 0, stream>>>(w.qweight, w.scale_zero, w.chunk_group, o, N, K, nc); break;
+    const int n_kb = (nc + 1) / 2;
+    const dim3 grid(unsigned((w.N + 15) / 16), unsigned(std::min((n_kb + 8 * kDequantBatch - 1) / (8 * kDequantBatch), 65535)));
+    gptq4_mma_dequant_kernel<<<grid, 256, 0, stream>>>(reinterpret_cast<const uint4*>(w.qweight), w.scale_zero,
+                                                       w.chunk_group, o, N, K, nc, n_kb);
+  } else {
+    const dim3 grid(unsigned((w.N + 31) / 32), unsigned(std::min<int64_t>((w.n_chunks + 7) / 8, 65535)));
+    switch (w.bits) {
+      case 2: gptq_dequant_kernel<2><<<grid, 256, 0, stream>>>(w.qweight, w.scale_zero, w.chunk_group, o, N, K, nc); break;
+      case 3: gptq_dequant_kernel<3><<<grid, 256, 0, stream>>>(w.qweight, w.scale_zero, w.chunk_group, o, N, K, nc); break;
+      case 8: gptq_dequant_kernel<8><<<grid, 256, 0, stream>>>(w.qweight, w.scale_zero, w.chunk_group, o, N, K, nc); break;
+    }
   }
   CUDA_CHECK(cudaGetLastError());
 }

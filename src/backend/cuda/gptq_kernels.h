@@ -88,8 +88,15 @@ constexpr int64_t kGemvMaxRows = 8;
 // Needs (asserted): x 16-byte aligned and x_stride % 4 == 0 (float4 loads), qweight 16-byte
 // aligned (cudaMalloc'd or at a 16-byte offset). No workspace; deterministic (fixed reduction
 // order, no atomics); capturable in a CUDA graph. Kernel design: gptq_gemm.cu.
+// tune: the 4-bit kernel's launch (the workbench sweeps it); defaults = the dispatch's choice.
+struct Gemv4Tuning {
+  int col_tiles = 0;  // 16-column tiles per block sharing x: 1, 2 or 4 (0: by shape)
+  int warps = 0;      // warps per block splitting K (0: by shape and shared memory)
+  int rotate = -1;    // start each block's warps at a different batch of K (-1: yes, 0: no)
+  int span = 0;       // at most this many chunks (32 inputs) of a group scaled at once: 1, 2, 4 (0: all it can)
+};
 void gptq_gemv(const GptqDeviceMatrix& w, const float* x, int64_t x_stride, int64_t T, float* y, int64_t y_stride,
-               cudaStream_t stream);
+               cudaStream_t stream, const Gemv4Tuning& tune = {});
 
 // out[N][K] fp16 row-major (reordered input order) = W, for cuBLAS at larger T: each value is
 // scale * (q - zero) computed exactly in fp32 and rounded once to fp16. out 8-byte aligned.
