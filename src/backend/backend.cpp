@@ -10,10 +10,18 @@
 #include "core/synthetic.h"
 #include "core/thread_pool.h"
 #include "gptq/error.h"
+#include "quant/gptq.h"
 
 namespace gptq {
 
 uint64_t Backend::available_bytes() const { return available_memory(); }
+
+quant::QuantResult Backend::gptq_solve(ThreadPool& pool, const float* W, HessianAccumulator& H, int64_t N, int64_t K,
+                                       const quant::QuantSpec& spec) {
+  const std::vector<float>& h = H.host();
+  GPTQ_ASSERT(int64_t(h.size()) == K * K, "a Hessian of another size");
+  return quant::gptq_quantize(pool, W, h.data(), N, K, spec);
+}
 
 namespace {
 

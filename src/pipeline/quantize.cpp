@@ -195,7 +195,8 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
   // output that cannot be written fails now, naming -o.
   output.open();
   rep.seconds_load = since(t_start);
-  // The solver runs on the host, on the CPU backend's threads (or a pool of its own).
+  // Host work (packing, errors; the solver on the CPU) runs on the CPU backend's threads (or a
+  // pool of its own); the solver runs where the backend keeps the Hessians (Backend::gptq_solve).
   std::unique_ptr<ThreadPool> own_pool;
   auto* cpu_be = dynamic_cast<CpuBackend*>(&be);
   if (!cpu_be) own_pool = std::make_unique<ThreadPool>(o.threads);
@@ -267,9 +268,11 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
   std::map<std::string, quant::PackedQuant> packed;
   Progress bar("quantize", cfg.num_layers * 7, o.progress);
   int64_t done = 0;
-  // Quantizes the linears `slots` of layer l from Hessian H (empty for RTN) and swaps them for
-  // their dequantized versions, so that what runs next sees the quantized outputs.
-  auto quantize_slots = [&](int64_t l, const std::vector<LinearSlot>& slots, const std::vector<float>& H) {
+  // Quantizes the linears `slots` of layer l from the Hessian in `acc` (null for RTN) and swaps
+  // them for their dequantized versions, so that what runs next sees the quantized outputs.
+  const std::vector<float> no_hessian;
+  auto quantize_slots = [&](int64_t l, const std::vector<LinearSlot>& slots, HessianAccumulator* acc) {
+    const std::vector<float>& H = acc ? acc->host() : no_hessian;  // for the modules' errors
     for (LinearSlot s : slots) {
       cancelled();
       const auto t0 = Clock::now();
@@ -282,7 +285,7 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
       quant::QuantResult r;
       if (o.method == "gptq") {
         try {
-          r = quant::gptq_quantize(pool, W.data(), H.data(), N, K, spec);
+          r = be.gptq_solve(pool, W.data(), *acc, N, K, spec);
         } catch (const Error& e) {
           fail(name, ": ", e.what());
         }
@@ -325,7 +328,7 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
   const int64_t stage_k[4] = {H, A, H, cfg.intermediate_size};
   for (int64_t l = 0; l < cfg.num_layers; ++l) {
     if (n == 0) {  // RTN needs no inputs
-      for (int s = 0; s < 4; ++s) quantize_slots(l, stage_slots(Stage(s)), {});
+      for (int s = 0; s < 4; ++s) quantize_slots(l, stage_slots(Stage(s)), nullptr);
       continue;
     }
     if (o.true_sequential) {
@@ -338,7 +341,7 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
         tap.acc[s] = be.hessian(stage_k[s]);
         tap.stop = Stage(s);
         run_windows(l, from[s], false);
-        quantize_slots(l, stage_slots(Stage(s)), tap.acc[s]->take());
+        quantize_slots(l, stage_slots(Stage(s)), tap.acc[s].get());
       }
       // x already holds x + o(att): the quantized MLP completes the layer.
       for (auto& a : tap.acc) a.reset();
@@ -349,10 +352,8 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
       for (int s = 0; s < 4; ++s) tap.acc[s] = be.hessian(stage_k[s]);
       tap.stop = Stage::kDone;
       run_windows(l, Stage::kAttnIn, true);
-      std::vector<float> Hs[4];
-      for (int s = 0; s < 4; ++s) Hs[s] = tap.acc[s]->take();
+      for (int s = 0; s < 4; ++s) quantize_slots(l, stage_slots(Stage(s)), tap.acc[s].get());
       for (auto& a : tap.acc) a.reset();
-      for (int s = 0; s < 4; ++s) quantize_slots(l, stage_slots(Stage(s)), Hs[s]);
       if (l + 1 < cfg.num_layers) run_windows(l, Stage::kAttnIn, false);
     }
   }
