@@ -10,8 +10,9 @@
 //    grid (computed from W alone); the grids of groups starting in the first lazy block (computed
 //    from W before any update); Wq = dequantize(codes) on the GPU's own grids.
 //  - a code flips only where a value lies within those ulps of a rounding boundary (about 1e-6
-//    of the elements): at least 99.5 % of the codes equal and at most 2 % of the rows (or one) with
-//    any difference. A flip starts another, equally good, path for the rest of its row, so:
+//    of the elements; or an mse grid whose best two shrinks tie within them), and a flip starts
+//    another, equally good, path for the rest of its row: so at most 2 % of the rows (or one) may
+//    have any code that differs, and:
 //  - rows with all codes equal: the row's objective (w - q) H (w - q)^T within 1e-4 relative of
 //    the CPU's (their Wq differ by grid ulps only: ~1e-5 at 8 bits, far less below);
 //  - rows with a flip: within 25 % of the CPU's row objective, and the layer objective
@@ -141,8 +142,7 @@ void expect_same_solution(const QuantResult& g, const QuantResult& c, const std:
     }
     rows_differ += !row_same[size_t(n)];
   }
-  EXPECT_GE(double(equal), 0.995 * double(N * K)) << what << ": " << N * K - equal << " codes differ";
-  EXPECT_LE(rows_differ, std::max<int64_t>(1, N / 50)) << what;
+  EXPECT_LE(rows_differ, std::max<int64_t>(1, N / 50)) << what << ": " << N * K - equal << " codes differ";
 
   const auto og = row_objectives(W, g.Wq, H, N, K), oc = row_objectives(W, c.Wq, H, N, K);
   double tg = 0, tc = 0;

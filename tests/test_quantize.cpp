@@ -388,7 +388,7 @@ INSTANTIATE_TEST_SUITE_P(Reference, ReferenceQuality, ::testing::ValuesIn(ref_co
 // of the reference's (and of the CPU quantizer's own on babyllama-361, which is cheap), the same
 // bytes twice. The GPU's calibration activations differ from the CPU's (cuBLASLt, fp16 inputs of
 // the fp16 layers), so the checkpoints are not the CPU's; their quality is.
-TEST(QuantizeCuda, SameQualityAsTheCpuQuantizer) {
+TEST(CudaQuantize, SameQualityAsTheCpuQuantizer) {
   NEED_GPU();
   for (const RefConfig& c : ref_configs()) {
     const bool baby = std::string(c.model) == kBaby.model;

@@ -7,6 +7,9 @@
 //
 // Host-side plan data (tokens, positions, slots, sequences, block tables) is uploaded once per
 // forward plan (BatchPlan::id) in one copy; ops are asynchronous, to_host() synchronizes.
+//
+// GPTQ calibration stays on the GPU: Hessians accumulate where the layer inputs are
+// (cuda_hessian.h) and the solver reads them there (gptq_solver.h), on the same stream.
 #include <cublasLt.h>
 #include <cuda_runtime.h>
 
