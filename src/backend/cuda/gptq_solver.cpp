@@ -131,9 +131,10 @@ quant::QuantResult QuantContext::gptq_solve(const float* W, const float* H, int6
                                                CUDA_R_64F, &pw_dev, &pw_host));
     CUSOLVER_CHECK(cusolverDnXtrtri_bufferSize(h_->solver, CUBLAS_FILL_MODE_LOWER, CUBLAS_DIAG_NON_UNIT, K, CUDA_R_64F,
                                                d_a, K, &tw_dev, &tw_host));
-    auto m_work = device_alloc(std::max(pw_dev, tw_dev) + sizeof(int), "the Cholesky workspace");
+    const size_t info_at = (std::max(pw_dev, tw_dev) + 255) / 256 * 256;  // the status after the workspace, aligned
+    auto m_work = device_alloc(info_at + sizeof(int), "the Cholesky workspace");
     std::vector<char> host_work(std::max(pw_host, tw_host));
-    int* d_info = reinterpret_cast<int*>(static_cast<char*>(m_work.get()) + std::max(pw_dev, tw_dev));
+    int* d_info = reinterpret_cast<int*>(static_cast<char*>(m_work.get()) + info_at);
     std::vector<double> l_diag(static_cast<size_t>(K));
     auto factor = [&](double damp) {
       gptq_factor_input(H, d_perm, d_diag, K, damp, d_a, s);
