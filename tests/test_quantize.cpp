@@ -386,7 +386,7 @@ INSTANTIATE_TEST_SUITE_P(Reference, ReferenceQuality, ::testing::ValuesIn(ref_co
 
 // quantize on the GPU (calibration, Hessians, solver): the perplexity within the CPU's tolerance
 // of the reference's (and of the CPU quantizer's own on babyllama-361, which is cheap), the same
-// bytes twice. The GPU's calibration activations differ from the CPU's (cuBLASLt, fp16 inputs of
+// bytes twice (the library, then `gptq quantize --device cuda`). The GPU's calibration activations differ from the CPU's (cuBLASLt, fp16 inputs of
 // the fp16 layers), so the checkpoints are not the CPU's; their quality is.
 TEST(CudaQuantize, SameQualityAsTheCpuQuantizer) {
   NEED_GPU();
@@ -406,7 +406,11 @@ TEST(CudaQuantize, SameQualityAsTheCpuQuantizer) {
                 ref_name(c).c_str(), got, want, 100 * (got / want - 1), 100 * c.tol);
     EXPECT_LE(got, want * (1 + c.tol)) << c.model;
     if (baby) {
-      gptq::quantize_model(src, b, o);
+      // The same bytes again, and from the command line (--device cuda, the same options).
+      const auto r = gptq_test::run_cli({"quantize", "-m", src, "-o", b, "--calibration", shared_path(cal.file), "--seqlen",
+                                         std::to_string(cal.ctx), "--nsamples", "128", "--grid", "minmax", "--device",
+                                         "cuda", "-q"});
+      ASSERT_EQ(r.rc, 0) << r.err;
       EXPECT_EQ(gptq::read_text_file(a + "/model.safetensors"), gptq::read_text_file(b + "/model.safetensors"));
       o.backend = nullptr;
       fs::remove_all(b);
