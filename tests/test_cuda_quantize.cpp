@@ -334,6 +334,11 @@ TEST(CudaHessian, BackendSolveFromTheDeviceHessian) {
   const QuantResult c = gptq_quantize(test_pool(), W.data(), H.data(), N, K, spec);
   expect_same_solution(g, c, W, H, N, K, spec);
   EXPECT_EQ(acc->host(), H);  // the solve left it as it was
+  // hessian_norm (the modules' errors): sum of w H w^T over rows, fp32 GEMM vs double here.
+  const auto rows = row_objectives(W, std::vector<float>(W.size(), 0.f), H, N, K);
+  double want = 0;
+  for (double r : rows) want += r;
+  EXPECT_NEAR(be.hessian_norm(test_pool(), W.data(), *acc, N, K), want, 1e-5 * want);
 }
 
 // One real layer: llama-gutenberg-22m's layer-0 down_proj (K 1024, N 384) on its calibration

@@ -164,6 +164,10 @@ class Backend {
   // `pool`, from H.host(); the CUDA backend on the GPU from H in device memory.
   virtual quant::QuantResult gptq_solve(ThreadPool& pool, const float* W, HessianAccumulator& H, int64_t N, int64_t K,
                                         const quant::QuantSpec& spec);
+  // sum_i (A H Aᵀ)_ii for A: [N, K] fp32 on the host and H as for gptq_solve: the squared output
+  // norm of A on the calibration inputs (up to H's 2/n), for the modules' errors. The base class
+  // computes it on the host (fixed-order gemm, double sum); the CUDA backend where H is.
+  virtual double hessian_norm(ThreadPool& pool, const float* A, HessianAccumulator& H, int64_t N, int64_t K);
 
   // Runs ops(): a fixed sequence of this backend's ops whose only inputs that change from call to
   // call are the plan's contents (same shape: tokens, positions, slots, block tables) and the

@@ -25,7 +25,6 @@
 #include "pipeline/merge_lora.h"
 #include "backend/backend.h"
 #include "backend/cpu/cpu_backend.h"
-#include "backend/cpu/fixed_gemm.h"
 #include "quant/gptq.h"
 #include "backend/cpu/hessian.h"
 
@@ -35,16 +34,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
-
-// sum_i (A H Aᵀ)_ii for A: [N, K], H: [K, K]: the squared output norm of A on the calibration inputs
-// (up to the Hessian's 2/n scale).
-double quad_form(ThreadPool& pool, const std::vector<float>& A, const std::vector<float>& H, int64_t N, int64_t K) {
-  std::vector<float> AH(A.size());
-  cpu::gemm_nn_fixed(&pool, N, K, K, 1.f, A.data(), K, H.data(), K, 0.f, AH.data(), K);
-  double s = 0;
-  for (size_t i = 0; i < A.size(); ++i) s += double(AH[i]) * A[i];
-  return s;
-}
 
 void check_options(const QuantizeOptions& o) {
   quant::check_bits(o.bits);
@@ -270,9 +259,7 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
   int64_t done = 0;
   // Quantizes the linears `slots` of layer l from the Hessian in `acc` (null for RTN) and swaps
   // them for their dequantized versions, so that what runs next sees the quantized outputs.
-  const std::vector<float> no_hessian;
   auto quantize_slots = [&](int64_t l, const std::vector<LinearSlot>& slots, HessianAccumulator* acc) {
-    const std::vector<float>& H = acc ? acc->host() : no_hessian;  // for the modules' errors
     for (LinearSlot s : slots) {
       cancelled();
       const auto t0 = Clock::now();
@@ -310,11 +297,11 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
       m.loss = r.loss;
       m.damp_percent = r.damp_percent;
       m.dead_columns = r.dead_columns;
-      if (!H.empty()) {
+      if (acc) {
         std::vector<float> D(W.size());
         for (size_t i = 0; i < W.size(); ++i) D[i] = W[i] - Q[i];
-        const double den = quad_form(pool, W, H, N, K);
-        m.rel_error = den > 0 ? quad_form(pool, D, H, N, K) / den : 0;
+        const double den = be.hessian_norm(pool, W.data(), *acc, N, K);
+        m.rel_error = den > 0 ? be.hessian_norm(pool, D.data(), *acc, N, K) / den : 0;
       }
       model->set_linear(l, s, be.dense_weight({Q.data(), DType::kF32, N, K, bias.empty() ? nullptr : bias.data(), true}));
       packed.emplace(name, std::move(pq));

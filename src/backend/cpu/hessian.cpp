@@ -35,9 +35,12 @@ void HessianAccumulator::add_batch(const float* x, int64_t samples, int64_t T) {
   });
   // H[i, j] (i <= j) = fma(beta, H[i, j], alpha * dot8(xt[i, :], xt[j, :]))
   cpu::syrk_upper_fixed(&pool_, K, rows, alpha, xt_.data(), rows, beta, H_.data(), K);
+  mirrored_ = false;
 }
 
 const std::vector<float>& HessianAccumulator::symmetric() {
+  if (mirrored_) return H_;
+  mirrored_ = true;
   const int64_t K = K_;
   // Mirror the upper triangle in 64x64 blocks so that the transposed writes stay in cache.
   constexpr int64_t kB = 64;
@@ -57,6 +60,7 @@ std::vector<float> HessianAccumulator::take() {
   out.swap(H_);
   std::vector<float>().swap(xt_);
   nsamples_ = 0;
+  mirrored_ = false;
   return out;
 }
 

@@ -41,6 +41,7 @@ class HessianAccumulator {
   int64_t nsamples_ = 0;
   std::vector<float> H_;        // [K, K], upper tiles valid
   std::vector<float> xt_;       // [K, tokens] the current batch transposed
+  bool mirrored_ = false;       // the lower triangle mirrors the upper one (no batch since)
 };
 
 }  // namespace gptq::cpu

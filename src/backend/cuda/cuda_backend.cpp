@@ -532,9 +532,10 @@ class CudaBackend final : public Backend {
   }
   quant::QuantResult gptq_solve(ThreadPool&, const float* W, HessianAccumulator& H, int64_t N, int64_t K,
                                 const quant::QuantSpec& spec) override {
-    auto* h = dynamic_cast<cuda::CudaHessian*>(&H);
-    GPTQ_ASSERT(h && h->K() == K, "the Hessian was not made by this backend's hessian(K)");
-    return quant_context().gptq_solve(W, h->device(), N, K, spec);
+    return quant_context().gptq_solve(W, cuda_hessian(H, K).device(), N, K, spec);
+  }
+  double hessian_norm(ThreadPool&, const float* A, HessianAccumulator& H, int64_t N, int64_t K) override {
+    return quant_context().hessian_norm(A, cuda_hessian(H, K).device(), N, K);
   }
 
  private:
@@ -545,6 +546,11 @@ class CudaBackend final : public Backend {
     bool used = false;
   };
 
+  static cuda::CudaHessian& cuda_hessian(HessianAccumulator& H, int64_t K) {
+    auto* h = dynamic_cast<cuda::CudaHessian*>(&H);
+    GPTQ_ASSERT(h && h->K() == K, "the Hessian was not made by this backend's hessian(K)");
+    return *h;
+  }
   // The cuBLAS and cuSOLVER handles of calibration, made on first use.
   cuda::QuantContext& quant_context() {
     if (!quant_) quant_ = std::make_unique<cuda::QuantContext>(stream_);

@@ -208,4 +208,26 @@ quant::QuantResult QuantContext::gptq_solve(const float* W, const float* H, int6
   return res;
 }
 
+double QuantContext::hessian_norm(const float* A, const float* H, int64_t N, int64_t K) {
+  cudaStream_t s = stream_;
+  const size_t nk = size_t(N * K);
+  auto m_a = device_alloc(nk * sizeof(float), "a weight");
+  auto m_ah = device_alloc(nk * sizeof(float), "a weight times the Hessian");
+  auto m_dots = device_alloc(size_t(N) * sizeof(double), "the row norms");
+  const float* d_a = static_cast<const float*>(m_a.get());
+  float* d_ah = static_cast<float*>(m_ah.get());
+  CUDA_CHECK(cudaMemcpyAsync(m_a.get(), A, nk * sizeof(float), cudaMemcpyHostToDevice, s));
+  // Column-major: (A H)^T (K x N) = H^T A^T = H A^T (H symmetric).
+  const float one = 1.f, zero = 0.f;
+  CUBLAS_CHECK(cublasSgemm(h_->blas, CUBLAS_OP_N, CUBLAS_OP_N, int(K), int(N), int(K), &one, H, int(K), d_a, int(K), &zero,
+                           d_ah, int(K)));
+  row_dots(d_ah, d_a, N, K, static_cast<double*>(m_dots.get()), s);
+  std::vector<double> dots(static_cast<size_t>(N));
+  download(dots, m_dots.get(), s);
+  CUDA_CHECK(cudaStreamSynchronize(s));
+  double sum = 0;
+  for (double d : dots) sum += d;
+  return sum;
+}
+
 }  // namespace gptq::cuda

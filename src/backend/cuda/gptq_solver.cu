@@ -48,6 +48,16 @@ __global__ void hessian_round_kernel(const double* sum, int64_t K, float* H) {
   }
 }
 
+__global__ void row_dots_kernel(const float* a, const float* b, int64_t N, int64_t K, double* out) {
+  const int64_t n = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  if (n >= N) return;
+  const int lane = threadIdx.x % 32;
+  double s = 0;
+  for (int64_t k = lane; k < K; k += 32) s += double(a[n * K + k]) * double(b[n * K + k]);
+  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(kFull, s, o);
+  if (lane == 0) out[n] = s;
+}
+
 unsigned grid_stride_blocks(int64_t n, int threads) { return unsigned(std::min<int64_t>(blocks_for(n, threads), 65536)); }
 
 // ---- factorization
@@ -272,6 +282,11 @@ void hessian_accumulate(double* sum, const float* prod, int64_t K, double alpha,
 
 void hessian_round(const double* sum, int64_t K, float* H, cudaStream_t s) {
   hessian_round_kernel<<<grid_stride_blocks(K * K, 256), 256, 0, s>>>(sum, K, H);
+  CUDA_CHECK_LAUNCH();
+}
+
+void row_dots(const float* a, const float* b, int64_t N, int64_t K, double* out, cudaStream_t s) {
+  row_dots_kernel<<<blocks_for(N * 32, 256), 256, 0, s>>>(a, b, N, K, out);
   CUDA_CHECK_LAUNCH();
 }
 

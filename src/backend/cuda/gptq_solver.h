@@ -41,6 +41,11 @@ class QuantContext {
   // Synchronizes the stream.
   quant::QuantResult gptq_solve(const float* W, const float* H, int64_t N, int64_t K, const quant::QuantSpec& spec);
 
+  // sum_i (A H Aᵀ)_ii (Backend::hessian_norm): A: [N, K] fp32 on the host, H: [K, K] symmetric
+  // (both triangles) in device memory.
+  // One fp32 GEMM A·H, then each row's dot with A in double, summed in row order.
+  double hessian_norm(const float* A, const float* H, int64_t N, int64_t K);
+
  private:
   struct Handles;
   cudaStream_t stream_;

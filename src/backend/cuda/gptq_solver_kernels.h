@@ -19,6 +19,9 @@ void hessian_accumulate(double* sum, const float* prod, int64_t K, double alpha,
 // H[i, j] = H[j, i] = float(sum[min(i,j), max(i,j)]): the symmetric fp32 Hessian.
 void hessian_round(const double* sum, int64_t K, float* H, cudaStream_t s);
 
+// out[n] = sum_k a[n, k] * b[n, k] in double, in a fixed order (a warp per row). a, b: [N, K].
+void row_dots(const float* a, const float* b, int64_t N, int64_t K, double* out, cudaStream_t s);
+
 // ---- factorization input and output
 // a (column-major [K, K] fp64) = J Hp J + damp I with Hp = H[perm][:, perm] and `diag` replacing
 // its diagonal: a(r, c) = H[q_r, q_c], q_r = perm[K-1-r], read from H's upper triangle.
