@@ -20,27 +20,15 @@
 #include "gptq/perplexity.h"
 #include "gptq/quantize.h"
 #include "gptq/tokenizer.h"
+#include "cuda_test.h"
 #include "shared_paths.h"
 
 namespace {
 
 using nlohmann::json;
+using gptq_test::gpu;
 using gptq_test::shared_path;
 namespace fs = std::filesystem;
-
-std::shared_ptr<gptq::Backend> gpu() {
-  static std::shared_ptr<gptq::Backend> b = [] {
-    std::string why;
-    return gptq::cuda_usable(0, &why) ? std::shared_ptr<gptq::Backend>(gptq::make_cuda_backend()) : nullptr;
-  }();
-  return b;
-}
-
-#define NEED_GPU()                                                     \
-  do {                                                                 \
-    std::string why_;                                                  \
-    if (!gptq::cuda_usable(0, &why_)) GTEST_SKIP() << "no GPU: " << why_; \
-  } while (0)
 
 std::unique_ptr<gptq::Model> load_on(const std::string& dir, std::shared_ptr<gptq::Backend> be) {
   gptq::LoadOptions o;

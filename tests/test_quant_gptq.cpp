@@ -11,43 +11,20 @@
 #include "core/half.h"
 #include "gptq/error.h"
 #include "io/gptq_format.h"
+#include "random_layers.h"
 #include "test_pool.h"
 #include "quant/gptq.h"
+#include "quant/gptq_plan.h"
 #include "backend/cpu/hessian.h"
 #include "quant/quantizer.h"
 
 using namespace gptq::quant;
+using gptq_test::correlated_inputs;
+using gptq_test::hessian_of;
+using gptq_test::randn;
+using gptq_test::weights_with_outliers;
 
 namespace {
-
-std::vector<float> randn(size_t n, uint32_t seed, float sd = 1.f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> d(0.f, sd);
-  std::vector<float> v(n);
-  for (auto& x : v) x = d(rng);
-  return v;
-}
-
-// X: [n, K] with correlated columns (a random mixing of i.i.d. noise plus per-column scales),
-// like activations feeding a linear layer.
-std::vector<float> correlated_inputs(int64_t n, int64_t K, uint32_t seed) {
-  const auto Z = randn(size_t(n * K), seed);
-  const auto A = randn(size_t(K * K), seed + 1, 1.f / std::sqrt(float(K)));
-  std::vector<float> X(size_t(n * K), 0.f);
-  for (int64_t t = 0; t < n; ++t)
-    for (int64_t j = 0; j < K; ++j) {
-      float s = Z[size_t(t * K + j)];
-      for (int64_t i = 0; i < K; ++i) s += 2.f * Z[size_t(t * K + i)] * A[size_t(i * K + j)];
-      X[size_t(t * K + j)] = s * (0.5f + float(j % 7) / 4.f);
-    }
-  return X;
-}
-
-std::vector<float> hessian_of(const std::vector<float>& X, int64_t n, int64_t K) {
-  gptq::cpu::HessianAccumulator acc(test_pool(), K);
-  acc.add_batch(X.data(), n, 1);
-  return acc.take();
-}
 
 // Upper Cholesky factor U of A (A = U^T U). A: [K, K] double.
 std::vector<double> cholesky_upper(std::vector<double> A, int64_t K) {
@@ -188,15 +165,6 @@ TEST(QuantGrid, FindParamsAndRounding) {
 
 // Rows of Gaussian weights where ~1 % of the entries are outliers (x8): the case where clipping
 // the min-max range pays, as in real linears.
-std::vector<float> weights_with_outliers(size_t n, uint32_t seed) {
-  auto w = randn(n, seed, 0.02f);
-  std::mt19937 rng(seed + 7);
-  std::uniform_real_distribution<float> u(0.f, 1.f);
-  for (auto& x : w)
-    if (u(rng) < 0.01f) x *= 8.f;
-  return w;
-}
-
 TEST(QuantGrid, MseSearchNeverRaisesAndUsuallyLowersTheHessianWeightedGroupError) {
   const int64_t rows = 64;
   for (int64_t G : {int64_t(128), int64_t(384)})  // a g128 group; a whole row (group_size -1) of 384
@@ -481,6 +449,90 @@ TEST(QuantGptq, DeadColumnsAndDampingRetries) {
   EXPECT_NEAR(r.damp_percent, 1.0, 1e-12);
   spec.max_damp_retries = 1;
   EXPECT_THROW(gptq_quantize(test_pool(), W.data(), Hi.data(), N, K, spec), gptq::Error);
+}
+
+// The host plan both solvers share (quant/gptq_plan.h). The CUDA column kernel finds group starts
+// where col_group changes, so it must change exactly at multiples of G without static groups, in
+// every order; the rest is what gptq.h says.
+TEST(QuantGptq, ColumnPlanOfEveryOrder) {
+  const int64_t K = 200;  // no multiple of 32, 64 or 128
+  std::vector<float> d = randn(size_t(K), 71);
+  for (auto& x : d) x = x * x + 0.1f;
+  d[5] = d[77] = 0.f;
+  for (int G : {32, 64, 128, -1})
+    for (int order = 0; order < 4; ++order) {  // natural, act-order, act-order + static, group order
+      QuantSpec spec;
+      spec.group_size = G;
+      spec.desc_act = order == 1 || order == 2;
+      spec.static_groups = order == 2;
+      spec.group_order = order == 3;
+      const ColumnPlan p = plan_columns(d.data(), K, spec);
+      const std::string what = "G " + std::to_string(G) + " order " + std::to_string(order);
+      const int64_t g = G == -1 ? K : G;
+      EXPECT_EQ(p.G, g) << what;
+      EXPECT_EQ(p.dead_columns, 2) << what;
+      EXPECT_EQ(p.diag[5], 1.f);
+      EXPECT_EQ(p.hdiag[5], 0.f);
+      EXPECT_EQ(p.dead[77], 1);
+      double mean = 0;
+      for (float x : p.diag) mean += x;
+      EXPECT_EQ(p.mean_diag, mean / double(K));
+      std::vector<int64_t> sorted = p.perm;
+      std::sort(sorted.begin(), sorted.end());
+      for (int64_t k = 0; k < K; ++k) ASSERT_EQ(sorted[size_t(k)], k) << what << ": perm is no permutation";
+      for (int64_t i = 0; i < K; ++i) EXPECT_EQ(p.hperm[size_t(i)], p.hdiag[size_t(p.perm[size_t(i)])]);
+      if (order == 0) {
+        for (int64_t i = 0; i < K; ++i) EXPECT_EQ(p.perm[size_t(i)], i);
+      }
+      if (order == 1 || order == 2 || (order == 3 && G == -1)) {
+        for (int64_t i = 1; i < K; ++i) EXPECT_GE(p.diag[size_t(p.perm[size_t(i - 1)])], p.diag[size_t(p.perm[size_t(i)])]);
+      }
+      for (int64_t i = 0; i < K; ++i) {
+        const int32_t cg = p.col_group[size_t(i)];
+        if (G == -1) {
+          EXPECT_EQ(cg, 0);
+        } else if (order == 2 || order == 3) {
+          EXPECT_EQ(cg, p.perm[size_t(i)] / g) << what;  // the original group
+        } else {
+          EXPECT_EQ(cg, i / g) << what;
+        }
+        if (G != -1 && order != 2 && i > 0) {
+          EXPECT_EQ(cg != p.col_group[size_t(i - 1)], i % g == 0) << what << " column " << i;
+        }
+      }
+      for (int64_t k = 0; k < K; ++k) {
+        const int32_t want = G == -1 ? 0 : order == 1 ? -1 : int32_t(k / g);
+        if (want >= 0) {
+          EXPECT_EQ(p.g_idx[size_t(k)], want) << what;
+        }
+      }
+      if (order == 1 && G != -1) {
+        for (int64_t i = 0; i < K; ++i) EXPECT_EQ(p.g_idx[size_t(p.perm[size_t(i)])], i / g);
+      }
+    }
+}
+
+// factor_with_damping: x10 per retry (0 → 0.01), the fields of what succeeded, the error after
+// the last retry.
+TEST(QuantGptq, FactorWithDampingRetries) {
+  QuantSpec spec;
+  spec.damp_percent = 0;
+  spec.max_damp_retries = 3;
+  std::vector<double> tried;
+  QuantResult r;
+  factor_with_damping(spec, 2.0, [&](double damp) { tried.push_back(damp); return damp >= 0.2; }, r);
+  EXPECT_EQ(tried, (std::vector<double>{0.0, 0.02, 0.2}));
+  EXPECT_EQ(r.damp_retries, 2);
+  EXPECT_EQ(r.damp_percent, 0.1);
+  EXPECT_EQ(r.damp, 0.2);
+  spec.max_damp_retries = 1;
+  try {
+    factor_with_damping(spec, 2.0, [](double) { return false; }, r);
+    ADD_FAILURE() << "no error";
+  } catch (const gptq::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("not positive definite even with damp_percent 0.01 (1 retries)"), std::string::npos)
+        << e.what();
+  }
 }
 
 TEST(QuantGptq, PackedResultDequantizesToWq) {

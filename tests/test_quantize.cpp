@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli_runner.h"
+#include "cuda_test.h"
 #include "core/fs.h"
 #include "gptq/error.h"
 #include "gptq/model.h"
@@ -382,6 +383,46 @@ std::vector<RefConfig> ref_configs() {
 
 INSTANTIATE_TEST_SUITE_P(Reference, ReferenceQuality, ::testing::ValuesIn(ref_configs()),
                          [](const auto& info) { return ref_name(info.param); });
+
+// quantize on the GPU (calibration, Hessians, solver): the perplexity within the CPU's tolerance
+// of the reference's (and of the CPU quantizer's own on babyllama-361, which is cheap), the same
+// bytes twice (the library, then `gptq quantize --device cuda`). The GPU's calibration activations differ from the CPU's (cuBLASLt, fp16 inputs of
+// the fp16 layers), so the checkpoints are not the CPU's; their quality is.
+TEST(CudaQuantize, SameQualityAsTheCpuQuantizer) {
+  NEED_GPU();
+  for (const RefConfig& c : ref_configs()) {
+    const bool baby = std::string(c.model) == kBaby.model;
+    if (std::string(c.method) != "gptq" || c.bits != 4 || c.group != 128 || c.desc_act || !c.sym) continue;
+    if (!gptq_test::is_dir(shared_path(std::string("models/") + c.model))) continue;
+    const Calib& cal = calib_of(c.model);
+    auto o = calib_options(cal);
+    o.grid = "minmax";  // the reference's grid
+    o.backend = gptq_test::gpu();
+    const std::string src = shared_path(std::string("models/") + c.model), a = out_dir("cuda_a"), b = out_dir("cuda_b");
+    const auto rep = gptq::quantize_model(src, a, o);
+    EXPECT_EQ(rep.modules.size(), size_t(7 * gptq::ModelConfig::from_dir(src).num_layers));
+    const double got = calib_ppl(a, cal), want = reference_ppl(c, "gptq");
+    std::printf("[ quality  ] %s on the GPU: ppl %.4f, reference %.4f (%+.2f %%, tolerance %.1f %%)\n",
+                ref_name(c).c_str(), got, want, 100 * (got / want - 1), 100 * c.tol);
+    EXPECT_LE(got, want * (1 + c.tol)) << c.model;
+    if (baby) {
+      // The same bytes again, and from the command line (--device cuda, the same options).
+      const auto r = gptq_test::run_cli({"quantize", "-m", src, "-o", b, "--calibration", shared_path(cal.file), "--seqlen",
+                                         std::to_string(cal.ctx), "--nsamples", "128", "--grid", "minmax", "--device",
+                                         "cuda", "-q"});
+      ASSERT_EQ(r.rc, 0) << r.err;
+      EXPECT_EQ(gptq::read_text_file(a + "/model.safetensors"), gptq::read_text_file(b + "/model.safetensors"));
+      o.backend = nullptr;
+      fs::remove_all(b);
+      gptq::quantize_model(src, b, o);
+      const double cpu = calib_ppl(b, cal);
+      std::printf("[ quality  ] %s on the CPU: ppl %.4f\n", ref_name(c).c_str(), cpu);
+      EXPECT_LE(std::abs(got / cpu - 1), c.tol) << "GPU " << got << " CPU " << cpu;
+    }
+    fs::remove_all(a);
+    fs::remove_all(b);
+  }
+}
 
 }  // namespace
 

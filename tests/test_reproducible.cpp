@@ -23,7 +23,7 @@ std::string quantize(const std::vector<std::string>& extra, const Run& r, const 
   fs::remove_all(out);
   std::vector<std::string> args = {"quantize", "-m", shared_path("models/babyllama-361"), "-o", out,
                                    "--calibration", shared_path("data/tinystories-sample/tiny.utf8"),
-                                   "--seqlen", "256", "--nsamples", "12", "--force"};
+                                   "--seqlen", "256", "--nsamples", "12", "--force", "--device", "cpu"};
   args.insert(args.end(), extra.begin(), extra.end());
   // GPTQ_THREADS, not -t: the CLI caps -t at the CPUs there are, and 3 threads on a 2-core machine
   // is a work split this test wants.

@@ -24,7 +24,7 @@ for d in /usr/local/cuda/lib64 /usr/local/cuda-13*/lib64 /usr/local/cuda/targets
 done
 export GPTQ_SHARED="$w/shared" GPTQ_CLI="$w/gptq"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv | tee "$out/gpu.txt"
-ldd "$w/gptq" | grep -E 'cublas|not found' | tee -a "$out/gpu.txt"
+ldd "$w/gptq" | grep -E 'cublas|cusolver|not found' | tee -a "$out/gpu.txt"
 rc=0
 for what in ${@:-tests bench}; do
   echo "=== $what"

@@ -25,7 +25,6 @@
 #include "pipeline/merge_lora.h"
 #include "backend/backend.h"
 #include "backend/cpu/cpu_backend.h"
-#include "backend/cpu/fixed_gemm.h"
 #include "quant/gptq.h"
 #include "backend/cpu/hessian.h"
 
@@ -35,16 +34,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
-
-// sum_i (A H Aᵀ)_ii for A: [N, K], H: [K, K]: the squared output norm of A on the calibration inputs
-// (up to the Hessian's 2/n scale).
-double quad_form(ThreadPool& pool, const std::vector<float>& A, const std::vector<float>& H, int64_t N, int64_t K) {
-  std::vector<float> AH(A.size());
-  cpu::gemm_nn_fixed(&pool, N, K, K, 1.f, A.data(), K, H.data(), K, 0.f, AH.data(), K);
-  double s = 0;
-  for (size_t i = 0; i < A.size(); ++i) s += double(AH[i]) * A[i];
-  return s;
-}
 
 void check_options(const QuantizeOptions& o) {
   quant::check_bits(o.bits);
@@ -195,7 +184,8 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
   // output that cannot be written fails now, naming -o.
   output.open();
   rep.seconds_load = since(t_start);
-  // The solver runs on the host, on the CPU backend's threads (or a pool of its own).
+  // Host work (packing, errors; the solver on the CPU) runs on the CPU backend's threads (or a
+  // pool of its own); the solver runs where the backend keeps the Hessians (Backend::gptq_solve).
   std::unique_ptr<ThreadPool> own_pool;
   auto* cpu_be = dynamic_cast<CpuBackend*>(&be);
   if (!cpu_be) own_pool = std::make_unique<ThreadPool>(o.threads);
@@ -267,9 +257,9 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
   std::map<std::string, quant::PackedQuant> packed;
   Progress bar("quantize", cfg.num_layers * 7, o.progress);
   int64_t done = 0;
-  // Quantizes the linears `slots` of layer l from Hessian H (empty for RTN) and swaps them for
-  // their dequantized versions, so that what runs next sees the quantized outputs.
-  auto quantize_slots = [&](int64_t l, const std::vector<LinearSlot>& slots, const std::vector<float>& H) {
+  // Quantizes the linears `slots` of layer l from the Hessian in `acc` (null for RTN) and swaps
+  // them for their dequantized versions, so that what runs next sees the quantized outputs.
+  auto quantize_slots = [&](int64_t l, const std::vector<LinearSlot>& slots, HessianAccumulator* acc) {
     for (LinearSlot s : slots) {
       cancelled();
       const auto t0 = Clock::now();
@@ -282,7 +272,7 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
       quant::QuantResult r;
       if (o.method == "gptq") {
         try {
-          r = quant::gptq_quantize(pool, W.data(), H.data(), N, K, spec);
+          r = be.gptq_solve(pool, W.data(), *acc, N, K, spec);
         } catch (const Error& e) {
           fail(name, ": ", e.what());
         }
@@ -307,11 +297,11 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
       m.loss = r.loss;
       m.damp_percent = r.damp_percent;
       m.dead_columns = r.dead_columns;
-      if (!H.empty()) {
+      if (acc) {
         std::vector<float> D(W.size());
         for (size_t i = 0; i < W.size(); ++i) D[i] = W[i] - Q[i];
-        const double den = quad_form(pool, W, H, N, K);
-        m.rel_error = den > 0 ? quad_form(pool, D, H, N, K) / den : 0;
+        const double den = be.hessian_norm(pool, W.data(), *acc, N, K);
+        m.rel_error = den > 0 ? be.hessian_norm(pool, D.data(), *acc, N, K) / den : 0;
       }
       model->set_linear(l, s, be.dense_weight({Q.data(), DType::kF32, N, K, bias.empty() ? nullptr : bias.data(), true}));
       packed.emplace(name, std::move(pq));
@@ -325,7 +315,7 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
   const int64_t stage_k[4] = {H, A, H, cfg.intermediate_size};
   for (int64_t l = 0; l < cfg.num_layers; ++l) {
     if (n == 0) {  // RTN needs no inputs
-      for (int s = 0; s < 4; ++s) quantize_slots(l, stage_slots(Stage(s)), {});
+      for (int s = 0; s < 4; ++s) quantize_slots(l, stage_slots(Stage(s)), nullptr);
       continue;
     }
     if (o.true_sequential) {
@@ -338,7 +328,7 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
         tap.acc[s] = be.hessian(stage_k[s]);
         tap.stop = Stage(s);
         run_windows(l, from[s], false);
-        quantize_slots(l, stage_slots(Stage(s)), tap.acc[s]->take());
+        quantize_slots(l, stage_slots(Stage(s)), tap.acc[s].get());
       }
       // x already holds x + o(att): the quantized MLP completes the layer.
       for (auto& a : tap.acc) a.reset();
@@ -349,10 +339,8 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
       for (int s = 0; s < 4; ++s) tap.acc[s] = be.hessian(stage_k[s]);
       tap.stop = Stage::kDone;
       run_windows(l, Stage::kAttnIn, true);
-      std::vector<float> Hs[4];
-      for (int s = 0; s < 4; ++s) Hs[s] = tap.acc[s]->take();
+      for (int s = 0; s < 4; ++s) quantize_slots(l, stage_slots(Stage(s)), tap.acc[s].get());
       for (auto& a : tap.acc) a.reset();
-      for (int s = 0; s < 4; ++s) quantize_slots(l, stage_slots(Stage(s)), Hs[s]);
       if (l + 1 < cfg.num_layers) run_windows(l, Stage::kAttnIn, false);
     }
   }

@@ -3,11 +3,11 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <numeric>
 
 #include "core/thread_pool.h"
 #include "gptq/error.h"
 #include "backend/cpu/fixed_gemm.h"
+#include "quant/gptq_plan.h"
 #include "quant/quantizer.h"
 
 namespace gptq::quant {
@@ -64,47 +64,21 @@ void check_spec(const QuantSpec& spec, int64_t K) {
   if (spec.max_damp_retries < 0) fail("max_damp_retries must be >= 0");
 }
 
-namespace {
-// A result of the right sizes for an N x K layer, checked against spec.
-QuantResult empty_result(int64_t N, int64_t K, const QuantSpec& spec) {
-  QuantResult res;
-  res.N = N;
-  res.K = K;
-  res.bits = spec.bits;
-  res.group_size = spec.group_size;
-  res.n_groups = num_groups(K, spec.group_size);
-  res.codes.resize(size_t(N * K));
-  res.Wq.resize(size_t(N * K));
-  res.scales.resize(size_t(res.n_groups * N));
-  res.zeros.resize(size_t(res.n_groups * N));
-  res.g_idx.resize(static_cast<size_t>(K));
-  return res;
-}
-}  // namespace
-
 QuantResult gptq_quantize(ThreadPool& pool, const float* W, const float* H, int64_t N, int64_t K, const QuantSpec& spec) {
   check_spec(spec, K);
   if (N <= 0) fail("cannot quantize a layer with ", N, " output features");
   const int maxq = max_code(spec.bits);
-  const bool whole_row = spec.group_size == -1;
-  const int64_t G = resolve_group_size(K, spec.group_size);
-  const bool static_groups = spec.static_groups && !whole_row;
+  std::vector<float> h_diag(static_cast<size_t>(K));
+  for (int64_t k = 0; k < K; ++k) h_diag[size_t(k)] = H[k * K + k];
+  const ColumnPlan plan = plan_columns(h_diag.data(), K, spec);
+  const bool whole_row = plan.whole_row, static_groups = plan.static_groups;
+  const int64_t G = plan.G;
+  const std::vector<int64_t>& perm = plan.perm;
+  const std::vector<uint8_t>& dead = plan.dead;
 
   QuantResult res = empty_result(N, K, spec);
-
-  // Dead inputs: never seen non-zero in calibration, so nothing constrains them.
-  // diag: [K] diag(H) after the dead fix (1 on dead inputs, for the solver); hdiag: diag(H) as
-  // accumulated (0 on dead inputs), the weights of Grid::kMse's group error.
-  std::vector<float> diag(static_cast<size_t>(K)), hdiag(static_cast<size_t>(K));
-  std::vector<uint8_t> dead(static_cast<size_t>(K), 0);
-  for (int64_t k = 0; k < K; ++k) {
-    diag[size_t(k)] = hdiag[size_t(k)] = H[k * K + k];
-    if (diag[size_t(k)] == 0.f) {
-      dead[size_t(k)] = 1;
-      diag[size_t(k)] = 1.f;
-      ++res.dead_columns;
-    }
-  }
+  res.dead_columns = plan.dead_columns;
+  res.g_idx = plan.g_idx;
   auto grid_of = [&](const float* x, const float* h, int64_t len) {
     return find_grid(spec.grid, x, h, len, maxq, spec.sym);
   };
@@ -113,34 +87,11 @@ QuantResult gptq_quantize(ThreadPool& pool, const float* W, const float* H, int6
   if (whole_row) {
     pool.parallel_for(0, size_t(N), [&](size_t n0, size_t n1) {
       for (int64_t n = int64_t(n0); n < int64_t(n1); ++n) {
-        const GridParams p = grid_of(W + n * K, hdiag.data(), K);
+        const GridParams p = grid_of(W + n * K, plan.hdiag.data(), K);
         res.scales[size_t(n)] = p.scale;
         res.zeros[size_t(n)] = int32_t(p.zero);
       }
     });
-  }
-
-  std::vector<int64_t> perm(static_cast<size_t>(K));
-  std::iota(perm.begin(), perm.end(), int64_t(0));
-  auto by_diag = [&](int64_t a, int64_t b) { return diag[size_t(a)] > diag[size_t(b)]; };
-  const bool group_order = spec.group_order && !spec.desc_act;
-  if (spec.desc_act || (group_order && whole_row)) {
-    std::stable_sort(perm.begin(), perm.end(), by_diag);
-  } else if (group_order) {
-    // Full groups by decreasing Hessian mass (the partial last one stays last), then each group's
-    // columns by decreasing diagonal, in place.
-    const int64_t full = K / G;
-    std::vector<double> mass(static_cast<size_t>(full), 0.0);
-    for (int64_t k = 0; k < full * G; ++k) mass[size_t(k / G)] += diag[size_t(k)];
-    std::vector<int64_t> order(static_cast<size_t>(full));
-    std::iota(order.begin(), order.end(), int64_t(0));
-    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return mass[size_t(a)] > mass[size_t(b)]; });
-    for (int64_t j = 0; j < full; ++j) {
-      auto first = perm.begin() + j * G;
-      std::iota(first, first + G, order[size_t(j)] * G);
-      std::stable_sort(first, first + G, by_diag);
-    }
-    std::stable_sort(perm.begin() + full * G, perm.end(), by_diag);
   }
 
   // Wp: [N, K] = W with dead columns zeroed, columns permuted (the solver's working copy).
@@ -161,43 +112,21 @@ QuantResult gptq_quantize(ThreadPool& pool, const float* W, const float* H, int6
         for (int64_t g = 0; g < res.n_groups; ++g) {
           const int64_t k0 = g * G, k1 = std::min(K, k0 + G);
           for (int64_t k = k0; k < k1; ++k) row[size_t(k - k0)] = dead[size_t(k)] ? 0.f : W[n * K + k];
-          const GridParams p = grid_of(row.data(), hdiag.data() + k0, k1 - k0);
+          const GridParams p = grid_of(row.data(), plan.hdiag.data() + k0, k1 - k0);
           res.scales[size_t(g * N + n)] = p.scale;
           res.zeros[size_t(g * N + n)] = int32_t(p.zero);
         }
     });
   }
 
-  // hperm: [K] hdiag in the solver's column order, for the groups formed in that order.
-  std::vector<float> hperm(static_cast<size_t>(K));
-  for (int64_t i = 0; i < K; ++i) hperm[size_t(i)] = hdiag[size_t(perm[size_t(i)])];
-
-  for (int64_t k = 0; k < K; ++k) res.g_idx[size_t(k)] = whole_row ? 0 : int32_t(k / G);
-  if (spec.desc_act && !static_groups && !whole_row)
-    for (int64_t i = 0; i < K; ++i) res.g_idx[size_t(perm[size_t(i)])] = int32_t(i / G);
-
   // Hinv: [K, K] upper Cholesky factor of (Hp + damp I)^-1, retrying with more damping.
   auto t0 = std::chrono::steady_clock::now();
-  double mean_diag = 0;
-  for (float d : diag) mean_diag += d;
-  mean_diag /= double(K);
   std::vector<float> U(static_cast<size_t>(K * K));
   {
     std::vector<double> a(static_cast<size_t>(K * K));
-    double pct = spec.damp_percent;
-    for (int attempt = 0;; ++attempt) {
-      const double damp = pct * mean_diag;
-      if (factor_hinv(pool, H, diag.data(), perm, K, damp, a, U.data())) {
-        res.damp = damp;
-        res.damp_percent = pct;
-        res.damp_retries = attempt;
-        break;
-      }
-      if (attempt == spec.max_damp_retries)
-        fail("the Hessian is not positive definite even with damp_percent ", pct, " (", attempt,
-             " retries); the calibration data may be too small or degenerate for this layer");
-      pct = pct > 0 ? pct * 10.0 : 0.01;  // damp_percent 0 still deserves a retry
-    }
+    factor_with_damping(
+        spec, plan.mean_diag,
+        [&](double damp) { return factor_hinv(pool, H, plan.diag.data(), perm, K, damp, a, U.data()); }, res);
   }
   res.seconds_factor = seconds_since(t0);
 
@@ -226,17 +155,12 @@ QuantResult gptq_quantize(ThreadPool& pool, const float* W, const float* H, int6
             for (int64_t i = 0; i < cnt; ++i) {
               const int64_t col = i1 + i;
               GridParams p;
-              if (whole_row) {
-                p = {res.scales[size_t(n)], float(res.zeros[size_t(n)])};
-              } else if (static_groups) {
-                const int64_t g = perm[size_t(col)] / G;
+              const int64_t g = plan.col_group[size_t(col)];
+              if (whole_row || static_groups) {
                 p = {res.scales[size_t(g * N + n)], float(res.zeros[size_t(g * N + n)])};
               } else {
                 if (col % G == 0) {
-                  // The group's index: its place in the solver's order, or (group_order) the
-                  // original group its columns came from.
-                  const int64_t g = group_order ? perm[size_t(col)] / G : col / G;
-                  cur[size_t(r)] = grid_of(wrow + col, hperm.data() + col, std::min(G, K - col));
+                  cur[size_t(r)] = grid_of(wrow + col, plan.hperm.data() + col, std::min(G, K - col));
                   res.scales[size_t(g * N + n)] = cur[size_t(r)].scale;
                   res.zeros[size_t(g * N + n)] = int32_t(cur[size_t(r)].zero);
                 }

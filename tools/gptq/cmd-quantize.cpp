@@ -15,7 +15,7 @@ extern "C" void on_signal(int) { g_interrupted = true; }
 
 Runner add_quantize(CLI::App& app) {
   struct Args {
-    std::string model, out, max_shard, device = "cpu";  // calibration on the GPU is issue 11: cpu until then
+    std::string model, out, max_shard, device = "auto";
     QuantizeOptions o;
     bool no_sym = false, no_true_seq = false, json = false, quiet = false;
   };

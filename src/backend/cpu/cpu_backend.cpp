@@ -415,6 +415,7 @@ class CpuHessian final : public HessianAccumulator {
     GPTQ_ASSERT(x.contiguous() && x.cols == acc_.K() && x.rows % samples == 0);
     acc_.add_batch(x.f32(), samples, x.rows / samples);
   }
+  const std::vector<float>& host() override { return acc_.symmetric(); }
   std::vector<float> take() override { return acc_.take(); }
 
  private:

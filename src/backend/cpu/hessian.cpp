@@ -35,9 +35,12 @@ void HessianAccumulator::add_batch(const float* x, int64_t samples, int64_t T) {
   });
   // H[i, j] (i <= j) = fma(beta, H[i, j], alpha * dot8(xt[i, :], xt[j, :]))
   cpu::syrk_upper_fixed(&pool_, K, rows, alpha, xt_.data(), rows, beta, H_.data(), K);
+  mirrored_ = false;
 }
 
-std::vector<float> HessianAccumulator::take() {
+const std::vector<float>& HessianAccumulator::symmetric() {
+  if (mirrored_) return H_;
+  mirrored_ = true;
   const int64_t K = K_;
   // Mirror the upper triangle in 64x64 blocks so that the transposed writes stay in cache.
   constexpr int64_t kB = 64;
@@ -48,10 +51,16 @@ std::vector<float> HessianAccumulator::take() {
         for (int64_t j = jb; j < std::min(K, jb + kB); ++j)
           for (int64_t i = ib; i < std::min(j, ib + kB); ++i) h[j * K + i] = h[i * K + j];
   });
-  std::vector<float> out(static_cast<size_t>(K * K), 0.f);
+  return H_;
+}
+
+std::vector<float> HessianAccumulator::take() {
+  symmetric();
+  std::vector<float> out(static_cast<size_t>(K_ * K_), 0.f);
   out.swap(H_);
   std::vector<float>().swap(xt_);
   nsamples_ = 0;
+  mirrored_ = false;
   return out;
 }
 

@@ -10,7 +10,7 @@
 // alpha = 2/(n+samples) in fp32. Tiles and token ranges never depend on the thread count.
 //
 // Storage is fp32 like the reference; only the upper triangle is maintained and it is mirrored
-// once in take().
+// when H is read (symmetric(), take()).
 #pragma once
 
 #include <cstdint>
@@ -30,6 +30,8 @@ class HessianAccumulator {
   int64_t K() const { return K_; }
   int64_t nsamples() const { return nsamples_; }
 
+  // H: [K, K] symmetric, of the batches so far (more may follow); valid until the next call.
+  const std::vector<float>& symmetric();
   // Returns H: [K, K] symmetric and resets the accumulator.
   std::vector<float> take();
 
@@ -39,6 +41,7 @@ class HessianAccumulator {
   int64_t nsamples_ = 0;
   std::vector<float> H_;        // [K, K], upper tiles valid
   std::vector<float> xt_;       // [K, tokens] the current batch transposed
+  bool mirrored_ = false;       // the lower triangle mirrors the upper one (no batch since)
 };
 
 }  // namespace gptq::cpu

@@ -7,11 +7,13 @@
 //
 // Host-side plan data (tokens, positions, slots, sequences, block tables) is uploaded once per
 // forward plan (BatchPlan::id) in one copy; ops are asynchronous, to_host() synchronizes.
+//
+// GPTQ calibration stays on the GPU: Hessians accumulate where the layer inputs are
+// (cuda_hessian.h) and the solver reads them there (gptq_solver.h), on the same stream.
 #include <cublasLt.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -22,25 +24,21 @@
 #include <unistd.h>
 
 #include "backend/backend.h"
-#include "backend/cpu/hessian.h"
 #include "backend/cpu/qgemm.h"
 #include "backend/cuda/cuda_common.h"
+#include "backend/cuda/cuda_hessian.h"
+#include "backend/cuda/device_memory.h"
 #include "backend/cuda/gptq_kernels.h"
+#include "backend/cuda/library_check.h"
 #include "backend/cuda/ops.h"
 #include "core/half.h"
 #include "core/memory.h"
 #include "core/thread_pool.h"
+#include "quant/gptq.h"
 
 namespace gptq {
 
 namespace {
-
-#define CUBLAS_CHECK(expr)                                                                         \
-  do {                                                                                             \
-    const cublasStatus_t st_ = (expr);                                                             \
-    if (st_ != CUBLAS_STATUS_SUCCESS)                                                              \
-      ::gptq::assert_fail(#expr, __FILE__, __LINE__, cat("cuBLAS status ", int(st_)));            \
-  } while (0)
 
 cuda::ElemType elem(DType t) {
   switch (t) {
@@ -96,25 +94,7 @@ bool probe(int device, std::string* why) {
   return true;
 }
 
-std::atomic<uint64_t> g_device_bytes{0};
-
-// Device memory; freed with its last reference.
-std::shared_ptr<void> device_alloc(size_t bytes, const std::string& what = "") {
-  void* p = nullptr;
-  bytes = std::max<size_t>(bytes, 1);
-  if (const cudaError_t e = cudaMalloc(&p, bytes); e != cudaSuccess) {
-    (void)cudaGetLastError();
-    size_t free_b = 0, total = 0;
-    (void)cudaMemGetInfo(&free_b, &total);
-    fail("out of GPU memory", what.empty() ? "" : cat(" for ", what), ": ", format_bytes(bytes), " needed, ",
-         format_bytes(free_b), " free of ", format_bytes(total));
-  }
-  g_device_bytes += bytes;
-  return std::shared_ptr<void>(p, [bytes](void* q) {
-    cudaFree(q);
-    g_device_bytes -= bytes;
-  });
-}
+using cuda::device_alloc;
 
 // A grow-only device buffer (scratch reused across ops: stream order keeps uses apart). Growing
 // moves it, which bumps *moved (recorded decode steps point into it).
@@ -228,24 +208,6 @@ class CudaGptqWeight final : public Weight {
   size_t bytes_ = 0;
 };
 
-// Hessians on the host for now (the GPU solver is its own issue): x is downloaded per batch.
-class CudaHessian final : public HessianAccumulator {
- public:
-  CudaHessian(ThreadPool& pool, int64_t K) : acc_(pool, K) {}
-  void add(const Tensor& x, int64_t samples) override {
-    GPTQ_ASSERT(x.cols == acc_.K() && x.rows % samples == 0);
-    host_.resize(size_t(x.rows * x.cols));
-    CUDA_CHECK(cudaMemcpy2D(host_.data(), size_t(x.cols) * 4, x.data, size_t(x.stride) * 4, size_t(x.cols) * 4,
-                            size_t(x.rows), cudaMemcpyDeviceToHost));
-    acc_.add_batch(host_.data(), samples, x.rows / samples);
-  }
-  std::vector<float> take() override { return acc_.take(); }
-
- private:
-  cpu::HessianAccumulator acc_;
-  std::vector<float> host_;
-};
-
 quant::QuantMatrix without_bias(quant::QuantMatrix m) {
   m.bias = nullptr;
   return m;
@@ -270,6 +232,7 @@ class CudaBackend final : public Backend {
   }
   ~CudaBackend() override {
     cudaStreamSynchronize(stream_);
+    quant_.reset();  // its handles use stream_
     for (auto& [k, g] : graphs_) cudaGraphExecDestroy(g.exec);
     for (auto& [k, p] : plans_) {
       cublasLtMatmulDescDestroy(p.op);
@@ -295,7 +258,7 @@ class CudaBackend final : public Backend {
     CUDA_CHECK(cudaMemGetInfo(&free_b, &total));
     return free_b;
   }
-  uint64_t device_bytes_in_use() const override { return g_device_bytes.load(); }
+  uint64_t device_bytes_in_use() const override { return cuda::device_bytes_allocated(); }
   void synchronize() override { CUDA_CHECK(cudaStreamSynchronize(stream_)); }
   double copy_bandwidth() override {
     if (bandwidth_ > 0) return bandwidth_;
@@ -565,8 +528,14 @@ class CudaBackend final : public Backend {
     graphs_[key] = {exec, scratch_moves_};
   }
   std::unique_ptr<HessianAccumulator> hessian(int64_t K) override {
-    synchronize();
-    return std::make_unique<CudaHessian>(pool_, K);
+    return std::make_unique<cuda::CudaHessian>(quant_context(), K);
+  }
+  quant::QuantResult gptq_solve(ThreadPool&, const float* W, HessianAccumulator& H, int64_t N, int64_t K,
+                                const quant::QuantSpec& spec) override {
+    return quant_context().gptq_solve(W, cuda_hessian(H, K).device(), N, K, spec);
+  }
+  double hessian_norm(ThreadPool&, const float* A, HessianAccumulator& H, int64_t N, int64_t K) override {
+    return quant_context().hessian_norm(A, cuda_hessian(H, K).device(), N, K);
   }
 
  private:
@@ -576,6 +545,17 @@ class CudaBackend final : public Backend {
     cudaEvent_t done = nullptr;
     bool used = false;
   };
+
+  static cuda::CudaHessian& cuda_hessian(HessianAccumulator& H, int64_t K) {
+    auto* h = dynamic_cast<cuda::CudaHessian*>(&H);
+    GPTQ_ASSERT(h && h->K() == K, "the Hessian was not made by this backend's hessian(K)");
+    return *h;
+  }
+  // The cuBLAS and cuSOLVER handles of calibration, made on first use.
+  cuda::QuantContext& quant_context() {
+    if (!quant_) quant_ = std::make_unique<cuda::QuantContext>(stream_);
+    return *quant_;
+  }
 
   static void check(const Tensor& t) {
     GPTQ_ASSERT(t.device == Device::kCuda && t.dtype == DType::kF32, "not a CUDA F32 tensor");
@@ -731,6 +711,7 @@ class CudaBackend final : public Backend {
   size_t lt_ws_bytes_ = 0;
   std::map<std::tuple<int, int64_t, int64_t, int64_t, int64_t, int64_t, int>, LtPlan> plans_;
   ThreadPool pool_;  // host work at load (repacking)
+  std::unique_ptr<cuda::QuantContext> quant_;
   Pinned pinned_[2];
   Scratch x16_, xperm_, wdeq_, attn_, plan_mem_, blocks_dev_;
   uint64_t scratch_moves_ = 0;

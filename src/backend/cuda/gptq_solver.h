@@ -1,0 +1,55 @@
+// GPTQ calibration math on one GPU: the Hessian's products (cuBLAS SYRK) and the GPTQ solver
+// (quant::gptq_quantize's semantics, quant/gptq.h) with the factorization in cuSOLVER (fp64), the
+// column loop in our kernels (gptq_solver.cu) and the lazy updates in cuBLAS (fp32).
+//
+// The solver, step by step (the CPU's, gptq.cpp, with the same quant::ColumnPlan):
+//   diag(H) downloaded → plan_columns (dead inputs, order, g_idx, grids per column) on the host;
+//   W uploaded; whole-row or static grids (gptq_group_grids); Wp = W permuted, dead zeroed;
+//   per damping attempt: a = J Hp J + damp I (fp64), potrf (lower), the factor's diagonal checked
+//   (> 0 and finite: the CPU's test, which also catches a NaN cuSOLVER does not report), trtri,
+//   U = J L^-1 J in fp32; then per lazy block of spec.block_size (<= 128) columns the column
+//   kernel and Wp[:, i2:] -= Err · U[i1:i2, i2:] (cublasSgemm, fp32 as on the CPU); codes, Wq,
+//   scales, zeros and per-row losses downloaded. Deterministic: no atomics in our kernels, cuSOLVER
+//   in its deterministic mode, cuBLAS on one stream with its default (non-atomic) algorithms.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <memory>
+
+#include "quant/gptq.h"
+
+namespace gptq::cuda {
+
+class QuantContext {
+ public:
+  explicit QuantContext(cudaStream_t stream);  // on the current device
+  ~QuantContext();
+  QuantContext(const QuantContext&) = delete;
+  QuantContext& operator=(const QuantContext&) = delete;
+
+  cudaStream_t stream() const { return stream_; }
+
+  // out[i, j] = sum_t x[t, i] x[t, j] for i <= j (row-major upper triangle; the rest is left as it
+  // was), fp32 accumulation. x: [rows, K] with row stride `stride`; out: [K, K].
+  void syrk_upper(const float* x, int64_t rows, int64_t K, int64_t stride, float* out);
+
+  // quant::gptq_quantize(W, H, N, K, spec) on the GPU. W: [N, K] fp32 on the host; H: [K, K] fp32
+  // in device memory (only its upper triangle is read; not modified). spec.block_size must be at
+  // most 128 (the column kernel's width); gptq::Error for that and what gptq_quantize refuses.
+  // Synchronizes the stream.
+  quant::QuantResult gptq_solve(const float* W, const float* H, int64_t N, int64_t K, const quant::QuantSpec& spec);
+
+  // sum_i (A H Aᵀ)_ii (Backend::hessian_norm): A: [N, K] fp32 on the host, H: [K, K] symmetric
+  // (both triangles) in device memory.
+  // One fp32 GEMM A·H, then each row's dot with A in double, summed in row order.
+  double hessian_norm(const float* A, const float* H, int64_t N, int64_t K);
+
+ private:
+  struct Handles;
+  cudaStream_t stream_;
+  std::unique_ptr<Handles> h_;
+};
+
+}  // namespace gptq::cuda
