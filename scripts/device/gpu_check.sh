@@ -8,6 +8,8 @@
 #   bench      gptq bench --device cuda: llama-gutenberg-22m, synthetic Llama-2-7B fp16 and GPTQ
 #   profile    ncu: time per kernel over ~2 decode steps of synthetic Llama-2-7B GPTQ 4-bit at batch 1
 #              (profile.txt: kernel, launches, total us), and the GPTQ 4-bit GEMV's stall reasons
+#   bench4     the synthetic Llama-2-7B GPTQ 4-bit row of bench alone
+#   sass       cuobjdump -sass of the 4-bit GEMV kernels and their opcode counts
 #   ncu        ncu --set full of the 4-bit GEMV's first workbench launch (GPTQ_NCU_SHAPE, default qkv; T = 1)
 set -uo pipefail
 w=/tmp/gptq-gpu
@@ -72,6 +74,12 @@ PY
       timeout 300 ncu -k regex:gptq4_mma_gemv -c 1 --set full "$w/gptq_cuda_workbench" --reps 1 \
         --shape "${GPTQ_NCU_SHAPE:-qkv}" >"$out/ncu_full.txt" 2>&1
       grep -vE "^==PROF==|^\s*$" "$out/ncu_full.txt" | grep -E "Duration|Throughput|Stall|Warp Cycles|Achieved|Theoretical|Issued|Eligible|Active|Occupancy|L1|L2|DRAM|Bandwidth|Sectors|Hit|Registers|Shared|Block|Grid|Waves|Memory|Elapsed|SM " | head -90 ;;
+    bench4)  # the synthetic Llama-2-7B GPTQ 4-bit g128 row of `bench` alone
+      "$w/gptq" bench --synthetic llama2-7b --bits 4 --group-size 128 --device cuda 2>&1 | tee -a "$out/bench_7b.txt" | tail -12 ;;
+    sass)  # the 4-bit GEMV's SASS and its opcode counts per instantiation (sass.txt.xz, sass_ops.txt)
+      cuobjdump -sass "$w/gptq_cuda_workbench" 2>/dev/null | awk '/Function : .*gptq4_mma_gemv/{p=1} /Function : /&&!/gptq4_mma_gemv/{p=0} p' >"$out/sass.txt"
+      awk '/Function :/{f=$3} /\/\*[0-9a-f]+\*\//{for(i=2;i<=NF;i++) if($i ~ /^[A-Z][A-Z0-9_.]+$/){split($i,o,"."); n[f" "o[1]]++; break}} END{for(k in n) print n[k], k}' \
+        "$out/sass.txt" | sort -k2,2 -k1,1nr >"$out/sass_ops.txt"; xz -f "$out/sass.txt"; wc -l "$out/sass_ops.txt" ;;
     *) echo "unknown: $what"; rc=1 ;;
   esac
 done

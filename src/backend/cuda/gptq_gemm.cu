@@ -676,9 +676,15 @@ void launch_mma4_span(const GptqDeviceMatrix& w, const float* x, int64_t x_strid
 
 void launch_mma4_gemv(const GptqDeviceMatrix& w, const float* x, int64_t x_stride, int64_t T, float* y,
                       int64_t y_stride, const Gemv4Tuning& tune, cudaStream_t stream) {
-  // 2 tiles per block: on the H200 it beat 1 and 4 on every Llama-2-7B layer shape at T = 1, 2, 4
-  // and on all but gate_up at T = 8 (workbench --sweep; 4 tiles leave too few blocks per SM).
-  const int ct = tune.col_tiles > 0 ? tune.col_tiles : 2;
+  // Column tiles per block, from the H200's workbench --sweep on the Llama-2-7B layer shapes: more
+  // tiles share x (its L2 traffic is blocks x T x K x 4 bytes) but leave fewer blocks to spread
+  // over the SMs. 4 where that still gives 2+ blocks per SM (gate_up: best at every T), or 1+ at
+  // T >= 8 (qkv); else 1 at T = 1 (o, qkv, down: 2 is 3-10 % slower there) and 2 above.
+  int ct = tune.col_tiles;
+  if (ct <= 0) {
+    const int64_t blocks4 = (w.N + 63) / 64, sms = device_limits().sms;
+    ct = blocks4 >= 2 * sms || (T >= 8 && blocks4 >= sms) ? 4 : T == 1 ? 1 : 2;
+  }
   GPTQ_ASSERT(ct == 1 || ct == 2 || ct == 4, "gptq_gemv: col_tiles ", ct);
   switch (ct) {
     case 1: return launch_mma4_span<1>(w, x, x_stride, T, y, y_stride, tune, stream);
