@@ -52,4 +52,18 @@ inline std::vector<float> hessian_of(const std::vector<float>& X, int64_t n, int
   return acc.take();
 }
 
+// ||(W - Q) X^T||^2 in double, the layer's output error on the inputs X: [n, K]. W, Q: [N, K].
+inline double layer_error(const std::vector<float>& W, const std::vector<float>& Q, const std::vector<float>& X,
+                          int64_t N, int64_t K, int64_t n) {
+  double e = 0;
+  for (int64_t r = 0; r < N; ++r)
+    for (int64_t t = 0; t < n; ++t) {
+      double s = 0;
+      for (int64_t k = 0; k < K; ++k)
+        s += (double(W[size_t(r * K + k)]) - Q[size_t(r * K + k)]) * X[size_t(t * K + k)];
+      e += s * s;
+    }
+  return e;
+}
+
 }  // namespace gptq_test

@@ -21,6 +21,7 @@
 using namespace gptq::quant;
 using gptq_test::correlated_inputs;
 using gptq_test::hessian_of;
+using gptq_test::layer_error;
 using gptq_test::randn;
 using gptq_test::weights_with_outliers;
 
@@ -122,20 +123,6 @@ RefResult reference_gptq(const std::vector<float>& W0, const std::vector<float>&
     }
   }
   return res;
-}
-
-// ||(W - Q) X^T||^2 for X: [n, K].
-double layer_error(const std::vector<float>& W, const std::vector<float>& Q, const std::vector<float>& X,
-                   int64_t N, int64_t K, int64_t n) {
-  double e = 0;
-  for (int64_t r = 0; r < N; ++r)
-    for (int64_t t = 0; t < n; ++t) {
-      double s = 0;
-      for (int64_t k = 0; k < K; ++k)
-        s += (double(W[size_t(r * K + k)]) - Q[size_t(r * K + k)]) * X[size_t(t * K + k)];
-      e += s * s;
-    }
-  return e;
 }
 
 }  // namespace

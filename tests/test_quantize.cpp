@@ -166,6 +166,44 @@ TEST(Quantize, GridFlagIsRecordedInMetaAndBadValuesAreRefused) {
   EXPECT_FALSE(fs::exists(out_dir("grid_bad")));
 }
 
+TEST(Quantize, RefitFlagIsRecordedInMetaAndBadValuesAreRefused) {
+  NEED_SHARED(kBaby);
+  const std::string src = shared_path("models/babyllama-361");
+  const std::string calib = shared_path(kBaby.file);
+  std::map<std::string, std::string> scales, qweight;
+  std::map<std::string, double> rel;
+  for (const std::string refit : {"none", "hessian"}) {
+    const std::string out = out_dir("refit_" + refit);
+    const auto r = gptq_test::run_cli({"quantize", "-m", src, "-o", out, "--calibration", calib, "--seqlen", "256",
+                                       "--nsamples", "8", "--refit", refit, "-q", "--json"});
+    ASSERT_EQ(r.rc, 0) << r.err;
+    const json rep = json::parse(r.out);
+    for (const auto& m : rep["modules"]) rel[refit] += m["rel_error"].get<double>();
+    const json q = json::parse(gptq::read_text_file(out + "/quantize_config.json"));
+    EXPECT_EQ(q["meta"]["refit"], refit);
+    EXPECT_EQ(q["meta"]["grid"], "mse");
+    EXPECT_FALSE(q.contains("refit"));
+    gptq::SafetensorsFile st(out + "/model.safetensors");
+    const auto& t = st.tensors().at("model.layers.0.mlp.down_proj.scales");
+    scales[refit].assign(static_cast<const char*>(t.data), t.nbytes);
+    const auto& w = st.tensors().at("model.layers.0.mlp.down_proj.qweight");
+    qweight[refit].assign(static_cast<const char*>(w.data), w.nbytes);
+    EXPECT_LT(calib_ppl(out, kBaby), 3.3) << refit;
+    fs::remove_all(out);
+  }
+  EXPECT_NE(scales["none"], scales["hessian"]);
+  EXPECT_LT(rel["hessian"], rel["none"]);  // the modules' output error on the calibration inputs drops
+  gptq_test::expect_cli_error(
+      gptq_test::run_cli({"quantize", "-m", src, "-o", out_dir("refit_bad"), "--calibration", calib, "--refit", "diag"}),
+      {"--refit", "diag"});
+  auto o = calib_options(kBaby);
+  o.method = "rtn";
+  o.refit = "hessian";
+  EXPECT_NE(error_of([&] { gptq::quantize_model(src, out_dir("refit_bad"), o); }).find("--refit hessian needs"),
+            std::string::npos);
+  EXPECT_FALSE(fs::exists(out_dir("refit_bad")));
+}
+
 // --order group: written as a plain (desc_act false, g_idx = k / G) checkpoint; bad combinations
 // and values are one line.
 TEST(Quantize, OrderGroupKeepsTheNonActOrderLayout) {

@@ -25,6 +25,9 @@ struct QuantizeOptions {
   // range, quantizer.h). "": mse for gptq (measured better, docs/measurements.md), minmax for rtn
   // (the baseline stays the reference's RTN).
   std::string grid;
+  // After the GPTQ solve: "none", or "hessian" (each row's group scales refit by least squares
+  // under the full Hessian given the codes, quant/refit.h; same format). "": none. GPTQ only.
+  std::string refit;
   double damp_percent = 0.01;
   bool true_sequential = true;  // [k,v,q] -> [o] -> [up,gate] -> [down], each on quantized inputs
   std::string method = "gptq";  // "gptq" or "rtn"

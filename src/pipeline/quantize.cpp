@@ -26,6 +26,7 @@
 #include "backend/backend.h"
 #include "backend/cpu/cpu_backend.h"
 #include "quant/gptq.h"
+#include "quant/refit.h"
 #include "backend/cpu/hessian.h"
 
 namespace gptq {
@@ -40,6 +41,8 @@ void check_options(const QuantizeOptions& o) {
   if (o.group_size == 0 || o.group_size < -1) fail("--group-size must be -1 or positive, got ", o.group_size);
   if (o.method != "gptq" && o.method != "rtn") fail("--method must be gptq or rtn, got \"", o.method, "\"");
   if (!o.grid.empty()) quant::parse_grid(o.grid);
+  if (!o.refit.empty() && quant::parse_refit(o.refit) != quant::Refit::kNone && o.method != "gptq")
+    fail("--refit ", o.refit, " needs the GPTQ Hessian: it cannot be combined with --method ", o.method);
   if (o.order != "natural" && o.order != "act" && o.order != "group")
     fail("--order must be natural, act or group, got \"", o.order, "\"");
   if (o.order == "group" && o.desc_act)
@@ -74,6 +77,7 @@ std::string quant_config_json(const QuantizeOptions& o, const nlohmann::ordered_
   q["meta"] = {{"quantizer", {std::string("gptq.cpp:") + version()}},
                {"method", o.method},
                {"grid", o.grid},
+               {"refit", o.refit},
                {"order", o.desc_act ? "act" : o.order},
                {"calibration_windows", o.method == "gptq" ? o.nsamples : 0},
                {"calibration_seqlen", o.method == "gptq" ? o.seqlen : 0}};
@@ -108,6 +112,8 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
   QuantizeOptions o = opts_in;
   check_options(o);
   if (o.grid.empty()) o.grid = o.method == "gptq" ? "mse" : "minmax";
+  if (o.refit.empty()) o.refit = "none";
+  const quant::Refit refit = quant::parse_refit(o.refit);
   if (o.order == "act") o.desc_act = true;  // the same as --desc-act, and written as desc_act
   // -o is checked now and created only once the inputs have been read (CheckpointOutput::open).
   std::vector<InputFolder> inputs = {{model_dir, "-m"}};
@@ -273,6 +279,7 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
       if (o.method == "gptq") {
         try {
           r = be.gptq_solve(pool, W.data(), *acc, N, K, spec);
+          if (refit == quant::Refit::kHessian) quant::refit_scales(pool, W.data(), acc->host().data(), N, K, r);
         } catch (const Error& e) {
           fail(name, ": ", e.what());
         }

@@ -39,6 +39,10 @@ Runner add_quantize(CLI::App& app) {
                 "Group scale/zero: minmax (the GPTQ authors') or mse (best shrink of the range under the "
                 "Hessian-weighted error; the default for --method gptq, minmax for rtn)")
       ->check(CLI::IsMember({"minmax", "mse"}));
+  c->add_option("--refit", o.refit,
+                "After the GPTQ solve: none (default) or hessian (each row's group scales refit by least squares "
+                "under the full Hessian, codes and zeros kept)")
+      ->check(CLI::IsMember({"none", "hessian"}));
   c->add_option("--damp", o.damp_percent, "Damping, as a fraction of the mean Hessian diagonal");
   c->add_flag("--true-sequential,!--no-true-sequential", o.true_sequential,
               "Quantize [k,v,q] -> [o] -> [up,gate] -> [down], each from quantized inputs (default on)");
