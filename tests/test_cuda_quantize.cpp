@@ -34,13 +34,14 @@
 #include "core/fs.h"
 #include "quant/gptq.h"
 #include "quant/gptq_plan.h"
+#include "quant/solver.h"
 #include "random_layers.h"
 #include "shared_paths.h"
 #include "test_pool.h"
 #if GPTQ_WITH_CUDA
 #include <cuda_runtime.h>
 
-#include "backend/cuda/gptq_solver.h"
+#include "quant/cuda/gptq_solver.h"
 #endif
 
 namespace {
@@ -55,7 +56,7 @@ using gptq_test::weights_with_outliers;
 // The GPU solver on a host H (uploaded), so that GPU and CPU solve from the same bits.
 QuantResult gpu_solve(const std::vector<float>& W, const std::vector<float>& H, int64_t N, int64_t K,
                       const QuantSpec& spec) {
-  static gptq::cuda::QuantContext ctx(nullptr);
+  static gptq::cuda::CudaSolver ctx(nullptr);
   float* d = nullptr;
   EXPECT_EQ(cudaMalloc(&d, H.size() * sizeof(float)), cudaSuccess);
   EXPECT_EQ(cudaMemcpy(d, H.data(), H.size() * sizeof(float), cudaMemcpyHostToDevice), cudaSuccess);
@@ -314,7 +315,7 @@ TEST(CudaHessian, MatchesTheCpuAccumulator) {
   }
 }
 
-// Backend::gptq_solve from the GPU accumulator against the CPU solver on the same H (downloaded).
+// quant::Solver (make_solver of the CUDA backend) from the GPU accumulator against the CPU solver on the same H (downloaded).
 TEST(CudaHessian, BackendSolveFromTheDeviceHessian) {
   NEED_GPU();
   gptq::Backend& be = *gpu();
@@ -330,7 +331,8 @@ TEST(CudaHessian, BackendSolveFromTheDeviceHessian) {
   QuantSpec spec;
   spec.grid = Grid::kMse;
   spec.desc_act = true;
-  const QuantResult g = be.gptq_solve(test_pool(), W.data(), *acc, N, K, spec);
+  const auto solver = make_solver(be, test_pool());
+  const QuantResult g = solver->solve(W.data(), *acc, N, K, spec);
   const QuantResult c = gptq_quantize(test_pool(), W.data(), H.data(), N, K, spec);
   expect_same_solution(g, c, W, H, N, K, spec);
   EXPECT_EQ(acc->host(), H);  // the solve left it as it was
@@ -338,7 +340,7 @@ TEST(CudaHessian, BackendSolveFromTheDeviceHessian) {
   const auto rows = row_objectives(W, std::vector<float>(W.size(), 0.f), H, N, K);
   double want = 0;
   for (double r : rows) want += r;
-  EXPECT_NEAR(be.hessian_norm(test_pool(), W.data(), *acc, N, K), want, 1e-5 * want);
+  EXPECT_NEAR(solver->hessian_norm(W.data(), *acc, N, K), want, 1e-5 * want);
 }
 
 // One real layer: llama-gutenberg-22m's layer-0 down_proj (K 1024, N 384) on its calibration
@@ -389,12 +391,13 @@ TEST(CudaGptqSolver, RealLayerOfLlamaGutenberg22m) {
   EXPECT_LE(rel_frobenius(Hg, cpu_acc.symmetric()), 1e-5);
   const std::vector<float> W = model->linear(0, gptq::LinearSlot::kDown).dense();
   const int64_t N = model->config().hidden_size;
+  const auto solver = make_solver(be, test_pool());
   for (Grid grid : {Grid::kMinMax, Grid::kMse})
     for (bool act : {false, true}) {
       QuantSpec spec;
       spec.grid = grid;
       spec.desc_act = act;
-      const QuantResult g = be.gptq_solve(test_pool(), W.data(), *gpu_acc, N, K, spec);
+      const QuantResult g = solver->solve(W.data(), *gpu_acc, N, K, spec);
       const QuantResult c = gptq_quantize(test_pool(), W.data(), Hg.data(), N, K, spec);
       expect_same_solution(g, c, W, Hg, N, K, spec);
     }

@@ -5,34 +5,15 @@
 #include <cstring>
 
 #include "backend/cpu/cpu_backend.h"
-#include "backend/cpu/fixed_gemm.h"
 #include "core/half.h"
 #include "core/memory.h"
 #include "core/synthetic.h"
 #include "core/thread_pool.h"
 #include "gptq/error.h"
-#include "quant/gptq.h"
 
 namespace gptq {
 
 uint64_t Backend::available_bytes() const { return available_memory(); }
-
-quant::QuantResult Backend::gptq_solve(ThreadPool& pool, const float* W, HessianAccumulator& H, int64_t N, int64_t K,
-                                       const quant::QuantSpec& spec) {
-  const std::vector<float>& h = H.host();
-  GPTQ_ASSERT(int64_t(h.size()) == K * K, "a Hessian of another size");
-  return quant::gptq_quantize(pool, W, h.data(), N, K, spec);
-}
-
-double Backend::hessian_norm(ThreadPool& pool, const float* A, HessianAccumulator& H, int64_t N, int64_t K) {
-  const std::vector<float>& h = H.host();
-  GPTQ_ASSERT(int64_t(h.size()) == K * K, "a Hessian of another size");
-  std::vector<float> AH(size_t(N * K));
-  cpu::gemm_nn_fixed(&pool, N, K, K, 1.f, A, K, h.data(), K, 0.f, AH.data(), K);
-  double s = 0;
-  for (size_t i = 0; i < AH.size(); ++i) s += double(AH[i]) * A[i];
-  return s;
-}
 
 namespace {
 

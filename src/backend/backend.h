@@ -20,11 +20,6 @@
 
 namespace gptq {
 
-class ThreadPool;
-namespace quant {
-struct QuantSpec;
-struct QuantResult;
-}  // namespace quant
 
 // A linear layer's weights y = x·Wᵀ + b as one backend holds them.
 class Weight {
@@ -158,17 +153,6 @@ class Backend {
   // y[i, :] = x[plan.logit_rows[i], :]
   virtual void gather_rows(const Tensor& x, const BatchPlan& plan, const Tensor& y) = 0;
   virtual std::unique_ptr<HessianAccumulator> hessian(int64_t K) = 0;
-  // quant::gptq_quantize (quant/gptq.h: its semantics, results and errors) where this backend
-  // keeps the Hessian: W: [N, K] fp32 on the host; H: an accumulator of this backend's hessian(K)
-  // after its adds, read where it lies and left as it is. The base class solves on the host, on
-  // `pool`, from H.host(); the CUDA backend on the GPU from H in device memory.
-  virtual quant::QuantResult gptq_solve(ThreadPool& pool, const float* W, HessianAccumulator& H, int64_t N, int64_t K,
-                                        const quant::QuantSpec& spec);
-  // sum_i (A H Aᵀ)_ii for A: [N, K] fp32 on the host and H as for gptq_solve: the squared output
-  // norm of A on the calibration inputs (up to H's 2/n), for the modules' errors. The base class
-  // computes it on the host (fixed-order gemm, double sum); the CUDA backend where H is.
-  virtual double hessian_norm(ThreadPool& pool, const float* A, HessianAccumulator& H, int64_t N, int64_t K);
-
   // Runs ops(): a fixed sequence of this backend's ops whose only inputs that change from call to
   // call are the plan's contents (same shape: tokens, positions, slots, block tables) and the
   // memory its tensors point to. A backend may record the sequence the first time it sees `key`

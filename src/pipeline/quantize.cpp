@@ -27,6 +27,7 @@
 #include "backend/cpu/cpu_backend.h"
 #include "quant/gptq.h"
 #include "quant/refit.h"
+#include "quant/solver.h"
 #include "backend/cpu/hessian.h"
 
 namespace gptq {
@@ -191,11 +192,12 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
   output.open();
   rep.seconds_load = since(t_start);
   // Host work (packing, errors; the solver on the CPU) runs on the CPU backend's threads (or a
-  // pool of its own); the solver runs where the backend keeps the Hessians (Backend::gptq_solve).
+  // pool of its own); the solver runs where the backend keeps the Hessians (quant/solver.h).
   std::unique_ptr<ThreadPool> own_pool;
   auto* cpu_be = dynamic_cast<CpuBackend*>(&be);
   if (!cpu_be) own_pool = std::make_unique<ThreadPool>(o.threads);
   ThreadPool& pool = cpu_be ? cpu_be->pool() : *own_pool;
+  const std::unique_ptr<quant::Solver> solver = quant::make_solver(be, pool, refit);
   // The calibration path runs fixed-order kernels: the same bytes on any CPU and thread count.
   be.set_deterministic(true);
 
@@ -278,8 +280,7 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
       quant::QuantResult r;
       if (o.method == "gptq") {
         try {
-          r = be.gptq_solve(pool, W.data(), *acc, N, K, spec);
-          if (refit == quant::Refit::kHessian) quant::refit_scales(pool, W.data(), acc->host().data(), N, K, r);
+          r = solver->solve(W.data(), *acc, N, K, spec);
         } catch (const Error& e) {
           fail(name, ": ", e.what());
         }
@@ -307,8 +308,8 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
       if (acc) {
         std::vector<float> D(W.size());
         for (size_t i = 0; i < W.size(); ++i) D[i] = W[i] - Q[i];
-        const double den = be.hessian_norm(pool, W.data(), *acc, N, K);
-        m.rel_error = den > 0 ? be.hessian_norm(pool, D.data(), *acc, N, K) / den : 0;
+        const double den = solver->hessian_norm(W.data(), *acc, N, K);
+        m.rel_error = den > 0 ? solver->hessian_norm(D.data(), *acc, N, K) / den : 0;
       }
       model->set_linear(l, s, be.dense_weight({Q.data(), DType::kF32, N, K, bias.empty() ? nullptr : bias.data(), true}));
       packed.emplace(name, std::move(pq));

@@ -1,6 +1,6 @@
 // The GPTQ solver (Frantar et al. 2022) as IST-DASLab/gptq GPTQ.fasterquant implements it, with
 // AutoGPTQ/GPTQModel's act-order + static-groups variant and g_idx output. And round-to-nearest.
-// The CUDA solver (backend/cuda/gptq_solver.h, through Backend::gptq_solve) follows the same notes
+// The CUDA solver (quant/cuda/gptq_solver.h, through quant::Solver in solver.h) follows the same notes
 // from the same host-side plan (quant/gptq_plan.h).
 //
 // Faithfulness notes (each is what the reference does, kept so results match it):

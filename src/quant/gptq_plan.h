@@ -1,5 +1,5 @@
 // The host-side decisions of the GPTQ solver, shared by the CPU solver (quant/gptq.cpp) and the
-// CUDA one (backend/cuda/gptq_solver.cpp) so that both follow gptq.h's faithfulness notes from one
+// CUDA one (quant/cuda/gptq_solver.cpp) so that both follow gptq.h's faithfulness notes from one
 // definition: what diag(H) and the spec alone decide (dead inputs, the column order, g_idx, which
 // grid each column uses), the damping retries, and the result's sizes.
 #pragma once

@@ -9,8 +9,9 @@
 // forward plan (BatchPlan::id) in one copy; ops are asynchronous, to_host() synchronizes.
 //
 // GPTQ calibration stays on the GPU: Hessians accumulate where the layer inputs are
-// (cuda_hessian.h) and the solver reads them there (gptq_solver.h), on the same stream.
+// (cuda_hessian.h) and the solver (quant/cuda/gptq_solver.h) reads them there, on the same stream.
 #include <cublasLt.h>
+#include <cublas_v2.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -34,7 +35,6 @@
 #include "core/half.h"
 #include "core/memory.h"
 #include "core/thread_pool.h"
-#include "quant/gptq.h"
 
 namespace gptq {
 
@@ -232,7 +232,7 @@ class CudaBackend final : public Backend {
   }
   ~CudaBackend() override {
     cudaStreamSynchronize(stream_);
-    quant_.reset();  // its handles use stream_
+    if (calib_blas_) cublasDestroy(calib_blas_);  // it uses stream_
     for (auto& [k, g] : graphs_) cudaGraphExecDestroy(g.exec);
     for (auto& [k, p] : plans_) {
       cublasLtMatmulDescDestroy(p.op);
@@ -528,14 +528,7 @@ class CudaBackend final : public Backend {
     graphs_[key] = {exec, scratch_moves_};
   }
   std::unique_ptr<HessianAccumulator> hessian(int64_t K) override {
-    return std::make_unique<cuda::CudaHessian>(quant_context(), K);
-  }
-  quant::QuantResult gptq_solve(ThreadPool&, const float* W, HessianAccumulator& H, int64_t N, int64_t K,
-                                const quant::QuantSpec& spec) override {
-    return quant_context().gptq_solve(W, cuda_hessian(H, K).device(), N, K, spec);
-  }
-  double hessian_norm(ThreadPool&, const float* A, HessianAccumulator& H, int64_t N, int64_t K) override {
-    return quant_context().hessian_norm(A, cuda_hessian(H, K).device(), N, K);
+    return std::make_unique<cuda::CudaHessian>(calib_blas(), stream_, K);
   }
 
  private:
@@ -546,15 +539,15 @@ class CudaBackend final : public Backend {
     bool used = false;
   };
 
-  static cuda::CudaHessian& cuda_hessian(HessianAccumulator& H, int64_t K) {
-    auto* h = dynamic_cast<cuda::CudaHessian*>(&H);
-    GPTQ_ASSERT(h && h->K() == K, "the Hessian was not made by this backend's hessian(K)");
-    return *h;
-  }
-  // The cuBLAS and cuSOLVER handles of calibration, made on first use.
-  cuda::QuantContext& quant_context() {
-    if (!quant_) quant_ = std::make_unique<cuda::QuantContext>(stream_);
-    return *quant_;
+  // The cuBLAS handle of calibration (plain fp32: the Hessian's products round as the CPU's do),
+  // made on first use.
+  cublasHandle_t calib_blas() {
+    if (!calib_blas_) {
+      CUBLAS_CHECK(cublasCreate(&calib_blas_));
+      CUBLAS_CHECK(cublasSetStream(calib_blas_, stream_));
+      CUBLAS_CHECK(cublasSetMathMode(calib_blas_, CUBLAS_DEFAULT_MATH));
+    }
+    return calib_blas_;
   }
 
   static void check(const Tensor& t) {
@@ -711,7 +704,7 @@ class CudaBackend final : public Backend {
   size_t lt_ws_bytes_ = 0;
   std::map<std::tuple<int, int64_t, int64_t, int64_t, int64_t, int64_t, int>, LtPlan> plans_;
   ThreadPool pool_;  // host work at load (repacking)
-  std::unique_ptr<cuda::QuantContext> quant_;
+  cublasHandle_t calib_blas_ = nullptr;
   Pinned pinned_[2];
   Scratch x16_, xperm_, wdeq_, attn_, plan_mem_, blocks_dev_;
   uint64_t scratch_moves_ = 0;

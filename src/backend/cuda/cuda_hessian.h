@@ -14,24 +14,30 @@
 #include <memory>
 #include <vector>
 
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
 #include "backend/backend.h"
-#include "backend/cuda/gptq_solver.h"
 
 namespace gptq::cuda {
 
 class CudaHessian final : public HessianAccumulator {
  public:
-  CudaHessian(QuantContext& ctx, int64_t K);
+  // blas: a handle on `stream` in plain fp32 (no TF32: the products round as the CPU's do), owned
+  // by the caller and outliving this.
+  CudaHessian(cublasHandle_t blas, cudaStream_t stream, int64_t K);
   void add(const Tensor& x, int64_t samples) override;
   const std::vector<float>& host() override;
   std::vector<float> take() override;
   int64_t K() const { return K_; }
+  cudaStream_t stream() const { return stream_; }
   // H: [K, K] fp32 symmetric in device memory, valid until the next add() or take().
   const float* device();
 
  private:
   void allocate();
-  QuantContext& ctx_;
+  cublasHandle_t blas_;
+  cudaStream_t stream_;
   int64_t K_;
   int64_t nsamples_ = 0;
   std::shared_ptr<void> sum_;   // [K, K] fp64, upper triangle: the running H

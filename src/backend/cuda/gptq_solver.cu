@@ -6,7 +6,7 @@
 // lane computes the same quantization and scaled error, and each lane applies the in-block error
 // feedback to its own later columns from the block's Hinv[i1:i2, i1:i2] in shared memory (64 KiB,
 // every warp of the CTA reads the same row of it: broadcasts). The lazy update of the columns
-// right of the block is a cuBLAS GEMM on the host side (gptq_solver.cpp).
+// right of the block is a cuBLAS GEMM on the host side (quant/cuda/gptq_solver.cpp).
 //
 // Bit-for-bit with the CPU where the inputs are equal: every step of the quantizer (grid, code,
 // dequantized value, error, loss) uses explicitly rounded intrinsics (__fdiv_rn, __fmul_rn, ...)

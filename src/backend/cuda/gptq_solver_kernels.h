@@ -1,6 +1,6 @@
 // Launchers of the GPTQ solver's and the Hessian's kernels (gptq_solver.cu). All asynchronous on
 // `s`; pointers are device memory; matrices row-major unless said. The host side that sequences
-// them (and the cuSOLVER/cuBLAS calls between) is gptq_solver.cpp; the semantics are quant/gptq.h's.
+// them (and the cuSOLVER/cuBLAS calls between) is quant/cuda/gptq_solver.cpp; the semantics are quant/gptq.h's.
 #pragma once
 
 #include <cuda_runtime.h>

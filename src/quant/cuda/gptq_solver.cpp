@@ -1,4 +1,4 @@
-#include "backend/cuda/gptq_solver.h"
+#include "quant/cuda/gptq_solver.h"
 
 #include <cublas_v2.h>
 #include <cusolverDn.h>
@@ -18,13 +18,13 @@
 
 namespace gptq::cuda {
 
-struct QuantContext::Handles {
+struct CudaSolver::Handles {
   cublasHandle_t blas = nullptr;
   cusolverDnHandle_t solver = nullptr;
   cusolverDnParams_t params = nullptr;
 };
 
-QuantContext::QuantContext(cudaStream_t stream) : stream_(stream), h_(std::make_unique<Handles>()) {
+CudaSolver::CudaSolver(cudaStream_t stream) : stream_(stream), h_(std::make_unique<Handles>()) {
   CUBLAS_CHECK(cublasCreate(&h_->blas));
   CUBLAS_CHECK(cublasSetStream(h_->blas, stream_));
   // Plain fp32 (no TF32): the lazy updates and Hessian products round as the CPU's fp32 do.
@@ -35,19 +35,11 @@ QuantContext::QuantContext(cudaStream_t stream) : stream_(stream), h_(std::make_
   CUSOLVER_CHECK(cusolverDnCreateParams(&h_->params));
 }
 
-QuantContext::~QuantContext() {
+CudaSolver::~CudaSolver() {
   cudaStreamSynchronize(stream_);
   cusolverDnDestroyParams(h_->params);
   cusolverDnDestroy(h_->solver);
   cublasDestroy(h_->blas);
-}
-
-void QuantContext::syrk_upper(const float* x, int64_t rows, int64_t K, int64_t stride, float* out) {
-  // Column-major, x is the K x rows matrix X^T (ld stride) and out's row-major upper triangle is
-  // its lower one: out = X^T X = (X^T)(X^T)^T, lower.
-  const float one = 1.f, zero = 0.f;
-  CUBLAS_CHECK(cublasSsyrk(h_->blas, CUBLAS_FILL_MODE_LOWER, CUBLAS_OP_N, int(K), int(rows), &one, x, int(stride), &zero,
-                           out, int(K)));
 }
 
 namespace {
@@ -70,7 +62,7 @@ void download(std::vector<T>& v, const void* src, cudaStream_t s) {
 
 }  // namespace
 
-quant::QuantResult QuantContext::gptq_solve(const float* W, const float* H, int64_t N, int64_t K,
+quant::QuantResult CudaSolver::gptq_solve(const float* W, const float* H, int64_t N, int64_t K,
                                             const quant::QuantSpec& spec) {
   quant::check_spec(spec, K);
   if (N <= 0) fail("cannot quantize a layer with ", N, " output features");
@@ -208,7 +200,7 @@ quant::QuantResult QuantContext::gptq_solve(const float* W, const float* H, int6
   return res;
 }
 
-double QuantContext::hessian_norm(const float* A, const float* H, int64_t N, int64_t K) {
+double CudaSolver::hessian_norm(const float* A, const float* H, int64_t N, int64_t K) {
   cudaStream_t s = stream_;
   const size_t nk = size_t(N * K);
   auto m_a = device_alloc(nk * sizeof(float), "a weight");

@@ -1,6 +1,7 @@
-// GPTQ calibration math on one GPU: the Hessian's products (cuBLAS SYRK) and the GPTQ solver
-// (quant::gptq_quantize's semantics, quant/gptq.h) with the factorization in cuSOLVER (fp64), the
-// column loop in our kernels (gptq_solver.cu) and the lazy updates in cuBLAS (fp32).
+// The GPTQ solver on one GPU (quant::gptq_quantize's semantics, quant/gptq.h) with the
+// factorization in cuSOLVER (fp64), the column loop in our kernels (backend/cuda/gptq_solver.cu)
+// and the lazy updates in cuBLAS (fp32). It reads the Hessian where the CUDA backend accumulated
+// it (backend/cuda/cuda_hessian.h); quant/solver.h puts it behind the solver interface.
 //
 // The solver, step by step (the CPU's, gptq.cpp, with the same quant::ColumnPlan):
 //   diag(H) downloaded → plan_columns (dead inputs, order, g_idx, grids per column) on the host;
@@ -22,18 +23,14 @@
 
 namespace gptq::cuda {
 
-class QuantContext {
+class CudaSolver {
  public:
-  explicit QuantContext(cudaStream_t stream);  // on the current device
-  ~QuantContext();
-  QuantContext(const QuantContext&) = delete;
-  QuantContext& operator=(const QuantContext&) = delete;
+  explicit CudaSolver(cudaStream_t stream);  // on the current device
+  ~CudaSolver();
+  CudaSolver(const CudaSolver&) = delete;
+  CudaSolver& operator=(const CudaSolver&) = delete;
 
   cudaStream_t stream() const { return stream_; }
-
-  // out[i, j] = sum_t x[t, i] x[t, j] for i <= j (row-major upper triangle; the rest is left as it
-  // was), fp32 accumulation. x: [rows, K] with row stride `stride`; out: [K, K].
-  void syrk_upper(const float* x, int64_t rows, int64_t K, int64_t stride, float* out);
 
   // quant::gptq_quantize(W, H, N, K, spec) on the GPU. W: [N, K] fp32 on the host; H: [K, K] fp32
   // in device memory (only its upper triangle is read; not modified). spec.block_size must be at
@@ -41,7 +38,7 @@ class QuantContext {
   // Synchronizes the stream.
   quant::QuantResult gptq_solve(const float* W, const float* H, int64_t N, int64_t K, const quant::QuantSpec& spec);
 
-  // sum_i (A H Aᵀ)_ii (Backend::hessian_norm): A: [N, K] fp32 on the host, H: [K, K] symmetric
+  // sum_i (A H Aᵀ)_ii (quant::Solver::hessian_norm): A: [N, K] fp32 on the host, H: [K, K] symmetric
   // (both triangles) in device memory.
   // One fp32 GEMM A·H, then each row's dot with A in double, summed in row order.
   double hessian_norm(const float* A, const float* H, int64_t N, int64_t K);

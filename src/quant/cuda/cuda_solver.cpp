@@ -1,0 +1,53 @@
+// quant::Solver on the GPU: the CUDA backend's Hessians (backend/cuda/cuda_hessian.h) solved where
+// they lie by CudaSolver (gptq_solver.h), on the accumulator's stream and the current device.
+#include <memory>
+
+#include "backend/cuda/cuda_hessian.h"
+#include "gptq/error.h"
+#include "quant/cuda/gptq_solver.h"
+#include "quant/solver.h"
+
+namespace gptq::quant {
+
+namespace {
+
+class DeviceSolver final : public Solver {
+ public:
+  DeviceSolver(ThreadPool& pool, Refit refit) : pool_(pool), refit_(refit) {}
+
+  QuantResult solve(const float* W, HessianAccumulator& H, int64_t N, int64_t K, const QuantSpec& spec) override {
+    cuda::CudaHessian& h = device_hessian(H, K);
+    QuantResult r = solver(h).gptq_solve(W, h.device(), N, K, spec);
+    // The refit is host work (small solves per row) from the host copy of H, made only when asked.
+    if (refit_ == Refit::kHessian) refit_scales(pool_, W, h.host().data(), N, K, r);
+    return r;
+  }
+
+  double hessian_norm(const float* A, HessianAccumulator& H, int64_t N, int64_t K) override {
+    cuda::CudaHessian& h = device_hessian(H, K);
+    return solver(h).hessian_norm(A, h.device(), N, K);
+  }
+
+ private:
+  static cuda::CudaHessian& device_hessian(HessianAccumulator& H, int64_t K) {
+    auto* h = dynamic_cast<cuda::CudaHessian*>(&H);
+    GPTQ_ASSERT(h && h->K() == K, "the Hessian was not made by a CUDA backend's hessian(K)");
+    return *h;
+  }
+  // The cuBLAS and cuSOLVER handles, made on first use on the stream the Hessians are on.
+  cuda::CudaSolver& solver(const cuda::CudaHessian& h) {
+    if (!solver_ || solver_->stream() != h.stream()) solver_ = std::make_unique<cuda::CudaSolver>(h.stream());
+    return *solver_;
+  }
+  ThreadPool& pool_;
+  Refit refit_;
+  std::unique_ptr<cuda::CudaSolver> solver_;
+};
+
+}  // namespace
+
+std::unique_ptr<Solver> make_cuda_solver(ThreadPool& pool, Refit refit) {
+  return std::make_unique<DeviceSolver>(pool, refit);
+}
+
+}  // namespace gptq::quant

@@ -1,0 +1,56 @@
+#include "quant/solver.h"
+
+#include "backend/cpu/fixed_gemm.h"
+#include "gptq/error.h"
+
+namespace gptq::quant {
+
+#if defined(GPTQ_WITH_CUDA)
+std::unique_ptr<Solver> make_cuda_solver(ThreadPool& pool, Refit refit);  // quant/cuda/cuda_solver.cpp
+#endif
+
+namespace {
+
+// From the host copy of H (HessianAccumulator::host()): the CPU backend's accumulators keep it there.
+class HostSolver final : public Solver {
+ public:
+  HostSolver(ThreadPool& pool, Refit refit) : pool_(pool), refit_(refit) {}
+
+  QuantResult solve(const float* W, HessianAccumulator& H, int64_t N, int64_t K, const QuantSpec& spec) override {
+    const std::vector<float>& h = hessian(H, K);
+    QuantResult r = gptq_quantize(pool_, W, h.data(), N, K, spec);
+    if (refit_ == Refit::kHessian) refit_scales(pool_, W, h.data(), N, K, r);
+    return r;
+  }
+
+  double hessian_norm(const float* A, HessianAccumulator& H, int64_t N, int64_t K) override {
+    const std::vector<float>& h = hessian(H, K);
+    std::vector<float> AH(size_t(N * K));
+    cpu::gemm_nn_fixed(&pool_, N, K, K, 1.f, A, K, h.data(), K, 0.f, AH.data(), K);
+    double s = 0;
+    for (size_t i = 0; i < AH.size(); ++i) s += double(AH[i]) * A[i];
+    return s;
+  }
+
+ private:
+  static const std::vector<float>& hessian(HessianAccumulator& H, int64_t K) {
+    const std::vector<float>& h = H.host();
+    GPTQ_ASSERT(int64_t(h.size()) == K * K, "a Hessian of another size");
+    return h;
+  }
+  ThreadPool& pool_;
+  Refit refit_;
+};
+
+}  // namespace
+
+std::unique_ptr<Solver> make_solver(Backend& be, ThreadPool& pool, Refit refit) {
+#if defined(GPTQ_WITH_CUDA)
+  if (be.device() == Device::kCuda) return make_cuda_solver(pool, refit);
+#else
+  (void)be;
+#endif
+  return std::make_unique<HostSolver>(pool, refit);
+}
+
+}  // namespace gptq::quant

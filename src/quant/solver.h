@@ -1,0 +1,32 @@
+// The GPTQ solver behind one interface, with a CPU and a CUDA version (DESIGN.md: quant/). A
+// solver reads the Hessian where the backend accumulated it (Backend::hessian: host memory for the
+// CPU, device memory for CUDA), so calibration downloads nothing per module.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+#include "backend/backend.h"
+#include "core/thread_pool.h"
+#include "quant/gptq.h"
+#include "quant/refit.h"
+
+namespace gptq::quant {
+
+class Solver {
+ public:
+  virtual ~Solver() = default;
+  // gptq_quantize (gptq.h: its semantics, results and errors) of W: [N, K] fp32 on the host with H:
+  // an accumulator of the solver's backend's hessian(K) after its adds (read, left as it is); then
+  // the scale refit of refit.h when the solver was made with one.
+  virtual QuantResult solve(const float* W, HessianAccumulator& H, int64_t N, int64_t K, const QuantSpec& spec) = 0;
+  // sum_i (A H Aᵀ)_ii for A: [N, K] fp32 on the host: the squared output norm of A on the
+  // calibration inputs (up to H's 2/n), for the modules' errors.
+  virtual double hessian_norm(const float* A, HessianAccumulator& H, int64_t N, int64_t K) = 0;
+};
+
+// The solver for be's Hessians: on the GPU for the CUDA backend, else on the host. Host work runs
+// on `pool`, which must outlive the solver.
+std::unique_ptr<Solver> make_solver(Backend& be, ThreadPool& pool, Refit refit = Refit::kNone);
+
+}  // namespace gptq::quant
