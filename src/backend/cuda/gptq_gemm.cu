@@ -461,12 +461,12 @@ __global__ void __launch_bounds__(kMaxWarps * 32)
         for (int j = 0; j < 2; ++j) {
           // B of sub-tile kt = 2h + j: x[g][16kt + 2c, +1] and x[g][16kt + 2c + 8, +9] in fp16 (rows >= T: 0)
           const int kt = 2 * h + j;
-          float2 x0 = make_float2(0.f, 0.f), x1 = x0;
-          if (xrow) {
-            x0 = *reinterpret_cast<const float2*>(xg + u * 64 + kt * 16);
-            x1 = *reinterpret_cast<const float2*>(xg + u * 64 + kt * 16 + 8);
-          }
-          const uint32_t b0 = h2_as_u32(__floats2half2_rn(x0.x, x0.y)), b1 = h2_as_u32(__floats2half2_rn(x1.x, x1.y));
+          // Every lane reads (rows >= T read row 0, a valid address) and selects: a branch here
+          // was divergent, and the compiler rebuilt the address inside it at every read.
+          const float2 x0 = *reinterpret_cast<const float2*>(xg + u * 64 + kt * 16);
+          const float2 x1 = *reinterpret_cast<const float2*>(xg + u * 64 + kt * 16 + 8);
+          const uint32_t b0 = xrow ? h2_as_u32(__floats2half2_rn(x0.x, x0.y)) : 0u;
+          const uint32_t b1 = xrow ? h2_as_u32(__floats2half2_rn(x1.x, x1.y)) : 0u;
 #pragma unroll
           for (int t = 0; t < CT; ++t) {
             const uint4 wv = st[(u * CT + t) * 32 + lane];
