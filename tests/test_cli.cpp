@@ -348,6 +348,51 @@ TEST(Cli, PerplexityBatchAndKlDivergence) {
   fs::remove_all(q);
 }
 
+// --synthetic: every phase timed on random weights of an architecture's shapes, nothing written; the
+// calibration text read by another model's tokenizer (babyllama-361's 361 ids fit tiny's 512).
+TEST(Cli, QuantizeSyntheticTimesEveryPhase) {
+  SHARED_MODEL_OR_SKIP(tok, "babyllama-361");
+  const std::string f = shared_path("data/tinystories-sample/tiny.utf8");
+  auto r = run_cli({"quantize", "--synthetic", "tiny", "--layers", "1", "--tokenizer", tok, "--calibration", f,
+                    "--seqlen", "64", "--nsamples", "4", "--device", "cpu", "-q", "--json"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const json j = json::parse(r.out);
+  EXPECT_EQ(j["synthetic"]["name"], "tiny");
+  EXPECT_EQ(j["output"], "");
+  EXPECT_EQ(j["out_bytes"], 0);
+  EXPECT_EQ(j["calibration_tokens"], 256);
+  ASSERT_EQ(j["modules"].size(), 7u);  // one layer
+  EXPECT_EQ(j["modules"][6]["name"], "model.layers.0.mlp.down_proj");
+  for (const auto& m : j["modules"]) {
+    EXPECT_GT(m["rel_error"].get<double>(), 0) << m;
+    EXPECT_LT(m["rel_error"].get<double>(), 0.1) << m;  // 4-bit of uniform weights: a few percent
+  }
+  EXPECT_GT(j["seconds"]["forward"].get<double>(), 0);
+  EXPECT_GT(j["seconds"]["solve"].get<double>(), 0);
+  EXPECT_EQ(j["seconds"]["write"], 0);
+  EXPECT_GT(j["peak_rss_bytes"].get<double>(), 0);
+  r = run_cli({"quantize", "--synthetic", "tiny", "--tokenizer", tok, "--calibration", f, "--seqlen", "64",
+               "--nsamples", "2", "--device", "cpu", "-q"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.out.find("synthetic tiny: nothing written"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("model.layers.1.mlp.down_proj"), std::string::npos) << r.out;
+  // what cannot work, in one line each
+  expect_cli_error(run_cli({"quantize", "--synthetic", "tiny", "--calibration", f}), {"--tokenizer"});
+  expect_cli_error(run_cli({"quantize", "--synthetic", "tiny", "-o", "/nonexistent/o", "--tokenizer", tok, "--calibration", f}),
+                   {"-o", "--synthetic"});
+  expect_cli_error(run_cli({"quantize", "--synthetic", "tiny", "--layers", "3", "--tokenizer", tok, "--calibration", f}),
+                   {"2 decoder layers", "3"});
+  expect_cli_error(run_cli({"quantize", "--synthetic", "llama9", "--tokenizer", tok, "--calibration", f}),
+                   {"unknown synthetic model", "llama9"});
+  SHARED_MODEL_OR_SKIP(big_vocab, "llama-gutenberg-22m");  // 32000 ids: outside tiny's vocabulary
+  expect_cli_error(run_cli({"quantize", "--synthetic", "tiny", "--tokenizer", big_vocab, "--calibration", f, "--seqlen",
+                            "64", "--nsamples", "2"}),
+                   {"--tokenizer", "outside", "vocabulary of 512"});
+  expect_cli_error(run_cli({"quantize", "-m", tok, "--tokenizer", tok, "-o", "/nonexistent/o", "--calibration", f}),
+                   {"--tokenizer", "--synthetic"});
+  expect_cli_error(run_cli({"quantize", "--calibration", f}), {"-m", "-o", "--synthetic"});
+}
+
 TEST(Cli, QuantizeThenCompare) {
   SHARED_MODEL_OR_SKIP(m, "babyllama-361");
   const std::string out = testing::TempDir() + "/gptq_cli_q361";

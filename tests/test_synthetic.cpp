@@ -103,6 +103,7 @@ TEST(SyntheticModels, ShapesOfTheRealModels) {
   const struct { const char* name; int64_t params, hidden, ffn, layers, kv, vocab, ctx; double theta; } real[] = {
       {"llama2-7b", 6738415616, 4096, 11008, 32, 32, 32000, 4096, 1e4},
       {"llama2-13b", 13015864320, 5120, 13824, 40, 40, 32000, 4096, 1e4},
+      {"llama2-70b", 68976648192, 8192, 28672, 80, 8, 32000, 4096, 1e4},
       {"llama3-8b", 8030261248, 4096, 14336, 32, 8, 128256, 8192, 5e5}};
   for (const auto& r : real) {
     const gptq::ModelConfig c = gptq::synthetic_config(r.name);
@@ -177,6 +178,24 @@ TEST(SyntheticModels, BadOptions) {
   o.dtype = DType::kI32;
   EXPECT_THROW(gptq::Model::synthetic("tiny", o), gptq::Error);
   EXPECT_THROW(gptq::Model::synthetic("nope"), gptq::Error);
+  o = {};
+  o.layers = 3;  // tiny has 2
+  EXPECT_THROW(gptq::Model::synthetic("tiny", o), gptq::Error);
+  o.layers = -1;
+  EXPECT_THROW(gptq::Model::synthetic("tiny", o), gptq::Error);
+}
+
+TEST(SyntheticModels, FirstLayersOnly) {
+  gptq::SyntheticOptions o;
+  o.threads = 2;
+  o.layers = 1;
+  auto one = gptq::Model::synthetic("tiny", o);
+  EXPECT_EQ(one->config().num_layers, 1);
+  o.layers = 0;
+  auto all = gptq::Model::synthetic("tiny", o);
+  EXPECT_EQ(all->config().num_layers, 2);
+  // the same first layer (the weights' seeds do not depend on the layer count)
+  EXPECT_EQ(one->linear(0, gptq::LinearSlot::kDown).dense(), all->linear(0, gptq::LinearSlot::kDown).dense());
 }
 
 TEST(SyntheticModels, HostCopyBandwidthIsMeasuredOnce) {

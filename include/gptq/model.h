@@ -126,11 +126,12 @@ struct SyntheticOptions {
   int group_size = 128;       // GPTQ group size (-1: one group per row)
   uint64_t seed = 0;          // the same seed gives the same weights on every backend
   int threads = 0;            // CPU threads when backend is null; 0: all hardware threads
+  int64_t layers = 0;         // decoder layers (the first ones of the architecture); 0: all of them
   std::shared_ptr<Backend> backend;  // null: a CPU backend with `threads`
 };
 
 // The architectures Model::synthetic knows, with their Hugging Face configs' shapes:
-// llama2-7b, llama2-13b, llama3-8b, and tiny (hidden 64, 2 layers, vocab 512: for tests).
+// llama2-7b, llama2-13b, llama2-70b, llama3-8b, and tiny (hidden 64, 2 layers, vocab 512: for tests).
 const std::vector<std::string>& synthetic_model_names();
 // Throws gptq::Error naming the known ones for any other name.
 ModelConfig synthetic_config(const std::string& name);

@@ -41,6 +41,13 @@ struct QuantizeOptions {
   std::shared_ptr<Backend> backend;  // runs the calibration forward passes; null: the CPU with `threads`
   bool force = false;           // replace an existing output folder (an earlier output of ours, or empty)
   std::string lora_adapter;     // a PEFT LoRA adapter folder, merged in memory first (gptq/lora.h)
+  // Quantize a synthetic model of this architecture (Model::synthetic: its exact shapes, random fp16
+  // weights made on the backend) instead of a folder, to measure the time and memory of a model
+  // whose weights are not here: every phase runs, nothing is written (model_dir and out_dir ""),
+  // the calibration text is read with the tokenizer of `tokenizer_dir`.
+  std::string synthetic;
+  int64_t synthetic_layers = 0;  // its first this many decoder layers; 0: all
+  std::string tokenizer_dir;     // with synthetic: a model folder whose tokenizer reads the calibration text
   bool progress = true;         // progress bars on stderr
   const std::atomic<bool>* cancel = nullptr;  // set (e.g. by SIGINT) to stop; nothing is written
 };
@@ -60,8 +67,10 @@ struct QuantizeReport {
   int64_t calibration_tokens = 0;
   double seconds_load = 0, seconds_forward = 0, seconds_hessian = 0, seconds_solve = 0, seconds_pack = 0,
          seconds_write = 0, seconds_total = 0;
-  std::string out_dir;
+  std::string out_dir;           // "" when nothing was written (synthetic)
   uint64_t out_bytes = 0;
+  uint64_t peak_device_bytes = 0; // device memory held at most (0 on the CPU)
+  uint64_t peak_rss_bytes = 0;    // the process's peak resident memory
   std::vector<std::string> warnings;
 };
 

@@ -10,6 +10,11 @@
 #              (profile.txt: kernel, launches, total us), and the GPTQ 4-bit GEMV's stall reasons
 #   bench4     the synthetic Llama-2-7B GPTQ 4-bit row of bench alone
 #   sass       cuobjdump -sass of the 4-bit GEMV kernels and their opcode counts
+#   quantize   gptq quantize of llama-gutenberg-22m (4-bit g128, 128 x 1024 calibration tokens) on the GPU
+#              and on this machine's CPU, timed (quantize_*.txt: the report with its per-phase times)
+#   quantize7b gptq quantize --synthetic (issue 11's targets): Llama-2-7B shapes, 4-bit g128, 128 x 2048
+#              calibration tokens of WikiText-2 test, then the first 4 decoder layers of Llama-2-70B
+#              (quantize_7b.txt, quantize_70b4.txt: per-module errors, per-phase times, peak memory)
 #   ncu        ncu --set full of the 4-bit GEMV's first workbench launch (GPTQ_NCU_SHAPE, default qkv; T = 1)
 set -uo pipefail
 w=/tmp/gptq-gpu
@@ -80,6 +85,26 @@ PY
       cuobjdump -sass "$w/gptq_cuda_workbench" 2>/dev/null | awk '/Function : .*gptq4_mma_gemv/{p=1} /Function : /&&!/gptq4_mma_gemv/{p=0} p' >"$out/sass.txt"
       awk '/Function :/{f=$3} /\/\*[0-9a-f]+\*\//{for(i=2;i<=NF;i++) if($i ~ /^[A-Z][A-Z0-9_.]+$/){split($i,o,"."); n[f" "o[1]]++; break}} END{for(k in n) print n[k], k}' \
         "$out/sass.txt" | sort -k2,2 -k1,1nr >"$out/sass_ops.txt"; xz -f "$out/sass.txt"; wc -l "$out/sass_ops.txt" ;;
+    quantize)
+      # the reference table's calibration: 128 windows of 1024 tokens of heldout.txt
+      m="$w/shared/models/llama-gutenberg-22m" cal="$w/shared/data/gutenberg-heldout/heldout.txt"
+      for d in cuda cpu; do
+        rm -rf "$w/q-$d"
+        /usr/bin/time -f "wall %e s, max rss %M KB" "$w/gptq" quantize -m "$m" -o "$w/q-$d" --calibration "$cal" \
+          --nsamples 128 --seqlen 1024 --device $d -q >"$out/quantize_$d.txt" 2>&1 || rc=1
+        tail -30 "$out/quantize_$d.txt"
+      done
+      for d in cuda cpu; do  # held-out windows 128-191 (the reference: fp32 32.933, its 4-bit g128 33.905)
+        "$w/gptq" perplexity -m "$w/q-$d" -f "$cal" -c 1024 --windows 128:192 --device cuda 2>&1 | tail -1
+      done ;;
+    quantize7b)
+      t="$w/shared/models/llama-gutenberg-22m" cal="$w/shared/data/wikitext-2-raw/wiki.test.raw"
+      for s in "llama2-7b" "llama2-70b --layers 4"; do
+        f="$out/quantize_$(echo $s | tr -dc 'a-z0-9').txt"
+        /usr/bin/time -f "wall %e s, max rss %M KB" "$w/gptq" quantize --synthetic $s --tokenizer "$t" --calibration "$cal" \
+          --nsamples 128 --seqlen 2048 --device cuda -q >"$f" 2>&1 || rc=1
+        tail -14 "$f"
+      done ;;
     *) echo "unknown: $what"; rc=1 ;;
   esac
 done

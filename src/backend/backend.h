@@ -185,6 +185,7 @@ class Backend {
   // ---- measuring (bench)
   virtual void synchronize() {}                         // waits for queued work (devices)
   virtual uint64_t device_bytes_in_use() const { return 0; }  // device memory held by this process; 0: host backend
+  virtual uint64_t device_bytes_peak() const { return 0; }    // the most it has held at once
   // Memory bandwidth (bytes read + written per second) of a large copy in this backend's memory,
   // measured once per backend on first call: the roofline bench reports against. The base class
   // measures host memory: threads() threads memcpy slices of a 512 MiB buffer, best of 5.

@@ -258,14 +258,15 @@ DeviceVector synthetic_norm(Backend& be, int64_t n, uint64_t seed) {
 }  // namespace
 
 const std::vector<std::string>& synthetic_model_names() {
-  static const std::vector<std::string> names = {"llama2-7b", "llama2-13b", "llama3-8b", "tiny"};
+  static const std::vector<std::string> names = {"llama2-7b", "llama2-13b", "llama2-70b", "llama3-8b", "tiny"};
   return names;
 }
 
 ModelConfig synthetic_config(const std::string& name) {
-  // config.json of meta-llama/Llama-2-7b-hf, Llama-2-13b-hf, Meta-Llama-3-8B
+  // config.json of meta-llama/Llama-2-7b-hf, Llama-2-13b-hf, Llama-2-70b-hf, Meta-Llama-3-8B
   if (name == "llama2-7b") return llama_config(4096, 11008, 32, 32, 32, 32000, 4096, 10000.0, 1, 2);
   if (name == "llama2-13b") return llama_config(5120, 13824, 40, 40, 40, 32000, 4096, 10000.0, 1, 2);
+  if (name == "llama2-70b") return llama_config(8192, 28672, 80, 64, 8, 32000, 4096, 10000.0, 1, 2);
   if (name == "llama3-8b") return llama_config(4096, 14336, 32, 32, 8, 128256, 8192, 500000.0, 128000, 128001);
   // GQA (4 heads over 2), and sizes every bit width packs (multiples of 32)
   if (name == "tiny") return llama_config(64, 192, 2, 4, 2, 512, 512, 10000.0, 1, 2);
@@ -275,7 +276,10 @@ ModelConfig synthetic_config(const std::string& name) {
 }
 
 std::unique_ptr<Model> Model::synthetic(const std::string& name, const SyntheticOptions& o) {
-  const ModelConfig c = synthetic_config(name);
+  ModelConfig c = synthetic_config(name);
+  if (o.layers < 0 || o.layers > c.num_layers)
+    fail("synthetic ", name, " has ", c.num_layers, " decoder layers: cannot make ", o.layers, " of them");
+  if (o.layers > 0) c.num_layers = o.layers;
   if (o.dtype != DType::kF16 && o.dtype != DType::kBF16 && o.dtype != DType::kF32)
     fail("synthetic ", name, ": weights are F16, BF16 or F32, not ", dtype_name(o.dtype));
   if (o.bits != 0) {

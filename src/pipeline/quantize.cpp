@@ -116,10 +116,23 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
   if (o.refit.empty()) o.refit = "none";
   const quant::Refit refit = quant::parse_refit(o.refit);
   if (o.order == "act") o.desc_act = true;  // the same as --desc-act, and written as desc_act
+  const bool synthetic = !o.synthetic.empty();
+  if (synthetic) {
+    if (!model_dir.empty() || !out_dir.empty())
+      fail("--synthetic makes the model and writes nothing: give neither -m nor -o");
+    if (!o.lora_adapter.empty()) fail("--lora cannot be combined with --synthetic (there are no base weights)");
+    if (o.method == "gptq" && o.tokenizer_dir.empty())
+      fail("--synthetic needs --tokenizer DIR: a model folder whose tokenizer reads the --calibration text");
+  } else if (!o.tokenizer_dir.empty()) {
+    fail("--tokenizer is for --synthetic: a model folder's own tokenizer reads its calibration text");
+  }
   // -o is checked now and created only once the inputs have been read (CheckpointOutput::open).
-  std::vector<InputFolder> inputs = {{model_dir, "-m"}};
-  if (!o.lora_adapter.empty()) inputs.push_back({o.lora_adapter, "--lora", "adapter folder"});
-  CheckpointOutput output(out_dir, inputs, {o.calibration_file}, o.force);
+  std::optional<CheckpointOutput> output;
+  if (!synthetic) {
+    std::vector<InputFolder> inputs = {{model_dir, "-m"}};
+    if (!o.lora_adapter.empty()) inputs.push_back({o.lora_adapter, "--lora", "adapter folder"});
+    output.emplace(out_dir, inputs, std::vector<std::string>{o.calibration_file}, o.force);
+  }
   QuantizeReport rep;
   rep.out_dir = out_dir;
   auto cancelled = [&] {
@@ -134,15 +147,25 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
     rep.warnings = lora->warnings;
   }
   // Recorded in quantize_config.json: what --lora merged, or what merge-lora merged into -m.
-  const nlohmann::ordered_json adapters = lora ? lora->adapters : merged_adapters(model_dir);
-  LoadOptions lo;
-  lo.threads = o.threads;
-  lo.backend = o.backend;
-  lo.replace = lora ? &lora->tensors : nullptr;
-  auto model = Model::load(model_dir, lo);
+  const nlohmann::ordered_json adapters = lora ? lora->adapters : synthetic ? nlohmann::ordered_json() : merged_adapters(model_dir);
+  std::unique_ptr<Model> model;
+  if (synthetic) {
+    SyntheticOptions so;
+    so.threads = o.threads;
+    so.layers = o.synthetic_layers;
+    so.backend = o.backend;
+    model = Model::synthetic(o.synthetic, so);
+  } else {
+    LoadOptions lo;
+    lo.threads = o.threads;
+    lo.backend = o.backend;
+    lo.replace = lora ? &lora->tensors : nullptr;
+    model = Model::load(model_dir, lo);
+  }
+  const std::string source = synthetic ? model->dir() : model_dir;  // names the model in messages
   Backend& be = model->backend();
   const ModelConfig& cfg = model->config();
-  if (cfg.quant) fail(model_dir, ": the model is already quantized (", cfg.quant->bits, "-bit GPTQ): quantize the original");
+  if (cfg.quant) fail(source, ": the model is already quantized (", cfg.quant->bits, "-bit GPTQ): quantize the original");
   quant::QuantSpec spec;
   spec.bits = o.bits;
   spec.group_size = o.group_size;
@@ -157,7 +180,7 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
     try {
       quant::qzeros_cols(N, o.bits);
     } catch (const Error& e) {
-      fail(model_dir, ": cannot quantize a layer with ", N, " outputs: ", e.what());
+      fail(source, ": cannot quantize a layer with ", N, " outputs: ", e.what());
     }
   }
   for (int64_t K : {cfg.hidden_size, cfg.num_heads * cfg.head_dim, cfg.intermediate_size}) {
@@ -165,7 +188,7 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
       quant::check_spec(spec, K);
       quant::qweight_rows(K, o.bits);
     } catch (const Error& e) {
-      fail(model_dir, ": cannot quantize a layer with ", K, " inputs: ", e.what());
+      fail(source, ": cannot quantize a layer with ", K, " inputs: ", e.what());
     }
   }
   const quant::QuantFormat fmt = o.format == "gptq_v2" ? quant::QuantFormat::kGptqV2 : quant::QuantFormat::kGptqV1;
@@ -177,8 +200,12 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
     if (o.seqlen == 0) o.seqlen = std::min<int64_t>(model->context_length(), 2048);
     if (o.seqlen > model->context_length())
       fail("--seqlen ", o.seqlen, " exceeds the model's context length ", model->context_length());
-    const Tokenizer tok = Tokenizer::from_model_dir(model_dir);
+    const Tokenizer tok = Tokenizer::from_model_dir(synthetic ? o.tokenizer_dir : model_dir);
     const std::vector<int32_t> ids = tok.encode(read_text_file(o.calibration_file), true);
+    for (int32_t id : ids)
+      if (id < 0 || id >= model->vocab_size())
+        fail("--tokenizer ", o.tokenizer_dir, ": token id ", id, " of the calibration text is outside ", source,
+             "'s vocabulary of ", model->vocab_size());
     const int64_t need = checked_mul(checked_add(o.calib_offset, o.nsamples, "--calib-offset + --nsamples"),
                                      o.seqlen, "(--calib-offset + --nsamples) x --seqlen");
     if (int64_t(ids.size()) < need)
@@ -189,7 +216,7 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
   }
   // The inputs are good: create the (locked, temporary) output folder before the long work, so an
   // output that cannot be written fails now, naming -o.
-  output.open();
+  if (output) output->open();
   rep.seconds_load = since(t_start);
   // Host work (packing, errors; the solver on the CPU) runs on the CPU backend's threads (or a
   // pool of its own); the solver runs where the backend keeps the Hessians (quant/solver.h).
@@ -231,20 +258,28 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
     layer_plan = window_plan(0);
   }
 
-  // Accumulates the Hessians of the stages it is asked for and stops the layer after `stop`.
+  // Accumulates the Hessians of the stages it is asked for and stops the layer after `stop`. On
+  // a device (asynchronous ops) the work queued before and by each add is waited for, so that the
+  // report's forward and Hessian times are the device's, not the host's launch times.
   struct Tap final : LayerObserver {
+    Backend* be = nullptr;
+    bool device = false;
     std::unique_ptr<HessianAccumulator> acc[4];
     Stage stop = Stage::kDone;
     double seconds = 0;
     bool observe(int64_t, Stage s, const Tensor& x) override {
       if (acc[int(s)]) {
+        if (device) be->synchronize();
         const auto t0 = Clock::now();
         acc[int(s)]->add(x, 1);
+        if (device) be->synchronize();
         seconds += since(t0);
       }
       return s != stop;
     }
   } tap;
+  tap.be = &be;
+  tap.device = be.device() != Device::kCpu;
   // Runs layer l over every window from stage `from`, through the tap.
   auto run_windows = [&](int64_t l, Stage from, bool on_copy) {
     const auto t0 = Clock::now();
@@ -258,6 +293,7 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
       }
       model->run_layer(l, layer_plan, *cache, x, ATT.slice_rows(w * T, T), from, &tap);
     }
+    be.synchronize();
     rep.seconds_hessian += tap.seconds;
     rep.seconds_forward += since(t0) - tap.seconds;
   };
@@ -354,6 +390,12 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
   }
   bar.finish();
   cancelled();
+  rep.peak_device_bytes = be.device_bytes_peak();
+  rep.peak_rss_bytes = peak_rss_bytes();
+  if (synthetic) {  // timed, nothing to write
+    rep.seconds_total = since(t_start);
+    return rep;
+  }
 
   // The checkpoint: quantized linears as qweight/qzeros/scales/g_idx(/bias), everything else fp16.
   const auto tw = Clock::now();
@@ -389,7 +431,7 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
   files.source_dir = model_dir;
   files.copy_from_source = copied_model_files();
   files.max_shard_bytes = o.max_shard_bytes;
-  rep.out_bytes = output.commit(files, cancelled);  // Ctrl-C while writing: nothing replaced
+  rep.out_bytes = output->commit(files, cancelled);  // Ctrl-C while writing: nothing replaced
   rep.seconds_write = since(tw);
   rep.seconds_total = since(t_start);
   return rep;

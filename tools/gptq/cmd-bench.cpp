@@ -402,7 +402,7 @@ Runner add_bench(CLI::App& app) {
   c->add_option("-m,--model", a->model, "Model folder");
   c->add_option("--synthetic", a->synthetic,
                 "Instead of -m: random weights of this architecture's exact shapes, made on the device "
-                "(llama2-7b, llama2-13b, llama3-8b, tiny); defaults -n 256 -b 1,4,16,64");
+                "(llama2-7b, llama2-13b, llama2-70b, llama3-8b, tiny); defaults -n 256 -b 1,4,16,64");
   c->add_option("--dtype", a->dtype, "--synthetic: dtype of the embeddings, lm_head and (without --bits) the linears")
       ->check(CLI::IsMember({"f16", "bf16", "f32"}));
   c->add_option("--bits", a->bits, "--synthetic: GPTQ linears of this many bits (symmetric, no act-order)")

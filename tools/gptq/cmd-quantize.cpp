@@ -22,10 +22,14 @@ Runner add_quantize(CLI::App& app) {
   auto a = std::make_shared<Args>();
   QuantizeOptions& o = a->o;
   CLI::App* c = app.add_subcommand("quantize", "Quantize a model with GPTQ (or RTN) into an AutoGPTQ/GPTQModel checkpoint");
-  c->add_option("-m,--model", a->model, "Model folder (Hugging Face layout, fp16/bf16/fp32)")->required();
-  c->add_option("-o,--output", a->out,
-                "Output folder, outside the model folder (refused if it exists, unless --force)")
-      ->required();
+  c->add_option("-m,--model", a->model, "Model folder (Hugging Face layout, fp16/bf16/fp32)");
+  c->add_option("-o,--output", a->out, "Output folder, outside the model folder (refused if it exists, unless --force)");
+  c->add_option("--synthetic", o.synthetic,
+                "Instead of -m/-o: time the quantization of a synthetic model of these shapes (random fp16 "
+                "weights; nothing written): llama2-7b, llama2-13b, llama2-70b, llama3-8b, tiny");
+  c->add_option("--layers", o.synthetic_layers, "--synthetic: only its first N decoder layers (0: all)")
+      ->check(int_in(0, INT32_MAX));
+  c->add_option("--tokenizer", o.tokenizer_dir, "--synthetic: a model folder whose tokenizer reads --calibration");
   c->add_option("--bits", o.bits, "Bits per weight: 2, 3, 4 or 8")->check(CLI::IsMember({2, 3, 4, 8}));
   c->add_option("--group-size", o.group_size, "Inputs per quantization group (-1: one group per row)");
   c->add_flag("--desc-act,--act-order", o.desc_act, "Quantize columns in order of decreasing Hessian diagonal (g_idx)");
@@ -63,6 +67,8 @@ Runner add_quantize(CLI::App& app) {
   c->add_flag("-q,--quiet", a->quiet, "No progress bar");
   return [a]() {
     QuantizeOptions& o = a->o;
+    if (o.synthetic.empty() && (a->model.empty() || a->out.empty()))
+      fail("quantize needs -m MODEL and -o OUTPUT (or --synthetic NAME to time a synthetic model)");
     o.threads = cap_threads(o.threads);
     o.backend = make_backend(a->device, o.threads);
     if (!a->max_shard.empty()) o.max_shard_bytes = parse_size(a->max_shard);
@@ -74,8 +80,11 @@ Runner add_quantize(CLI::App& app) {
     for (const auto& w : r.warnings) std::fprintf(stderr, "warning: %s\n", w.c_str());
     if (a->json) {
       nlohmann::json j;
+      if (!o.synthetic.empty()) j["synthetic"] = {{"name", o.synthetic}, {"layers", o.synthetic_layers}};
       j["output"] = r.out_dir;
       j["out_bytes"] = r.out_bytes;
+      j["peak_device_bytes"] = r.peak_device_bytes;
+      j["peak_rss_bytes"] = r.peak_rss_bytes;
       j["calibration_tokens"] = r.calibration_tokens;
       j["seconds"] = {{"load", r.seconds_load}, {"forward", r.seconds_forward}, {"hessian", r.seconds_hessian},
                       {"solve", r.seconds_solve}, {"pack", r.seconds_pack}, {"write", r.seconds_write},
@@ -98,8 +107,14 @@ Runner add_quantize(CLI::App& app) {
         {"load + tokenize", r.seconds_load}, {"forward passes", r.seconds_forward}, {"Hessians", r.seconds_hessian},
         {"solver", r.seconds_solve}, {"packing", r.seconds_pack}, {"writing", r.seconds_write}, {"total", r.seconds_total}};
     for (const auto& [k, v] : phases) std::printf("| %s | %.2f |\n", k, v);
-    std::printf("\nwrote %s (%s, %lld calibration tokens)\n", r.out_dir.c_str(), human_bytes(double(r.out_bytes)).c_str(),
-                (long long)r.calibration_tokens);
+    if (r.out_dir.empty())
+      std::printf("\nsynthetic %s: nothing written (%lld calibration tokens)\n", o.synthetic.c_str(),
+                  (long long)r.calibration_tokens);
+    else
+      std::printf("\nwrote %s (%s, %lld calibration tokens)\n", r.out_dir.c_str(),
+                  human_bytes(double(r.out_bytes)).c_str(), (long long)r.calibration_tokens);
+    std::printf("peak memory: %s resident%s\n", human_bytes(double(r.peak_rss_bytes)).c_str(),
+                r.peak_device_bytes ? (", " + human_bytes(double(r.peak_device_bytes)) + " on the GPU").c_str() : "");
     return 0;
   };
 }

@@ -259,6 +259,7 @@ class CudaBackend final : public Backend {
     return free_b;
   }
   uint64_t device_bytes_in_use() const override { return cuda::device_bytes_allocated(); }
+  uint64_t device_bytes_peak() const override { return cuda::device_bytes_peak(); }
   void synchronize() override { CUDA_CHECK(cudaStreamSynchronize(stream_)); }
   double copy_bandwidth() override {
     if (bandwidth_ > 0) return bandwidth_;

@@ -9,7 +9,7 @@
 namespace gptq::cuda {
 
 namespace {
-std::atomic<uint64_t> g_device_bytes{0};
+std::atomic<uint64_t> g_device_bytes{0}, g_device_peak{0};
 }  // namespace
 
 std::shared_ptr<void> device_alloc(size_t bytes, const std::string& what) {
@@ -22,7 +22,9 @@ std::shared_ptr<void> device_alloc(size_t bytes, const std::string& what) {
     fail("out of GPU memory", what.empty() ? "" : cat(" for ", what), ": ", format_bytes(bytes), " needed, ",
          format_bytes(free_b), " free of ", format_bytes(total));
   }
-  g_device_bytes += bytes;
+  const uint64_t now = g_device_bytes += bytes;
+  for (uint64_t peak = g_device_peak.load(); now > peak && !g_device_peak.compare_exchange_weak(peak, now);) {
+  }
   return std::shared_ptr<void>(p, [bytes](void* q) {
     cudaFree(q);
     g_device_bytes -= bytes;
@@ -30,5 +32,6 @@ std::shared_ptr<void> device_alloc(size_t bytes, const std::string& what) {
 }
 
 uint64_t device_bytes_allocated() { return g_device_bytes.load(); }
+uint64_t device_bytes_peak() { return g_device_peak.load(); }
 
 }  // namespace gptq::cuda

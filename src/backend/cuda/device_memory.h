@@ -13,7 +13,8 @@ namespace gptq::cuda {
 // gptq::Error naming `what` and the free and total memory when cudaMalloc fails.
 std::shared_ptr<void> device_alloc(size_t bytes, const std::string& what = "");
 
-// Bytes this process holds through device_alloc.
+// Bytes this process holds through device_alloc, and the most it has held at once.
 uint64_t device_bytes_allocated();
+uint64_t device_bytes_peak();
 
 }  // namespace gptq::cuda
