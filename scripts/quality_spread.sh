@@ -103,8 +103,9 @@ if [ "$summary_only" = 0 ]; then
           echo "$model $spec damp $d: already in $runs"
           continue
         fi
-        flags=(--bits "$bits" --group-size "$group" --method "$method" --damp "$d")
-        [ "$act" = 1 ] && flags+=(--desc-act)
+        # the reference's grid and order (ReferenceQuality's), whatever the defaults
+        flags=(--bits "$bits" --group-size "$group" --method "$method" --damp "$d" --grid minmax)
+        if [ "$act" = 1 ]; then flags+=(--order act); else flags+=(--order natural); fi
         [ "$sym" = 0 ] && flags+=(--no-sym)
         q=$work/q
         t0=$(date +%s.%N)

@@ -174,7 +174,7 @@ TEST_P(CudaGptq, GpuMatchesCpuLogitsAndPerplexity) {
   o.nsamples = 16;
   o.bits = q.bits;
   o.group_size = q.group;
-  o.desc_act = q.act_order;
+  o.order = q.act_order ? "act" : "natural";  // a permuted g_idx, or none
   o.sym = q.sym;
   o.format = q.format;
   o.progress = false;

@@ -2,6 +2,7 @@
 // against the GPTQ authors' solver (../shared/golden/<model>/reference_gptq.json).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cctype>
 #include <cmath>
@@ -227,7 +228,55 @@ TEST(Quantize, OrderGroupKeepsTheNonActOrderLayout) {
   gptq_test::expect_cli_error(
       gptq_test::run_cli({"quantize", "-m", src, "-o", out, "--method", "rtn", "--order", "group", "--desc-act"}),
       {"--order group", "--desc-act"});
+  gptq_test::expect_cli_error(
+      gptq_test::run_cli({"quantize", "-m", src, "-o", out, "--method", "rtn", "--order", "natural", "--static-groups"}),
+      {"--static-groups", "--order natural"});
   EXPECT_FALSE(fs::exists(out));
+}
+
+// The default order for gptq is act-static: act-order with the groups fixed first, recorded as
+// desc_act + static_groups, with the non-act-order layout g_idx = k / G; --desc-act alone keeps the
+// permuted g_idx of act-order groups; rtn stays in the natural order.
+TEST(Quantize, DefaultOrderIsActOrderWithStaticGroups) {
+  NEED_SHARED(kBaby);
+  const std::string src = shared_path("models/babyllama-361");
+  auto g_idx_of = [](const std::string& dir) {
+    gptq::SafetensorsFile st(dir + "/model.safetensors");
+    const auto& gi = st.tensors().at("model.layers.0.mlp.down_proj.g_idx");
+    const int32_t* g = static_cast<const int32_t*>(gi.data);
+    return std::vector<int32_t>(g, g + gi.numel());
+  };
+  auto quantize = [&](const std::string& name, std::vector<std::string> extra) {
+    const std::string out = out_dir(name);
+    std::vector<std::string> args = {"quantize", "-m", src, "-o", out, "--calibration", shared_path(kBaby.file),
+                                     "--seqlen", "256", "--nsamples", "8", "--group-size", "32", "-q"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    const auto r = gptq_test::run_cli(args);
+    EXPECT_EQ(r.rc, 0) << r.err;
+    return out;
+  };
+  const std::string def = quantize("order_default", {}), act = quantize("order_act", {"--desc-act"});
+  const std::string stat = quantize("order_act_static", {"--desc-act", "--static-groups"}),
+                    rtn = quantize("order_rtn", {"--method", "rtn"});
+  json q = json::parse(gptq::read_text_file(def + "/quantize_config.json"));
+  EXPECT_EQ(q["desc_act"], true);
+  EXPECT_EQ(q["static_groups"], true);
+  EXPECT_EQ(q["meta"]["order"], "act-static");
+  const std::vector<int32_t> g = g_idx_of(def);
+  ASSERT_EQ(g.size(), 352u);
+  for (int k = 0; k < 352; ++k) EXPECT_EQ(g[size_t(k)], k / 32);
+  // the same checkpoint as spelling it out
+  EXPECT_EQ(gptq::read_text_file(def + "/model.safetensors"), gptq::read_text_file(stat + "/model.safetensors"));
+  q = json::parse(gptq::read_text_file(act + "/quantize_config.json"));
+  EXPECT_EQ(q["desc_act"], true);
+  EXPECT_EQ(q["static_groups"], false);
+  EXPECT_EQ(q["meta"]["order"], "act");
+  const std::vector<int32_t> ga = g_idx_of(act);
+  EXPECT_FALSE(std::is_sorted(ga.begin(), ga.end()));
+  q = json::parse(gptq::read_text_file(rtn + "/quantize_config.json"));
+  EXPECT_EQ(q["desc_act"], false);
+  EXPECT_EQ(q["meta"]["order"], "natural");
+  for (const auto& d : {def, act, stat, rtn}) fs::remove_all(d);
 }
 
 TEST(Quantize, ShardsAndV2FormatAndRtn) {
@@ -339,9 +388,9 @@ double quantized_ppl(const RefConfig& c, const std::string& method) {
   o.method = method;
   o.bits = c.bits;
   o.group_size = c.group;
-  o.desc_act = c.desc_act;
+  o.order = c.desc_act ? "act" : "natural";  // the reference's order and grid, whatever the defaults
   o.sym = c.sym;
-  o.grid = "minmax";  // the reference's grid, whatever the default
+  o.grid = "minmax";
   const std::string dir = out_dir(ref_name(c) + "_" + method);
   gptq::quantize_model(shared_path(std::string("models/") + c.model), dir, o);
   const double ppl = calib_ppl(dir, cal);
@@ -422,6 +471,46 @@ std::vector<RefConfig> ref_configs() {
 INSTANTIATE_TEST_SUITE_P(Reference, ReferenceQuality, ::testing::ValuesIn(ref_configs()),
                          [](const auto& info) { return ref_name(info.param); });
 
+// Issue 13: with our defaults (mse grid, act-order with static groups) no configuration of the
+// reference table lands worse than the reference by more than its measured spread. babyllama-361's
+// configurations (seconds each) run by default; llama-gutenberg-22m's, where the gains are measured
+// (docs/measurements.md), with the Slow_ ones.
+class DefaultQuality : public ::testing::TestWithParam<RefConfig> {};
+
+TEST_P(DefaultQuality, NoWorseThanTheReferenceBeyondItsSpread) {
+  const RefConfig& c = GetParam();
+  if (!gptq_test::is_dir(shared_path(std::string("models/") + c.model)))
+    GTEST_SKIP() << "../shared/models/" << c.model << " not found: skipped";
+  const double want = reference_ppl(c, c.method);
+  ASSERT_GT(want, 0) << "configuration not in reference_gptq.json";
+  const Calib& cal = calib_of(c.model);
+  auto o = calib_options(cal);
+  o.method = c.method;
+  o.bits = c.bits;
+  o.group_size = c.group;
+  o.sym = c.sym;
+  const std::string dir = out_dir("default_" + ref_name(c));
+  gptq::quantize_model(shared_path(std::string("models/") + c.model), dir, o);
+  const double got = calib_ppl(dir, cal);
+  fs::remove_all(dir);
+  std::printf("[ quality  ] %s with the defaults: ppl %.4f, reference %.4f (%+.2f %%, tolerance %.1f %%)\n",
+              ref_name(c).c_str(), got, want, 100 * (got / want - 1), 100 * c.tol);
+  EXPECT_LE(got, want * (1 + c.tol));
+}
+
+std::vector<RefConfig> default_configs() {
+  std::vector<RefConfig> v;
+  for (RefConfig c : ref_configs()) {
+    if (std::string(c.method) != "gptq") continue;  // RTN has no order, and its grid stays minmax
+    c.slow = c.slow || std::string(c.model) != kBaby.model;
+    v.push_back(c);
+  }
+  return v;
+}
+
+INSTANTIATE_TEST_SUITE_P(Defaults, DefaultQuality, ::testing::ValuesIn(default_configs()),
+                         [](const auto& info) { return ref_name(info.param); });
+
 // quantize on the GPU (calibration, Hessians, solver): the perplexity within the CPU's tolerance
 // of the reference's (and of the CPU quantizer's own on babyllama-361, which is cheap), the same
 // bytes twice (the library, then `gptq quantize --device cuda`). The GPU's calibration activations differ from the CPU's (cuBLASLt, fp16 inputs of
@@ -434,7 +523,8 @@ TEST(CudaQuantize, SameQualityAsTheCpuQuantizer) {
     if (!gptq_test::is_dir(shared_path(std::string("models/") + c.model))) continue;
     const Calib& cal = calib_of(c.model);
     auto o = calib_options(cal);
-    o.grid = "minmax";  // the reference's grid
+    o.grid = "minmax";  // the reference's grid and order
+    o.order = "natural";
     o.backend = gptq_test::gpu();
     const std::string src = shared_path(std::string("models/") + c.model), a = out_dir("cuda_a"), b = out_dir("cuda_b");
     const auto rep = gptq::quantize_model(src, a, o);
@@ -446,8 +536,8 @@ TEST(CudaQuantize, SameQualityAsTheCpuQuantizer) {
     if (baby) {
       // The same bytes again, and from the command line (--device cuda, the same options).
       const auto r = gptq_test::run_cli({"quantize", "-m", src, "-o", b, "--calibration", shared_path(cal.file), "--seqlen",
-                                         std::to_string(cal.ctx), "--nsamples", "128", "--grid", "minmax", "--device",
-                                         "cuda", "-q"});
+                                         std::to_string(cal.ctx), "--nsamples", "128", "--grid", "minmax", "--order",
+                                         "natural", "--device", "cuda", "-q"});
       ASSERT_EQ(r.rc, 0) << r.err;
       EXPECT_EQ(gptq::read_text_file(a + "/model.safetensors"), gptq::read_text_file(b + "/model.safetensors"));
       o.backend = nullptr;

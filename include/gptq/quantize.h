@@ -15,10 +15,14 @@ class Backend;
 struct QuantizeOptions {
   int bits = 4;                 // 2, 3, 4, 8
   int group_size = 128;         // -1, 32, 64, 128 (any positive size works)
-  bool desc_act = false;        // act-order
-  // Column order: "natural", "act" (= desc_act) or "group" (groups by Hessian mass, columns inside
-  // a group by the Hessian diagonal, keeping the non-act-order layout g_idx = k / G).
-  std::string order = "natural";
+  bool desc_act = false;        // act-order (= order "act", or "act-static" with static_groups)
+  // Column order: "natural"; "act" (= desc_act: columns by decreasing Hessian diagonal, groups
+  // formed in that order, a permuted g_idx); "act-static" (act-order with the groups fixed in the
+  // natural order first: g_idx = k / G, the non-act-order layout every kernel runs fastest);
+  // "group" (groups by Hessian mass, columns inside a group by the Hessian diagonal, g_idx = k / G).
+  // "": act-static for gptq (measured best, docs/measurements.md), unless desc_act asks for "act"
+  // (then static_groups picks act-static); natural for rtn.
+  std::string order;
   bool static_groups = false;
   bool sym = true;
   // Each group's scale/zero: "minmax" (the GPTQ authors') or "mse" (best shrink of the min-max

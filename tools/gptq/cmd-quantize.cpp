@@ -32,12 +32,14 @@ Runner add_quantize(CLI::App& app) {
   c->add_option("--tokenizer", o.tokenizer_dir, "--synthetic: a model folder whose tokenizer reads --calibration");
   c->add_option("--bits", o.bits, "Bits per weight: 2, 3, 4 or 8")->check(CLI::IsMember({2, 3, 4, 8}));
   c->add_option("--group-size", o.group_size, "Inputs per quantization group (-1: one group per row)");
-  c->add_flag("--desc-act,--act-order", o.desc_act, "Quantize columns in order of decreasing Hessian diagonal (g_idx)");
+  c->add_flag("--desc-act,--act-order", o.desc_act,
+              "Act-order with groups formed in that order (a permuted g_idx); = --order act");
   c->add_option("--order", o.order,
-                "Column order: natural, act (= --desc-act) or group (groups by Hessian mass, columns inside a group by "
-                "the Hessian diagonal; keeps the non-act-order layout)")
-      ->check(CLI::IsMember({"natural", "act", "group"}));
-  c->add_flag("--static-groups", o.static_groups, "With --desc-act: groups fixed before the column loop");
+                "Column order: act-static (the default for gptq: columns by decreasing Hessian diagonal, groups fixed "
+                "first, so g_idx = k/G), act (groups in act-order: a permuted g_idx), natural (the GPTQ authors' "
+                "default) or group (groups by Hessian mass, columns inside a group by the Hessian diagonal)")
+      ->check(CLI::IsMember({"natural", "act", "act-static", "group"}));
+  c->add_flag("--static-groups", o.static_groups, "With --desc-act: groups fixed before the column loop (= --order act-static)");
   c->add_flag("--sym,!--no-sym", o.sym, "Symmetric grid (default) or asymmetric (--no-sym)");
   c->add_option("--grid", o.grid,
                 "Group scale/zero: minmax (the GPTQ authors') or mse (best shrink of the range under the "
