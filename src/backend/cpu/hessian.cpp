@@ -8,16 +8,17 @@
 
 namespace gptq::cpu {
 
-HessianAccumulator::HessianAccumulator(ThreadPool& pool, int64_t K) : pool_(pool), K_(K), H_(size_t(K * K), 0.f) {
+HessianAccumulator::HessianAccumulator(ThreadPool& pool, int64_t K)
+    : pool_(pool), K_(K), sum_(size_t(K * K), 0.0), H_(size_t(K * K), 0.f) {
   GPTQ_ASSERT(K > 0);
 }
 
 void HessianAccumulator::add_batch(const float* x, int64_t samples, int64_t T) {
   GPTQ_ASSERT(samples > 0 && T > 0);
   const int64_t rows = samples * T, K = K_;
-  const float beta = float(double(nsamples_) / double(nsamples_ + samples));
+  const double beta = double(nsamples_) / double(nsamples_ + samples);
   nsamples_ += samples;
-  const float alpha = float(2.0 / double(nsamples_));
+  const double alpha = 2.0 / double(nsamples_);
 
   // xt: [K, rows] = x^T, in 32 x 32 blocks so that both sides stay in cache.
   xt_.resize(size_t(K * rows));
@@ -33,8 +34,14 @@ void HessianAccumulator::add_batch(const float* x, int64_t samples, int64_t T) {
       }
     }
   });
-  // H[i, j] (i <= j) = fma(beta, H[i, j], alpha * dot8(xt[i, :], xt[j, :]))
-  cpu::syrk_upper_fixed(&pool_, K, rows, alpha, xt_.data(), rows, beta, H_.data(), K);
+  // P[i, j] (i <= j) = dot8(xt[i, :], xt[j, :]) in fp32 (beta 0: H_'s finite old values drop out)
+  std::fill(H_.begin(), H_.end(), 0.f);
+  cpu::syrk_upper_fixed(&pool_, K, rows, 1.f, xt_.data(), rows, 0.f, H_.data(), K);
+  // S[i, j] = beta S[i, j] + alpha P[i, j] in fp64, row by row
+  pool_.parallel_for(0, size_t(K), [&](size_t r0, size_t r1) {
+    for (int64_t i = int64_t(r0); i < int64_t(r1); ++i)
+      for (int64_t j = i; j < K; ++j) sum_[size_t(i * K + j)] = beta * sum_[size_t(i * K + j)] + alpha * double(H_[size_t(i * K + j)]);
+  });
   mirrored_ = false;
 }
 
@@ -42,6 +49,10 @@ const std::vector<float>& HessianAccumulator::symmetric() {
   if (mirrored_) return H_;
   mirrored_ = true;
   const int64_t K = K_;
+  pool_.parallel_for(0, size_t(K), [&](size_t r0, size_t r1) {
+    for (int64_t i = int64_t(r0); i < int64_t(r1); ++i)
+      for (int64_t j = i; j < K; ++j) H_[size_t(i * K + j)] = float(sum_[size_t(i * K + j)]);
+  });
   // Mirror the upper triangle in 64x64 blocks so that the transposed writes stay in cache.
   constexpr int64_t kB = 64;
   float* h = H_.data();
@@ -59,6 +70,7 @@ std::vector<float> HessianAccumulator::take() {
   std::vector<float> out(static_cast<size_t>(K_ * K_), 0.f);
   out.swap(H_);
   std::vector<float>().swap(xt_);
+  std::fill(sum_.begin(), sum_.end(), 0.0);
   nsamples_ = 0;
   mirrored_ = false;
   return out;

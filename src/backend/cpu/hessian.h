@@ -5,12 +5,15 @@
 //
 // Reproducible: H is a fixed function of the batches, bit-identical for any pool size and on any
 // x86-64 CPU. Each batch is transposed (Xt: [K, tokens]) and every upper-triangle entry is one
-// fixed-order dot over all the batch's tokens (cpu::syrk_upper_fixed: 8 fma lanes, a fixed
-// reduction tree), then H[i,j] = fma(beta, H[i,j], alpha * dot) with beta = n/(n+samples),
-// alpha = 2/(n+samples) in fp32. Tiles and token ranges never depend on the thread count.
+// fixed-order fp32 dot over all the batch's tokens (cpu::syrk_upper_fixed: 8 fma lanes, a fixed
+// reduction tree); tiles and token ranges never depend on the thread count.
 //
-// Storage is fp32 like the reference; only the upper triangle is maintained and it is mirrored
-// when H is read (symmetric(), take()).
+// Precision (issue 13): the running, rescaled sum across batches, S[i,j] = beta S[i,j] + alpha dot
+// with beta = n/(n+samples), alpha = 2/(n+samples), is kept in fp64 (the reference keeps it in
+// fp32 and rounds at every one of its nsamples updates); H is rounded to fp32 once, when it is read.
+// One batch's products stay fp32 sums, as the reference's and the CUDA backend's are (cuda_hessian.h
+// does the same, so CPU and GPU Hessians differ only in the order of those sums). Memory: K^2 x 12
+// bytes; only the upper triangle is maintained and it is mirrored when H is read.
 #pragma once
 
 #include <cstdint>
@@ -39,9 +42,10 @@ class HessianAccumulator {
   ThreadPool& pool_;
   int64_t K_;
   int64_t nsamples_ = 0;
-  std::vector<float> H_;        // [K, K], upper tiles valid
+  std::vector<double> sum_;     // [K, K] the running S, upper triangle valid
+  std::vector<float> H_;        // [K, K] a batch's products while adding; H once read
   std::vector<float> xt_;       // [K, tokens] the current batch transposed
-  bool mirrored_ = false;       // the lower triangle mirrors the upper one (no batch since)
+  bool mirrored_ = false;       // H_ holds H, both triangles (no batch since)
 };
 
 }  // namespace gptq::cpu
