@@ -211,8 +211,8 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
     const std::vector<int32_t> ids = tok.encode(read_text_file(o.calibration_file), true);
     for (int32_t id : ids)
       if (id < 0 || id >= model->vocab_size())
-        fail("--tokenizer ", o.tokenizer_dir, ": token id ", id, " of the calibration text is outside ", source,
-             "'s vocabulary of ", model->vocab_size());
+        fail(synthetic ? "--tokenizer " + o.tokenizer_dir : model_dir + "'s tokenizer", ": token id ", id,
+             " of the calibration text is outside ", source, "'s vocabulary of ", model->vocab_size());
     const int64_t need = checked_mul(checked_add(o.calib_offset, o.nsamples, "--calib-offset + --nsamples"),
                                      o.seqlen, "(--calib-offset + --nsamples) x --seqlen");
     if (int64_t(ids.size()) < need)
