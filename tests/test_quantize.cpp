@@ -234,6 +234,42 @@ TEST(Quantize, OrderGroupKeepsTheNonActOrderLayout) {
   EXPECT_FALSE(fs::exists(out));
 }
 
+// One decoder layer at a time (what a GPU run does by default) gives the same checkpoint, and the
+// deferred model refuses to run a layer that is not loaded.
+TEST(Quantize, StreamingLayersGivesTheSameBytes) {
+  NEED_SHARED(kBaby);
+  const std::string src = shared_path("models/babyllama-361");
+  auto o = calib_options(kBaby);
+  o.nsamples = 8;
+  std::string bytes[2];
+  for (int stream : {0, 1}) {
+    o.stream_layers = stream;
+    const std::string out = out_dir("stream_" + std::to_string(stream));
+    gptq::quantize_model(src, out, o);
+    bytes[stream] = gptq::read_text_file(out + "/model.safetensors");
+    fs::remove_all(out);
+  }
+  EXPECT_EQ(bytes[0], bytes[1]);
+  gptq::LoadOptions lo;
+  lo.defer_layers = true;
+  auto m = gptq::Model::load(src, lo);
+  EXPECT_FALSE(m->layer_loaded(0));
+  const size_t bare = m->weight_bytes();
+  m->load_layer(1);
+  EXPECT_TRUE(m->layer_loaded(1));
+  EXPECT_GT(m->weight_bytes(), bare);
+  m->release_layer(1);
+  EXPECT_EQ(m->weight_bytes(), bare);
+  for (int64_t l = 0; l < m->config().num_layers; ++l) m->load_layer(l);
+  auto full = gptq::Model::load(src);
+  auto c1 = m->new_cache(), c2 = full->new_cache();
+  const std::vector<int32_t> ids = {1, 20, 30, 40};
+  std::vector<float> a, b;
+  m->forward(*c1, ids.data(), 4, true, a);
+  full->forward(*c2, ids.data(), 4, true, b);
+  EXPECT_EQ(a, b);
+}
+
 // The default order for gptq is act-static: act-order with the groups fixed first, recorded as
 // desc_act + static_groups, with the non-act-order layout g_idx = k / G; --desc-act alone keeps the
 // permuted g_idx of act-order groups; rtn stays in the natural order.

@@ -113,6 +113,9 @@ struct LoadOptions {
   // Tensors used in place of the folder's of the same names (a LoRA adapter merged in memory);
   // they must outlive the model.
   const std::map<std::string, TensorView>* replace = nullptr;
+  // Leave the decoder layers' linears in the files until load_layer(l) asks for them (quantize
+  // streams a model through a GPU one layer at a time); the norms, embeddings and lm_head load now.
+  bool defer_layers = false;
 };
 
 // A model of a known architecture's exact shapes with random weights, made by the backend where it
@@ -176,6 +179,11 @@ class Model {
                   Stage from, LayerObserver* obs);
   const Weight& linear(int64_t layer, LinearSlot s) const;
   void set_linear(int64_t layer, LinearSlot s, std::unique_ptr<Weight> w);  // swap a linear's weights
+  // With LoadOptions::defer_layers: makes layer l's linears from the files (no-op when they are
+  // there), and drops them again; the layer cannot run in between. Weight sizes count held layers.
+  void load_layer(int64_t layer);
+  void release_layer(int64_t layer);
+  bool layer_loaded(int64_t layer) const;
 
   // Bytes of the weights as held in memory (mapped file bytes of used tensors + repacked copies).
   size_t weight_bytes() const;

@@ -53,6 +53,9 @@ struct QuantizeOptions {
   int64_t synthetic_layers = 0;  // its first this many decoder layers; 0: all
   std::string tokenizer_dir;     // with synthetic: a model folder whose tokenizer reads the calibration text
   bool progress = true;         // progress bars on stderr
+  // One decoder layer's weights in memory at a time (Model::load_layer / release_layer): 1 yes, 0 no,
+  // -1 on a device backend only (the same bytes either way).
+  int stream_layers = -1;
   const std::atomic<bool>* cancel = nullptr;  // set (e.g. by SIGINT) to stop; nothing is written
 };
 

@@ -141,6 +141,7 @@ Stage Model::run_layer(int64_t l, const BatchPlan& plan, KVCache& cache, const T
   const ModelConfig& c = config_;
   Backend& be = *backend_;
   const LlamaLayer& L = w_->layers.at(size_t(l));
+  GPTQ_ASSERT(L.linears[0], "run_layer: layer ", l, " is not loaded (LoadOptions::defer_layers)");
   const int64_t T = plan.n_tokens();
   const float eps = float(c.rms_norm_eps);
   Workspace& ws = *ws_;

@@ -187,7 +187,7 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& op
   auto w = std::make_unique<LlamaWeights>();
   m->ws_ = std::make_unique<Workspace>();
 
-  const int64_t H = c.hidden_size, hd = c.head_dim, F = c.intermediate_size;
+  const int64_t H = c.hidden_size;
   const TensorView& emb = s.get("model.embed_tokens.weight");
   check_shape(emb, {c.vocab_size, H}, "[vocab_size, hidden_size]");
   check_float(emb);
@@ -202,15 +202,10 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& op
     LlamaLayer& L = w->layers[size_t(l)];
     L.attn_norm = load_norm(be, s, p + "input_layernorm.weight", H);
     L.mlp_norm = load_norm(be, s, p + "post_attention_layernorm.weight", H);
-    const struct { LinearSlot slot; int64_t out, in; bool bias; } shapes[] = {
-        {LinearSlot::kQ, c.num_heads * hd, H, c.attention_bias},   {LinearSlot::kK, c.num_kv_heads * hd, H, c.attention_bias},
-        {LinearSlot::kV, c.num_kv_heads * hd, H, c.attention_bias}, {LinearSlot::kO, H, c.num_heads * hd, false},
-        {LinearSlot::kGate, F, H, c.mlp_bias},                     {LinearSlot::kUp, F, H, c.mlp_bias},
-        {LinearSlot::kDown, H, F, c.mlp_bias}};
-    for (const auto& sh : shapes)
-      L.slot(sh.slot) = load_linear(be, s, c, p + linear_slot_name(sh.slot), sh.out, sh.in, sh.bias);
   }
   m->w_ = std::move(w);
+  if (!opts.defer_layers)
+    for (int64_t l = 0; l < c.num_layers; ++l) m->load_layer(l);
   // Quantized layers were repacked into their own buffers: the file pages read for that need not
   // stay resident (those still used, like the embeddings, fault back in from the page cache).
   if (c.quant)
@@ -337,10 +332,41 @@ std::unique_ptr<Model> Model::synthetic(const std::string& name, const Synthetic
   return m;
 }
 
-const Weight& Model::linear(int64_t layer, LinearSlot s) const { return w_->layers.at(size_t(layer)).get(s); }
+void Model::load_layer(int64_t l) {
+  GPTQ_ASSERT(l >= 0 && l < config_.num_layers);
+  LlamaLayer& L = w_->layers[size_t(l)];
+  if (L.linears[0]) return;
+  GPTQ_ASSERT(store_, "a synthetic model's layers are never released");
+  const ModelConfig& c = config_;
+  const int64_t H = c.hidden_size, hd = c.head_dim, F = c.intermediate_size;
+  const std::string p = "model.layers." + std::to_string(l) + ".";
+  const struct { LinearSlot slot; int64_t out, in; bool bias; } shapes[] = {
+      {LinearSlot::kQ, c.num_heads * hd, H, c.attention_bias},   {LinearSlot::kK, c.num_kv_heads * hd, H, c.attention_bias},
+      {LinearSlot::kV, c.num_kv_heads * hd, H, c.attention_bias}, {LinearSlot::kO, H, c.num_heads * hd, false},
+      {LinearSlot::kGate, F, H, c.mlp_bias},                     {LinearSlot::kUp, F, H, c.mlp_bias},
+      {LinearSlot::kDown, H, F, c.mlp_bias}};
+  std::array<std::unique_ptr<Weight>, 7> made;  // all or none (a bad tensor leaves the layer as it was)
+  for (const auto& sh : shapes)
+    made[size_t(sh.slot)] = load_linear(*backend_, *store_, c, p + linear_slot_name(sh.slot), sh.out, sh.in, sh.bias);
+  L.linears = std::move(made);
+}
+
+void Model::release_layer(int64_t l) {
+  GPTQ_ASSERT(l >= 0 && l < config_.num_layers);
+  GPTQ_ASSERT(store_, "a synthetic model's layers cannot be made again");
+  for (auto& lin : w_->layers[size_t(l)].linears) lin.reset();
+}
+
+bool Model::layer_loaded(int64_t l) const { return bool(w_->layers.at(size_t(l)).linears[0]); }
+
+const Weight& Model::linear(int64_t layer, LinearSlot s) const {
+  GPTQ_ASSERT(layer_loaded(layer), "layer ", layer, " is not loaded (LoadOptions::defer_layers)");
+  return w_->layers.at(size_t(layer)).get(s);
+}
 
 void Model::set_linear(int64_t layer, LinearSlot s, std::unique_ptr<Weight> w) {
   auto& slot = w_->layers.at(size_t(layer)).slot(s);
+  GPTQ_ASSERT(slot, "layer ", layer, " is not loaded (LoadOptions::defer_layers)");
   GPTQ_ASSERT(w && w->in_features() == slot->in_features() && w->out_features() == slot->out_features());
   slot = std::move(w);
 }
@@ -350,7 +376,7 @@ static size_t layer_bytes(const LlamaWeights& w) {
   size_t n = size_t(w.final_norm.t.cols) * 4;
   for (const auto& L : w.layers) {
     n += size_t(L.attn_norm.t.cols + L.mlp_norm.t.cols) * 4;
-    for (const auto& lin : L.linears) n += lin->bytes();
+    for (const auto& lin : L.linears) n += lin ? lin->bytes() : 0;
   }
   return n;
 }
@@ -382,7 +408,8 @@ std::string Model::weight_dtype_summary() const {
   std::set<std::string> kinds;
   kinds.insert(w_->embed->kind());
   for (const auto& L : w_->layers)
-    for (const auto& lin : L.linears) kinds.insert(lin->kind());
+    for (const auto& lin : L.linears)
+      if (lin) kinds.insert(lin->kind());
   std::string out;
   for (const auto& k : kinds) out += (out.empty() ? "" : " + ") + k;
   return out;

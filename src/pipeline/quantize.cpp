@@ -167,6 +167,9 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
     lo.threads = o.threads;
     lo.backend = o.backend;
     lo.replace = lora ? &lora->tensors : nullptr;
+    // On a device, one decoder layer's weights at a time (made from the mapped files when the
+    // layer starts, dropped when it is done): a model quantizes on a GPU that could not hold it.
+    lo.defer_layers = o.stream_layers == 1 || (o.stream_layers < 0 && o.backend && o.backend->device() != Device::kCpu);
     model = Model::load(model_dir, lo);
   }
   const std::string source = synthetic ? model->dir() : model_dir;  // names the model in messages
@@ -254,8 +257,16 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
   if (n > 0) {
     // Every window's layer input and attention output stay resident: refuse up front, not after
     // minutes of calibration.
-    check_memory(uint64_t(n * T) * uint64_t(H + A) * 4, be.available_bytes(),
-                 cat("calibration on ", n, " windows of ", T, " tokens"));
+    // Streaming, the first layer is still to come: it must fit next to them.
+    uint64_t layer = 0;
+    if (!model->layer_loaded(0)) {
+      const int64_t KV = cfg.num_kv_heads * cfg.head_dim, F = cfg.intermediate_size;
+      layer = uint64_t(2 * H * A + 2 * H * KV + 3 * H * F) * (cfg.torch_dtype == "float32" ? 4 : 2);
+    }
+    check_memory(uint64_t(n * T) * uint64_t(H + A) * 4 + layer, be.available_bytes(),
+                 layer ? cat("calibration on ", n, " windows of ", T, " tokens and one decoder layer (",
+                             format_bytes(layer), ")")
+                       : cat("calibration on ", n, " windows of ", T, " tokens"));
     X = be.alloc_f32(n * T, H, x_mem);
     ATT = be.alloc_f32(n * T, A, att_mem);
     if (!o.true_sequential) scratch = be.alloc_f32(T, H, scratch_mem);
@@ -370,9 +381,12 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
   };
 
   const int64_t stage_k[4] = {H, A, H, cfg.intermediate_size};
+  const bool stream = !synthetic && !model->layer_loaded(0);
   for (int64_t l = 0; l < cfg.num_layers; ++l) {
+    if (stream) model->load_layer(l);
     if (n == 0) {  // RTN needs no inputs
       for (int s = 0; s < 4; ++s) quantize_slots(l, stage_slots(Stage(s)), nullptr);
+      if (stream) model->release_layer(l);
       continue;
     }
     if (o.true_sequential) {
@@ -400,6 +414,7 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
       for (auto& a : tap.acc) a.reset();
       if (l + 1 < cfg.num_layers) run_windows(l, Stage::kAttnIn, false);
     }
+    if (stream) model->release_layer(l);  // what the checkpoint needs is in `packed`
   }
   bar.finish();
   cancelled();
