@@ -301,6 +301,8 @@ TEST(Quantize, DefaultOrderIsActOrderWithStaticGroups) {
   const std::vector<int32_t> g = g_idx_of(def);
   ASSERT_EQ(g.size(), 352u);
   for (int k = 0; k < 352; ++k) EXPECT_EQ(g[size_t(k)], k / 32);
+  const auto insp = gptq_test::run_cli({"inspect", def});
+  EXPECT_NE(insp.out.find("desc_act yes (static groups)"), std::string::npos) << insp.out;
   // the same checkpoint as spelling it out
   EXPECT_EQ(gptq::read_text_file(def + "/model.safetensors"), gptq::read_text_file(stat + "/model.safetensors"));
   q = json::parse(gptq::read_text_file(act + "/quantize_config.json"));

@@ -95,8 +95,11 @@ Runner add_inspect(CLI::App& app) {
     row("tokenizer", tok_err.empty() ? tok_kind + ", " + std::to_string(tok_vocab) + " tokens" : "error: " + tok_err);
     if (cfg.quant) {
       const QuantConfig& q = *cfg.quant;
+      // act-order with static groups keeps the plain layout (g_idx = k / G): say so, since desc_act
+      // alone reads as the slower act-order layout
       std::snprintf(buf, sizeof buf, "GPTQ %d-bit, group %d, desc_act %s, sym %s, format %s", q.bits, q.group_size,
-                    q.desc_act ? "yes" : "no", q.sym ? "yes" : "no", q.checkpoint_format.c_str());
+                    q.desc_act ? (q.static_groups ? "yes (static groups)" : "yes") : "no", q.sym ? "yes" : "no",
+                    q.checkpoint_format.c_str());
       row("quantization", buf);
     } else {
       row("quantization", "none");
