@@ -420,16 +420,21 @@ double reference_ppl(const RefConfig& c, const std::string& method) {
   return 0;
 }
 
-double quantized_ppl(const RefConfig& c, const std::string& method) {
+// With the reference's order and grid (whatever the defaults), or with our defaults.
+enum class QuantWith { kReference, kDefaults };
+
+double quantized_ppl(const RefConfig& c, const std::string& method, QuantWith with = QuantWith::kReference) {
   const Calib& cal = calib_of(c.model);
   auto o = calib_options(cal);
   o.method = method;
   o.bits = c.bits;
   o.group_size = c.group;
-  o.order = c.desc_act ? "act" : "natural";  // the reference's order and grid, whatever the defaults
   o.sym = c.sym;
-  o.grid = "minmax";
-  const std::string dir = out_dir(ref_name(c) + "_" + method);
+  if (with == QuantWith::kReference) {
+    o.order = c.desc_act ? "act" : "natural";
+    o.grid = "minmax";
+  }
+  const std::string dir = out_dir(ref_name(c) + "_" + method + (with == QuantWith::kDefaults ? "_defaults" : ""));
   gptq::quantize_model(shared_path(std::string("models/") + c.model), dir, o);
   const double ppl = calib_ppl(dir, cal);
   fs::remove_all(dir);
@@ -521,16 +526,7 @@ TEST_P(DefaultQuality, NoWorseThanTheReferenceBeyondItsSpread) {
     GTEST_SKIP() << "../shared/models/" << c.model << " not found: skipped";
   const double want = reference_ppl(c, c.method);
   ASSERT_GT(want, 0) << "configuration not in reference_gptq.json";
-  const Calib& cal = calib_of(c.model);
-  auto o = calib_options(cal);
-  o.method = c.method;
-  o.bits = c.bits;
-  o.group_size = c.group;
-  o.sym = c.sym;
-  const std::string dir = out_dir("default_" + ref_name(c));
-  gptq::quantize_model(shared_path(std::string("models/") + c.model), dir, o);
-  const double got = calib_ppl(dir, cal);
-  fs::remove_all(dir);
+  const double got = quantized_ppl(c, c.method, QuantWith::kDefaults);
   std::printf("[ quality  ] %s with the defaults: ppl %.4f, reference %.4f (%+.2f %%, tolerance %.1f %%)\n",
               ref_name(c).c_str(), got, want, 100 * (got / want - 1), 100 * c.tol);
   EXPECT_LE(got, want * (1 + c.tol));

@@ -184,6 +184,7 @@ class Model {
   void load_layer(int64_t layer);
   void release_layer(int64_t layer);
   bool layer_loaded(int64_t layer) const;
+  size_t layer_file_bytes(int64_t layer) const;  // its linears' tensors in the files (0: synthetic)
 
   // Bytes of the weights as held in memory (mapped file bytes of used tensors + repacked copies).
   size_t weight_bytes() const;

@@ -24,11 +24,7 @@ for b in gptq gptq_tests gptq_cuda_workbench; do
   [ -f ".device/$b.xz" ] && xz -dc ".device/$b.xz" >"$w/$b" && chmod +x "$w/$b"
 done
 xz -dc .device/shared.tar.xz | tar -C "$w/shared" -xf -
-# cuBLAS: the toolkit's, else the one PyTorch's wheels carry.
-for d in /usr/local/cuda/lib64 /usr/local/cuda-13*/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
-         $(python3 -c 'import nvidia, os; print(" ".join(os.path.join(p, "cu13/lib") for p in nvidia.__path__))' 2>/dev/null); do
-  [ -e "$d/libcublasLt.so.13" ] && export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" && break
-done
+. "$(dirname "$0")/cuda_libs.sh"
 export GPTQ_SHARED="$w/shared" GPTQ_CLI="$w/gptq"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv | tee "$out/gpu.txt"
 ldd "$w/gptq" | grep -E 'cublas|cusolver|not found' | tee -a "$out/gpu.txt"

@@ -8,11 +8,8 @@ w=/tmp/gptq-serve out=${OUT:-/tmp} port=18240
 rm -rf "$w" && mkdir -p "$w"
 xz -dc .device-serve/serve.tar.xz | tar -C "$w" -xf -
 xz -dc .device-serve/model.tar.xz | tar -C "$w" -xf -
-for d in /usr/local/cuda/lib64 /usr/local/cuda-13*/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
-         $(python3 -c 'import nvidia, os; print(" ".join(os.path.join(p, "cu13/lib") for p in nvidia.__path__))' 2>/dev/null); do
-  [ -e "$d/libcublasLt.so.13" ] && cuda=$d && break
-done
-export LD_LIBRARY_PATH="$w/lib${cuda:+:$cuda}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+. "$(dirname "$0")/cuda_libs.sh"
+export LD_LIBRARY_PATH="$w/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 ldd "$w/gptq" | grep -E 'not found' && exit 1
 "$w/gptq" serve -m "$w/models/llama-gutenberg-22m" --device "${GPTQ_SERVE_DEVICE:-cuda}" --port $port --max-batch 64 ${GPTQ_SERVE_ARGS:-} \
   >"$out/server.log" 2>&1 &

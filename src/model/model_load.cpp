@@ -1,4 +1,5 @@
 // Loading a Llama-family model folder into backend weight handles.
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <set>
@@ -111,6 +112,26 @@ std::unique_ptr<Weight> load_gptq(Backend& be, const TensorStore& s, const Quant
   }
 }
 
+// The seven linears of a decoder layer, in LinearSlot order: [out, in] and whether a bias is expected.
+struct LinearShape {
+  LinearSlot slot;
+  int64_t out, in;
+  bool bias;
+};
+std::array<LinearShape, 7> layer_linears(const ModelConfig& c) {
+  const int64_t H = c.hidden_size, A = c.num_heads * c.head_dim, KV = c.num_kv_heads * c.head_dim,
+                F = c.intermediate_size;
+  return {{{LinearSlot::kQ, A, H, c.attention_bias},
+           {LinearSlot::kK, KV, H, c.attention_bias},
+           {LinearSlot::kV, KV, H, c.attention_bias},
+           {LinearSlot::kO, H, A, false},
+           {LinearSlot::kGate, F, H, c.mlp_bias},
+           {LinearSlot::kUp, F, H, c.mlp_bias},
+           {LinearSlot::kDown, H, F, c.mlp_bias}}};
+}
+
+std::string layer_prefix(int64_t l) { return "model.layers." + std::to_string(l) + "."; }
+
 std::unique_ptr<Weight> load_linear(Backend& be, const TensorStore& s, const ModelConfig& c, const std::string& prefix,
                                     int64_t out, int64_t in, bool has_bias) {
   std::vector<float> bias;
@@ -198,7 +219,7 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& op
   if (!c.tie_word_embeddings) w->lm_head = load_linear(be, s, c, "lm_head", c.vocab_size, H, false);
   w->layers.resize(static_cast<size_t>(c.num_layers));
   for (int64_t l = 0; l < c.num_layers; ++l) {
-    const std::string p = "model.layers." + std::to_string(l) + ".";
+    const std::string p = layer_prefix(l);
     LlamaLayer& L = w->layers[size_t(l)];
     L.attn_norm = load_norm(be, s, p + "input_layernorm.weight", H);
     L.mlp_norm = load_norm(be, s, p + "post_attention_layernorm.weight", H);
@@ -292,12 +313,8 @@ std::unique_ptr<Model> Model::synthetic(const std::string& name, const Synthetic
     m->backend_ = make_cpu_backend(co);
   }
   Backend& be = *m->backend_;
-  const int64_t H = c.hidden_size, hd = c.head_dim, F = c.intermediate_size, V = c.vocab_size;
-  const struct { LinearSlot slot; int64_t out, in; } shapes[] = {
-      {LinearSlot::kQ, c.num_heads * hd, H},    {LinearSlot::kK, c.num_kv_heads * hd, H},
-      {LinearSlot::kV, c.num_kv_heads * hd, H}, {LinearSlot::kO, H, c.num_heads * hd},
-      {LinearSlot::kGate, F, H},                {LinearSlot::kUp, F, H},
-      {LinearSlot::kDown, H, F}};
+  const int64_t H = c.hidden_size, V = c.vocab_size;
+  const auto shapes = layer_linears(c);
   // Refuse up front, with the numbers, what would not fit.
   const uint64_t es = dtype_size(o.dtype);
   auto linear_bytes = [&](int64_t out, int64_t in) -> uint64_t {
@@ -337,18 +354,23 @@ void Model::load_layer(int64_t l) {
   LlamaLayer& L = w_->layers[size_t(l)];
   if (L.linears[0]) return;
   GPTQ_ASSERT(store_, "a synthetic model's layers are never released");
-  const ModelConfig& c = config_;
-  const int64_t H = c.hidden_size, hd = c.head_dim, F = c.intermediate_size;
-  const std::string p = "model.layers." + std::to_string(l) + ".";
-  const struct { LinearSlot slot; int64_t out, in; bool bias; } shapes[] = {
-      {LinearSlot::kQ, c.num_heads * hd, H, c.attention_bias},   {LinearSlot::kK, c.num_kv_heads * hd, H, c.attention_bias},
-      {LinearSlot::kV, c.num_kv_heads * hd, H, c.attention_bias}, {LinearSlot::kO, H, c.num_heads * hd, false},
-      {LinearSlot::kGate, F, H, c.mlp_bias},                     {LinearSlot::kUp, F, H, c.mlp_bias},
-      {LinearSlot::kDown, H, F, c.mlp_bias}};
+  const std::string p = layer_prefix(l);
   std::array<std::unique_ptr<Weight>, 7> made;  // all or none (a bad tensor leaves the layer as it was)
-  for (const auto& sh : shapes)
-    made[size_t(sh.slot)] = load_linear(*backend_, *store_, c, p + linear_slot_name(sh.slot), sh.out, sh.in, sh.bias);
+  for (const auto& sh : layer_linears(config_))
+    made[size_t(sh.slot)] = load_linear(*backend_, *store_, config_, p + linear_slot_name(sh.slot), sh.out, sh.in, sh.bias);
   L.linears = std::move(made);
+}
+
+size_t Model::layer_file_bytes(int64_t l) const {
+  if (!store_) return 0;
+  const std::string p = layer_prefix(l);
+  size_t n = 0;
+  for (const auto& sh : layer_linears(config_))
+    for (const char* part : {".weight", ".bias"}) {
+      const std::string name = p + linear_slot_name(sh.slot) + part;
+      if (store_->has(name)) n += store_->get(name).nbytes;
+    }
+  return n;
 }
 
 void Model::release_layer(int64_t l) {

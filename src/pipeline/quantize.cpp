@@ -239,6 +239,7 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
   be.set_deterministic(true);
 
   const int64_t n = o.method == "gptq" ? o.nsamples : 0, T = o.seqlen;
+  const bool stream = !model->layer_loaded(0);  // LoadOptions::defer_layers: one layer at a time
   const int64_t A = cfg.num_heads * cfg.head_dim;
   // X: [n*T, H] the current layer's input for every window (true-sequential: updated in place to
   // x + o(att) once o_proj is quantized); ATT: [n*T, A] the attention outputs.
@@ -258,11 +259,7 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
     // Every window's layer input and attention output stay resident: refuse up front, not after
     // minutes of calibration.
     // Streaming, the first layer is still to come: it must fit next to them.
-    uint64_t layer = 0;
-    if (!model->layer_loaded(0)) {
-      const int64_t KV = cfg.num_kv_heads * cfg.head_dim, F = cfg.intermediate_size;
-      layer = uint64_t(2 * H * A + 2 * H * KV + 3 * H * F) * (cfg.torch_dtype == "float32" ? 4 : 2);
-    }
+    const uint64_t layer = stream ? model->layer_file_bytes(0) : 0;
     check_memory(uint64_t(n * T) * uint64_t(H + A) * 4 + layer, be.available_bytes(),
                  layer ? cat("calibration on ", n, " windows of ", T, " tokens and one decoder layer (",
                              format_bytes(layer), ")")
@@ -280,24 +277,22 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
   // a device (asynchronous ops) the work queued before and by each add is waited for, so that the
   // report's forward and Hessian times are the device's, not the host's launch times.
   struct Tap final : LayerObserver {
-    Backend* be = nullptr;
-    bool device = false;
+    explicit Tap(Backend& b) : be(b) {}
+    Backend& be;
     std::unique_ptr<HessianAccumulator> acc[4];
     Stage stop = Stage::kDone;
     double seconds = 0;
     bool observe(int64_t, Stage s, const Tensor& x) override {
       if (acc[int(s)]) {
-        if (device) be->synchronize();
+        be.synchronize();  // a no-op on the CPU
         const auto t0 = Clock::now();
         acc[int(s)]->add(x, 1);
-        if (device) be->synchronize();
+        be.synchronize();
         seconds += since(t0);
       }
       return s != stop;
     }
-  } tap;
-  tap.be = &be;
-  tap.device = be.device() != Device::kCpu;
+  } tap(be);
   // Runs layer l over every window from stage `from`, through the tap.
   auto run_windows = [&](int64_t l, Stage from, bool on_copy) {
     const auto t0 = Clock::now();
@@ -381,7 +376,6 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
   };
 
   const int64_t stage_k[4] = {H, A, H, cfg.intermediate_size};
-  const bool stream = !synthetic && !model->layer_loaded(0);
   for (int64_t l = 0; l < cfg.num_layers; ++l) {
     if (stream) model->load_layer(l);
     if (n == 0) {  // RTN needs no inputs

@@ -14,13 +14,10 @@ namespace {
 // From the host copy of H (HessianAccumulator::host()): the CPU backend's accumulators keep it there.
 class HostSolver final : public Solver {
  public:
-  HostSolver(ThreadPool& pool, Refit refit) : pool_(pool), refit_(refit) {}
+  using Solver::Solver;
 
-  QuantResult solve(const float* W, HessianAccumulator& H, int64_t N, int64_t K, const QuantSpec& spec) override {
-    const std::vector<float>& h = hessian(H, K);
-    QuantResult r = gptq_quantize(pool_, W, h.data(), N, K, spec);
-    if (refit_ == Refit::kHessian) refit_scales(pool_, W, h.data(), N, K, r);
-    return r;
+  QuantResult solve_gptq(const float* W, HessianAccumulator& H, int64_t N, int64_t K, const QuantSpec& spec) override {
+    return gptq_quantize(pool_, W, hessian(H, K).data(), N, K, spec);
   }
 
   double hessian_norm(const float* A, HessianAccumulator& H, int64_t N, int64_t K) override {
@@ -38,11 +35,15 @@ class HostSolver final : public Solver {
     GPTQ_ASSERT(int64_t(h.size()) == K * K, "a Hessian of another size");
     return h;
   }
-  ThreadPool& pool_;
-  Refit refit_;
 };
 
 }  // namespace
+
+QuantResult Solver::solve(const float* W, HessianAccumulator& H, int64_t N, int64_t K, const QuantSpec& spec) {
+  QuantResult r = solve_gptq(W, H, N, K, spec);
+  if (refit_ == Refit::kHessian) refit_scales(pool_, W, H.host().data(), N, K, r);
+  return r;
+}
 
 std::unique_ptr<Solver> make_solver(Backend& be, ThreadPool& pool, Refit refit) {
 #if defined(GPTQ_WITH_CUDA)

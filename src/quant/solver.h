@@ -15,14 +15,22 @@ namespace gptq::quant {
 
 class Solver {
  public:
+  Solver(ThreadPool& pool, Refit refit) : pool_(pool), refit_(refit) {}
   virtual ~Solver() = default;
   // gptq_quantize (gptq.h: its semantics, results and errors) of W: [N, K] fp32 on the host with H:
   // an accumulator of the solver's backend's hessian(K) after its adds (read, left as it is); then
-  // the scale refit of refit.h when the solver was made with one.
-  virtual QuantResult solve(const float* W, HessianAccumulator& H, int64_t N, int64_t K, const QuantSpec& spec) = 0;
+  // the scale refit of refit.h when the solver was made with one (host work, from H.host()).
+  QuantResult solve(const float* W, HessianAccumulator& H, int64_t N, int64_t K, const QuantSpec& spec);
   // sum_i (A H Aᵀ)_ii for A: [N, K] fp32 on the host: the squared output norm of A on the
   // calibration inputs (up to H's 2/n), for the modules' errors.
   virtual double hessian_norm(const float* A, HessianAccumulator& H, int64_t N, int64_t K) = 0;
+
+ protected:
+  virtual QuantResult solve_gptq(const float* W, HessianAccumulator& H, int64_t N, int64_t K, const QuantSpec& spec) = 0;
+  ThreadPool& pool_;
+
+ private:
+  Refit refit_;
 };
 
 // The solver for be's Hessians: on the GPU for the CUDA backend, else on the host. Host work runs

@@ -34,8 +34,7 @@ void HessianAccumulator::add_batch(const float* x, int64_t samples, int64_t T) {
       }
     }
   });
-  // P[i, j] (i <= j) = dot8(xt[i, :], xt[j, :]) in fp32 (beta 0: H_'s finite old values drop out)
-  std::fill(H_.begin(), H_.end(), 0.f);
+  // P[i, j] (i <= j) = dot8(xt[i, :], xt[j, :]) in fp32 into H_ (beta 0: its old values are not read)
   cpu::syrk_upper_fixed(&pool_, K, rows, 1.f, xt_.data(), rows, 0.f, H_.data(), K);
   // S[i, j] = beta S[i, j] + alpha P[i, j] in fp64, row by row
   pool_.parallel_for(0, size_t(K), [&](size_t r0, size_t r1) {

@@ -13,14 +13,11 @@ namespace {
 
 class DeviceSolver final : public Solver {
  public:
-  DeviceSolver(ThreadPool& pool, Refit refit) : pool_(pool), refit_(refit) {}
+  using Solver::Solver;
 
-  QuantResult solve(const float* W, HessianAccumulator& H, int64_t N, int64_t K, const QuantSpec& spec) override {
+  QuantResult solve_gptq(const float* W, HessianAccumulator& H, int64_t N, int64_t K, const QuantSpec& spec) override {
     cuda::CudaHessian& h = device_hessian(H, K);
-    QuantResult r = solver(h).gptq_solve(W, h.device(), N, K, spec);
-    // The refit is host work (small solves per row) from the host copy of H, made only when asked.
-    if (refit_ == Refit::kHessian) refit_scales(pool_, W, h.host().data(), N, K, r);
-    return r;
+    return solver(h).gptq_solve(W, h.device(), N, K, spec);
   }
 
   double hessian_norm(const float* A, HessianAccumulator& H, int64_t N, int64_t K) override {
@@ -39,8 +36,6 @@ class DeviceSolver final : public Solver {
     if (!solver_ || solver_->stream() != h.stream()) solver_ = std::make_unique<cuda::CudaSolver>(h.stream());
     return *solver_;
   }
-  ThreadPool& pool_;
-  Refit refit_;
   std::unique_ptr<cuda::CudaSolver> solver_;
 };
 
