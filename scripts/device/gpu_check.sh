@@ -15,6 +15,8 @@
 #   quantize7b gptq quantize --synthetic (issue 11's targets): Llama-2-7B shapes, 4-bit g128, 128 x 2048
 #              calibration tokens of WikiText-2 test, then the first 4 decoder layers of Llama-2-70B
 #              (quantize_7b.txt, quantize_70b4.txt: per-module errors, per-phase times, peak memory)
+#   prefill    prefill A/B: synthetic Llama-2-7B GPTQ 4-bit pp512 and pp2048 with the tensor-core
+#              prefill attention and with GPTQ_CUDA_PREFILL_TC=0 (the fp32 kernel), same binary
 #   ncu        ncu --set full of the 4-bit GEMV's first workbench launch (GPTQ_NCU_SHAPE, default qkv; T = 1)
 set -uo pipefail
 w=/tmp/gptq-gpu
@@ -75,6 +77,13 @@ PY
       timeout 300 ncu -k regex:gptq4_mma_gemv -c 1 --set full "$w/gptq_cuda_workbench" --reps 1 \
         --shape "${GPTQ_NCU_SHAPE:-qkv}" >"$out/ncu_full.txt" 2>&1
       grep -vE "^==PROF==|^\s*$" "$out/ncu_full.txt" | grep -E "Duration|Throughput|Stall|Warp Cycles|Achieved|Theoretical|Issued|Eligible|Active|Occupancy|L1|L2|DRAM|Bandwidth|Sectors|Hit|Registers|Shared|Block|Grid|Waves|Memory|Elapsed|SM " | head -90 ;;
+    prefill)
+      for tc in 1 0; do
+        for p in 512 2048; do
+          GPTQ_CUDA_PREFILL_TC=$tc "$w/gptq" bench --synthetic llama2-7b --bits 4 --group-size 128 -p $p -n 0 -r 3 \
+            --no-bandwidth --device cuda 2>&1 | tee -a "$out/prefill.txt" | grep -E "pp$p" | sed "s/^/tc=$tc /"
+        done
+      done ;;
     bench4)  # the synthetic Llama-2-7B GPTQ 4-bit g128 row of `bench` alone
       "$w/gptq" bench --synthetic llama2-7b --bits 4 --group-size 128 --device cuda 2>&1 | tee -a "$out/bench_7b.txt" | tail -12 ;;
     sass)  # the 4-bit GEMV's SASS and its opcode counts per instantiation (sass.txt.xz, sass_ops.txt)

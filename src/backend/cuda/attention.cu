@@ -78,6 +78,7 @@ __global__ void attention_kernel(AttnArgs a, Split sp) {
   const int64_t split = blockIdx.y;
   AttnSeqDev S;
   const int64_t visible = visible_keys(a, t, &S);
+  if (a.prefill_rows > 0 && S.n_rows >= a.prefill_rows) return;  // paged_attention_prefill's
   const int64_t j0 = split * sp.keys_per_split, j1 = std::min(visible, j0 + sp.keys_per_split);
   if (j0 >= j1) return;  // past this row's keys: the combine step skips it
   const int64_t hd = a.kv.head_dim, bs = a.kv.block_size;
@@ -170,6 +171,7 @@ __global__ void combine_kernel(AttnArgs a, Split sp) {
   const int64_t item = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;
   if (item >= a.T * a.n_heads) return;
   const int64_t t = item / a.n_heads, h = item % a.n_heads, hd = a.kv.head_dim;
+  if (a.prefill_rows > 0 && a.seqs[a.row_seq[t]].n_rows >= a.prefill_rows) return;
   const int64_t used = std::min(sp.n_splits, (visible_keys(a, t, nullptr) + sp.keys_per_split - 1) / sp.keys_per_split);
   const float* recs = a.scratch + item * sp.n_splits * (hd + 2);
   float M = -INFINITY;

@@ -467,7 +467,21 @@ class CudaBackend final : public Backend {
     a.max_keys = std::max(P.max_keys, kv.max_len);  // fixed per cache: see ops.h
     const size_t sf = cuda::attention_scratch_floats(a.T, n_heads, L.head_dim, a.max_keys);
     a.scratch = sf ? static_cast<float*>(attn_.get(sf * 4)) : nullptr;
-    cuda::paged_attention(a, stream_);
+    // Sequences that bring kPrefillMinRows new rows or more go to the tensor-core kernel, the rest
+    // (decode rows) to the fp32 one; each sequence by its own rows, so batching never changes them.
+    int64_t max_rows = 0, small = 0;
+    for (const AttnSeq& S : plan.seqs) {
+      max_rows = std::max(max_rows, S.n_rows);
+      small += S.n_rows < cuda::kPrefillMinRows;
+    }
+    if (use_prefill_tc_ && max_rows >= cuda::kPrefillMinRows &&
+        cuda::prefill_attention_ok(L.head_dim, q.f32(), q.stride, out.f32(), out.stride)) {
+      a.prefill_rows = cuda::kPrefillMinRows;
+      cuda::paged_attention_prefill(a, int64_t(plan.seqs.size()), max_rows, stream_);
+      if (small > 0) cuda::paged_attention(a, stream_);
+    } else {
+      cuda::paged_attention(a, stream_);
+    }
   }
 
   void silu_mul(const Tensor& g, const Tensor& u) override {
@@ -724,6 +738,8 @@ class CudaBackend final : public Backend {
   // GPTQ_CUDA_DENSE_GEMV=0 sends decode-size dense GEMMs to cuBLASLt too (to compare the two).
   const bool use_gemv_ = env_on("GPTQ_CUDA_DENSE_GEMV");
   const bool use_graphs_ = env_on("GPTQ_CUDA_GRAPHS");
+  // GPTQ_CUDA_PREFILL_TC=0: prefill rows on the fp32 attention kernel too (A/B measurements).
+  const bool use_prefill_tc_ = env_on("GPTQ_CUDA_PREFILL_TC");
   static bool env_on(const char* name) {
     const char* e = std::getenv(name);
     return !(e && std::string(e) == "0");

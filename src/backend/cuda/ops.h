@@ -77,8 +77,19 @@ struct AttnArgs {
   // launch the same from one decode step to the next (CUDA graphs).
   int64_t max_keys = 0;
   float* scratch = nullptr;  // attention_scratch_floats(...) floats
+  // Sequences with this many new rows or more are left to paged_attention_prefill (0: none are).
+  int64_t prefill_rows = 0;
 };
 size_t attention_scratch_floats(int64_t T, int64_t n_heads, int64_t head_dim, int64_t max_keys);
+// The fp32 kernel (attention.cu): every row, except those of sequences with a.prefill_rows new rows
+// or more when a.prefill_rows > 0.
 void paged_attention(const AttnArgs& a, cudaStream_t s);
+
+// Prefill on tensor cores (attention_prefill.cu): the rows of the sequences (a.seqs[0 .. n_seqs))
+// with kPrefillMinRows new rows or more; max_rows: the most new rows of any sequence. fp16
+// operands, fp32 accumulation (see there). Only where prefill_attention_ok.
+constexpr int64_t kPrefillMinRows = 16;
+bool prefill_attention_ok(int64_t head_dim, const float* q, int64_t q_stride, const float* out, int64_t out_stride);
+void paged_attention_prefill(const AttnArgs& a, int64_t n_seqs, int64_t max_rows, cudaStream_t s);
 
 }  // namespace gptq::cuda
