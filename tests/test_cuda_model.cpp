@@ -121,6 +121,23 @@ INSTANTIATE_TEST_SUITE_P(Models, CudaGolden, ::testing::Values("babyllama-105", 
 
 // A mixed batch (prefill of one sequence next to decode steps of others) gives each sequence
 // what it gets alone, on the GPU.
+// A GPU keeps K/V in fp16 unless asked for fp32 (KVCacheOptions::fp16): half the bytes.
+TEST(CudaBatch, KVCacheDefaultsToFp16) {
+  NEED_GPU();
+  const std::string dir = shared_path("models/llama-gutenberg-22m");
+  if (!gptq_test::is_dir(dir)) GTEST_SKIP() << "../shared/models/llama-gutenberg-22m not found: skipped";
+  auto m = load_on(dir, gpu());
+  gptq::KVCacheOptions f32;
+  f32.fp16 = false;
+  auto kd = m->new_cache(), k32 = m->new_cache(0, f32);
+  const std::vector<int32_t> ids = {1, 450, 4996, 17354, 338, 263};
+  std::vector<float> a, b;
+  m->forward(*kd, ids.data(), int64_t(ids.size()), true, a);
+  m->forward(*k32, ids.data(), int64_t(ids.size()), true, b);
+  EXPECT_EQ(kd->bytes_allocated() * 2, k32->bytes_allocated());
+  EXPECT_LE(rel_max_diff(a, b), 5e-3);
+}
+
 TEST(CudaBatch, MixedBatchMatchesAlone) {
   NEED_GPU();
   const std::string dir = shared_path("models/llama-gutenberg-22m");

@@ -125,9 +125,10 @@ TEST(Engine, KVCacheFp16IsCloseToFp32) {
   auto m = load_or_skip("llama-gutenberg-22m");
   if (!m) GTEST_SKIP() << "../shared/models/llama-gutenberg-22m not found: skipped";
   const auto ids = random_ids(64, m->vocab_size(), 5);
-  gptq::KVCacheOptions h;
+  gptq::KVCacheOptions h, f;
   h.fp16 = true;
-  auto k32 = m->new_cache(), k16 = m->new_cache(0, h);
+  f.fp16 = false;
+  auto k32 = m->new_cache(0, f), k16 = m->new_cache(0, h);
   std::vector<float> a, b;
   m->forward(*k32, ids.data(), 64, true, a);
   m->forward(*k16, ids.data(), 64, true, b);
@@ -136,6 +137,12 @@ TEST(Engine, KVCacheFp16IsCloseToFp32) {
   const double d = rel_diff(b.data(), a.data(), int64_t(a.size()));
   EXPECT_LT(d, 5e-3);
   EXPECT_GT(d, 0.0);  // the storage really is fp16
+  // Unset, the CPU keeps fp32 (a GPU backend defaults to fp16: test_cuda).
+  auto kd = m->new_cache();
+  std::vector<float> c;
+  m->forward(*kd, ids.data(), 64, true, c);
+  EXPECT_EQ(kd->bytes_allocated(), k32->bytes_allocated());
+  EXPECT_EQ(c, a);
 }
 
 TEST(Engine, BadBatchesAreRefused) {

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -32,7 +33,9 @@ constexpr LinearSlot kAllLinearSlots[] = {LinearSlot::kQ,    LinearSlot::kK,  Li
 // token slots), allocated in chunks as sequences grow, and a block table per sequence. Memory
 // follows the tokens held, not the context length; freeing a sequence returns its blocks.
 struct KVCacheOptions {
-  bool fp16 = false;         // store K/V in fp16 (half the memory) instead of fp32
+  // K/V in fp16 (half the memory and, decoding, half the attention's reads) or fp32; unset: the
+  // backend's default, fp16 on a GPU (what vLLM and llama.cpp keep) and fp32 on the CPU (exact).
+  std::optional<bool> fp16;
   int64_t block_size = 16;   // token slots per block
   int64_t max_tokens = 0;    // cap on the slots of the pool (0: no cap); a sequence that needs more fails
 };

@@ -101,7 +101,12 @@ PY
       done
       for d in cuda cpu; do  # held-out windows 128-191 (the reference: fp32 32.933, its 4-bit g128 33.905)
         "$w/gptq" perplexity -m "$w/q-$d" -f "$cal" -c 1024 --windows 128:192 --device cuda 2>&1 | tail -1
-      done ;;
+      done
+      # The default (act-order, static groups) checkpoints read independently by PyTorch + transformers
+      for d in cuda cpu; do
+        python3 "$(dirname "$0")/check_checkpoint.py" "$w/q-$d" "$cal" 1024 128 192 2>&1 | tail -1 | sed "s/^/$d: /"
+      done
+      python3 -c 'import vllm; print("vllm", vllm.__version__)' 2>&1 | tail -1 ;;
     quantize7b)
       t="$w/shared/models/llama-gutenberg-22m" cal="$w/shared/data/wikitext-2-raw/wiki.test.raw"
       for s in "llama2-7b" "llama2-70b --layers 4"; do

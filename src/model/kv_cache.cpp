@@ -32,7 +32,7 @@ KVCache::KVCache(Backend& backend, const ModelConfig& c, int64_t ctx, const KVCa
   L.n_kv_heads = c.num_kv_heads;
   L.head_dim = c.head_dim;
   L.block_size = o.block_size;
-  L.dtype = o.fp16 ? DType::kF16 : DType::kF32;
+  L.dtype = o.fp16.value_or(backend.device() != Device::kCpu) ? DType::kF16 : DType::kF32;
   impl_->max_blocks = o.max_tokens == 0 ? 0 : (o.max_tokens + o.block_size - 1) / o.block_size;
 }
 
