@@ -61,7 +61,7 @@ class KVCache {
   int64_t blocks_in_use() const;
   size_t bytes_allocated() const;  // device memory held by the pool
   int64_t block_size() const { return opt_.block_size; }
-  bool fp16() const { return opt_.fp16; }
+  bool fp16() const;  // K/V stored in fp16
 
  private:
   friend class Model;

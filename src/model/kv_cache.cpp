@@ -38,6 +38,8 @@ KVCache::KVCache(Backend& backend, const ModelConfig& c, int64_t ctx, const KVCa
 
 KVCache::~KVCache() = default;
 
+bool KVCache::fp16() const { return impl_->layout.dtype == DType::kF16; }
+
 int64_t KVCache::add_sequence() {
   const int64_t id = impl_->next_id++;
   impl_->seqs[id] = {};
