@@ -99,6 +99,11 @@ PY
           --nsamples 128 --seqlen 1024 --device $d -q >"$out/quantize_$d.txt" 2>&1 || rc=1
         tail -30 "$out/quantize_$d.txt"
       done
+      # issue 13's time ratio: the reference's order and grid (the defaults before it) on the GPU
+      rm -rf "$w/q-ref"
+      "$w/gptq" quantize -m "$m" -o "$w/q-ref" --calibration "$cal" --nsamples 128 --seqlen 1024 --device cuda -q \
+        --order natural --grid minmax >"$out/quantize_cuda_ref.txt" 2>&1 || rc=1
+      grep -E "^\| (forward|Hessians|solver|packing|total)" "$out/quantize_cuda_ref.txt" | sed "s/^/reference flags: /"
       for d in cuda cpu; do  # held-out windows 128-191 (the reference: fp32 32.933, its 4-bit g128 33.905)
         "$w/gptq" perplexity -m "$w/q-$d" -f "$cal" -c 1024 --windows 128:192 --device cuda 2>&1 | tail -1
       done
