@@ -1,9 +1,12 @@
 #include "io/gptq_format.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <functional>
 
 #include "core/half.h"
+#include "core/thread_pool.h"
 #include "gptq/error.h"
 
 namespace gptq::quant {
@@ -78,12 +81,36 @@ int64_t qzeros_cols(int64_t N, int bits) {
   return N * bits / 32;
 }
 
-void pack_qweight(const uint8_t* codes, int64_t N, int64_t K, int bits, int32_t* qweight) {
+namespace {
+
+// fn(begin, end) over [0, n) in chunks of `grain` on pool, or in one call without one.
+void for_range(ThreadPool* pool, size_t n, size_t grain, const std::function<void(size_t, size_t)>& fn) {
+  if (pool && pool->size() > 1 && !pool->in_task())
+    pool->parallel_for(0, n, fn, grain);
+  else
+    fn(0, n);
+}
+
+}  // namespace
+
+void pack_qweight(const uint8_t* codes, int64_t N, int64_t K, int bits, int32_t* qweight, ThreadPool* pool) {
   qweight_rows(K, bits);
   const uint32_t maxq = (1u << bits) - 1;
-  for (int64_t i = 0; i < N * K; ++i)
-    if (codes[i] > maxq) fail("code ", int(codes[i]), " does not fit in ", bits, " bits");
-  for (int64_t n = 0; n < N; ++n) pack_stream(codes + n * K, K, bits, reinterpret_cast<uint32_t*>(qweight) + n, N);
+  // Rows in parallel; each thread packs whole columns of qweight (row n of codes).
+  std::atomic<bool> bad{false};
+  for_range(pool, size_t(N), 64, [&](size_t n0, size_t n1) {
+    uint8_t hi = 0;
+    for (size_t i = n0 * size_t(K); i < n1 * size_t(K); ++i) hi = std::max(hi, codes[i]);
+    if (hi > maxq) {
+      bad = true;
+      return;
+    }
+    for (size_t n = n0; n < n1; ++n)
+      pack_stream(codes + n * size_t(K), K, bits, reinterpret_cast<uint32_t*>(qweight) + n, N);
+  });
+  if (bad)  // the first code out of range, whichever thread saw one
+    for (int64_t i = 0; i < N * K; ++i)
+      if (codes[i] > maxq) fail("code ", int(codes[i]), " does not fit in ", bits, " bits");
 }
 
 void unpack_qweight(const int32_t* qweight, int64_t N, int64_t K, int bits, uint8_t* codes) {
@@ -140,20 +167,32 @@ void validate(const QuantMatrix& m) {
   }
 }
 
-std::vector<float> dequantize(const QuantMatrix& m) {
+std::vector<float> dequantize(const QuantMatrix& m, ThreadPool* pool) {
   validate(m);
   const int64_t K = m.K, N = m.N, n_groups = m.n_groups(), G = resolve_group_size(K, m.group_size);
-  std::vector<uint8_t> codes(static_cast<size_t>(N * K));  // [N, K]
-  unpack_qweight(m.qweight, N, K, m.bits, codes.data());
   std::vector<int32_t> zeros(static_cast<size_t>(n_groups * N));  // [n_groups, N]
   unpack_qzeros(m.qzeros, n_groups, N, m.bits, m.format, zeros.data());
+  std::vector<int32_t> group(static_cast<size_t>(K));  // [K]
+  for (int64_t k = 0; k < K; ++k) group[size_t(k)] = m.g_idx ? m.g_idx[k] : int32_t(k / G);
   std::vector<float> W(static_cast<size_t>(N * K));  // [N, K]
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t k = 0; k < K; ++k) {
-      const int64_t g = m.g_idx ? m.g_idx[k] : k / G;
-      const float s = fp16_to_fp32(m.scales[g * N + n]);
-      W[n * K + k] = s * (float(codes[n * K + k]) - float(zeros[g * N + n]));
+  // Row by row (in parallel): row n's codes (qweight's column n), its groups' scales and zeros,
+  // then W[n, k] = s * (q - z), the same two roundings in any order of rows.
+  for_range(pool, size_t(N), 16, [&](size_t n0, size_t n1) {
+    std::vector<uint8_t> codes(static_cast<size_t>(K));
+    std::vector<float> s(static_cast<size_t>(n_groups)), z(static_cast<size_t>(n_groups));
+    for (size_t n = n0; n < n1; ++n) {
+      unpack_stream(reinterpret_cast<const uint32_t*>(m.qweight) + n, N, K, m.bits, codes.data());
+      for (int64_t g = 0; g < n_groups; ++g) {
+        s[size_t(g)] = fp16_to_fp32(m.scales[size_t(g * N) + n]);
+        z[size_t(g)] = float(zeros[size_t(g * N) + n]);
+      }
+      float* w = W.data() + n * size_t(K);
+      for (int64_t k = 0; k < K; ++k) {
+        const size_t g = size_t(group[size_t(k)]);
+        w[k] = s[g] * (float(codes[size_t(k)]) - z[g]);
+      }
     }
+  });
   return W;
 }
 
@@ -174,7 +213,7 @@ QuantMatrix PackedQuant::view() const {
 
 PackedQuant pack_quantized(const uint8_t* codes, const float* scales, const int32_t* zeros,
                            const int32_t* g_idx, const float* bias, int bits, int group_size, int64_t K,
-                           int64_t N, QuantFormat format) {
+                           int64_t N, QuantFormat format, ThreadPool* pool) {
   PackedQuant p;
   p.bits = bits;
   p.group_size = group_size;
@@ -184,7 +223,7 @@ PackedQuant pack_quantized(const uint8_t* codes, const float* scales, const int3
   const int64_t n_groups = num_groups(K, group_size);
   p.qweight.resize(static_cast<size_t>(qweight_rows(K, bits) * N));
   p.qzeros.resize(static_cast<size_t>(n_groups * qzeros_cols(N, bits)));
-  pack_qweight(codes, N, K, bits, p.qweight.data());
+  pack_qweight(codes, N, K, bits, p.qweight.data(), pool);
   p.wrapped_zeros = pack_qzeros(zeros, n_groups, N, bits, format, p.qzeros.data());
   p.scales.resize(static_cast<size_t>(n_groups * N));
   for (size_t i = 0; i < p.scales.size(); ++i) p.scales[i] = fp32_to_fp16(scales[i]);

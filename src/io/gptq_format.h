@@ -27,6 +27,10 @@
 #include <cstdint>
 #include <vector>
 
+namespace gptq {
+class ThreadPool;
+}
+
 namespace gptq::quant {
 
 enum class QuantFormat {
@@ -54,8 +58,8 @@ void pack_stream(const uint8_t* values, int64_t count, int bits, uint32_t* words
 void unpack_stream(const uint32_t* words, int64_t stride, int64_t count, int bits, uint8_t* values);
 
 // codes: [N, K] row-major (output-major, like W), each in [0, 2^bits-1].
-// qweight: [K*bits/32, N], overwritten.
-void pack_qweight(const uint8_t* codes, int64_t N, int64_t K, int bits, int32_t* qweight);
+// qweight: [K*bits/32, N], overwritten. pool: the columns packed in parallel on it (same bytes).
+void pack_qweight(const uint8_t* codes, int64_t N, int64_t K, int bits, int32_t* qweight, ThreadPool* pool = nullptr);
 // Inverse of pack_qweight. codes: [N, K].
 void unpack_qweight(const int32_t* qweight, int64_t N, int64_t K, int bits, uint8_t* codes);
 
@@ -87,8 +91,9 @@ struct QuantMatrix {
 // g_idx entries outside [0, n_groups).
 void validate(const QuantMatrix& m);
 
-// The reference dequantization. Returns W: [N, K] fp32 (bias not applied).
-std::vector<float> dequantize(const QuantMatrix& m);
+// The reference dequantization. Returns W: [N, K] fp32 (bias not applied). pool: the rows
+// dequantized in parallel on it (the same values).
+std::vector<float> dequantize(const QuantMatrix& m, ThreadPool* pool = nullptr);
 
 // An owning, packed layer (what the checkpoint writer stores), built from solver output.
 struct PackedQuant {
@@ -109,8 +114,9 @@ struct PackedQuant {
 // codes: [N, K]; scales: [n_groups, N] fp32 (rounded to fp16 here); zeros: [n_groups, N];
 // g_idx: [K] or nullptr for k / G (always written: loaders expect the tensor); bias: [N] fp32 or
 // nullptr. Throws gptq::Error for codes, zeros or g_idx out of range and the size constraints.
+// pool: qweight packed in parallel on it (the same bytes).
 PackedQuant pack_quantized(const uint8_t* codes, const float* scales, const int32_t* zeros,
                            const int32_t* g_idx, const float* bias, int bits, int group_size, int64_t K,
-                           int64_t N, QuantFormat format);
+                           int64_t N, QuantFormat format, ThreadPool* pool = nullptr);
 
 }  // namespace gptq::quant

@@ -216,9 +216,9 @@ QuantResult rtn_quantize(ThreadPool& pool, const float* W, int64_t N, int64_t K,
   return res;
 }
 
-PackedQuant pack_result(const QuantResult& r, QuantFormat format, const float* bias) {
+PackedQuant pack_result(const QuantResult& r, QuantFormat format, const float* bias, ThreadPool* pool) {
   return pack_quantized(r.codes.data(), r.scales.data(), r.zeros.data(), r.g_idx.data(), bias, r.bits,
-                        r.group_size, r.K, r.N, format);
+                        r.group_size, r.K, r.N, format, pool);
 }
 
 }  // namespace gptq::quant

@@ -80,8 +80,9 @@ QuantResult gptq_quantize(ThreadPool& pool, const float* W, const float* H, int6
 // Grid::kMse weighs every column alike (there is no Hessian).
 QuantResult rtn_quantize(ThreadPool& pool, const float* W, int64_t N, int64_t K, const QuantSpec& spec);
 
-// Packs a result for the checkpoint writer. bias: [N] fp32 or nullptr.
-PackedQuant pack_result(const QuantResult& r, QuantFormat format, const float* bias = nullptr);
+// Packs a result for the checkpoint writer. bias: [N] fp32 or nullptr. pool: packed in parallel
+// on it (the same bytes).
+PackedQuant pack_result(const QuantResult& r, QuantFormat format, const float* bias = nullptr, ThreadPool* pool = nullptr);
 
 // Throws gptq::Error when spec cannot be applied to a K-input layer.
 void check_spec(const QuantSpec& spec, int64_t K);
