@@ -336,11 +336,36 @@ TEST(CudaHessian, BackendSolveFromTheDeviceHessian) {
   const QuantResult c = gptq_quantize(test_pool(), W.data(), H.data(), N, K, spec);
   expect_same_solution(g, c, W, H, N, K, spec);
   EXPECT_EQ(acc->host(), H);  // the solve left it as it was
-  // hessian_norm (the modules' errors): sum of w H w^T over rows, fp32 GEMM vs double here.
-  const auto rows = row_objectives(W, std::vector<float>(W.size(), 0.f), H, N, K);
-  double want = 0;
-  for (double r : rows) want += r;
-  EXPECT_NEAR(solver->hessian_norm(W.data(), *acc, N, K), want, 1e-5 * want);
+  // module_error (the modules' errors): sum of (w-q) H (w-q)^T over sum of w H w^T, Q the packed
+  // checkpoint's dequantization; fp32 GEMM on the device vs double here. Both formats, and 3 bits
+  // (codes straddling words) on a random packed matrix.
+  auto want_error = [&](const std::vector<float>& Wm, const PackedQuant& pq, int64_t rows) {
+    double num = 0, den = 0;
+    for (double r : row_objectives(Wm, dequantize(pq.view()), H, rows, K)) num += r;
+    for (double r : row_objectives(Wm, std::vector<float>(Wm.size(), 0.f), H, rows, K)) den += r;
+    return num / den;
+  };
+  for (QuantFormat f : {QuantFormat::kGptqV1, QuantFormat::kGptqV2}) {
+    const PackedQuant pq = pack_result(g, f);
+    const double want = want_error(W, pq, N);
+    EXPECT_NEAR(solver->module_error(W.data(), pq.view(), *acc), want, 2e-5 * want);
+  }
+  {
+    const int64_t N3 = 64, G = 32, ng = K / G;
+    const auto W3 = weights_with_outliers(size_t(N3 * K), 113);
+    std::vector<uint8_t> codes(W3.size());
+    std::vector<float> scales(size_t(ng * N3));
+    std::vector<int32_t> zeros(scales.size());
+    for (size_t i = 0; i < codes.size(); ++i) codes[i] = uint8_t((i * 2654435761u) >> 7) & 7u;
+    for (size_t i = 0; i < scales.size(); ++i) {
+      scales[i] = 0.01f * float(1 + i % 7);
+      zeros[i] = int32_t(i % 8);
+    }
+    const PackedQuant pq = pack_quantized(codes.data(), scales.data(), zeros.data(), nullptr, nullptr, 3, int(G), K, N3,
+                                          QuantFormat::kGptqV1);
+    const double want = want_error(W3, pq, N3);
+    EXPECT_NEAR(solver->module_error(W3.data(), pq.view(), *acc), want, 2e-5 * want);
+  }
 }
 
 // One real layer: llama-gutenberg-22m's layer-0 down_proj (K 1024, N 384) on its calibration

@@ -329,7 +329,7 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
       quant::QuantResult r;
       if (o.method == "gptq") {
         try {
-          r = solver->solve(W.data(), *acc, N, K, spec);
+          r = solver->solve(W.data(), *acc, N, K, spec, false);  // Wq is not read here
         } catch (const Error& e) {
           fail(name, ": ", e.what());
         }
@@ -341,12 +341,11 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
       }
       rep.seconds_solve += since(t0);
       const auto tp = Clock::now();
-      quant::PackedQuant pq = quant::pack_result(r, fmt, bias.empty() ? nullptr : bias.data());
+      quant::PackedQuant pq = quant::pack_result(r, fmt, bias.empty() ? nullptr : bias.data(), &pool);
       if (pq.wrapped_zeros > 0)
         rep.warnings.push_back(name + ": " + std::to_string(pq.wrapped_zeros) +
                                " zero points of 0 wrap in the v1 format (loaders read them as 2^bits); "
                                "--format gptq_v2 stores them exactly");
-      const std::vector<float> Q = quant::dequantize(pq.view());  // exactly what the checkpoint computes
       ModuleReport m;
       m.name = name;
       m.out_features = N;
@@ -354,19 +353,19 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
       m.loss = r.loss;
       m.damp_percent = r.damp_percent;
       m.dead_columns = r.dead_columns;
-      if (acc) {
-        std::vector<float> D(W.size());
-        for (size_t i = 0; i < W.size(); ++i) D[i] = W[i] - Q[i];
-        const double den = solver->hessian_norm(W.data(), *acc, N, K);
-        m.rel_error = den > 0 ? solver->hessian_norm(D.data(), *acc, N, K) / den : 0;
-      }
+      // ‖(W - Q)Xᵀ‖² / ‖W Xᵀ‖² with Q exactly what the checkpoint computes, where the Hessian is.
+      if (acc) m.rel_error = solver->module_error(W.data(), pq.view(), *acc);
       // What runs next sees the quantized outputs: on the CPU the exact dequantized W in fp32 (the
       // reference's arithmetic, bit-reproducible); on a device the checkpoint's own GPTQ weight, so
       // that device memory shrinks as the model is quantized (Llama-2-7B's linears: 12.6 GB in fp16,
       // 3.5 GB in 4 bits) instead of growing to fp32 (25 GB).
       const float* b = bias.empty() ? nullptr : bias.data();
-      model->set_linear(l, s, be.device() == Device::kCpu ? be.dense_weight({Q.data(), DType::kF32, N, K, b, true})
-                                                          : be.gptq_weight(pq.view(), b));
+      if (be.device() == Device::kCpu) {
+        const std::vector<float> Q = quant::dequantize(pq.view(), &pool);  // exactly what the checkpoint computes
+        model->set_linear(l, s, be.dense_weight({Q.data(), DType::kF32, N, K, b, true}));
+      } else {
+        model->set_linear(l, s, be.gptq_weight(pq.view(), b));
+      }
       packed.emplace(name, std::move(pq));
       rep.seconds_pack += since(tp);
       m.seconds = since(t0);

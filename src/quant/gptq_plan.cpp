@@ -86,7 +86,7 @@ void factor_with_damping(const QuantSpec& spec, double mean_diag, const std::fun
   }
 }
 
-QuantResult empty_result(int64_t N, int64_t K, const QuantSpec& spec) {
+QuantResult empty_result(int64_t N, int64_t K, const QuantSpec& spec, bool with_wq) {
   QuantResult res;
   res.N = N;
   res.K = K;
@@ -94,7 +94,7 @@ QuantResult empty_result(int64_t N, int64_t K, const QuantSpec& spec) {
   res.group_size = spec.group_size;
   res.n_groups = num_groups(K, spec.group_size);
   res.codes.resize(size_t(N * K));
-  res.Wq.resize(size_t(N * K));
+  if (with_wq) res.Wq.resize(size_t(N * K));
   res.scales.resize(size_t(res.n_groups * N));
   res.zeros.resize(size_t(res.n_groups * N));
   res.g_idx.resize(static_cast<size_t>(K));

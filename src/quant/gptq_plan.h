@@ -40,7 +40,8 @@ ColumnPlan plan_columns(const float* hdiag, int64_t K, const QuantSpec& spec);
 void factor_with_damping(const QuantSpec& spec, double mean_diag, const std::function<bool(double damp)>& factor,
                          QuantResult& res);
 
-// A result of the right sizes for an N x K layer (codes, Wq, scales, zeros, g_idx allocated).
-QuantResult empty_result(int64_t N, int64_t K, const QuantSpec& spec);
+// A result of the right sizes for an N x K layer (codes, Wq, scales, zeros, g_idx allocated; Wq
+// left empty when with_wq is false).
+QuantResult empty_result(int64_t N, int64_t K, const QuantSpec& spec, bool with_wq = true);
 
 }  // namespace gptq::quant

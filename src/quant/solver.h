@@ -20,13 +20,19 @@ class Solver {
   // gptq_quantize (gptq.h: its semantics, results and errors) of W: [N, K] fp32 on the host with H:
   // an accumulator of the solver's backend's hessian(K) after its adds (read, left as it is); then
   // the scale refit of refit.h when the solver was made with one (host work, from H.host()).
-  QuantResult solve(const float* W, HessianAccumulator& H, int64_t N, int64_t K, const QuantSpec& spec);
-  // sum_i (A H Aᵀ)_ii for A: [N, K] fp32 on the host: the squared output norm of A on the
-  // calibration inputs (up to H's 2/n), for the modules' errors.
-  virtual double hessian_norm(const float* A, HessianAccumulator& H, int64_t N, int64_t K) = 0;
+  // with_wq false: the result's Wq may be left empty (the CUDA solver then does not download it;
+  // the refit, which reads it, still gets it).
+  QuantResult solve(const float* W, HessianAccumulator& H, int64_t N, int64_t K, const QuantSpec& spec,
+                    bool with_wq = true);
+  // The module's relative output error on the calibration inputs, ‖(W - Q)Xᵀ‖² / ‖W Xᵀ‖² (0 when
+  // the denominator is 0), as sum_i (A H Aᵀ)_ii for A = W - Q over A = W: W: [q.N, q.K] fp32 on
+  // the host; Q = dequantize(q), exactly what the checkpoint computes (fp16 scales); H: an
+  // accumulator of the solver's backend's hessian(q.K) (read, left as it is).
+  virtual double module_error(const float* W, const QuantMatrix& q, HessianAccumulator& H) = 0;
 
  protected:
-  virtual QuantResult solve_gptq(const float* W, HessianAccumulator& H, int64_t N, int64_t K, const QuantSpec& spec) = 0;
+  virtual QuantResult solve_gptq(const float* W, HessianAccumulator& H, int64_t N, int64_t K, const QuantSpec& spec,
+                                 bool with_wq) = 0;
   ThreadPool& pool_;
 
  private:

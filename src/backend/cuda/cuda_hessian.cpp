@@ -28,12 +28,41 @@ void CudaHessian::add(const Tensor& x, int64_t samples) {
   nsamples_ += samples;
   const double alpha = 2.0 / double(nsamples_);
   float* prod = static_cast<float*>(work_.get());
-  // Column-major, x is the K x rows matrix X^T (ld stride) and prod's row-major upper triangle is
-  // its lower one: prod = X^T X = (X^T)(X^T)^T, lower.
-  const float one = 1.f, zero = 0.f;
-  CUBLAS_CHECK(cublasSsyrk(blas_, CUBLAS_FILL_MODE_LOWER, CUBLAS_OP_N, int(K_), int(x.rows), &one, x.f32(), int(x.stride),
-                           &zero, prod, int(K_)));
-  hessian_accumulate(static_cast<double*>(sum_.get()), prod, K_, alpha, beta, stream_);
+  const int64_t rows = x.rows;
+  if (rows == 0) {  // no products: H only rescaled
+    CUDA_CHECK(cudaMemsetAsync(prod, 0, size_t(K_ * K_) * sizeof(float), stream_));
+    hessian_accumulate(static_cast<double*>(sum_.get()), prod, K_, alpha, beta, nullptr, stream_);
+    rounded_ = host_valid_ = false;
+    return;
+  }
+  // The split (cuda_hessian.h): c x = hi + lo / 2048 in fp16, written once into [hi; lo; hi].
+  if (!amax_) amax_ = device_alloc(sizeof(uint32_t), "the Hessian's input range");
+  uint32_t* amax = static_cast<uint32_t*>(amax_.get());
+  const size_t split_bytes = size_t(3 * rows * K_) * 2;
+  if (split_bytes > split_bytes_) {
+    CUDA_CHECK(cudaStreamSynchronize(stream_));  // nothing queued still reads the old buffer
+    split_.reset();
+    split_ = device_alloc(split_bytes, cat("a ", rows, "x", K_, " Hessian input in fp16"));
+    split_bytes_ = split_bytes;
+  }
+  CUDA_CHECK(cudaMemsetAsync(amax, 0, sizeof(uint32_t), stream_));
+  hessian_absmax(x.f32(), rows, K_, x.stride, amax, stream_);
+  hessian_split(x.f32(), rows, K_, x.stride, amax, split_.get(), stream_);
+  const char* hi = static_cast<const char*>(split_.get());
+  const char* lo_hi = hi + size_t(rows * K_) * 2;
+  // Column-major, each block of the split is the K x rows matrix (c X)^T (ld K): prod = hi·hiᵀ,
+  // then prod += ([hi; lo]·[lo; hi]ᵀ) / 2048 = (hi·loᵀ + lo·hiᵀ) / 2048, both on tensor cores
+  // with fp32 accumulation. Each fp16 x fp16 product is exact in fp32; the dropped lo·loᵀ / 2048²
+  // is ~2^-22 of the whole: fp32-level accuracy, as the fp32 SYRK this replaces. prod is c² XᵀX,
+  // symmetric; its upper triangle (row-major) is read.
+  const float one = 1.f, zero = 0.f, cross = 1.f / 2048.f;
+  CUBLAS_CHECK(cublasGemmEx(blas_, CUBLAS_OP_N, CUBLAS_OP_T, int(K_), int(K_), int(rows), &one, hi, CUDA_R_16F,
+                            int(K_), hi, CUDA_R_16F, int(K_), &zero, prod, CUDA_R_32F, int(K_), CUBLAS_COMPUTE_32F,
+                            CUBLAS_GEMM_DEFAULT));
+  CUBLAS_CHECK(cublasGemmEx(blas_, CUBLAS_OP_N, CUBLAS_OP_T, int(K_), int(K_), int(2 * rows), &cross, hi, CUDA_R_16F,
+                            int(K_), lo_hi, CUDA_R_16F, int(K_), &one, prod, CUDA_R_32F, int(K_), CUBLAS_COMPUTE_32F,
+                            CUBLAS_GEMM_DEFAULT));
+  hessian_accumulate(static_cast<double*>(sum_.get()), prod, K_, alpha, beta, amax, stream_);
   rounded_ = host_valid_ = false;
 }
 
@@ -64,6 +93,8 @@ std::vector<float> CudaHessian::take() {
   CUDA_CHECK(cudaStreamSynchronize(stream_));  // nothing queued reads the buffers freed here
   sum_.reset();
   work_.reset();
+  split_.reset();
+  split_bytes_ = 0;
   nsamples_ = 0;
   rounded_ = host_valid_ = false;
   return H;

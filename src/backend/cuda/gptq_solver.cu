@@ -17,6 +17,8 @@
 // Hinv (cuSOLVER) and lazy update (cuBLAS) round differently from the CPU's fixed-order ones, so
 // codes differ where a value lies within rounding of a decision boundary. No atomics: the same
 // inputs on the same GPU give the same bytes.
+#include <cuda_fp16.h>
+
 #include <algorithm>
 
 #include "backend/cuda/cuda_common.h"
@@ -32,7 +34,42 @@ constexpr int kWarpsPerCta = 8;  // rows per CTA of the column kernel
 
 // ---- Hessian
 
-__global__ void hessian_accumulate_kernel(double* sum, const float* prod, int64_t K, double alpha, double beta) {
+// The exponent e of the split's scale 2^e: |x| 2^e < 2^15 for |x| <= amax (fp16 holds < 65504);
+// 0 for amax 0, Inf or NaN (which then propagate as on the CPU); clamped so that 2^e and 2^-2e
+// stay normal.
+__device__ __forceinline__ int split_exponent(const uint32_t* amax_bits) {
+  if (!amax_bits) return 0;
+  const float amax = __uint_as_float(*amax_bits);
+  if (!(amax > 0.f) || !isfinite(amax)) return 0;
+  return min(100, max(-100, 14 - ilogbf(amax)));
+}
+
+__global__ void hessian_absmax_kernel(const float* x, int64_t rows, int64_t K, int64_t ld, uint32_t* amax_bits) {
+  const int64_t n = rows * K;
+  uint32_t m = 0;  // bits of a non-negative float: ordered as the floats are
+  for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < n; idx += int64_t(gridDim.x) * blockDim.x)
+    m = max(m, __float_as_uint(fabsf(x[(idx / K) * ld + idx % K])));
+  for (int o = 16; o > 0; o >>= 1) m = max(m, __shfl_xor_sync(kFull, m, o));
+  if (threadIdx.x % 32 == 0) atomicMax(amax_bits, m);  // a max: the same in any order
+}
+
+__global__ void hessian_split_kernel(const float* x, int64_t rows, int64_t K, int64_t ld, const uint32_t* amax_bits,
+                                     __half* split) {
+  const float c = ldexpf(1.f, split_exponent(amax_bits));
+  const int64_t n = rows * K;
+  for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < n; idx += int64_t(gridDim.x) * blockDim.x) {
+    const float v = __fmul_rn(x[(idx / K) * ld + idx % K], c);  // exact: a power of 2
+    const __half hi = __float2half_rn(v);
+    const __half lo = __float2half_rn(__fmul_rn(__fsub_rn(v, __half2float(hi)), 2048.f));  // v - hi: exact
+    split[idx] = hi;
+    split[n + idx] = lo;
+    split[2 * n + idx] = hi;
+  }
+}
+
+__global__ void hessian_accumulate_kernel(double* sum, const float* prod, int64_t K, double alpha, double beta,
+                                          const uint32_t* amax_bits) {
+  alpha = ldexp(alpha, -2 * split_exponent(amax_bits));  // exact
   const int64_t n = K * K;
   for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < n; idx += int64_t(gridDim.x) * blockDim.x) {
     const int64_t i = idx / K, j = idx % K;
@@ -56,6 +93,30 @@ __global__ void row_dots_kernel(const float* a, const float* b, int64_t N, int64
   for (int64_t k = lane; k < K; k += 32) s += double(a[n * K + k]) * double(b[n * K + k]);
   for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(kFull, s, o);
   if (lane == 0) out[n] = s;
+}
+
+// Value i of a little-endian b-bit stream whose word j is words[j * stride] (io/gptq_format.h; 3
+// bits may straddle two words).
+__device__ __forceinline__ uint32_t stream_value(const int32_t* words, int64_t stride, int64_t i, int bits) {
+  const int64_t bit = i * bits, w = bit / 32;
+  const int off = int(bit % 32);
+  uint32_t v = uint32_t(words[w * stride]) >> off;
+  if (off + bits > 32) v |= uint32_t(words[(w + 1) * stride]) << (32 - off);
+  return v & ((1u << bits) - 1u);
+}
+
+__global__ void dequant_diff_kernel(const float* W, GptqPacked p, int64_t N, int64_t K, float* D) {
+  const int64_t n_elem = N * K, zcols = N * p.bits / 32;
+  for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < n_elem;
+       idx += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t n = idx / K, k = idx % K;
+    const int64_t g = p.g_idx ? p.g_idx[k] : k / p.G;
+    const uint32_t q = stream_value(p.qweight + n, N, k, p.bits);
+    const uint32_t zs = stream_value(p.qzeros + g * zcols, 1, n, p.bits);
+    const float z = float(p.v1 ? zs + 1u : zs);  // v1: stored + 1, as every loader reads it
+    const float sc = __half2float(__ushort_as_half(p.scales[g * N + n]));
+    D[idx] = __fsub_rn(W[idx], __fmul_rn(sc, __fsub_rn(float(q), z)));
+  }
 }
 
 unsigned grid_stride_blocks(int64_t n, int threads) { return unsigned(std::min<int64_t>(blocks_for(n, threads), 65536)); }
@@ -260,7 +321,7 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32) column_block_kernel(ColumnB
       if (lane == t) {
         const int64_t k = a.perm[col];
         a.codes[n * K + k] = uint8_t(q);
-        a.Wq[n * K + k] = dq;
+        if (a.Wq) a.Wq[n * K + k] = dq;
         a.err[n * kSolverMaxBlock + i] = err;
       }
 #pragma unroll
@@ -275,8 +336,21 @@ __global__ void __launch_bounds__(kWarpsPerCta * 32) column_block_kernel(ColumnB
 
 }  // namespace
 
-void hessian_accumulate(double* sum, const float* prod, int64_t K, double alpha, double beta, cudaStream_t s) {
-  hessian_accumulate_kernel<<<grid_stride_blocks(K * K, 256), 256, 0, s>>>(sum, prod, K, alpha, beta);
+void hessian_absmax(const float* x, int64_t rows, int64_t K, int64_t ld, uint32_t* amax_bits, cudaStream_t s) {
+  hessian_absmax_kernel<<<std::min(grid_stride_blocks(rows * K, 256), 1024u), 256, 0, s>>>(x, rows, K, ld, amax_bits);
+  CUDA_CHECK_LAUNCH();
+}
+
+void hessian_split(const float* x, int64_t rows, int64_t K, int64_t ld, const uint32_t* amax_bits, void* split,
+                   cudaStream_t s) {
+  hessian_split_kernel<<<grid_stride_blocks(rows * K, 256), 256, 0, s>>>(x, rows, K, ld, amax_bits,
+                                                                         static_cast<__half*>(split));
+  CUDA_CHECK_LAUNCH();
+}
+
+void hessian_accumulate(double* sum, const float* prod, int64_t K, double alpha, double beta,
+                        const uint32_t* amax_bits, cudaStream_t s) {
+  hessian_accumulate_kernel<<<grid_stride_blocks(K * K, 256), 256, 0, s>>>(sum, prod, K, alpha, beta, amax_bits);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -287,6 +361,11 @@ void hessian_round(const double* sum, int64_t K, float* H, cudaStream_t s) {
 
 void row_dots(const float* a, const float* b, int64_t N, int64_t K, double* out, cudaStream_t s) {
   row_dots_kernel<<<blocks_for(N * 32, 256), 256, 0, s>>>(a, b, N, K, out);
+  CUDA_CHECK_LAUNCH();
+}
+
+void gptq_dequant_diff(const float* W, const GptqPacked& p, int64_t N, int64_t K, float* D, cudaStream_t s) {
+  dequant_diff_kernel<<<grid_stride_blocks(N * K, 256), 256, 0, s>>>(W, p, N, K, D);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -13,14 +13,40 @@ namespace gptq::cuda {
 constexpr int kSolverMaxBlock = 128;
 
 // ---- Hessian
-// sum[i, j] = beta * sum[i, j] + alpha * prod[i, j] for i <= j (the upper triangle; the rest of
-// both is never read). sum: [K, K] fp64, prod: [K, K] fp32.
-void hessian_accumulate(double* sum, const float* prod, int64_t K, double alpha, double beta, cudaStream_t s);
+// The split-fp16 product (cuda_hessian.h): x scaled by c = 2^e, e from max|x| so that |c x| < 2^15
+// (fp16's range), then c x = hi + lo / 2048 with hi = fp16(c x), lo = fp16((c x - hi) * 2048).
+// *amax_bits: the bits of max |x| (a non-negative float), atomically maxed in; zero it first.
+// x: [rows, K] fp32 with row stride ld.
+void hessian_absmax(const float* x, int64_t rows, int64_t K, int64_t ld, uint32_t* amax_bits, cudaStream_t s);
+// split: [3 rows, K] fp16 = [hi; lo; hi], so that (column-major, K x rows blocks) hi·hiᵀ and
+// [hi; lo]·[lo; hi]ᵀ = hi·loᵀ + lo·hiᵀ are plain GEMMs. Reads *amax_bits (hessian_absmax).
+void hessian_split(const float* x, int64_t rows, int64_t K, int64_t ld, const uint32_t* amax_bits, void* split,
+                   cudaStream_t s);
+// sum[i, j] = beta * sum[i, j] + alpha * prod[i, j] / c^2 for i <= j (the upper triangle; the rest
+// of both is never read), c the scale of hessian_split from *amax_bits (1 when null). sum: [K, K]
+// fp64, prod: [K, K] fp32.
+void hessian_accumulate(double* sum, const float* prod, int64_t K, double alpha, double beta,
+                        const uint32_t* amax_bits, cudaStream_t s);
 // H[i, j] = H[j, i] = float(sum[min(i,j), max(i,j)]): the symmetric fp32 Hessian.
 void hessian_round(const double* sum, int64_t K, float* H, cudaStream_t s);
 
 // out[n] = sum_k a[n, k] * b[n, k] in double, in a fixed order (a warp per row). a, b: [N, K].
 void row_dots(const float* a, const float* b, int64_t N, int64_t K, double* out, cudaStream_t s);
+
+// ---- the modules' errors
+// A packed checkpoint matrix (io/gptq_format.h) in device memory.
+struct GptqPacked {
+  const int32_t* qweight = nullptr;  // [K*bits/32, N]
+  const int32_t* qzeros = nullptr;   // [n_groups, N*bits/32]
+  const uint16_t* scales = nullptr;  // fp16 [n_groups, N]
+  const int32_t* g_idx = nullptr;    // [K], or null for k / G
+  int bits = 4;
+  int64_t G = 128;                   // resolved group size
+  bool v1 = true;                    // QuantFormat::kGptqV1: qzeros hold zero-1 (read back as stored+1)
+};
+// D[n, k] = W[n, k] - s * (q - z), s = scales[g, n] (fp16 → fp32), q, z the code and the zero as
+// quant::dequantize reads them, g = g_idx[k]: the reference's roundings (no contraction). W, D: [N, K].
+void gptq_dequant_diff(const float* W, const GptqPacked& p, int64_t N, int64_t K, float* D, cudaStream_t s);
 
 // ---- factorization input and output
 // a (column-major [K, K] fp64) = J Hp J + damp I with Hp = H[perm][:, perm] and `diag` replacing
@@ -63,7 +89,7 @@ struct ColumnBlockArgs {
   float* scales = nullptr;             // [n_groups, N] written (dynamic_groups) or read
   int32_t* zeros = nullptr;            // [n_groups, N]
   uint8_t* codes = nullptr;            // [N, K] out, original column order
-  float* Wq = nullptr;                 // [N, K] out, original column order
+  float* Wq = nullptr;                 // [N, K] out, original column order (not written when null)
   double* row_loss = nullptr;          // [N] running sum of (w - q)^2 / d^2 per row, column order
 };
 void gptq_column_block(const ColumnBlockArgs& a, int64_t i1, int cnt, cudaStream_t s);

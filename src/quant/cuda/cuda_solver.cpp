@@ -15,14 +15,15 @@ class DeviceSolver final : public Solver {
  public:
   using Solver::Solver;
 
-  QuantResult solve_gptq(const float* W, HessianAccumulator& H, int64_t N, int64_t K, const QuantSpec& spec) override {
+  QuantResult solve_gptq(const float* W, HessianAccumulator& H, int64_t N, int64_t K, const QuantSpec& spec,
+                         bool with_wq) override {
     cuda::CudaHessian& h = device_hessian(H, K);
-    return solver(h).gptq_solve(W, h.device(), N, K, spec);
+    return solver(h).gptq_solve(W, h.device(), N, K, spec, with_wq);
   }
 
-  double hessian_norm(const float* A, HessianAccumulator& H, int64_t N, int64_t K) override {
-    cuda::CudaHessian& h = device_hessian(H, K);
-    return solver(h).hessian_norm(A, h.device(), N, K);
+  double module_error(const float* W, const QuantMatrix& q, HessianAccumulator& H) override {
+    cuda::CudaHessian& h = device_hessian(H, q.K);
+    return solver(h).module_error(W, q, h.device());
   }
 
  private:
@@ -31,9 +32,10 @@ class DeviceSolver final : public Solver {
     GPTQ_ASSERT(h && h->K() == K, "the Hessian was not made by a CUDA backend's hessian(K)");
     return *h;
   }
-  // The cuBLAS and cuSOLVER handles, made on first use on the stream the Hessians are on.
+  // The cuBLAS and cuSOLVER handles (and the solver's kept buffers), made on first use on the
+  // stream the Hessians are on.
   cuda::CudaSolver& solver(const cuda::CudaHessian& h) {
-    if (!solver_ || solver_->stream() != h.stream()) solver_ = std::make_unique<cuda::CudaSolver>(h.stream());
+    if (!solver_ || solver_->stream() != h.stream()) solver_ = std::make_unique<cuda::CudaSolver>(h.stream(), &pool_);
     return *solver_;
   }
   std::unique_ptr<cuda::CudaSolver> solver_;

@@ -9,8 +9,10 @@
 //   per damping attempt: a = J Hp J + damp I (fp64), potrf (lower), the factor's diagonal checked
 //   (> 0 and finite: the CPU's test, which also catches a NaN cuSOLVER does not report), trtri,
 //   U = J L^-1 J in fp32; then per lazy block of spec.block_size (<= 128) columns the column
-//   kernel and Wp[:, i2:] -= Err · U[i1:i2, i2:] (cublasSgemm, fp32 as on the CPU); codes, Wq,
-//   scales, zeros and per-row losses downloaded. Deterministic: no atomics in our kernels, cuSOLVER
+//   kernel and Wp[:, i2:] -= Err · U[i1:i2, i2:] (cublasSgemm, fp32 as on the CPU); codes,
+//   (Wq when asked), scales, zeros and per-row losses downloaded through one pinned buffer.
+//   Device buffers and the pinned staging are kept across calls (grown as needed): a module costs
+//   no cudaMalloc/cudaFree (each an implicit device synchronization) once the largest was seen. Deterministic: no atomics in our kernels, cuSOLVER
 //   in its deterministic mode, cuBLAS on one stream with its default (non-atomic) algorithms.
 #pragma once
 
@@ -19,13 +21,17 @@
 #include <cstdint>
 #include <memory>
 
+#include "core/thread_pool.h"
+#include "io/gptq_format.h"
 #include "quant/gptq.h"
 
 namespace gptq::cuda {
 
 class CudaSolver {
  public:
-  explicit CudaSolver(cudaStream_t stream);  // on the current device
+  // On the current device. pool: host copies into and out of the pinned staging run on it (may be
+  // null: on the calling thread).
+  explicit CudaSolver(cudaStream_t stream, ThreadPool* pool = nullptr);
   ~CudaSolver();
   CudaSolver(const CudaSolver&) = delete;
   CudaSolver& operator=(const CudaSolver&) = delete;
@@ -35,18 +41,23 @@ class CudaSolver {
   // quant::gptq_quantize(W, H, N, K, spec) on the GPU. W: [N, K] fp32 on the host; H: [K, K] fp32
   // in device memory (only its upper triangle is read; not modified). spec.block_size must be at
   // most 128 (the column kernel's width); gptq::Error for that and what gptq_quantize refuses.
-  // Synchronizes the stream.
-  quant::QuantResult gptq_solve(const float* W, const float* H, int64_t N, int64_t K, const quant::QuantSpec& spec);
+  // with_wq false: the result's Wq is left empty (not downloaded). Synchronizes the stream.
+  quant::QuantResult gptq_solve(const float* W, const float* H, int64_t N, int64_t K, const quant::QuantSpec& spec,
+                                bool with_wq = true);
 
-  // sum_i (A H Aᵀ)_ii (quant::Solver::hessian_norm): A: [N, K] fp32 on the host, H: [K, K] symmetric
-  // (both triangles) in device memory.
-  // One fp32 GEMM A·H, then each row's dot with A in double, summed in row order.
-  double hessian_norm(const float* A, const float* H, int64_t N, int64_t K);
+  // quant::Solver::module_error: W: [q.N, q.K] fp32 on the host, q a packed matrix on the host, H:
+  // [K, K] symmetric (both triangles) in device memory. On the device: D = W - dequantize(q) (the
+  // reference's arithmetic), one fp32 GEMM [W; D]·H, each row's dot with its own in double; the
+  // row dots are summed in row order on the host. Synchronizes the stream.
+  double module_error(const float* W, const quant::QuantMatrix& q, const float* H);
 
  private:
   struct Handles;
+  struct Buffers;
   cudaStream_t stream_;
+  ThreadPool* pool_;
   std::unique_ptr<Handles> h_;
+  std::unique_ptr<Buffers> b_;
 };
 
 }  // namespace gptq::cuda
