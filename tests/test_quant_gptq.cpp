@@ -171,7 +171,9 @@ TEST(QuantGrid, MseSearchNeverRaisesAndUsuallyLowersTheHessianWeightedGroupError
           EXPECT_LE(eb, ea) << "G " << G << " bits " << bits << " sym " << sym << " row " << r;
           EXPECT_GE(b.zero, 0.f);
           EXPECT_LE(b.zero, float(maxq));
-          if (sym) EXPECT_EQ(b.zero, a.zero);  // symmetric grids keep the zero, only the scale shrinks
+          if (sym) {
+            EXPECT_EQ(b.zero, a.zero);  // symmetric grids keep the zero, only the scale shrinks
+          }
           lowered += eb < ea;
           sum_mse += eb;
           sum_minmax += ea;
