@@ -30,17 +30,36 @@ GptqLayout make_gptq_layout(const cpu::PreparedQuantMatrix& w) {
   // moved to its mma position; otherwise chunk c of column n is stream words [c*b, c*b+b), words
   // past the column's stream (the last chunk's padding) 0.
   L.qweight.assign(size_t(gptq_qweight_words(b, nc, N)), 0u);
-  for (int64_t n = 0; n < N; ++n) {
+  if (b == 4) {
+    // Word by word of the mma layout (gptq_mma4_pos inverted): word ((kb n_ct + ct) 32 + lane) 4 + kt
+    // holds at nibble j = 2 rh + kh + 4 kl the code of column n = 16 ct + 8 rh + lane / 4, input
+    // k = 64 kb + 16 kt + 8 kh + 2 (lane % 4) + kl: both kl of one (rh, kh) are byte lane % 4 of the
+    // column's stream word k / 8. Words past K (k / 8 >= Kw, K % 8 == 0) or N stay 0.
+    const int64_t n_ct = (N + 15) / 16, n_kb = (nc + 1) / 2;
+    uint32_t* out = L.qweight.data();
+    for (int64_t kb = 0; kb < n_kb; ++kb)
+      for (int64_t ct = 0; ct < n_ct; ++ct)
+        for (int lane = 0; lane < 32; ++lane) {
+          const uint32_t* col[2] = {nullptr, nullptr};
+          for (int rh = 0; rh < 2; ++rh)
+            if (const int64_t n = 16 * ct + 8 * rh + lane / 4; n < N) col[rh] = w.qweight.data() + (n / TN) * Kw * TN + n % TN;
+          const int shift = 8 * (lane % 4);
+          for (int kt = 0; kt < 4; ++kt) {
+            uint32_t word = 0;
+            for (int rh = 0; rh < 2; ++rh)
+              for (int kh = 0; kh < 2; ++kh) {
+                const int64_t r = 8 * kb + 2 * kt + kh;
+                if (!col[rh] || r >= Kw) continue;
+                const uint32_t byte = (col[rh][r * TN] >> shift) & 0xffu;
+                const int j = 2 * rh + kh;
+                word |= (byte & 15u) << (4 * j) | (byte >> 4) << (4 * (j + 4));
+              }
+            *out++ = word;
+          }
+        }
+  }
+  for (int64_t n = 0; n < N && b != 4; ++n) {
     const uint32_t* qt = w.qweight.data() + (n / TN) * Kw * TN + n % TN;
-    if (b == 4) {
-      const int64_t n_ct = (N + 15) / 16;
-      for (int64_t k = 0; k < w.K; ++k) {
-        const uint32_t q = (qt[(k / 8) * TN] >> (4 * (k % 8))) & 15u;
-        const GptqMma4Pos p = gptq_mma4_pos(n, k, n_ct);
-        L.qweight[size_t(p.word)] |= q << (4 * p.nibble);
-      }
-      continue;
-    }
     for (int64_t c = 0; c < nc; ++c)
       for (int j = 0; j < b; ++j) {
         const int64_t r = c * b + j;
