@@ -35,10 +35,10 @@ void CudaHessian::add(const Tensor& x, int64_t samples) {
     rounded_ = host_valid_ = false;
     return;
   }
-  // The split (cuda_hessian.h): c x = hi + lo / 2048 in fp16, written once into [hi; lo; hi].
+  // The split (cuda_hessian.h): c x = hi + lo / 2048 in fp16, written once into [hi; lo].
   if (!amax_) amax_ = device_alloc(sizeof(uint32_t), "the Hessian's input range");
   uint32_t* amax = static_cast<uint32_t*>(amax_.get());
-  const size_t split_bytes = size_t(3 * rows * K_) * 2;
+  const size_t split_bytes = size_t(2 * rows * K_) * 2;
   if (split_bytes > split_bytes_) {
     CUDA_CHECK(cudaStreamSynchronize(stream_));  // nothing queued still reads the old buffer
     split_.reset();
@@ -49,18 +49,18 @@ void CudaHessian::add(const Tensor& x, int64_t samples) {
   hessian_absmax(x.f32(), rows, K_, x.stride, amax, stream_);
   hessian_split(x.f32(), rows, K_, x.stride, amax, split_.get(), stream_);
   const char* hi = static_cast<const char*>(split_.get());
-  const char* lo_hi = hi + size_t(rows * K_) * 2;
-  // Column-major, each block of the split is the K x rows matrix (c X)^T (ld K): prod = hi·hiᵀ,
-  // then prod += ([hi; lo]·[lo; hi]ᵀ) / 2048 = (hi·loᵀ + lo·hiᵀ) / 2048, both on tensor cores
-  // with fp32 accumulation. Each fp16 x fp16 product is exact in fp32; the dropped lo·loᵀ / 2048²
-  // is ~2^-22 of the whole: fp32-level accuracy, as the fp32 SYRK this replaces. prod is c² XᵀX,
-  // symmetric; its upper triangle (row-major) is read.
-  const float one = 1.f, zero = 0.f, cross = 1.f / 2048.f;
+  const char* lo = hi + size_t(rows * K_) * 2;
+  // Column-major, hi and lo are K x rows matrices (ld K): prod = hi·hiᵀ + hi·loᵀ / 1024, on tensor
+  // cores with fp32 accumulation; the fp64 pass symmetrizes, (prod + prodᵀ) / 2 = hi·hiᵀ + (hi·loᵀ
+  // + lo·hiᵀ) / 2048 = c² XᵀX but for lo·loᵀ / 2048², ~2^-22 of the whole: fp32-level accuracy,
+  // as the fp32 SYRK this replaces (each fp16 x fp16 product is exact in fp32). Two GEMMs of the
+  // SYRK's size: 2x its flops at ~15x the fp32 SIMT rate.
+  const float one = 1.f, zero = 0.f, cross = 1.f / 1024.f;
   CUBLAS_CHECK(cublasGemmEx(blas_, CUBLAS_OP_N, CUBLAS_OP_T, int(K_), int(K_), int(rows), &one, hi, CUDA_R_16F,
                             int(K_), hi, CUDA_R_16F, int(K_), &zero, prod, CUDA_R_32F, int(K_), CUBLAS_COMPUTE_32F,
                             CUBLAS_GEMM_DEFAULT));
-  CUBLAS_CHECK(cublasGemmEx(blas_, CUBLAS_OP_N, CUBLAS_OP_T, int(K_), int(K_), int(2 * rows), &cross, hi, CUDA_R_16F,
-                            int(K_), lo_hi, CUDA_R_16F, int(K_), &one, prod, CUDA_R_32F, int(K_), CUBLAS_COMPUTE_32F,
+  CUBLAS_CHECK(cublasGemmEx(blas_, CUBLAS_OP_N, CUBLAS_OP_T, int(K_), int(K_), int(rows), &cross, hi, CUDA_R_16F,
+                            int(K_), lo, CUDA_R_16F, int(K_), &one, prod, CUDA_R_32F, int(K_), CUBLAS_COMPUTE_32F,
                             CUBLAS_GEMM_DEFAULT));
   hessian_accumulate(static_cast<double*>(sum_.get()), prod, K_, alpha, beta, amax, stream_);
   rounded_ = host_valid_ = false;

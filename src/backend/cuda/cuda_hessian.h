@@ -10,10 +10,10 @@
 // GEMM-emulation literature): X is scaled by a power of two c (from max|X|, so that fp16 cannot
 // overflow) and cut into hi = fp16(cX) and lo = fp16((cX - hi) 2048), cX = hi + lo/2048 to ~2^-22;
 // c²XᵀX = hiᵀhi + (hiᵀlo + loᵀhi)/2048 (+ loᵀlo/2048², ~2^-22 relative, dropped): two fp16 GEMMs
-// with fp32 accumulation (3x the flops of one SYRK at ~15x the fp32 SIMT rate), then c² divided
-// out exactly in the fp64 pass. Inputs below ~2^-28 max|X| lose relative precision (fp16
+// with fp32 accumulation, P = hiᵀhi + hiᵀlo/1024 (2x the flops of one SYRK at ~15x the fp32
+// SIMT rate), then the fp64 pass adds (P + Pᵀ)/2 with c² divided out exactly. Inputs below ~2^-28 max|X| lose relative precision (fp16
 // subnormals) and below ~2^-39 max|X| flush to 0: contributions far below fp32's rounding of H. Memory: K^2 x (4 + 8) bytes while
-// accumulating, plus 6 x rows x K bytes for the split batch.
+// accumulating, plus 4 x rows x K bytes for the split batch.
 #pragma once
 
 #include <cstdint>
@@ -47,8 +47,8 @@ class CudaHessian final : public HessianAccumulator {
   int64_t K_;
   int64_t nsamples_ = 0;
   std::shared_ptr<void> sum_;   // [K, K] fp64, upper triangle: the running H
-  std::shared_ptr<void> work_;  // [K, K] fp32: a batch's X^T X, then the rounded H
-  std::shared_ptr<void> split_; // [3 rows, K] fp16: the batch split (hessian_split), grown as needed
+  std::shared_ptr<void> work_;  // [K, K] fp32: a batch's product (add()), then the rounded H
+  std::shared_ptr<void> split_; // [2 rows, K] fp16: the batch split (hessian_split), grown as needed
   size_t split_bytes_ = 0;
   std::shared_ptr<void> amax_;  // uint32: the bits of the batch's max |x|
   bool rounded_ = false;        // work_ holds H (no add since it was rounded)

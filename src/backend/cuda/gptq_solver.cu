@@ -63,17 +63,29 @@ __global__ void hessian_split_kernel(const float* x, int64_t rows, int64_t K, in
     const __half lo = __float2half_rn(__fmul_rn(__fsub_rn(v, __half2float(hi)), 2048.f));  // v - hi: exact
     split[idx] = hi;
     split[n + idx] = lo;
-    split[2 * n + idx] = hi;
   }
 }
 
+// 32 x 32 tiles on or above the diagonal; the transposed tile of prod through shared memory, so
+// that both reads are coalesced.
 __global__ void hessian_accumulate_kernel(double* sum, const float* prod, int64_t K, double alpha, double beta,
                                           const uint32_t* amax_bits) {
-  alpha = ldexp(alpha, -2 * split_exponent(amax_bits));  // exact
-  const int64_t n = K * K;
-  for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < n; idx += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t i = idx / K, j = idx % K;
-    if (i <= j) sum[idx] = beta * sum[idx] + alpha * double(prod[idx]);
+  const int64_t i0 = int64_t(blockIdx.y) * 32, j0 = int64_t(blockIdx.x) * 32;
+  if (i0 > j0) return;  // wholly below the diagonal
+  __shared__ float tile[32][33];
+  const int tx = threadIdx.x;
+  for (int ty = threadIdx.y; ty < 32; ty += blockDim.y) {  // tile[ty][tx] = prod[j0 + ty, i0 + tx]
+    const int64_t r = j0 + ty, c = i0 + tx;
+    if (r < K && c < K) tile[ty][tx] = prod[r * K + c];
+  }
+  __syncthreads();
+  alpha = ldexp(alpha, -2 * split_exponent(amax_bits)) / 2;  // exact
+  for (int ty = threadIdx.y; ty < 32; ty += blockDim.y) {
+    const int64_t i = i0 + ty, j = j0 + tx;
+    if (i < K && j < K && i <= j) {
+      const int64_t idx = i * K + j;
+      sum[idx] = beta * sum[idx] + alpha * (double(prod[idx]) + double(tile[tx][ty]));
+    }
   }
 }
 
@@ -350,7 +362,8 @@ void hessian_split(const float* x, int64_t rows, int64_t K, int64_t ld, const ui
 
 void hessian_accumulate(double* sum, const float* prod, int64_t K, double alpha, double beta,
                         const uint32_t* amax_bits, cudaStream_t s) {
-  hessian_accumulate_kernel<<<grid_stride_blocks(K * K, 256), 256, 0, s>>>(sum, prod, K, alpha, beta, amax_bits);
+  const unsigned t = blocks_for(K, 32);
+  hessian_accumulate_kernel<<<dim3(t, t), dim3(32, 8), 0, s>>>(sum, prod, K, alpha, beta, amax_bits);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -18,13 +18,12 @@ constexpr int kSolverMaxBlock = 128;
 // *amax_bits: the bits of max |x| (a non-negative float), atomically maxed in; zero it first.
 // x: [rows, K] fp32 with row stride ld.
 void hessian_absmax(const float* x, int64_t rows, int64_t K, int64_t ld, uint32_t* amax_bits, cudaStream_t s);
-// split: [3 rows, K] fp16 = [hi; lo; hi], so that (column-major, K x rows blocks) hi·hiᵀ and
-// [hi; lo]·[lo; hi]ᵀ = hi·loᵀ + lo·hiᵀ are plain GEMMs. Reads *amax_bits (hessian_absmax).
+// split: [2 rows, K] fp16 = [hi; lo]. Reads *amax_bits (hessian_absmax).
 void hessian_split(const float* x, int64_t rows, int64_t K, int64_t ld, const uint32_t* amax_bits, void* split,
                    cudaStream_t s);
-// sum[i, j] = beta * sum[i, j] + alpha * prod[i, j] / c^2 for i <= j (the upper triangle; the rest
-// of both is never read), c the scale of hessian_split from *amax_bits (1 when null). sum: [K, K]
-// fp64, prod: [K, K] fp32.
+// sum[i, j] = beta * sum[i, j] + alpha * (prod[i, j] + prod[j, i]) / (2 c^2) for i <= j (the upper
+// triangle; the rest of sum is never read), c the scale of hessian_split from *amax_bits (1 when
+// null). sum: [K, K] fp64, prod: [K, K] fp32 (all of it read).
 void hessian_accumulate(double* sum, const float* prod, int64_t K, double alpha, double beta,
                         const uint32_t* amax_bits, cudaStream_t s);
 // H[i, j] = H[j, i] = float(sum[min(i,j), max(i,j)]): the symmetric fp32 Hessian.
