@@ -176,12 +176,23 @@ std::vector<float> dequantize(const QuantMatrix& m, ThreadPool* pool) {
   for (int64_t k = 0; k < K; ++k) group[size_t(k)] = m.g_idx ? m.g_idx[k] : int32_t(k / G);
   std::vector<float> W(static_cast<size_t>(N * K));  // [N, K]
   // Row by row (in parallel): row n's codes (qweight's column n), its groups' scales and zeros,
-  // then W[n, k] = s * (q - z), the same two roundings in any order of rows.
-  for_range(pool, size_t(N), 16, [&](size_t n0, size_t n1) {
+  // then W[n, k] = s * (q - z), the same two roundings in any order of rows. Columns of qweight
+  // are gathered kBlock at a time, a cache line of each word row, before they are unpacked.
+  constexpr size_t kBlock = 16;
+  const size_t Kw = size_t(qweight_rows(K, m.bits));
+  const uint32_t* qw = reinterpret_cast<const uint32_t*>(m.qweight);
+  for_range(pool, size_t(N), kBlock, [&](size_t n0, size_t n1) {
     std::vector<uint8_t> codes(static_cast<size_t>(K));
+    std::vector<uint32_t> cols(kBlock * Kw);  // [kBlock][Kw]: the block's columns, contiguous
     std::vector<float> s(static_cast<size_t>(n_groups)), z(static_cast<size_t>(n_groups));
     for (size_t n = n0; n < n1; ++n) {
-      unpack_stream(reinterpret_cast<const uint32_t*>(m.qweight) + n, N, K, m.bits, codes.data());
+      const size_t nb = (n - n0) % kBlock;
+      if (nb == 0) {
+        const size_t cnt = std::min(kBlock, n1 - n);
+        for (size_t r = 0; r < Kw; ++r)
+          for (size_t j = 0; j < cnt; ++j) cols[j * Kw + r] = qw[r * size_t(N) + n + j];
+      }
+      unpack_stream(cols.data() + nb * Kw, 1, K, m.bits, codes.data());
       for (int64_t g = 0; g < n_groups; ++g) {
         s[size_t(g)] = fp16_to_fp32(m.scales[size_t(g * N) + n]);
         z[size_t(g)] = float(zeros[size_t(g * N) + n]);
