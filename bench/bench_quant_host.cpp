@@ -2,7 +2,8 @@
 // the CPU between the GPU solver's calls. Google Benchmark; never asserts.
 //   PackResult:    quant::pack_result (qweight, qzeros, fp16 scales) of a 4-bit g128 result
 //   Dequantize:    quant::dequantize of the packed matrix (the CPU path's quantized weights)
-//   CudaLayout:    cpu::prepare + cuda::make_gptq_layout (the CUDA backend's gptq_weight, host part)
+//   CudaLayout:    cpu::prepare + cuda::make_gptq_layout (the CUDA backend's gptq_weight, host part);
+//                  CudaLayoutOnly: make_gptq_layout alone
 // Args: N, K, pooled (0: on the calling thread, 1: on the test pool, GPTQ_THREADS).
 // Run: ./gptq_bench_kernels --benchmark_filter=QuantHost
 #include <benchmark/benchmark.h>
@@ -66,6 +67,17 @@ void BM_QuantHostCudaLayout(benchmark::State& state) {
   }
 }
 BENCHMARK(BM_QuantHostCudaLayout)->Args({4096, 4096, 1})->Args({11008, 4096, 1})->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// make_gptq_layout alone (the prepared matrix made once).
+void BM_QuantHostCudaLayoutOnly(benchmark::State& state) {
+  const PackedQuant p = pack_result(random_result(state.range(0), state.range(1)), QuantFormat::kGptqV1);
+  const gptq::cpu::PreparedQuantMatrix w = gptq::cpu::prepare(p.view(), test_pool());
+  for (auto _ : state) {
+    const gptq::cuda::GptqLayout L = gptq::cuda::make_gptq_layout(w);
+    benchmark::DoNotOptimize(L.qweight.data());
+  }
+}
+BENCHMARK(BM_QuantHostCudaLayoutOnly)->Args({4096, 4096})->Args({11008, 4096})->Unit(benchmark::kMillisecond)->UseRealTime();
 #endif
 
 }  // namespace

@@ -34,29 +34,34 @@ GptqLayout make_gptq_layout(const cpu::PreparedQuantMatrix& w) {
     // Word by word of the mma layout (gptq_mma4_pos inverted): word ((kb n_ct + ct) 32 + lane) 4 + kt
     // holds at nibble j = 2 rh + kh + 4 kl the code of column n = 16 ct + 8 rh + lane / 4, input
     // k = 64 kb + 16 kt + 8 kh + 2 (lane % 4) + kl: both kl of one (rh, kh) are byte lane % 4 of the
-    // column's stream word k / 8. Words past K (k / 8 >= Kw, K % 8 == 0) or N stay 0.
+    // column's stream word k / 8. A (kb, ct) block reads stream words 8 kb .. 8 kb + 7 of 16
+    // columns of one prepared tile (16 contiguous words each); words past K (K % 8 == 0) or N are 0.
     const int64_t n_ct = (N + 15) / 16, n_kb = (nc + 1) / 2;
     uint32_t* out = L.qweight.data();
+    uint32_t src[8][16];  // [stream word - 8 kb][column - 16 ct]
     for (int64_t kb = 0; kb < n_kb; ++kb)
-      for (int64_t ct = 0; ct < n_ct; ++ct)
+      for (int64_t ct = 0; ct < n_ct; ++ct) {
+        const int64_t n0 = 16 * ct;
+        const uint32_t* base = w.qweight.data() + (n0 / TN) * Kw * TN + n0 % TN;
+        for (int rr = 0; rr < 8; ++rr)
+          for (int c = 0; c < 16; ++c) {
+            const int64_t r = 8 * kb + rr;
+            src[rr][c] = r < Kw && n0 + c < N ? base[r * TN + c] : 0u;
+          }
         for (int lane = 0; lane < 32; ++lane) {
-          const uint32_t* col[2] = {nullptr, nullptr};
-          for (int rh = 0; rh < 2; ++rh)
-            if (const int64_t n = 16 * ct + 8 * rh + lane / 4; n < N) col[rh] = w.qweight.data() + (n / TN) * Kw * TN + n % TN;
-          const int shift = 8 * (lane % 4);
+          const int shift = 8 * (lane % 4), c = lane / 4;
           for (int kt = 0; kt < 4; ++kt) {
             uint32_t word = 0;
             for (int rh = 0; rh < 2; ++rh)
               for (int kh = 0; kh < 2; ++kh) {
-                const int64_t r = 8 * kb + 2 * kt + kh;
-                if (!col[rh] || r >= Kw) continue;
-                const uint32_t byte = (col[rh][r * TN] >> shift) & 0xffu;
+                const uint32_t byte = (src[2 * kt + kh][8 * rh + c] >> shift) & 0xffu;
                 const int j = 2 * rh + kh;
                 word |= (byte & 15u) << (4 * j) | (byte >> 4) << (4 * (j + 4));
               }
             *out++ = word;
           }
         }
+      }
   }
   for (int64_t n = 0; n < N && b != 4; ++n) {
     const uint32_t* qt = w.qweight.data() + (n / TN) * Kw * TN + n % TN;
