@@ -43,6 +43,22 @@ TEST(Cli, GenerateJsonHasTheDocumentedFields) {
   EXPECT_LT(mem, 4 * files + cuda_libs);
 }
 
+// --kv-cache: auto is fp32 on the CPU (the same tokens as f32), f16 runs, anything else is refused.
+TEST(Cli, KvCacheOption) {
+  SHARED_MODEL_OR_SKIP(m, "llama-gutenberg-22m");
+  auto gen = [&](const std::string& kv) {
+    return run_cli({"generate", "-m", m, "-p", "Once upon a time", "-n", "8", "--temperature", "0", "--json", "--device",
+                    "cpu", "--kv-cache", kv});
+  };
+  const auto a = gen("auto"), f32 = gen("f32"), f16 = gen("f16");
+  ASSERT_EQ(a.rc, 0) << a.err;
+  ASSERT_EQ(f32.rc, 0) << f32.err;
+  ASSERT_EQ(f16.rc, 0) << f16.err;
+  EXPECT_EQ(json::parse(a.out)["new_ids"], json::parse(f32.out)["new_ids"]);
+  EXPECT_EQ(json::parse(f16.out)["new_ids"].size(), 8u);
+  expect_cli_error(gen("f8"), {"--kv-cache", "f8"});
+}
+
 TEST(Cli, GenerateStreamsTextAndSeedsAreReproducible) {
   SHARED_MODEL_OR_SKIP(m, "babyllama-361");
   const auto a = run_cli({"generate", "-m", m, "-p", "Once upon a time", "-n", "30", "--seed", "7"});

@@ -145,6 +145,20 @@ TEST(Engine, KVCacheFp16IsCloseToFp32) {
   EXPECT_EQ(c, a);
 }
 
+// LoadOptions::kv_fp16 sets the storage of the model's caches unless a cache asks otherwise.
+TEST(Engine, LoadOptionSetsTheKVCacheDefault) {
+  const std::string dir = shared_path("models/babyllama-105");
+  if (dir.empty() || !gptq_test::is_dir(dir)) GTEST_SKIP() << "../shared/models/babyllama-105 not found: skipped";
+  gptq::LoadOptions lo;
+  lo.kv_fp16 = true;
+  auto m = gptq::Model::load(dir, lo);
+  EXPECT_TRUE(m->new_cache()->fp16());
+  gptq::KVCacheOptions f32;
+  f32.fp16 = false;
+  EXPECT_FALSE(m->new_cache(0, f32)->fp16());
+  EXPECT_FALSE(gptq::Model::load(dir)->new_cache()->fp16());  // the CPU's default
+}
+
 TEST(Engine, BadBatchesAreRefused) {
   auto m = load_or_skip("babyllama-361");
   if (!m) GTEST_SKIP() << "../shared/models/babyllama-361 not found: skipped";

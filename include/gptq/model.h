@@ -119,6 +119,9 @@ struct LoadOptions {
   // Leave the decoder layers' linears in the files until load_layer(l) asks for them (quantize
   // streams a model through a GPU one layer at a time); the norms, embeddings and lm_head load now.
   bool defer_layers = false;
+  // The KV caches' storage when KVCacheOptions::fp16 is unset (`--kv-cache f16|f32`); unset: the
+  // backend's default (fp16 on a GPU, fp32 on the CPU).
+  std::optional<bool> kv_fp16;
 };
 
 // A model of a known architecture's exact shapes with random weights, made by the backend where it
@@ -134,6 +137,7 @@ struct SyntheticOptions {
   int threads = 0;            // CPU threads when backend is null; 0: all hardware threads
   int64_t layers = 0;         // decoder layers (the first ones of the architecture); 0: all of them
   std::shared_ptr<Backend> backend;  // null: a CPU backend with `threads`
+  std::optional<bool> kv_fp16;       // as LoadOptions::kv_fp16
 };
 
 // The architectures Model::synthetic knows, with their Hugging Face configs' shapes:
@@ -204,6 +208,7 @@ class Model {
   ModelConfig config_;
   std::string dir_;
   std::shared_ptr<Backend> backend_;
+  std::optional<bool> kv_fp16_;  // LoadOptions::kv_fp16
   std::unique_ptr<TensorStore> store_;
   std::unique_ptr<LlamaWeights> w_;
   std::unique_ptr<Workspace> ws_;

@@ -29,7 +29,9 @@ const std::vector<LinearSlot>& stage_slots(Stage s) {
 
 std::unique_ptr<KVCache> Model::new_cache(int64_t ctx, const KVCacheOptions& o) const {
   if (ctx <= 0 || ctx > context_length()) ctx = context_length();
-  return std::unique_ptr<KVCache>(new KVCache(*backend_, config_, ctx, o));
+  KVCacheOptions oo = o;
+  if (!oo.fp16) oo.fp16 = kv_fp16_;
+  return std::unique_ptr<KVCache>(new KVCache(*backend_, config_, ctx, oo));
 }
 
 namespace {

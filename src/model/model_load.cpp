@@ -185,6 +185,7 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& op
   m->dir_ = dir;
   m->config_ = ModelConfig::from_dir(dir);
   m->backend_ = opts.backend;
+  m->kv_fp16_ = opts.kv_fp16;
   if (!m->backend_) {
     CpuBackendOptions co;
     co.threads = opts.threads;
@@ -307,6 +308,7 @@ std::unique_ptr<Model> Model::synthetic(const std::string& name, const Synthetic
   m->dir_ = "synthetic:" + name;
   m->config_ = c;
   m->backend_ = o.backend;
+  m->kv_fp16_ = o.kv_fp16;
   if (!m->backend_) {
     CpuBackendOptions co;
     co.threads = o.threads;

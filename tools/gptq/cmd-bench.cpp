@@ -28,6 +28,7 @@ namespace {
 
 struct Args {
   std::string model, file, windows, device = "auto", synthetic, dtype = "f16";
+  std::string kv_cache = "auto";
   std::vector<std::string> compare;
   std::vector<int> batches{1};
   int n_prompt = 512, n_gen = 128, reps = 5, threads = 0, bits = 0, group_size = 128;
@@ -89,11 +90,13 @@ std::unique_ptr<Model> load_model(const std::string& dir, const Args& a, const s
     so.group_size = a.group_size;
     so.seed = a.seed;
     so.backend = be;
+    so.kv_fp16 = kv_cache_fp16(a.kv_cache);
     return Model::synthetic(a.synthetic, so);
   }
   LoadOptions lo;
   lo.threads = a.threads;
   lo.backend = be;
+  lo.kv_fp16 = kv_cache_fp16(a.kv_cache);
   return Model::load(dir, lo);
 }
 
@@ -422,6 +425,7 @@ Runner add_bench(CLI::App& app) {
   c->add_option("-r,--repetitions", a->reps, "Repeats of each test")->check(int_in(1, INT32_MAX));
   c->add_option("-t,--threads", a->threads, "Threads (0: all cores)")->check(int_in(0, INT32_MAX));
   add_device_option(c, a->device);
+  add_kv_cache_option(c, a->kv_cache);
   c->add_option("-f,--file", a->file, "With --compare: also measure perplexity on this text file");
   c->add_option("-c,--ctx", a->ctx, "Perplexity window length (default: the model's context)")->check(int_in(0, INT32_MAX));
   c->add_option("--windows", a->windows, "Perplexity windows A:B");

@@ -100,6 +100,7 @@ void out(const std::string& s) {
 
 struct ChatArgs {
   std::string model, device = "auto", system, chat_template_file;
+  std::string kv_cache = "auto";
   SamplingArgs sampling;
   std::vector<std::string> stop;
   int64_t max_tokens = 0, ctx = 0;
@@ -150,6 +151,7 @@ Runner add_chat(CLI::App& app) {
   c->add_option("--stop", a->stop, "Stop string (repeatable); ends the answer, not printed");
   c->add_option("-t,--threads", a->threads, "Threads (0: all cores)")->check(int_in(0, INT32_MAX));
   add_device_option(c, a->device);
+  add_kv_cache_option(c, a->kv_cache);
   return [a, c]() {
     // Tokenizer and template first: a model without a template fails before its weights load.
     Tokenizer tok = Tokenizer::from_model_dir(a->model);
@@ -160,6 +162,7 @@ Runner add_chat(CLI::App& app) {
     LoadOptions lo;
     lo.threads = cap_threads(a->threads);
     lo.backend = make_backend(a->device, lo.threads);
+    lo.kv_fp16 = kv_cache_fp16(a->kv_cache);
     auto model = Model::load(a->model, lo);
 
     server::Metrics metrics;  // the engine reports into it; nobody reads it here

@@ -13,6 +13,7 @@ namespace gptq::cli {
 namespace {
 struct GenerateArgs {
   std::string model, prompt_file, prompts_file, device = "auto";
+  std::string kv_cache = "auto";
   std::vector<std::string> prompts;
   int n = 128, threads = 0;
   SamplingArgs sampling;
@@ -61,6 +62,7 @@ Runner add_generate(CLI::App& app) {
   c->add_flag("--no-special", a->no_special, "Do not add the BOS token to the prompt");
   c->add_option("-t,--threads", a->threads, "Threads (0: all cores)")->check(int_in(0, INT32_MAX));
   add_device_option(c, a->device);
+  add_kv_cache_option(c, a->kv_cache);
   c->add_flag("--json", a->json, "Print one JSON object instead of streaming text");
   return [a, c]() {
     const std::vector<std::string> prompts = read_prompts(*a);
@@ -68,6 +70,7 @@ Runner add_generate(CLI::App& app) {
     LoadOptions lo;
     lo.threads = cap_threads(a->threads);
     lo.backend = make_backend(a->device, lo.threads);
+    lo.kv_fp16 = kv_cache_fp16(a->kv_cache);
     auto model = Model::load(a->model, lo);
     Tokenizer tok = Tokenizer::from_model_dir(a->model);
     const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -14,6 +14,7 @@ namespace gptq::cli {
 Runner add_perplexity(CLI::App& app) {
   struct Args {
     std::string model, file, windows, base, device = "auto";
+    std::string kv_cache = "auto";
     int64_t ctx = 0, batch = 0;
     int threads = 0;
     bool wikitext = false, json = false;
@@ -30,11 +31,13 @@ Runner add_perplexity(CLI::App& app) {
   c->add_option("--kl-divergence", a->base, "Base model folder: also report KL(base || model), its p99, top-1 agreement");
   c->add_option("-t,--threads", a->threads, "Threads (0: all cores)")->check(int_in(0, INT32_MAX));
   add_device_option(c, a->device);
+  add_kv_cache_option(c, a->kv_cache);
   c->add_flag("--json", a->json, "Print JSON: ppl, windows, tokens, ctx, sha256, batch (kl_divergence with a base)");
   return [a]() {
     LoadOptions lo;
     lo.threads = cap_threads(a->threads);
     lo.backend = make_backend(a->device, lo.threads);
+    lo.kv_fp16 = kv_cache_fp16(a->kv_cache);
     PerplexityOptions o;
     o.ctx = a->ctx;
     o.batch = a->batch;

@@ -25,6 +25,7 @@ void on_stop_signal(int sig) {
 
 struct ServeArgs {
   std::string model, device = "auto";
+  std::string kv_cache = "auto";
   ServerOptions server;
   int threads = 0;
 };
@@ -49,6 +50,7 @@ Runner add_serve(CLI::App& app) {
   c->add_option("--chat-template", s.chat_template_file, "Jinja chat template file (default: tokenizer_config.json's)");
   c->add_option("-t,--threads", a->threads, "Threads (0: all cores)")->check(int_in(0, INT32_MAX));
   add_device_option(c, a->device);
+  add_kv_cache_option(c, a->kv_cache);
   return [a]() {
     if (pipe(stop_pipe) != 0) fail("cannot create a pipe: ", std::strerror(errno));
     struct sigaction sa {};
@@ -60,6 +62,7 @@ Runner add_serve(CLI::App& app) {
     LoadOptions lo;
     lo.threads = cap_threads(a->threads);
     lo.backend = make_backend(a->device, lo.threads);
+    lo.kv_fp16 = kv_cache_fp16(a->kv_cache);
     auto model = Model::load(a->model, lo);
     Tokenizer tok = Tokenizer::from_model_dir(a->model);
     ServerOptions o = a->server;

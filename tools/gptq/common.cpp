@@ -109,6 +109,17 @@ void add_device_option(CLI::App* c, std::string& device) {
       ->capture_default_str();
 }
 
+void add_kv_cache_option(CLI::App* c, std::string& kv) {
+  c->add_option("--kv-cache", kv, "KV cache storage: auto (f16 on a GPU, f32 on the CPU), f16 or f32")
+      ->check(CLI::IsMember({"auto", "f16", "f32"}))
+      ->capture_default_str();
+}
+
+std::optional<bool> kv_cache_fp16(const std::string& kv) {
+  if (kv == "auto") return std::nullopt;
+  return kv == "f16";
+}
+
 std::shared_ptr<Backend> make_backend(const std::string& device, int threads) {
   auto cpu = [&]() -> std::shared_ptr<Backend> {
     CpuBackendOptions o;

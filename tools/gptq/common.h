@@ -4,6 +4,7 @@
 #include <CLI/CLI.hpp>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -48,6 +49,10 @@ void add_device_option(CLI::App* c, std::string& device);
 // anything else than those spellings and for a GPU that cannot be used. threads: the CPU's
 // (already capped).
 std::shared_ptr<Backend> make_backend(const std::string& device, int threads);
+// --kv-cache on the commands that run a model: "auto" (the default: fp16 on a GPU, fp32 on the
+// CPU), "f16" or "f32"; kv_cache_fp16 gives it as LoadOptions::kv_fp16.
+void add_kv_cache_option(CLI::App* c, std::string& kv);
+std::optional<bool> kv_cache_fp16(const std::string& kv);
 // The sampling options of generate and chat (--temperature, --top-k, --top-p, --min-p,
 // --repeat-penalty, --repeat-last-n, --seed), llama.cpp's defaults.
 struct SamplingArgs {
