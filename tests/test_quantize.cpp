@@ -270,6 +270,25 @@ TEST(Quantize, StreamingLayersGivesTheSameBytes) {
   EXPECT_EQ(a, b);
 }
 
+// A synthetic model streams the same way (its layers made on demand from the seed): the same report.
+TEST(Quantize, StreamingASyntheticModelGivesTheSameErrors) {
+  NEED_SHARED(kBaby);
+  gptq::QuantizeOptions o;
+  o.synthetic = "tiny";
+  o.tokenizer_dir = shared_path("models/babyllama-361");
+  o.calibration_file = shared_path("data/tinystories-sample/tiny.utf8");
+  o.seqlen = 64;
+  o.nsamples = 4;
+  o.progress = false;
+  std::vector<double> err[2];
+  for (int stream : {0, 1}) {
+    o.stream_layers = stream;
+    for (const auto& m : gptq::quantize_model("", "", o).modules) err[stream].push_back(m.rel_error);
+  }
+  ASSERT_EQ(err[0].size(), 14u);
+  EXPECT_EQ(err[0], err[1]);
+}
+
 // The default order for gptq is act-static: act-order with the groups fixed first, recorded as
 // desc_act + static_groups, with the non-act-order layout g_idx = k / G; --desc-act alone keeps the
 // permuted g_idx of act-order groups; rtn stays in the natural order.

@@ -167,6 +167,30 @@ TEST(SyntheticModels, TinyForwardIsFiniteAndSeeded) {
   }
 }
 
+// Deferred (quantize's layer streaming on a device), a layer's linears are made by load_layer with
+// the same values and dropped by release_layer.
+TEST(SyntheticModels, DeferredLayersAreTheSameWeights) {
+  gptq::SyntheticOptions o;
+  o.seed = 3;
+  o.threads = 2;
+  const std::vector<float> want = tiny_logits(o);
+  o.defer_layers = true;
+  auto m = gptq::Model::synthetic("tiny", o);
+  const int64_t L = m->config().num_layers;
+  for (int64_t l = 0; l < L; ++l) EXPECT_FALSE(m->layer_loaded(l));
+  const size_t bare = m->weight_bytes();
+  m->load_layer(1);
+  EXPECT_EQ(m->weight_bytes() - bare, m->layer_file_bytes(1));
+  m->release_layer(1);
+  EXPECT_EQ(m->weight_bytes(), bare);
+  for (int64_t l = 0; l < L; ++l) m->load_layer(l);
+  auto cache = m->new_cache();
+  const std::vector<int32_t> ids = {1, 17, 300, 511, 42, 0, 99, 7};
+  std::vector<float> got;
+  m->forward(*cache, ids.data(), int64_t(ids.size()), true, got);
+  EXPECT_EQ(got, want);
+}
+
 TEST(SyntheticModels, BadOptions) {
   gptq::SyntheticOptions o;
   o.bits = 5;

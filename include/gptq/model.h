@@ -138,6 +138,9 @@ struct SyntheticOptions {
   int64_t layers = 0;         // decoder layers (the first ones of the architecture); 0: all of them
   std::shared_ptr<Backend> backend;  // null: a CPU backend with `threads`
   std::optional<bool> kv_fp16;       // as LoadOptions::kv_fp16
+  // As LoadOptions::defer_layers: a decoder layer's linears are made by load_layer(l) (the same
+  // values: a pure function of the seed) and dropped by release_layer(l).
+  bool defer_layers = false;
 };
 
 // The architectures Model::synthetic knows, with their Hugging Face configs' shapes:
@@ -209,6 +212,7 @@ class Model {
   std::string dir_;
   std::shared_ptr<Backend> backend_;
   std::optional<bool> kv_fp16_;  // LoadOptions::kv_fp16
+  std::optional<SyntheticOptions> synthetic_;  // what makes a synthetic model's layers (load_layer)
   std::unique_ptr<TensorStore> store_;
   std::unique_ptr<LlamaWeights> w_;
   std::unique_ptr<Workspace> ws_;

@@ -292,6 +292,15 @@ ModelConfig synthetic_config(const std::string& name) {
   fail("unknown synthetic model \"", name, "\" (known: ", known, ")");
 }
 
+constexpr float kSyntheticScale = 0.02f;  // embeddings and linears uniform in [-0.02, 0.02]
+
+// The bytes of a synthetic out x in linear where the backend keeps it.
+static uint64_t synthetic_linear_bytes(const SyntheticOptions& o, int64_t out, int64_t in) {
+  if (o.bits == 0) return uint64_t(out * in) * dtype_size(o.dtype);
+  const uint64_t gn = uint64_t(quant::num_groups(in, o.group_size) * out);
+  return (uint64_t(out * in) + gn) * uint64_t(o.bits) / 8 + gn * 2 + uint64_t(in) * 4;  // codes, zeros, scales, g_idx
+}
+
 std::unique_ptr<Model> Model::synthetic(const std::string& name, const SyntheticOptions& o) {
   ModelConfig c = synthetic_config(name);
   if (o.layers < 0 || o.layers > c.num_layers)
@@ -319,43 +328,52 @@ std::unique_ptr<Model> Model::synthetic(const std::string& name, const Synthetic
   const auto shapes = layer_linears(c);
   // Refuse up front, with the numbers, what would not fit.
   const uint64_t es = dtype_size(o.dtype);
-  auto linear_bytes = [&](int64_t out, int64_t in) -> uint64_t {
-    if (o.bits == 0) return uint64_t(out * in) * es;
-    const uint64_t gn = uint64_t(quant::num_groups(in, o.group_size) * out);
-    return (uint64_t(out * in) + gn) * uint64_t(o.bits) / 8 + gn * 2 + uint64_t(in) * 4;  // codes, zeros, scales, g_idx
-  };
   uint64_t need = 2 * uint64_t(V * H) * es;
-  for (const auto& sh : shapes) need += uint64_t(c.num_layers) * linear_bytes(sh.out, sh.in);
+  // Deferred, one decoder layer's linears at a time.
+  for (const auto& sh : shapes) need += uint64_t(o.defer_layers ? 1 : c.num_layers) * synthetic_linear_bytes(o, sh.out, sh.in);
   check_memory(need, be.available_bytes(), cat("the weights of synthetic ", name));
 
-  constexpr float kScale = 0.02f;
-  auto linear = [&](int64_t out, int64_t in, uint64_t seed) {
-    return o.bits == 0 ? be.random_dense_weight(out, in, o.dtype, kScale, seed)
-                       : be.random_gptq_weight(out, in, o.bits, o.group_size, kScale, seed);
-  };
+  m->synthetic_ = o;
+  m->synthetic_->backend = nullptr;  // the model holds it
   auto w = std::make_unique<LlamaWeights>();
   m->ws_ = std::make_unique<Workspace>();
-  w->embed = be.random_dense_weight(V, H, o.dtype, kScale, weight_seed(o.seed, 0));
-  w->lm_head = be.random_dense_weight(V, H, o.dtype, kScale, weight_seed(o.seed, 1));
+  w->embed = be.random_dense_weight(V, H, o.dtype, kSyntheticScale, weight_seed(o.seed, 0));
+  w->lm_head = be.random_dense_weight(V, H, o.dtype, kSyntheticScale, weight_seed(o.seed, 1));
   w->final_norm = synthetic_norm(be, H, weight_seed(o.seed, 2));
   w->inv_freq = device_vector(be, rope_inv_freq(c));
   w->layers.resize(static_cast<size_t>(c.num_layers));
   for (int64_t l = 0; l < c.num_layers; ++l) {
     LlamaLayer& L = w->layers[size_t(l)];
     const int64_t base = 3 + 9 * l;
-    for (const auto& sh : shapes) L.slot(sh.slot) = linear(sh.out, sh.in, weight_seed(o.seed, base + int64_t(sh.slot)));
     L.attn_norm = synthetic_norm(be, H, weight_seed(o.seed, base + 7));
     L.mlp_norm = synthetic_norm(be, H, weight_seed(o.seed, base + 8));
   }
   m->w_ = std::move(w);
+  if (!o.defer_layers)
+    for (int64_t l = 0; l < c.num_layers; ++l) m->load_layer(l);
   return m;
+}
+
+// Layer l's linears of a synthetic model: weight ids 3 + 9l + slot (the norms are 3 + 9l + 7, + 8).
+static std::array<std::unique_ptr<Weight>, 7> synthetic_linears(Backend& be, const ModelConfig& c,
+                                                                  const SyntheticOptions& o, int64_t l) {
+  std::array<std::unique_ptr<Weight>, 7> made;
+  for (const auto& sh : layer_linears(c)) {
+    const uint64_t seed = weight_seed(o.seed, 3 + 9 * l + int64_t(sh.slot));
+    made[size_t(sh.slot)] = o.bits == 0 ? be.random_dense_weight(sh.out, sh.in, o.dtype, kSyntheticScale, seed)
+                                        : be.random_gptq_weight(sh.out, sh.in, o.bits, o.group_size, kSyntheticScale, seed);
+  }
+  return made;
 }
 
 void Model::load_layer(int64_t l) {
   GPTQ_ASSERT(l >= 0 && l < config_.num_layers);
   LlamaLayer& L = w_->layers[size_t(l)];
   if (L.linears[0]) return;
-  GPTQ_ASSERT(store_, "a synthetic model's layers are never released");
+  if (synthetic_) {
+    L.linears = synthetic_linears(*backend_, config_, *synthetic_, l);
+    return;
+  }
   const std::string p = layer_prefix(l);
   std::array<std::unique_ptr<Weight>, 7> made;  // all or none (a bad tensor leaves the layer as it was)
   for (const auto& sh : layer_linears(config_))
@@ -364,6 +382,11 @@ void Model::load_layer(int64_t l) {
 }
 
 size_t Model::layer_file_bytes(int64_t l) const {
+  if (synthetic_) {  // what load_layer(l) makes
+    size_t n = 0;
+    for (const auto& sh : layer_linears(config_)) n += size_t(synthetic_linear_bytes(*synthetic_, sh.out, sh.in));
+    return n;
+  }
   if (!store_) return 0;
   const std::string p = layer_prefix(l);
   size_t n = 0;
@@ -377,7 +400,6 @@ size_t Model::layer_file_bytes(int64_t l) const {
 
 void Model::release_layer(int64_t l) {
   GPTQ_ASSERT(l >= 0 && l < config_.num_layers);
-  GPTQ_ASSERT(store_, "a synthetic model's layers cannot be made again");
   for (auto& lin : w_->layers[size_t(l)].linears) lin.reset();
 }
 

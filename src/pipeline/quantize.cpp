@@ -155,21 +155,24 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
   }
   // Recorded in quantize_config.json: what --lora merged, or what merge-lora merged into -m.
   const nlohmann::ordered_json adapters = lora ? lora->adapters : synthetic ? nlohmann::ordered_json() : merged_adapters(model_dir);
+  // On a device, one decoder layer's weights at a time (made from the mapped files, or the
+  // synthetic formula, when the layer starts; dropped when it is done): a model quantizes on a GPU
+  // that could not hold it.
+  const bool defer = o.stream_layers == 1 || (o.stream_layers < 0 && o.backend && o.backend->device() != Device::kCpu);
   std::unique_ptr<Model> model;
   if (synthetic) {
     SyntheticOptions so;
     so.threads = o.threads;
     so.layers = o.synthetic_layers;
     so.backend = o.backend;
+    so.defer_layers = defer;
     model = Model::synthetic(o.synthetic, so);
   } else {
     LoadOptions lo;
     lo.threads = o.threads;
     lo.backend = o.backend;
     lo.replace = lora ? &lora->tensors : nullptr;
-    // On a device, one decoder layer's weights at a time (made from the mapped files when the
-    // layer starts, dropped when it is done): a model quantizes on a GPU that could not hold it.
-    lo.defer_layers = o.stream_layers == 1 || (o.stream_layers < 0 && o.backend && o.backend->device() != Device::kCpu);
+    lo.defer_layers = defer;
     model = Model::load(model_dir, lo);
   }
   const std::string source = synthetic ? model->dir() : model_dir;  // names the model in messages
