@@ -19,6 +19,7 @@
 #include <cmath>
 
 #include "backend/cuda/cuda_common.h"
+#include "backend/cuda/device_util.cuh"
 #include "backend/cuda/ops.h"
 
 namespace gptq::cuda {
@@ -30,10 +31,6 @@ constexpr int kTile = 8;      // keys in flight per warp
 constexpr int kWarps = 4;     // warps (work items) per block
 constexpr int64_t kMinSplitKeys = 32;
 
-__device__ __forceinline__ const char* head_base(const PagedKV& kv, int64_t layer, int32_t block, int which, int64_t kvh) {
-  return static_cast<const char*>(kv.blocks[block]) + size_t(layer) * kv.layer_bytes +
-         size_t(which * kv.n_kv_heads + kvh) * kv.head_bytes;
-}
 
 __global__ void kv_store_kernel(PagedKV kv, int64_t layer, const float* k, int64_t k_stride, const float* v,
                                 int64_t v_stride, const int64_t* slots) {
@@ -44,7 +41,7 @@ __global__ void kv_store_kernel(PagedKV kv, int64_t layer, const float* k, int64
   const int32_t block = int32_t(slot / kv.block_size);
   const int64_t off = slot % kv.block_size;
   const float* src = (which == 0 ? k + t * k_stride : v + t * v_stride) + j * kv.head_dim;
-  char* dst = const_cast<char*>(head_base(kv, layer, block, which, j)) +
+  char* dst = const_cast<char*>(kv_head_base(kv, layer, block, which, j)) +
               size_t(off * kv.head_dim) * (kv.f16 ? 2 : 4);
   for (int64_t i = threadIdx.x; i < kv.head_dim; i += blockDim.x) {
     if (kv.f16)
@@ -106,8 +103,8 @@ __global__ void attention_kernel(AttnArgs a, Split sp) {
       if (j < j1) {
         const int32_t block = table[j / bs];
         const size_t off = size_t((j % bs) * hd) * es;
-        const char* kp = head_base(a.kv, a.layer, block, 0, kvh) + off;
-        const char* vp = head_base(a.kv, a.layer, block, 1, kvh) + off;
+        const char* kp = kv_head_base(a.kv, a.layer, block, 0, kvh) + off;
+        const char* vp = kv_head_base(a.kv, a.layer, block, 1, kvh) + off;
 #pragma unroll
         for (int e = 0; e < kMaxPairs; ++e) {
           const int64_t i = 2 * lane + 64 * e;

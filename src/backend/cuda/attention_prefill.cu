@@ -19,6 +19,7 @@
 #include <cstdint>
 
 #include "backend/cuda/cuda_common.h"
+#include "backend/cuda/device_util.cuh"
 #include "backend/cuda/ops.h"
 
 namespace gptq::cuda {
@@ -30,18 +31,7 @@ constexpr int kKeys = 64;   // keys per tile
 constexpr int kWarps = 4;   // 16 query rows each
 constexpr int kPad = 8;     // halves of padding per shared row: conflict-free fragment loads
 
-__device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
-  const __half2 h = __floats2half2_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&h);
-}
-
-__device__ __forceinline__ void mma_16816(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
+__device__ __forceinline__ uint32_t pack_half2(float lo, float hi) { return h2_as_u32(__floats2half2_rn(lo, hi)); }
 
 __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const __half* p) {
   const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(p));
@@ -54,8 +44,7 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const __half* p
 __device__ __forceinline__ const char* key_row(const AttnArgs& a, const int32_t* table, int which, int64_t kvh,
                                                int64_t j) {
   const int64_t bs = a.kv.block_size;
-  return static_cast<const char*>(a.kv.blocks[table[j / bs]]) + size_t(a.layer) * a.kv.layer_bytes +
-         size_t(which * a.kv.n_kv_heads + kvh) * a.kv.head_bytes + size_t((j % bs) * a.kv.head_dim) * (a.kv.f16 ? 2 : 4);
+  return kv_head_base(a.kv, a.layer, table[j / bs], which, kvh) + size_t((j % bs) * a.kv.head_dim) * (a.kv.f16 ? 2 : 4);
 }
 
 // Rows [j0, j0 + kKeys) of head kvh's keys (which 0) or values (1) into dst [kKeys][HD + kPad] as

@@ -469,16 +469,11 @@ class CudaBackend final : public Backend {
     a.scratch = sf ? static_cast<float*>(attn_.get(sf * 4)) : nullptr;
     // Sequences that bring kPrefillMinRows new rows or more go to the tensor-core kernel, the rest
     // (decode rows) to the fp32 one; each sequence by its own rows, so batching never changes them.
-    int64_t max_rows = 0, small = 0;
-    for (const AttnSeq& S : plan.seqs) {
-      max_rows = std::max(max_rows, S.n_rows);
-      small += S.n_rows < cuda::kPrefillMinRows;
-    }
-    if (use_prefill_tc_ && max_rows >= cuda::kPrefillMinRows &&
+    if (use_prefill_tc_ && P.max_rows >= cuda::kPrefillMinRows &&
         cuda::prefill_attention_ok(L.head_dim, q.f32(), q.stride, out.f32(), out.stride)) {
       a.prefill_rows = cuda::kPrefillMinRows;
-      cuda::paged_attention_prefill(a, int64_t(plan.seqs.size()), max_rows, stream_);
-      if (small > 0) cuda::paged_attention(a, stream_);
+      cuda::paged_attention_prefill(a, int64_t(plan.seqs.size()), P.max_rows, stream_);
+      if (P.small_seqs > 0) cuda::paged_attention(a, stream_);
     } else {
       cuda::paged_attention(a, stream_);
     }
@@ -648,6 +643,8 @@ class CudaBackend final : public Backend {
     const int32_t* tables = nullptr;
     const int64_t* logit_rows = nullptr;
     int64_t max_keys = 0;
+    // The most new rows of any sequence, and how many sequences bring fewer than kPrefillMinRows.
+    int64_t max_rows = 0, small_seqs = 0;
   };
   const DevicePlan& upload_plan(const BatchPlan& plan) {
     if (plan.id != 0 && plan.id == dplan_.id) return dplan_;
@@ -656,13 +653,15 @@ class CudaBackend final : public Backend {
     std::vector<int32_t> row_seq(T, 0);
     std::vector<cuda::AttnSeqDev> seqs;
     std::vector<int32_t> tables;
-    int64_t max_keys = 0;
+    int64_t max_keys = 0, max_rows = 0, small_seqs = 0;
     for (size_t s = 0; s < plan.seqs.size(); ++s) {
       const AttnSeq& S = plan.seqs[s];
       seqs.push_back({int32_t(S.row0), int32_t(S.n_rows), int32_t(S.pos0), int32_t(S.n_blocks), int64_t(tables.size())});
       tables.insert(tables.end(), S.block_table, S.block_table + S.n_blocks);
       for (int64_t r = 0; r < S.n_rows && size_t(S.row0 + r) < T; ++r) row_seq[size_t(S.row0 + r)] = int32_t(s);
       max_keys = std::max(max_keys, S.pos0 + S.n_rows);
+      max_rows = std::max(max_rows, S.n_rows);
+      small_seqs += S.n_rows < cuda::kPrefillMinRows;
     }
     // One buffer: [slots i64][logit rows i64][seqs][tokens i32][positions][row_seq][tables],
     // 8-byte aligned parts; only the tables' length changes between decode steps of one batch.
@@ -691,6 +690,8 @@ class CudaBackend final : public Backend {
     dplan_.row_seq = reinterpret_cast<const int32_t*>(d + o_rs);
     dplan_.tables = reinterpret_cast<const int32_t*>(d + o_tab);
     dplan_.max_keys = max_keys;
+    dplan_.max_rows = max_rows;
+    dplan_.small_seqs = small_seqs;
     return dplan_;
   }
 

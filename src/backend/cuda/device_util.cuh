@@ -1,0 +1,40 @@
+// Device helpers shared by the CUDA kernels (.cu files only): fp16 pairs as 32-bit words, the
+// mma.sync m16n8k16 fp16 -> fp32 tensor-core step, and where a head's rows lie in the paged KV cache.
+#pragma once
+
+#include <cuda_fp16.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "backend/cuda/ops.h"
+
+namespace gptq::cuda {
+
+__device__ __forceinline__ __half2 u32_as_h2(uint32_t u) {
+  __half2 h;
+  memcpy(&h, &u, 4);
+  return h;
+}
+__device__ __forceinline__ uint32_t h2_as_u32(__half2 h) {
+  uint32_t u;
+  memcpy(&u, &h, 4);
+  return u;
+}
+
+// d += a · b: A 16x16 row-major, B 16x8 column-major, fp16 operands, fp32 accumulation.
+__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// The keys (which 0) or values (1) of kv head kvh of `layer` in cache block `block`: block_size
+// rows of head_dim elements.
+__device__ __forceinline__ const char* kv_head_base(const PagedKV& kv, int64_t layer, int32_t block, int which,
+                                                    int64_t kvh) {
+  return static_cast<const char*>(kv.blocks[block]) + size_t(layer) * kv.layer_bytes +
+         size_t(which * kv.n_kv_heads + kvh) * kv.head_bytes;
+}
+
+}  // namespace gptq::cuda
