@@ -778,6 +778,235 @@ void add_gptq_linear_cases() {
 }
 
 // ============================================================================================
+// The decode-step fusions: linear_add (y += x·Wᵀ), rope_qk (q and k in one call), silu_mul on
+// column views, fuse (q|k|v, gate|up as one weight)
+// ============================================================================================
+// linear_add: the linear's limit plus one fp32 add per output; y is a strided view, its padding
+// must stay. rope_qk: as rope. fuse: a backend may decline (null: the CPU backend does, and any
+// backend for parts that differ in act-order permutation); what it fuses must hold exactly the
+// parts' values (dense() is the parts' dense() stacked, bias the parts' biases, zeros where a part
+// had none) and its linear must match the stacked reference.
+
+// A random GPTQ layer (codes, fp16-exact scales, asymmetric zeros) with the given g_idx, packed
+// as v2; W: its exact dense values [N, K].
+struct RandGptq {
+  quant::PackedQuant packed;
+  std::vector<float> W;
+};
+RandGptq rand_gptq(std::mt19937& rng, int bits, int64_t G, int64_t K, int64_t N, const std::vector<int32_t>& g_idx) {
+  const int maxq = (1 << bits) - 1;
+  const int64_t ng = (K + G - 1) / G;
+  std::vector<uint8_t> codes(size_t(N * K));
+  for (auto& q : codes) q = uint8_t(rng() % uint32_t(maxq + 1));
+  std::vector<float> scales(size_t(ng * N));
+  for (auto& v : scales) v = float(std::ldexp(double(1024 + rng() % 1024), -17));
+  std::vector<int32_t> zeros(size_t(ng * N));
+  for (auto& z : zeros) z = int32_t(rng() % uint32_t(maxq + 1));
+  RandGptq r;
+  r.W.resize(size_t(N * K));
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t g = g_idx[size_t(k)];
+      r.W[size_t(n * K + k)] = float(double(scales[size_t(g * N + n)]) *
+                                     double(int(codes[size_t(n * K + k)]) - zeros[size_t(g * N + n)]));
+    }
+  r.packed = quant::pack_quantized(codes.data(), scales.data(), zeros.data(), g_idx.data(), nullptr, bits, int(G), K, N,
+                                   QuantFormat::kGptqV2);
+  return r;
+}
+
+std::vector<int32_t> act_order_gidx(std::mt19937& rng, int64_t K, int64_t G) {  // g_idx[perm[i]] = i / G
+  std::vector<int32_t> perm(static_cast<size_t>(K)), g(static_cast<size_t>(K));
+  std::iota(perm.begin(), perm.end(), 0);
+  std::shuffle(perm.begin(), perm.end(), rng);
+  for (int64_t i = 0; i < K; ++i) g[size_t(perm[size_t(i)])] = int32_t(i / G);
+  return g;
+}
+
+// ref[t, n] = base[t, n] + Σ_k x[t, k]·W[n, k] + b[n]
+std::vector<double> linear_ref(const std::vector<float>& x, const std::vector<float>& W, const std::vector<float>& b,
+                               const std::vector<float>& base, int64_t T, int64_t K, int64_t N) {
+  std::vector<double> ref(size_t(T * N));
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t n = 0; n < N; ++n) {
+      double s = (base.empty() ? 0.0 : double(base[size_t(t * N + n)])) + (b.empty() ? 0.0 : double(b[size_t(n)]));
+      for (int64_t k = 0; k < K; ++k) s += double(x[size_t(t * K + k)]) * double(W[size_t(n * K + k)]);
+      ref[size_t(t * N + n)] = s;
+    }
+  return ref;
+}
+
+void add_fusion_cases() {
+  // linear_add: dense f16 / f32 and GPTQ 2/3/4/8-bit act-order, T = 1 (GEMV), 5, 65 (GEMM).
+  for (const char* kind : {"f16", "f32", "gptq_b4", "gptq_b3", "gptq_b8", "gptq_b2"})
+    for (int64_t T : {1, 5, 65}) {
+      const std::string k = kind;
+      const int64_t K = 256, N = 96;
+      const std::string name = cat("linear_add_", k, "_K", K, "_N", N, "_T", T);
+      add_case("linear_add", name, cat(k, " W [", N, ", ", K, "] + bias, y += x·Wt, y strided, x [", T, ", ", K, "]"),
+               [=](Backend& be) {
+                 std::mt19937 rng(seed_of(name));
+                 std::vector<float> W(size_t(N * K));
+                 std::unique_ptr<Weight> w;
+                 const std::vector<float> b = randn(rng, size_t(N));
+                 if (k.rfind("gptq", 0) == 0) {
+                   const int bits = k.back() - '0';
+                   RandGptq g = rand_gptq(rng, bits, 64, K, N, act_order_gidx(rng, K, 64));
+                   W = g.W;
+                   w = be.gptq_weight(g.packed.view(), b.data());
+                 } else {
+                   const bool f16 = k == "f16";
+                   std::vector<uint16_t> w16(W.size());
+                   for (size_t i = 0; i < W.size(); ++i) {
+                     if (f16) {
+                       w16[i] = random_half_bits(rng);
+                       W[i] = float(half_value(w16[i]));
+                     } else {
+                       W[i] = randn(rng, 1, 0.1)[0];
+                     }
+                   }
+                   DenseWeightDesc d;
+                   d.data = f16 ? static_cast<const void*>(w16.data()) : W.data();
+                   d.dtype = f16 ? DType::kF16 : DType::kF32;
+                   d.out = N;
+                   d.in = K;
+                   d.bias = b.data();
+                   d.copy = true;
+                   w = be.dense_weight(d);
+                 }
+                 const std::vector<float> x = randn(rng, size_t(T * K)), y0 = randn(rng, size_t(T * N), 4.0);
+                 const std::vector<double> ref = linear_ref(x, W, b, y0, T, K, N);
+                 Dev dx = dev_upload(be, x, T, K), dy = dev_upload(be, y0, T, N, 8, -777.f);
+                 Dev tmp = dev_alloc(be, T, N);
+                 be.linear_add(*w, dx.view, dy.view, tmp.view);
+                 std::vector<float> full = download(be, dy.full);
+                 double pad = 0;
+                 for (int64_t t = 0; t < T; ++t)
+                   for (int64_t c = 0; c < N + 8; ++c)
+                     if (c < 4 || c >= 4 + N) pad += full[size_t(t * (N + 8) + c)] != -777.f;
+                 return std::vector<Check>{{"y", "nmse", nmse(download(be, dy.view), ref), linear_limit(K, *w, T) + 4 * kU2},
+                                           {"padding kept", "diff", pad, 0}};
+               });
+    }
+  // rope_qk: q and k as column ranges of one [T, (nq + 2 nk) hd] buffer (the fused q|k|v layout).
+  for (const auto& b_ : {std::tuple<int64_t, int64_t, int64_t, int64_t>{1, 8, 2, 64}, {5, 4, 4, 128}, {3, 6, 1, 64}}) {
+    const auto T = std::get<0>(b_); const auto nq = std::get<1>(b_); const auto nk = std::get<2>(b_); const auto hd = std::get<3>(b_);
+    const std::string name = cat("rope_qk_T", T, "_q", nq, "_k", nk, "_hd", hd);
+    add_case("rope_qk", name, cat("q [", T, ", ", nq, "*", hd, "], k [", T, ", ", nk, "*", hd, "] views of q|k|v"), [=](Backend& be) {
+      std::mt19937 rng(seed_of(name));
+      const int64_t C = (nq + 2 * nk) * hd, half = hd / 2;
+      const std::vector<float> x = randn(rng, size_t(T * C));
+      std::vector<float> cs(size_t(T * hd));
+      std::uniform_real_distribution<double> ua(-40.0, 40.0);
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t i = 0; i < half; ++i) {
+          const double a = ua(rng);
+          cs[size_t(t * hd + i)] = float(std::cos(a));
+          cs[size_t(t * hd + half + i)] = float(std::sin(a));
+        }
+      std::vector<double> ref(x.begin(), x.end());
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t h = 0; h < nq + nk; ++h)  // v (the last nk heads) is left alone
+          for (int64_t i = 0; i < half; ++i) {
+            const double c = cs[size_t(t * hd + i)], s = cs[size_t(t * hd + half + i)];
+            const size_t o = size_t(t * C + h * hd + i);
+            const double x1 = x[o], x2 = x[o + size_t(half)];
+            ref[o] = x1 * c - x2 * s;
+            ref[o + size_t(half)] = x2 * c + x1 * s;
+          }
+      Dev dx = dev_upload(be, x, T, C), dcs = dev_upload(be, cs, T, hd);
+      be.rope_qk(dx.view.slice_cols(0, nq * hd), nq, dx.view.slice_cols(nq * hd, nk * hd), nk, hd, dcs.view);
+      return std::vector<Check>{{"q|k|v", "nmse", nmse(download(be, dx.view), ref), 64 * kU2}};
+    });
+  }
+  // silu_mul on g | u, the two halves of one [T, 2F] buffer.
+  for (const auto& b_ : {std::pair<int64_t, int64_t>{1, 96}, {7, 1000}}) {
+    const auto T = b_.first; const auto F = b_.second;
+    const std::string name = cat("silu_mul_views_T", T, "_F", F);
+    add_case("silu_mul", name, cat("g, u: the halves of [", T, ", 2*", F, "]"), [=](Backend& be) {
+      std::mt19937 rng(seed_of(name));
+      const std::vector<float> gu = randn(rng, size_t(T * 2 * F), 3.0);
+      std::vector<double> ref(gu.begin(), gu.end());
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t i = 0; i < F; ++i) {
+          const double g = gu[size_t(t * 2 * F + i)], u = gu[size_t(t * 2 * F + F + i)];
+          ref[size_t(t * 2 * F + i)] = g / (1.0 + std::exp(-g)) * u;
+        }
+      Dev d = dev_upload(be, gu, T, 2 * F);
+      be.silu_mul(d.view.slice_cols(0, F), d.view.slice_cols(F, F));
+      return std::vector<Check>{{"g|u", "nmse", nmse(download(be, d.view), ref), 256 * kU2}};
+    });
+  }
+  // fuse: q|k|v shapes (GQA: 64 | 32 | 32 outputs) and gate|up (96 | 96), dense and GPTQ.
+  for (const char* kind : {"f16", "bf16", "gptq_b4", "gptq_b4_actorder", "gptq_b3", "gptq_b8"})
+    for (int parts : {2, 3})
+      for (int64_t T : {1, 3, 40}) {
+        const std::string k = kind;
+        const int64_t K = 320;
+        const std::vector<int64_t> Ns = parts == 3 ? std::vector<int64_t>{64, 32, 32} : std::vector<int64_t>{96, 96};
+        const std::string name = cat("fuse_", k, "_parts", parts, "_T", T);
+        add_case("fuse", name, cat(k, " ", parts, " parts of K ", K, ", x [", T, ", ", K, "]"), [=](Backend& be) {
+          std::mt19937 rng(seed_of(name));
+          std::vector<std::unique_ptr<Weight>> w;
+          std::vector<float> W, B;  // stacked [ΣN, K], [ΣN]
+          const bool gptq = k.rfind("gptq", 0) == 0;
+          const std::vector<int32_t> gidx = k.find("actorder") != std::string::npos ? act_order_gidx(rng, K, 64) : [&] {
+            std::vector<int32_t> g(static_cast<size_t>(K));
+            for (int64_t i = 0; i < K; ++i) g[size_t(i)] = int32_t(i / 64);
+            return g;
+          }();
+          for (size_t p = 0; p < Ns.size(); ++p) {
+            const int64_t N = Ns[p];
+            const bool has_bias = p != 1;  // one part without: zeros in the fused bias
+            const std::vector<float> b = has_bias ? randn(rng, size_t(N)) : std::vector<float>(size_t(N), 0.f);
+            if (gptq) {
+              RandGptq g = rand_gptq(rng, k[6] - '0', 64, K, N, gidx);
+              W.insert(W.end(), g.W.begin(), g.W.end());
+              w.push_back(be.gptq_weight(g.packed.view(), has_bias ? b.data() : nullptr));
+            } else {
+              const bool f16 = k == "f16";
+              std::vector<uint16_t> w16(size_t(N * K));
+              for (auto& v : w16) {
+                v = f16 ? random_half_bits(rng) : random_bf16_bits(rng);
+                W.push_back(float(f16 ? half_value(v) : bf16_value(v)));
+              }
+              DenseWeightDesc d;
+              d.data = w16.data();
+              d.dtype = f16 ? DType::kF16 : DType::kBF16;
+              d.out = N;
+              d.in = K;
+              d.bias = has_bias ? b.data() : nullptr;
+              d.copy = true;
+              w.push_back(be.dense_weight(d));
+            }
+            B.insert(B.end(), b.begin(), b.end());
+          }
+          std::vector<const Weight*> pw;
+          for (const auto& p : w) pw.push_back(p.get());
+          const std::unique_ptr<Weight> f = be.fuse(pw);
+          if (!f) throw Unsupported{"this backend does not fuse linears"};
+          const int64_t N = int64_t(W.size()) / K;
+          const std::vector<float> x = randn(rng, size_t(T * K));
+          Dev dx = dev_upload(be, x, T, K), dy = dev_upload(be, std::vector<float>(size_t(T * N), 9999.f), T, N);
+          be.linear(*f, dx.view, dy.view);
+          std::vector<Check> checks;
+          checks.push_back({"shape", "diff", double(f->in_features() != K) + double(f->out_features() != N), 0});
+          checks.push_back({"kind", "diff", double(f->kind() != w[0]->kind()), 0});
+          checks.push_back({"y", "nmse", nmse(download(be, dy.view), linear_ref(x, W, B, {}, T, K, N)), linear_limit(K, *f, T)});
+          checks.push_back({"dense()", "diff", n_diff(f->dense(), W), 0});
+          checks.push_back({"bias()", "diff", n_diff(f->bias(), B), 0});
+          // Parts with different act-order permutations (or kinds) are not fused.
+          if (gptq) {
+            RandGptq other = rand_gptq(rng, k[6] - '0', 64, K, 32, act_order_gidx(rng, K, 64));
+            auto o = be.gptq_weight(other.packed.view(), nullptr);
+            checks.push_back({"other permutation refused", "diff", double(be.fuse({pw[0], o.get()}) != nullptr), 0});
+          }
+          return checks;
+        });
+      }
+}
+
+// ============================================================================================
 // attention over the paged KV cache
 // ============================================================================================
 // The cache (2 layers, layer 1 under test) is a pool of blocks allocated from the backend; block
@@ -1152,6 +1381,7 @@ const bool registered = [] {
   add_gather_embed_cases();
   add_dense_linear_cases();
   add_gptq_linear_cases();
+  add_fusion_cases();
   add_attention_cases();
   add_hessian_cases();
   const auto ops = env_list("GPTQ_OPS"), bes = env_list("GPTQ_BACKENDS");

@@ -168,6 +168,34 @@ TEST(CudaBatch, MixedBatchMatchesAlone) {
   }
 }
 
+// q|k|v and gate|up fused into one weight each (the default on the GPU) give the logits of the
+// linears run one by one; the fused slots are not reachable one by one.
+TEST(CudaBatch, FusedLinearsMatchUnfused) {
+  NEED_GPU();
+  const std::string dir = shared_path("models/llama-gutenberg-22m");
+  if (!gptq_test::is_dir(dir)) GTEST_SKIP() << "../shared/models/llama-gutenberg-22m not found: skipped";
+  gptq::LoadOptions o;
+  o.backend = gpu();
+  auto fused = gptq::Model::load(dir, o);
+  o.fuse_linears = false;
+  auto plain = gptq::Model::load(dir, o);
+  EXPECT_EQ(fused->weight_bytes(), plain->weight_bytes());
+  EXPECT_EQ(fused->weight_dtype_summary(), plain->weight_dtype_summary());
+  EXPECT_THROW(fused->linear(0, gptq::LinearSlot::kQ), gptq::Error);
+  EXPECT_NO_THROW(fused->linear(0, gptq::LinearSlot::kO));
+  const std::vector<int32_t> prompt = {1, 450, 4996, 17354, 29871, 13, 450, 338, 263, 1243, 3118, 29889};
+  auto cf = fused->new_cache(), cp = plain->new_cache();
+  std::vector<float> lf, lp;
+  fused->forward(*cf, prompt.data(), int64_t(prompt.size()), true, lf);  // T = 12: the GEMM path
+  plain->forward(*cp, prompt.data(), int64_t(prompt.size()), true, lp);
+  EXPECT_LE(rel_max_diff(lf, lp), 1e-4) << "prefill";
+  for (int32_t t : {450, 4996, 17354}) {  // T = 1: the GEMV path, recorded as a CUDA graph
+    fused->forward(*cf, &t, 1, false, lf);
+    plain->forward(*cp, &t, 1, false, lp);
+    EXPECT_LE(rel_max_diff(lf, lp), 1e-4) << "decode";
+  }
+}
+
 // GPTQ checkpoints made by the CPU quantizer, run on both backends.
 struct QCase {
   const char* tag;

@@ -122,6 +122,10 @@ struct LoadOptions {
   // The KV caches' storage when KVCacheOptions::fp16 is unset (`--kv-cache f16|f32`); unset: the
   // backend's default (fp16 on a GPU, fp32 on the CPU).
   std::optional<bool> kv_fp16;
+  // q|k|v and gate|up held as one weight each where the backend fuses them (Backend::fuse: the
+  // CUDA backend; one launch instead of three and two at decode). A fused layer's q, k, v, gate
+  // and up are not reachable one by one (linear(), set_linear()): calibration turns this off.
+  bool fuse_linears = true;
 };
 
 // A model of a known architecture's exact shapes with random weights, made by the backend where it
@@ -141,6 +145,7 @@ struct SyntheticOptions {
   // As LoadOptions::defer_layers: a decoder layer's linears are made by load_layer(l) (the same
   // values: a pure function of the seed) and dropped by release_layer(l).
   bool defer_layers = false;
+  bool fuse_linears = true;  // as LoadOptions::fuse_linears
 };
 
 // The architectures Model::synthetic knows, with their Hugging Face configs' shapes:
@@ -212,6 +217,7 @@ class Model {
   std::string dir_;
   std::shared_ptr<Backend> backend_;
   std::optional<bool> kv_fp16_;  // LoadOptions::kv_fp16
+  bool fuse_linears_ = false;    // LoadOptions::fuse_linears
   std::optional<SyntheticOptions> synthetic_;  // what makes a synthetic model's layers (load_layer)
   std::unique_ptr<TensorStore> store_;
   std::unique_ptr<LlamaWeights> w_;

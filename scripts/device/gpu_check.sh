@@ -18,6 +18,7 @@
 #   prefill    prefill A/B: synthetic Llama-2-7B GPTQ 4-bit pp512 and pp2048 with the tensor-core
 #              prefill attention and with GPTQ_CUDA_PREFILL_TC=0 (the fp32 kernel), same binary
 #   ncu        ncu --set full of the 4-bit GEMV's first workbench launch (GPTQ_NCU_SHAPE, default qkv; T = 1)
+#   ncuattn    ncu of one decode-step attention kernel (synthetic Llama-2-7B GPTQ 4-bit, batch 1, ~40 keys)
 set -uo pipefail
 w=/tmp/gptq-gpu
 out=${OUT:-/tmp}
@@ -36,7 +37,8 @@ for what in ${@:-tests bench}; do
   case $what in
     tests)
       "$w/gptq_tests" --gtest_filter="${GPTQ_TEST_FILTER:-BackendOps.*/cuda:*Cuda*.*}" --gtest_brief=1 >"$out/tests.log" 2>&1 || rc=1
-      grep -E 'FAIL|tests? ran|PASSED|SKIPPED \]' "$out/tests.log" | head -60 ;;
+      grep -E 'FAIL|tests? ran|PASSED|SKIPPED \]' "$out/tests.log" | head -60
+      grep -q "tests\? ran" "$out/tests.log" || tail -20 "$out/tests.log" ;;
     sanitize)
       compute-sanitizer --tool memcheck --error-exitcode 9 "$w/gptq_tests" \
         --gtest_filter="${GPTQ_SANITIZE_FILTER:-BackendOps.*_T1/cuda:BackendOps.*_T5/cuda:BackendOps.*_T65/cuda:BackendOps.attention*/cuda:CudaBatch.*}" \
@@ -77,6 +79,11 @@ PY
       timeout 300 ncu -k regex:gptq4_mma_gemv -c 1 --set full "$w/gptq_cuda_workbench" --reps 1 \
         --shape "${GPTQ_NCU_SHAPE:-qkv}" >"$out/ncu_full.txt" 2>&1
       grep -vE "^==PROF==|^\s*$" "$out/ncu_full.txt" | grep -E "Duration|Throughput|Stall|Warp Cycles|Achieved|Theoretical|Issued|Eligible|Active|Occupancy|L1|L2|DRAM|Bandwidth|Sectors|Hit|Registers|Shared|Block|Grid|Waves|Memory|Elapsed|SM " | head -90 ;;
+    ncuattn)
+      timeout 200 ncu -k regex:attention_kernel -s 300 -c 1 --section SpeedOfLight --section WarpStateStats \
+        --section LaunchStats --section Occupancy --section SchedulerStats --section MemoryWorkloadAnalysis "$w/gptq" bench \
+        --synthetic llama2-7b --bits 4 --group-size 128 -p 32 -n 16 -r 1 -b 1 --device cuda >"$out/ncu_attn.txt" 2>&1
+      grep -vE "^==PROF==|^\s*$" "$out/ncu_attn.txt" | grep -E "Duration|Throughput|Stall|Warp Cycles|Achieved|Theoretical|Issued|Eligible|Active|Registers|Block|Grid|Waves|Elapsed|No Eligible|One or More" | head -40 ;;
     prefill)
       for tc in 1 0; do
         for p in 512 2048; do

@@ -131,12 +131,25 @@ class Backend {
   // no view of m after the call (it repacks what it needs, dense() included). bias: [N] fp32, or
   // null for m.bias (fp16) or none; either way it is added once and bias() returns it.
   virtual std::unique_ptr<Weight> gptq_weight(const quant::QuantMatrix& m, const float* bias) = 0;
+  // One weight whose outputs are the parts' outputs side by side (q|k|v, gate|up: one launch
+  // instead of several at decode), the same values; null when this backend does not fuse or the
+  // parts cannot be (different kinds, inputs, act-order permutations). The parts stay valid.
+  virtual std::unique_ptr<Weight> fuse(const std::vector<const Weight*>& parts) {
+    (void)parts;
+    return nullptr;
+  }
 
   // ---- ops. T = the rows of the batch; all tensors F32 unless said.
   // y[t, :] = table[plan.tokens[t], :]; table: a dense weight [vocab, H]. Ids are checked by the caller.
   virtual void embed(const Weight& table, const BatchPlan& plan, const Tensor& y) = 0;
   // y[T, N] = x[T, K]·Wᵀ (+ bias). y must not alias x.
   virtual void linear(const Weight& w, const Tensor& x, const Tensor& y) = 0;
+  // y += x·Wᵀ (+ bias), the same values as linear into tmp ([T, N]) and add(y, tmp); a backend may
+  // add in the linear's epilogue instead (tmp unused).
+  virtual void linear_add(const Weight& w, const Tensor& x, const Tensor& y, const Tensor& tmp) {
+    linear(w, x, tmp);
+    add(y, tmp);
+  }
   // y = x / sqrt(mean(x²) + eps) * w, per row; w: [1, D]; y may alias x.
   virtual void rms_norm(const Tensor& x, const Tensor& w, float eps, const Tensor& y) = 0;
   // cs[t, :] = cos(pos_t · inv_freq) | sin(pos_t · inv_freq)   inv_freq: [1, hd/2], cs: [T, hd]
@@ -144,11 +157,17 @@ class Backend {
   virtual void rope_angles(const Tensor& inv_freq, const BatchPlan& plan, const Tensor& cs) = 0;
   // Rotate-half RoPE in place on x: [T, n_heads*hd] with cs from rope_angles.
   virtual void rope(const Tensor& x, int64_t n_heads, int64_t head_dim, const Tensor& cs) = 0;
+  // rope(q, n_heads, ...) and rope(k, n_kv_heads, ...) (a backend may do both in one pass).
+  virtual void rope_qk(const Tensor& q, int64_t n_heads, const Tensor& k, int64_t n_kv_heads, int64_t head_dim,
+                       const Tensor& cs) {
+    rope(q, n_heads, head_dim, cs);
+    rope(k, n_kv_heads, head_dim, cs);
+  }
   // Writes k, v: [T, n_kv*hd] into the cache slots of layer `layer`, then causal GQA attention of
   // q: [T, n_heads*hd] for every sequence of the plan: out: [T, n_heads*hd].
   virtual void attention(int64_t layer, const Tensor& q, const Tensor& k, const Tensor& v, const KVView& kv,
                          const BatchPlan& plan, int64_t n_heads, const Tensor& out) = 0;
-  virtual void silu_mul(const Tensor& g, const Tensor& u) = 0;  // g = silu(g) * u
+  virtual void silu_mul(const Tensor& g, const Tensor& u) = 0;  // g = silu(g) * u (same shape, any row strides)
   virtual void add(const Tensor& x, const Tensor& y) = 0;       // x += y
   // y[i, :] = x[plan.logit_rows[i], :]
   virtual void gather_rows(const Tensor& x, const BatchPlan& plan, const Tensor& y) = 0;

@@ -18,9 +18,12 @@ struct DeviceVector {
 
 struct LlamaLayer {
   DeviceVector attn_norm, mlp_norm;  // [1, hidden]
-  std::array<std::unique_ptr<Weight>, 7> linears;  // indexed by LinearSlot
+  std::array<std::unique_ptr<Weight>, 7> linears;  // indexed by LinearSlot; null where fused
+  // Backend::fuse of q|k|v and of gate|up (LoadOptions::fuse_linears), or null.
+  std::unique_ptr<Weight> qkv, gate_up;
   std::unique_ptr<Weight>& slot(LinearSlot s) { return linears[size_t(s)]; }
   const Weight& get(LinearSlot s) const { return *linears[size_t(s)]; }
+  bool loaded() const { return bool(linears[size_t(LinearSlot::kO)]); }  // o is never fused
 };
 
 struct LlamaWeights {
@@ -40,6 +43,10 @@ struct Workspace {
   uint64_t generation = 0;  // new (process-wide) whenever the tensors move: keys of recorded decode steps
   std::vector<std::shared_ptr<void>> mem;
   Tensor x, h, q, k, v, att, g, u, tmp, cs;  // [rows, ...]
+  // fused: q, k, v are column ranges of qkv and g, u of gu (LlamaLayer::qkv / gate_up write them);
+  // fused_layers: some layer is fused (set at load), so the tensors are laid out that way.
+  bool fused = false, fused_layers = false;
+  Tensor qkv, gu;
   Tensor hl, logits;                          // [logit_rows, hidden], [logit_rows, vocab]
 };
 

@@ -52,7 +52,7 @@ uint64_t workspace_bytes(const ModelConfig& c, int64_t rows, int64_t logit_rows)
 }
 
 void ensure_workspace(Backend& be, const ModelConfig& c, Workspace& ws, int64_t rows, int64_t logit_rows) {
-  if (rows <= ws.rows && logit_rows <= ws.logit_rows) return;
+  if (rows <= ws.rows && logit_rows <= ws.logit_rows && ws.fused == ws.fused_layers) return;
   rows = std::max(rows, ws.rows);
   logit_rows = std::max(logit_rows, ws.logit_rows);
   const int64_t H = c.hidden_size, A = c.num_heads * c.head_dim, KV = c.num_kv_heads * c.head_dim,
@@ -62,7 +62,9 @@ void ensure_workspace(Backend& be, const ModelConfig& c, Workspace& ws, int64_t 
   // Unique over every model of the process: a backend shared by several models keeps each one's
   // recorded decode steps apart.
   static std::atomic<uint64_t> next_generation{1};
+  const bool fused = ws.fused_layers;
   ws = Workspace{};
+  ws.fused = ws.fused_layers = fused;
   ws.generation = next_generation++;
   ws.rows = rows;
   ws.logit_rows = logit_rows;
@@ -73,12 +75,22 @@ void ensure_workspace(Backend& be, const ModelConfig& c, Workspace& ws, int64_t 
   ws.x = make(rows, H);
   ws.h = make(rows, H);
   ws.tmp = make(rows, H);
-  ws.q = make(rows, A);
   ws.att = make(rows, A);
-  ws.k = make(rows, KV);
-  ws.v = make(rows, KV);
-  ws.g = make(rows, F);
-  ws.u = make(rows, F);
+  if (fused) {  // the same floats, as column ranges
+    ws.qkv = make(rows, A + 2 * KV);
+    ws.q = ws.qkv.slice_cols(0, A);
+    ws.k = ws.qkv.slice_cols(A, KV);
+    ws.v = ws.qkv.slice_cols(A + KV, KV);
+    ws.gu = make(rows, 2 * F);
+    ws.g = ws.gu.slice_cols(0, F);
+    ws.u = ws.gu.slice_cols(F, F);
+  } else {
+    ws.q = make(rows, A);
+    ws.k = make(rows, KV);
+    ws.v = make(rows, KV);
+    ws.g = make(rows, F);
+    ws.u = make(rows, F);
+  }
   ws.cs = make(rows, c.head_dim);
   ws.hl = make(logit_rows, H);
   ws.logits = make(logit_rows, c.vocab_size);
@@ -143,7 +155,7 @@ Stage Model::run_layer(int64_t l, const BatchPlan& plan, KVCache& cache, const T
   const ModelConfig& c = config_;
   Backend& be = *backend_;
   const LlamaLayer& L = w_->layers.at(size_t(l));
-  GPTQ_ASSERT(L.linears[0], "run_layer: layer ", l, " is not loaded (LoadOptions::defer_layers)");
+  GPTQ_ASSERT(L.loaded(), "run_layer: layer ", l, " is not loaded (LoadOptions::defer_layers)");
   const int64_t T = plan.n_tokens();
   const float eps = float(c.rms_norm_eps);
   Workspace& ws = *ws_;
@@ -153,29 +165,34 @@ Stage Model::run_layer(int64_t l, const BatchPlan& plan, KVCache& cache, const T
     be.rms_norm(x, L.attn_norm.t, eps, h);  // h: [T, H]
     if (obs && !obs->observe(l, Stage::kAttnIn, h)) return Stage::kAttnIn;
     const Tensor q = rows_of(ws.q, T), k = rows_of(ws.k, T), v = rows_of(ws.v, T), cs = rows_of(ws.cs, T);
-    be.linear(L.get(LinearSlot::kQ), h, q);  // q: [T, nh*hd]
-    be.linear(L.get(LinearSlot::kK), h, k);  // k: [T, nkv*hd]
-    be.linear(L.get(LinearSlot::kV), h, v);
-    be.rope(q, c.num_heads, c.head_dim, cs);
-    be.rope(k, c.num_kv_heads, c.head_dim, cs);
+    if (L.qkv) {
+      be.linear(*L.qkv, h, rows_of(ws.qkv, T));  // q | k | v
+    } else {
+      be.linear(L.get(LinearSlot::kQ), h, q);  // q: [T, nh*hd]
+      be.linear(L.get(LinearSlot::kK), h, k);  // k: [T, nkv*hd]
+      be.linear(L.get(LinearSlot::kV), h, v);
+    }
+    be.rope_qk(q, c.num_heads, k, c.num_kv_heads, c.head_dim, cs);
     be.attention(l, q, k, v, cache.impl_->view(), plan, c.num_heads, att);  // att: [T, nh*hd]
     s = Stage::kAttnOut;
   }
   if (s == Stage::kAttnOut) {
     if (obs && !obs->observe(l, Stage::kAttnOut, att)) return Stage::kAttnOut;
-    be.linear(L.get(LinearSlot::kO), att, tmp);
-    be.add(x, tmp);  // x += o(att)
+    be.linear_add(L.get(LinearSlot::kO), att, x, tmp);  // x += o(att)
     s = Stage::kMlpIn;
   }
   be.rms_norm(x, L.mlp_norm.t, eps, h);
   if (obs && !obs->observe(l, Stage::kMlpIn, h)) return Stage::kMlpIn;
   const Tensor g = rows_of(ws.g, T), u = rows_of(ws.u, T);
-  be.linear(L.get(LinearSlot::kGate), h, g);  // g: [T, F]
-  be.linear(L.get(LinearSlot::kUp), h, u);
+  if (L.gate_up) {
+    be.linear(*L.gate_up, h, rows_of(ws.gu, T));  // g | u
+  } else {
+    be.linear(L.get(LinearSlot::kGate), h, g);  // g: [T, F]
+    be.linear(L.get(LinearSlot::kUp), h, u);
+  }
   be.silu_mul(g, u);  // g = silu(gate(h)) * up(h)
   if (obs && !obs->observe(l, Stage::kMlpOut, g)) return Stage::kMlpOut;
-  be.linear(L.get(LinearSlot::kDown), g, tmp);
-  be.add(x, tmp);  // x += down(g)
+  be.linear_add(L.get(LinearSlot::kDown), g, x, tmp);  // x += down(g)
   return Stage::kDone;
 }
 

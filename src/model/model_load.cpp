@@ -186,6 +186,7 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& op
   m->config_ = ModelConfig::from_dir(dir);
   m->backend_ = opts.backend;
   m->kv_fp16_ = opts.kv_fp16;
+  m->fuse_linears_ = opts.fuse_linears;
   if (!m->backend_) {
     CpuBackendOptions co;
     co.threads = opts.threads;
@@ -318,6 +319,7 @@ std::unique_ptr<Model> Model::synthetic(const std::string& name, const Synthetic
   m->config_ = c;
   m->backend_ = o.backend;
   m->kv_fp16_ = o.kv_fp16;
+  m->fuse_linears_ = o.fuse_linears;
   if (!m->backend_) {
     CpuBackendOptions co;
     co.threads = o.threads;
@@ -369,16 +371,30 @@ static std::array<std::unique_ptr<Weight>, 7> synthetic_linears(Backend& be, con
 void Model::load_layer(int64_t l) {
   GPTQ_ASSERT(l >= 0 && l < config_.num_layers);
   LlamaLayer& L = w_->layers[size_t(l)];
-  if (L.linears[0]) return;
-  if (synthetic_) {
-    L.linears = synthetic_linears(*backend_, config_, *synthetic_, l);
-    return;
-  }
-  const std::string p = layer_prefix(l);
+  if (L.loaded()) return;
   std::array<std::unique_ptr<Weight>, 7> made;  // all or none (a bad tensor leaves the layer as it was)
-  for (const auto& sh : layer_linears(config_))
-    made[size_t(sh.slot)] = load_linear(*backend_, *store_, config_, p + linear_slot_name(sh.slot), sh.out, sh.in, sh.bias);
+  if (synthetic_) {
+    made = synthetic_linears(*backend_, config_, *synthetic_, l);
+  } else {
+    const std::string p = layer_prefix(l);
+    for (const auto& sh : layer_linears(config_))
+      made[size_t(sh.slot)] =
+          load_linear(*backend_, *store_, config_, p + linear_slot_name(sh.slot), sh.out, sh.in, sh.bias);
+  }
+  std::unique_ptr<Weight> qkv, gate_up;
+  if (fuse_linears_) {
+    auto part = [&](LinearSlot s) -> const Weight* { return made[size_t(s)].get(); };
+    qkv = backend_->fuse({part(LinearSlot::kQ), part(LinearSlot::kK), part(LinearSlot::kV)});
+    gate_up = backend_->fuse({part(LinearSlot::kGate), part(LinearSlot::kUp)});
+    if (qkv)
+      for (LinearSlot s : {LinearSlot::kQ, LinearSlot::kK, LinearSlot::kV}) made[size_t(s)].reset();
+    if (gate_up)
+      for (LinearSlot s : {LinearSlot::kGate, LinearSlot::kUp}) made[size_t(s)].reset();
+  }
   L.linears = std::move(made);
+  L.qkv = std::move(qkv);
+  L.gate_up = std::move(gate_up);
+  if (L.qkv || L.gate_up) ws_->fused_layers = true;
 }
 
 size_t Model::layer_file_bytes(int64_t l) const {
@@ -400,19 +416,26 @@ size_t Model::layer_file_bytes(int64_t l) const {
 
 void Model::release_layer(int64_t l) {
   GPTQ_ASSERT(l >= 0 && l < config_.num_layers);
-  for (auto& lin : w_->layers[size_t(l)].linears) lin.reset();
+  LlamaLayer& L = w_->layers[size_t(l)];
+  for (auto& lin : L.linears) lin.reset();
+  L.qkv.reset();
+  L.gate_up.reset();
 }
 
-bool Model::layer_loaded(int64_t l) const { return bool(w_->layers.at(size_t(l)).linears[0]); }
+bool Model::layer_loaded(int64_t l) const { return w_->layers.at(size_t(l)).loaded(); }
 
 const Weight& Model::linear(int64_t layer, LinearSlot s) const {
   GPTQ_ASSERT(layer_loaded(layer), "layer ", layer, " is not loaded (LoadOptions::defer_layers)");
-  return w_->layers.at(size_t(layer)).get(s);
+  const LlamaLayer& L = w_->layers.at(size_t(layer));
+  if (!L.linears[size_t(s)])
+    fail("layer ", layer, "'s ", linear_slot_name(s), " is fused with its neighbours (LoadOptions::fuse_linears)");
+  return L.get(s);
 }
 
 void Model::set_linear(int64_t layer, LinearSlot s, std::unique_ptr<Weight> w) {
+  GPTQ_ASSERT(layer_loaded(layer), "layer ", layer, " is not loaded (LoadOptions::defer_layers)");
   auto& slot = w_->layers.at(size_t(layer)).slot(s);
-  GPTQ_ASSERT(slot, "layer ", layer, " is not loaded (LoadOptions::defer_layers)");
+  if (!slot) fail("layer ", layer, "'s ", linear_slot_name(s), " is fused with its neighbours (LoadOptions::fuse_linears)");
   GPTQ_ASSERT(w && w->in_features() == slot->in_features() && w->out_features() == slot->out_features());
   slot = std::move(w);
 }
@@ -423,6 +446,7 @@ static size_t layer_bytes(const LlamaWeights& w) {
   for (const auto& L : w.layers) {
     n += size_t(L.attn_norm.t.cols + L.mlp_norm.t.cols) * 4;
     for (const auto& lin : L.linears) n += lin ? lin->bytes() : 0;
+    n += (L.qkv ? L.qkv->bytes() : 0) + (L.gate_up ? L.gate_up->bytes() : 0);
   }
   return n;
 }
@@ -454,7 +478,8 @@ std::string Model::weight_dtype_summary() const {
   std::set<std::string> kinds;
   kinds.insert(w_->embed->kind());
   for (const auto& L : w_->layers)
-    for (const auto& lin : L.linears)
+    for (const Weight* lin : {L.linears[0].get(), L.linears[1].get(), L.linears[2].get(), L.linears[3].get(),
+                              L.linears[4].get(), L.linears[5].get(), L.linears[6].get(), L.qkv.get(), L.gate_up.get()})
       if (lin) kinds.insert(lin->kind());
   std::string out;
   for (const auto& k : kinds) out += (out.empty() ? "" : " + ") + k;

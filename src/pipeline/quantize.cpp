@@ -166,6 +166,7 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
     so.layers = o.synthetic_layers;
     so.backend = o.backend;
     so.defer_layers = defer;
+    so.fuse_linears = false;  // every linear on its own: calibrated and replaced one by one
     model = Model::synthetic(o.synthetic, so);
   } else {
     LoadOptions lo;
@@ -173,6 +174,7 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
     lo.backend = o.backend;
     lo.replace = lora ? &lora->tensors : nullptr;
     lo.defer_layers = defer;
+    lo.fuse_linears = false;
     model = Model::load(model_dir, lo);
   }
   const std::string source = synthetic ? model->dir() : model_dir;  // names the model in messages

@@ -379,15 +379,18 @@ void CpuBackend::attention(int64_t layer, const Tensor& q, const Tensor& k, cons
 
 void CpuBackend::silu_mul(const Tensor& g, const Tensor& u) {
   check_cpu(g);
-  GPTQ_ASSERT(g.contiguous() && u.contiguous() && g.rows == u.rows && g.cols == u.cols);
-  float* gp = g.f32();
-  const float* up = u.f32();
-  pool_.parallel_for(0, size_t(g.numel()), [&](size_t i0, size_t i1) {
-    for (size_t i = i0; i < i1; ++i) {
-      const float x = gp[i];
-      gp[i] = x / (1.f + std::exp(-x)) * up[i];
-    }
-  }, 4096);
+  check_cpu(u);
+  GPTQ_ASSERT(g.rows == u.rows && g.cols == u.cols);
+  auto run = [](float* gp, const float* up, size_t n) {
+    for (size_t i = 0; i < n; ++i) gp[i] = gp[i] / (1.f + std::exp(-gp[i])) * up[i];
+  };
+  if (g.contiguous() && u.contiguous()) {
+    pool_.parallel_for(0, size_t(g.numel()), [&](size_t i0, size_t i1) { run(g.f32() + i0, u.f32() + i0, i1 - i0); }, 4096);
+    return;
+  }
+  pool_.parallel_for(0, size_t(g.rows), [&](size_t r0, size_t r1) {
+    for (size_t r = r0; r < r1; ++r) run(g.f32() + r * g.stride, u.f32() + r * u.stride, size_t(g.cols));
+  });
 }
 
 void CpuBackend::add(const Tensor& x, const Tensor& y) {

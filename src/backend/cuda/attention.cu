@@ -7,12 +7,15 @@
 // visited in tiles of kTile: the loads of a tile's keys and values are issued together (a decode
 // step is latency-bound: one key at a time left the warp waiting on every load), their dot
 // products reduced together, then an online-softmax update in fp32 (running max m, sum l) per
-// tile. Each split writes (acc, m, l) and a second kernel combines the splits, or the single
+// tile. Each split writes (acc, m, l) and a second kernel combines the splits, or a row's only
 // split writes acc / l directly.
 //
-// The split is sized from an upper bound on the keys (the cache's context length when known), not
-// from this batch's longest sequence, so that a decode step captured as a CUDA graph stays valid
-// as the sequences grow: splits past a row's keys return at once and are not combined.
+// The number of splits (the grid) is sized from an upper bound on the keys (the cache's context
+// length when known), so that a decode step captured as a CUDA graph stays valid as the sequences
+// grow; each row divides its own keys over them (split_keys: at least kMinSplitKeys each), so a
+// short context is a few one-tile splits (a decode step is a chain of dependent loads per tile:
+// table, block address, keys; 4 tiles per warp took 15 us at 40 keys, ncu) and splits past a
+// row's keys return at once.
 #include <cuda_fp16.h>
 
 #include <algorithm>
@@ -29,7 +32,7 @@ namespace {
 constexpr int kMaxPairs = 4;  // head_dim <= 256
 constexpr int kTile = 8;      // keys in flight per warp
 constexpr int kWarps = 4;     // warps (work items) per block
-constexpr int64_t kMinSplitKeys = 32;
+constexpr int64_t kMinSplitKeys = kTile;
 
 
 __global__ void kv_store_kernel(PagedKV kv, int64_t layer, const float* k, int64_t k_stride, const float* v,
@@ -57,8 +60,18 @@ __device__ __forceinline__ float2 load_pair(const char* p, int64_t i, bool f16) 
 }
 
 struct Split {
-  int64_t n_splits, keys_per_split;
+  int64_t n_splits;
 };
+
+// Keys per split of a row that sees `visible` keys, and the splits that hold some.
+__device__ __forceinline__ int64_t split_keys(int64_t visible, Split sp) {
+  const int64_t per = (visible + sp.n_splits - 1) / sp.n_splits;
+  return per > kMinSplitKeys ? per : kMinSplitKeys;
+}
+__device__ __forceinline__ int64_t used_splits(int64_t visible, Split sp) {
+  const int64_t per = split_keys(visible, sp);
+  return (visible + per - 1) / per;
+}
 
 __device__ __forceinline__ int64_t visible_keys(const AttnArgs& a, int64_t t, AttnSeqDev* seq) {
   const AttnSeqDev S = a.seqs[a.row_seq[t]];
@@ -76,7 +89,8 @@ __global__ void attention_kernel(AttnArgs a, Split sp) {
   AttnSeqDev S;
   const int64_t visible = visible_keys(a, t, &S);
   if (a.prefill_rows > 0 && S.n_rows >= a.prefill_rows) return;  // paged_attention_prefill's
-  const int64_t j0 = split * sp.keys_per_split, j1 = std::min(visible, j0 + sp.keys_per_split);
+  const int64_t per = split_keys(visible, sp);
+  const int64_t j0 = split * per, j1 = std::min(visible, j0 + per);
   if (j0 >= j1) return;  // past this row's keys: the combine step skips it
   const int64_t hd = a.kv.head_dim, bs = a.kv.block_size;
   const int64_t kvh = h / (a.n_heads / a.kv.n_kv_heads);
@@ -142,7 +156,7 @@ __global__ void attention_kernel(AttnArgs a, Split sp) {
   }
   float* dst;
   float inv = 1.f;
-  if (sp.n_splits == 1) {
+  if (used_splits(visible, sp) == 1) {
     dst = a.out + t * a.out_stride + h * hd;
     inv = 1.f / l;
   } else {
@@ -162,14 +176,15 @@ __global__ void attention_kernel(AttnArgs a, Split sp) {
   }
 }
 
-// The splits of each (row, head) that hold keys: 0 .. ceil(visible / keys_per_split) - 1.
+// The splits of each (row, head) that hold keys: 0 .. used_splits - 1 (none when one split did it all).
 __global__ void combine_kernel(AttnArgs a, Split sp) {
   const int lane = threadIdx.x % 32;
   const int64_t item = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;
   if (item >= a.T * a.n_heads) return;
   const int64_t t = item / a.n_heads, h = item % a.n_heads, hd = a.kv.head_dim;
   if (a.prefill_rows > 0 && a.seqs[a.row_seq[t]].n_rows >= a.prefill_rows) return;
-  const int64_t used = std::min(sp.n_splits, (visible_keys(a, t, nullptr) + sp.keys_per_split - 1) / sp.keys_per_split);
+  const int64_t used = used_splits(visible_keys(a, t, nullptr), sp);
+  if (used == 1) return;  // the split wrote the output
   const float* recs = a.scratch + item * sp.n_splits * (hd + 2);
   float M = -INFINITY;
   for (int64_t s = 0; s < used; ++s) M = fmaxf(M, recs[s * (hd + 2) + hd]);
@@ -197,13 +212,12 @@ __global__ void combine_kernel(AttnArgs a, Split sp) {
   }
 }
 
-// Enough warps to fill the GPU (~2 waves of 132 SMs × 16 warps), splits of at least kMinSplitKeys.
+// Enough warps to fill the GPU (~2 waves of 132 SMs × 16 warps), splits of at least kMinSplitKeys
+// of the most keys a row may see.
 Split choose_split(int64_t T, int64_t n_heads, int64_t max_keys) {
   const int64_t items = T * n_heads, want = 4224;
-  int64_t n = std::max<int64_t>(1, (want + items - 1) / items);
-  n = std::min(n, std::max<int64_t>(1, (max_keys + kMinSplitKeys - 1) / kMinSplitKeys));
-  const int64_t per = (max_keys + n - 1) / n;
-  return {(max_keys + per - 1) / per, per};
+  const int64_t n = std::max<int64_t>(1, (want + items - 1) / items);
+  return {std::min(n, std::max<int64_t>(1, (max_keys + kMinSplitKeys - 1) / kMinSplitKeys))};
 }
 
 }  // namespace

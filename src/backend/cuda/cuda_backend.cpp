@@ -198,9 +198,83 @@ class CudaGptqWeight final : public Weight {
   }
   const cuda::GptqDeviceMatrix& matrix() const { return m_; }
   const int32_t* perm() const { return static_cast<const int32_t*>(perm_.get()); }
+
+  // The parts' columns side by side in one layout (Backend::fuse), or null when they differ in
+  // anything but N, or a part's N is not a multiple of 16 (a 4-bit column tile). Device copies.
+  static std::unique_ptr<CudaGptqWeight> concat(const std::vector<const CudaGptqWeight*>& parts) {
+    const CudaGptqWeight& a = *parts[0];
+    const cuda::GptqDeviceMatrix& m0 = a.m_;
+    std::vector<int32_t> cg0(size_t(m0.n_chunks)), cg(cg0.size());
+    if (!cg0.empty()) CUDA_CHECK(cudaMemcpy(cg0.data(), m0.chunk_group, cg0.size() * 4, cudaMemcpyDeviceToHost));
+    int64_t N = 0;
+    for (const CudaGptqWeight* p : parts) {
+      const cuda::GptqDeviceMatrix& m = p->m_;
+      if (p->kind_ != a.kind_ || m.bits != m0.bits || m.K != m0.K || m.n_chunks != m0.n_chunks ||
+          m.n_groups != m0.n_groups || m.chunks_per_group != m0.chunks_per_group || p->perm_host_ != a.perm_host_ ||
+          m.N % 16 != 0)
+        return nullptr;
+      if (!cg.empty()) CUDA_CHECK(cudaMemcpy(cg.data(), m.chunk_group, cg.size() * 4, cudaMemcpyDeviceToHost));
+      if (cg != cg0) return nullptr;
+      N += m.N;
+    }
+    std::unique_ptr<CudaGptqWeight> f(new CudaGptqWeight());
+    f->in_ = m0.K;
+    f->out_ = N;
+    f->kind_ = a.kind_;
+    f->perm_host_ = a.perm_host_;
+    f->m_ = m0;
+    f->m_.N = N;
+    const int bits = m0.bits;
+    const size_t qw = size_t(cuda::gptq_qweight_words(bits, m0.n_chunks, N)) * 4,
+                 sz = size_t(m0.n_groups * cuda::gptq_sz_stride(bits, N)) * 4;
+    f->qweight_ = device_alloc(qw, "GPTQ codes");
+    f->sz_ = device_alloc(sz, "GPTQ scales");
+    f->cg_ = device_alloc(cg0.size() * 4, "GPTQ groups");
+    if (!cg0.empty()) CUDA_CHECK(cudaMemcpy(f->cg_.get(), cg0.data(), cg0.size() * 4, cudaMemcpyHostToDevice));
+    if (a.perm_) {
+      f->perm_ = device_alloc(size_t(m0.K) * 4, "the act-order permutation");
+      CUDA_CHECK(cudaMemcpy(f->perm_.get(), a.perm_.get(), size_t(m0.K) * 4, cudaMemcpyDeviceToDevice));
+    }
+    // qweight rows: 4 bits [n_kb][n_ct][32][4] (a row = one k-block's column tiles, 512 B each);
+    // else [n_chunks][N][bits]. scale_zero rows: [n_groups][N]. A part is a column range of each row.
+    const size_t row_q = bits == 4 ? size_t(N / 16) * 512 : size_t(N) * size_t(bits) * 4;
+    const size_t rows_q = size_t(bits == 4 ? (m0.n_chunks + 1) / 2 : m0.n_chunks);
+    int64_t n0 = 0;
+    bool bias = false;
+    for (const CudaGptqWeight* p : parts) bias |= !p->bias_.empty();
+    for (const CudaGptqWeight* p : parts) {
+      const cuda::GptqDeviceMatrix& m = p->m_;
+      const size_t wq = bits == 4 ? size_t(m.N / 16) * 512 : size_t(m.N) * size_t(bits) * 4,
+                   oq = bits == 4 ? size_t(n0 / 16) * 512 : size_t(n0) * size_t(bits) * 4;
+      if (rows_q && wq)
+        CUDA_CHECK(cudaMemcpy2D(static_cast<char*>(f->qweight_.get()) + oq, row_q, m.qweight, wq, wq, rows_q,
+                                cudaMemcpyDeviceToDevice));
+      if (m0.n_groups && m.N)
+        CUDA_CHECK(cudaMemcpy2D(static_cast<char*>(f->sz_.get()) + size_t(n0) * 4, size_t(N) * 4, m.scale_zero,
+                                size_t(m.N) * 4, size_t(m.N) * 4, size_t(m0.n_groups), cudaMemcpyDeviceToDevice));
+      if (bias) {
+        if (p->bias_.empty())
+          f->bias_.insert(f->bias_.end(), size_t(m.N), 0.f);
+        else
+          f->bias_.insert(f->bias_.end(), p->bias_.begin(), p->bias_.end());
+      }
+      n0 += m.N;
+    }
+    f->m_.qweight = static_cast<const uint32_t*>(f->qweight_.get());
+    f->m_.scale_zero = static_cast<const uint32_t*>(f->sz_.get());
+    f->m_.chunk_group = static_cast<const int32_t*>(f->cg_.get());
+    f->bytes_ = qw + sz + cg0.size() * 4 + (a.perm_ ? size_t(m0.K) * 4 : 0);
+    if (bias) {
+      f->bias_dev_ = device_alloc(f->bias_.size() * 4, "a bias");
+      CUDA_CHECK(cudaMemcpy(f->bias_dev_.get(), f->bias_.data(), f->bias_.size() * 4, cudaMemcpyHostToDevice));
+      f->bytes_ += f->bias_.size() * 4;
+    }
+    return f;
+  }
   const float* bias_dev() const { return static_cast<const float*>(bias_dev_.get()); }
 
  private:
+  CudaGptqWeight() : Weight(0, 0) {}
   std::string kind_;
   std::vector<int32_t> perm_host_;
   cuda::GptqDeviceMatrix m_;
@@ -356,6 +430,48 @@ class CudaBackend final : public Backend {
     return d;
   }
 
+  // One launch for q|k|v and gate|up at decode. Same-kind parts only (dense of one dtype, or GPTQ of
+  // one layout but N); the parts are left as they were.
+  std::unique_ptr<Weight> fuse(const std::vector<const Weight*>& parts) override {
+    if (parts.size() < 2) return nullptr;
+    synchronize();  // the parts may still be being written on stream_
+    std::vector<const CudaGptqWeight*> q;
+    std::vector<const CudaDenseWeight*> d;
+    for (const Weight* w : parts) {
+      if (const auto* g = dynamic_cast<const CudaGptqWeight*>(w)) q.push_back(g);
+      if (const auto* e = dynamic_cast<const CudaDenseWeight*>(w)) d.push_back(e);
+      if (w->in_features() != parts[0]->in_features()) return nullptr;
+    }
+    if (q.size() == parts.size()) return CudaGptqWeight::concat(q);
+    if (d.size() != parts.size()) return nullptr;
+    int64_t N = 0;
+    bool bias = false;
+    for (const CudaDenseWeight* w : d) {
+      if (w->dtype() != d[0]->dtype() || w->kind() != d[0]->kind()) return nullptr;
+      N += w->out_features();
+      bias |= !w->bias().empty();
+    }
+    const int64_t K = d[0]->in_features();
+    const size_t es = dtype_size(d[0]->dtype());
+    auto mem = device_alloc(size_t(N * K) * es, "a fused weight");
+    std::vector<float> b;
+    size_t off = 0;
+    for (const CudaDenseWeight* w : d) {
+      const size_t n = size_t(w->out_features() * K) * es;
+      if (n) CUDA_CHECK(cudaMemcpy(static_cast<char*>(mem.get()) + off, w->data(), n, cudaMemcpyDeviceToDevice));
+      off += n;
+      if (bias) {
+        if (w->bias().empty())
+          b.insert(b.end(), size_t(w->out_features()), 0.f);
+        else
+          b.insert(b.end(), w->bias().begin(), w->bias().end());
+      }
+    }
+    auto f = std::make_unique<CudaDenseWeight>(K, N, d[0]->dtype(), std::move(mem), bias ? b.data() : nullptr);
+    f->kind_ = d[0]->kind_;
+    return f;
+  }
+
   // ---- ops
   void embed(const Weight& table, const BatchPlan& plan, const Tensor& y) override {
     check(y);
@@ -366,7 +482,13 @@ class CudaBackend final : public Backend {
     cuda::embed_rows(t->data(), elem(t->dtype()), y.cols, P.tokens, y.rows, y.f32(), y.stride, stream_);
   }
 
-  void linear(const Weight& w, const Tensor& x, const Tensor& y) override {
+  void linear(const Weight& w, const Tensor& x, const Tensor& y) override { linear_into(w, x, y, false); }
+  // y += x·Wᵀ in the linear's epilogue (the GEMV's store, cuBLASLt's beta = 1): no tmp, no add.
+  void linear_add(const Weight& w, const Tensor& x, const Tensor& y, const Tensor& tmp) override {
+    (void)tmp;
+    linear_into(w, x, y, true);
+  }
+  void linear_into(const Weight& w, const Tensor& x, const Tensor& y, bool acc) {
     check(x);
     check(y);
     GPTQ_ASSERT(x.cols == w.in_features() && y.cols == w.out_features() && x.rows == y.rows);
@@ -374,13 +496,13 @@ class CudaBackend final : public Backend {
     if (T == 0) return;
     if (const auto* d = dynamic_cast<const CudaDenseWeight*>(&w)) {
       if (d->dtype() == DType::kF32) {
-        matmul(d->data(), DType::kF32, x.data, x.stride, T, K, N, y.f32(), y.stride);
+        matmul(d->data(), DType::kF32, x.data, x.stride, T, K, N, y.f32(), y.stride, acc);
       } else if (use_gemv_ && cuda::dense_gemv_ok(d->data(), K, x.f32(), x.stride, T)) {
-        cuda::dense_gemv(d->data(), elem(d->dtype()), K, N, x.f32(), x.stride, T, y.f32(), y.stride, stream_);
+        cuda::dense_gemv(d->data(), elem(d->dtype()), K, N, x.f32(), x.stride, T, y.f32(), y.stride, stream_, acc);
       } else {
         void* xh = x16_.get(size_t(T * K) * 2);
         cuda::convert_rows(x.f32(), x.stride, T, K, xh, elem(d->dtype()), stream_);
-        matmul(d->data(), d->dtype(), xh, K, T, K, N, y.f32(), y.stride);
+        matmul(d->data(), d->dtype(), xh, K, T, K, N, y.f32(), y.stride, acc);
       }
       if (d->bias_dev()) cuda::add_bias(y.f32(), y.stride, d->bias_dev(), T, N, stream_);
       return;
@@ -403,13 +525,13 @@ class CudaBackend final : public Backend {
       xs = ks;
     }
     if (T <= cuda::kGemvMaxRows) {
-      cuda::gptq_gemv(g->matrix(), xin, xs, T, y.f32(), y.stride, stream_);
+      cuda::gptq_gemv(g->matrix(), xin, xs, T, y.f32(), y.stride, stream_, {}, acc);
     } else {
       void* wh = wdeq_.get(size_t(N * K) * 2);
       cuda::gptq_dequant_f16(g->matrix(), wh, stream_);
       void* xh = x16_.get(size_t(T * K) * 2);
       cuda::convert_rows(xin, xs, T, K, xh, cuda::ElemType::kF16, stream_);
-      matmul(wh, DType::kF16, xh, K, T, K, N, y.f32(), y.stride);
+      matmul(wh, DType::kF16, xh, K, T, K, N, y.f32(), y.stride, acc);
     }
     if (g->bias_dev()) cuda::add_bias(y.f32(), y.stride, g->bias_dev(), T, N, stream_);
   }
@@ -431,7 +553,15 @@ class CudaBackend final : public Backend {
   void rope(const Tensor& x, int64_t n_heads, int64_t hd, const Tensor& cs) override {
     check(x);
     GPTQ_ASSERT(x.cols == n_heads * hd && cs.cols == hd && cs.rows == x.rows);
-    cuda::rope(x.f32(), x.stride, x.rows, n_heads, hd, cs.f32(), cs.stride, stream_);
+    cuda::rope(x.f32(), x.stride, n_heads, nullptr, 0, 0, x.rows, hd, cs.f32(), cs.stride, stream_);
+  }
+  void rope_qk(const Tensor& q, int64_t n_heads, const Tensor& k, int64_t n_kv_heads, int64_t hd,
+               const Tensor& cs) override {
+    check(q);
+    check(k);
+    GPTQ_ASSERT(q.cols == n_heads * hd && k.cols == n_kv_heads * hd && cs.cols == hd && cs.rows == q.rows &&
+                k.rows == q.rows);
+    cuda::rope(q.f32(), q.stride, n_heads, k.f32(), k.stride, n_kv_heads, q.rows, hd, cs.f32(), cs.stride, stream_);
   }
 
   void attention(int64_t layer, const Tensor& q, const Tensor& k, const Tensor& v, const KVView& kv,
@@ -482,8 +612,8 @@ class CudaBackend final : public Backend {
   void silu_mul(const Tensor& g, const Tensor& u) override {
     check(g);
     check(u);
-    GPTQ_ASSERT(g.contiguous() && u.contiguous() && g.rows == u.rows && g.cols == u.cols);
-    cuda::silu_mul(g.f32(), u.f32(), g.numel(), stream_);
+    GPTQ_ASSERT(g.rows == u.rows && g.cols == u.cols);
+    cuda::silu_mul(g.f32(), g.stride, u.f32(), u.stride, g.rows, g.cols, stream_);
   }
   void add(const Tensor& x, const Tensor& y) override {
     check(x);
@@ -596,7 +726,8 @@ class CudaBackend final : public Backend {
     while (a > 1 && (v % uintptr_t(a)) != 0) a /= 2;
     return a;
   }
-  void matmul(const void* W, DType wt, const void* x, int64_t xs, int64_t T, int64_t K, int64_t N, float* y, int64_t ys) {
+  void matmul(const void* W, DType wt, const void* x, int64_t xs, int64_t T, int64_t K, int64_t N, float* y, int64_t ys,
+              bool accumulate = false) {
     const size_t es = dtype_size(wt);
     const int aa = align_of(W, K, es), ab = align_of(x, xs, es), ac = align_of(y, ys, 4);
     const auto key = std::make_tuple(int(wt), T, K, N, xs, ys, aa * 1000000 + ab * 1000 + ac);
@@ -627,8 +758,8 @@ class CudaBackend final : public Backend {
       it = plans_.emplace(key, p).first;
     }
     const LtPlan& p = it->second;
-    const float one = 1.f, zero = 0.f;
-    CUBLAS_CHECK(cublasLtMatmul(lt_, p.op, &one, W, p.a, x, p.b, &zero, y, p.c, y, p.c, &p.algo.algo, lt_ws_.get(),
+    const float one = 1.f, beta = accumulate ? 1.f : 0.f;
+    CUBLAS_CHECK(cublasLtMatmul(lt_, p.op, &one, W, p.a, x, p.b, &beta, y, p.c, y, p.c, &p.algo.algo, lt_ws_.get(),
                                 lt_ws_bytes_, stream_));
   }
 

@@ -40,7 +40,7 @@ __device__ __forceinline__ void unpack8(const uint4& v, float (&w)[8]) {
 template <int T, bool kBf16>
 __global__ void __launch_bounds__(kWarps * 32) dense_gemv_kernel(const uint16_t* __restrict__ W, int64_t K, int64_t N,
                                                                  const float* __restrict__ x, int64_t xs,
-                                                                 float* __restrict__ y, int64_t ys) {
+                                                                 float* __restrict__ y, int64_t ys, bool accumulate) {
   const int lane = threadIdx.x % 32;
   const int64_t n0 = (int64_t(blockIdx.x) * kWarps + threadIdx.x / 32) * kRows;
   if (n0 >= N) return;
@@ -90,17 +90,17 @@ __global__ void __launch_bounds__(kWarps * 32) dense_gemv_kernel(const uint16_t*
       float v = acc[r][t];
 #pragma unroll
       for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-      if (lane == 0 && n0 + r < N) y[t * ys + n0 + r] = v;
+      if (lane == 0 && n0 + r < N) y[t * ys + n0 + r] = accumulate ? y[t * ys + n0 + r] + v : v;
     }
 }
 
 template <bool kBf16>
 void launch(const uint16_t* W, int64_t K, int64_t N, const float* x, int64_t xs, int64_t T, float* y, int64_t ys,
-            cudaStream_t s) {
+            bool accumulate, cudaStream_t s) {
   const unsigned grid = unsigned((N + kWarps * kRows - 1) / (kWarps * kRows));
   switch (T) {
 #define GPTQ_GEMV_CASE(n) \
-  case n: dense_gemv_kernel<n, kBf16><<<grid, kWarps * 32, 0, s>>>(W, K, N, x, xs, y, ys); break;
+  case n: dense_gemv_kernel<n, kBf16><<<grid, kWarps * 32, 0, s>>>(W, K, N, x, xs, y, ys, accumulate); break;
     GPTQ_GEMV_CASE(1) GPTQ_GEMV_CASE(2) GPTQ_GEMV_CASE(3) GPTQ_GEMV_CASE(4)
     GPTQ_GEMV_CASE(5) GPTQ_GEMV_CASE(6) GPTQ_GEMV_CASE(7) GPTQ_GEMV_CASE(8)
 #undef GPTQ_GEMV_CASE
@@ -117,12 +117,12 @@ bool dense_gemv_ok(const void* W, int64_t K, const float* x, int64_t xs, int64_t
 }
 
 void dense_gemv(const void* W, ElemType wt, int64_t K, int64_t N, const float* x, int64_t xs, int64_t T, float* y,
-                int64_t ys, cudaStream_t s) {
+                int64_t ys, cudaStream_t s, bool accumulate) {
   GPTQ_ASSERT(dense_gemv_ok(W, K, x, xs, T) && wt != ElemType::kF32);
   if (wt == ElemType::kBF16)
-    launch<true>(static_cast<const uint16_t*>(W), K, N, x, xs, T, y, ys, s);
+    launch<true>(static_cast<const uint16_t*>(W), K, N, x, xs, T, y, ys, accumulate, s);
   else
-    launch<false>(static_cast<const uint16_t*>(W), K, N, x, xs, T, y, ys, s);
+    launch<false>(static_cast<const uint16_t*>(W), K, N, x, xs, T, y, ys, accumulate, s);
 }
 
 }  // namespace gptq::cuda

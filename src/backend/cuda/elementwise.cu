@@ -33,20 +33,22 @@ __global__ void embed_kernel(const void* table, ElemType tt, int64_t H, const in
 // One block per row: fp32 sum of squares by a block tree. Each thread holds its (at most VEC)
 // float4 of the row in registers from the sum to the scaling, so the row is read once with all
 // of a thread's loads in flight together (a strided loop over global memory waited on each load in
-// turn: ~7 us for a 4096-wide row, measured). VEC = 0: any D and alignment, two strided passes.
+// turn: ~7 us for a 4096-wide row, measured); its weights are loaded with it, before the
+// reduction, not after. VEC = 0: any D and alignment, two strided passes.
 template <int kThreads, int VEC>
 __global__ void rms_norm_kernel(const float* x, int64_t x_stride, const float* w, float eps, int64_t D, float* y,
                                 int64_t y_stride) {
   const float* xr = x + blockIdx.x * x_stride;
   float* yr = y + blockIdx.x * y_stride;
   float ss = 0.f;
-  float4 v[VEC > 0 ? VEC : 1];
+  float4 v[VEC > 0 ? VEC : 1], wv[VEC > 0 ? VEC : 1];
   if constexpr (VEC > 0) {
     const int64_t n4 = D / 4;
 #pragma unroll
     for (int j = 0; j < VEC; ++j) {
       const int64_t i = threadIdx.x + int64_t(j) * kThreads;
       v[j] = i < n4 ? reinterpret_cast<const float4*>(xr)[i] : make_float4(0.f, 0.f, 0.f, 0.f);
+      wv[j] = i < n4 ? __ldg(reinterpret_cast<const float4*>(w) + i) : make_float4(0.f, 0.f, 0.f, 0.f);
     }
 #pragma unroll
     for (int j = 0; j < VEC; ++j)
@@ -69,11 +71,9 @@ __global__ void rms_norm_kernel(const float* x, int64_t x_stride, const float* w
 #pragma unroll
     for (int j = 0; j < VEC; ++j) {
       const int64_t i = threadIdx.x + int64_t(j) * kThreads;
-      if (i < D / 4) {
-        const float4 wv = reinterpret_cast<const float4*>(w)[i];
-        reinterpret_cast<float4*>(yr)[i] =
-            make_float4(wv.x * (v[j].x * inv), wv.y * (v[j].y * inv), wv.z * (v[j].z * inv), wv.w * (v[j].w * inv));
-      }
+      if (i < D / 4)
+        reinterpret_cast<float4*>(yr)[i] = make_float4(wv[j].x * (v[j].x * inv), wv[j].y * (v[j].y * inv),
+                                                       wv[j].z * (v[j].z * inv), wv[j].w * (v[j].w * inv));
     }
   } else {
     for (int64_t i = threadIdx.x; i < D; i += kThreads) yr[i] = w[i] * (xr[i] * inv);
@@ -91,24 +91,26 @@ __global__ void rope_angles_kernel(const float* inv, int64_t half, const int32_t
   cs[t * cs_stride + half + i] = float(sn);
 }
 
-__global__ void rope_kernel(float* x, int64_t x_stride, int64_t n_heads, int64_t hd, const float* cs,
-                            int64_t cs_stride) {
+// Heads [0, nq) of q, then [nq, nq + nk) of k: one thread per (head, pair).
+__global__ void rope_kernel(float* q, int64_t q_stride, int64_t nq, float* k, int64_t k_stride, int64_t nk,
+                            int64_t hd, const float* cs, int64_t cs_stride) {
   const int64_t t = blockIdx.y;
   const int64_t half = hd / 2;
-  const int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;  // over n_heads * half
-  if (j >= n_heads * half) return;
+  const int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;  // over (nq + nk) * half
+  if (j >= (nq + nk) * half) return;
   const int64_t h = j / half, i = j % half;
-  float* v = x + t * x_stride + h * hd;
+  float* v = h < nq ? q + t * q_stride + h * hd : k + t * k_stride + (h - nq) * hd;
   const float c = cs[t * cs_stride + i], s = cs[t * cs_stride + half + i];
   const float x1 = v[i], x2 = v[i + half];
   v[i] = x1 * c - x2 * s;
   v[i + half] = x2 * c + x1 * s;
 }
 
-__global__ void silu_mul_kernel(float* g, const float* u, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    const float x = g[i];
-    g[i] = x / (1.f + expf(-x)) * u[i];
+__global__ void silu_mul_kernel(float* g, int64_t g_stride, const float* u, int64_t u_stride, int64_t cols) {
+  const int64_t r = blockIdx.y;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < cols; i += int64_t(gridDim.x) * blockDim.x) {
+    const float x = g[r * g_stride + i];
+    g[r * g_stride + i] = x / (1.f + expf(-x)) * u[r * u_stride + i];
   }
 }
 
@@ -215,19 +217,23 @@ void rope_angles(const float* inv_freq, int64_t half, const int32_t* positions, 
   CUDA_CHECK_LAUNCH();
 }
 
-void rope(float* x, int64_t x_stride, int64_t T, int64_t n_heads, int64_t hd, const float* cs, int64_t cs_stride,
-          cudaStream_t s) {
-  const int64_t n = n_heads * (hd / 2);
+void rope(float* q, int64_t q_stride, int64_t nq, float* k, int64_t k_stride, int64_t nk, int64_t T, int64_t hd,
+          const float* cs, int64_t cs_stride, cudaStream_t s) {
+  const int64_t n = (nq + nk) * (hd / 2);
+  if (n == 0) return;
   for_row_chunks(T, [&](int64_t r0, int64_t rows) {
-    rope_kernel<<<dim3(blocks_for(n, 128), unsigned(rows)), 128, 0, s>>>(x + r0 * x_stride, x_stride, n_heads, hd,
-                                                                        cs + r0 * cs_stride, cs_stride);
+    rope_kernel<<<dim3(blocks_for(n, 128), unsigned(rows)), 128, 0, s>>>(
+        q + r0 * q_stride, q_stride, nq, nk ? k + r0 * k_stride : nullptr, k_stride, nk, hd, cs + r0 * cs_stride, cs_stride);
   });
   CUDA_CHECK_LAUNCH();
 }
 
-void silu_mul(float* g, const float* u, int64_t n, cudaStream_t s) {
-  if (n == 0) return;
-  silu_mul_kernel<<<unsigned(std::min<int64_t>(blocks_for(n, kThreads), 4096)), kThreads, 0, s>>>(g, u, n);
+void silu_mul(float* g, int64_t g_stride, const float* u, int64_t u_stride, int64_t rows, int64_t cols, cudaStream_t s) {
+  if (rows == 0 || cols == 0) return;
+  for_row_chunks(rows, [&](int64_t r0, int64_t n) {
+    silu_mul_kernel<<<dim3(col_blocks(cols), unsigned(n)), kThreads, 0, s>>>(g + r0 * g_stride, g_stride,
+                                                                            u + r0 * u_stride, u_stride, cols);
+  });
   CUDA_CHECK_LAUNCH();
 }
 

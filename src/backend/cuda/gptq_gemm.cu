@@ -154,7 +154,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32)
                      const int32_t* __restrict__ chunk_group, // [n_chunks]
                      const float* __restrict__ x,             // [T][x_stride], reordered inputs
                      int64_t x_stride, float* __restrict__ y, // [T][y_stride]
-                     int64_t y_stride, int N, int K, int n_chunks, int chunks_per_warp) {
+                     int64_t y_stride, int N, int K, int n_chunks, int chunks_per_warp, bool accumulate) {
   constexpr int U = chunks_in_flight<BITS, T>();
   __shared__ float red[kMaxWarps * T * 32];  // [warp][t][lane]
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
@@ -198,7 +198,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32)
     float s = red[t * 32 + l];
     for (int v = 1; v < n_warps; ++v) s += red[(v * T + t) * 32 + l];
     const int col = blockIdx.x * 32 + l;
-    if (col < N) y[t * y_stride + col] = s;
+    if (col < N) y[t * y_stride + col] = accumulate ? y[t * y_stride + col] + s : s;
   }
 }
 
@@ -349,7 +349,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32)
                           const int32_t* __restrict__ chunk_group,  // [n_chunks]
                           int group_shift, const float* __restrict__ x, int64_t x_stride, int T,
                           float* __restrict__ y, int64_t y_stride, int N, int K, int n_chunks, int n_kb, int n_ct,
-                          int kb_per_warp, bool rotate) {
+                          int kb_per_warp, bool rotate, bool accumulate) {
   constexpr int KB = mma_kb<CT>(), kCodes = mma_codes_u4(CT), kSz = mma_sz_u4(CT), kXPitch = mma_x_pitch(CT);
   static_assert(SPAN == 1 || SPAN == 2 || SPAN == 4, "SPAN");
   static_assert((2 * KB) % SPAN == 0, "a span lies in one stage");
@@ -490,7 +490,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32)
     const int t = i / W, j = i % W, col = ct0 * 16 + j;
     float sum = red[t * W + j];
     for (int v = 1; v < n_warps; ++v) sum += red[(v * 8 + t) * W + j];
-    if (col < N) y[t * y_stride + col] = sum;
+    if (col < N) y[t * y_stride + col] = accumulate ? y[t * y_stride + col] + sum : sum;
   }
 }
 
@@ -589,7 +589,7 @@ void allow_max_smem(const void* kernel, int bytes) {
 
 template <int BITS, int T>
 void launch_gemv(const GptqDeviceMatrix& w, const float* x, int64_t x_stride, float* y, int64_t y_stride,
-                 cudaStream_t stream) {
+                 bool accumulate, cudaStream_t stream) {
   const int n_tiles = int((w.N + 31) / 32), n_chunks = int(w.n_chunks);
   // Enough warps in flight per SM: 16 per block when the column tiles alone leave SMs thin
   // (N = 4096: 128 tiles for 132 SMs), 8 otherwise; never more warps than chunks.
@@ -598,7 +598,8 @@ void launch_gemv(const GptqDeviceMatrix& w, const float* x, int64_t x_stride, fl
   const int cpw = std::max(1, (n_chunks + warps - 1) / warps);
   warps = std::max(1, (n_chunks + cpw - 1) / cpw);  // drop warps that would get no chunk
   gptq_gemv_kernel<BITS, T><<<n_tiles, warps * 32, 0, stream>>>(w.qweight, w.scale_zero, w.chunk_group, x, x_stride,
-                                                                y, y_stride, int(w.N), int(w.K), n_chunks, cpw);
+                                                                y, y_stride, int(w.N), int(w.K), n_chunks, cpw,
+                                                                accumulate);
 }
 
 // The 4-bit kernel's launch: CT column tiles per block (x shared by CT tiles), warps per block
@@ -608,7 +609,7 @@ void launch_gemv(const GptqDeviceMatrix& w, const float* x, int64_t x_stride, fl
 // k-blocks.
 template <int CT, int SPAN>
 void launch_mma4(const GptqDeviceMatrix& w, int group_shift, const float* x, int64_t x_stride, int64_t T, float* y,
-                 int64_t y_stride, const Gemv4Tuning& tune, cudaStream_t stream) {
+                 int64_t y_stride, bool accumulate, const Gemv4Tuning& tune, cudaStream_t stream) {
   const DeviceLimits& dl = device_limits();
   allow_max_smem(reinterpret_cast<const void*>(&gptq4_mma_gemv_kernel<CT, SPAN>), dl.smem_block);
   const int n_ct = int((w.N + 15) / 16), n_kb = int((w.n_chunks + 1) / 2), KB = mma_kb<CT>();
@@ -634,12 +635,12 @@ void launch_mma4(const GptqDeviceMatrix& w, int group_shift, const float* x, int
   warps = std::max(1, (n_kb + kbpw - 1) / kbpw);
   gptq4_mma_gemv_kernel<CT, SPAN><<<blocks, warps * 32, mma4_smem(CT, warps, T, w.n_chunks, table), stream>>>(
       reinterpret_cast<const uint4*>(w.qweight), w.scale_zero, w.chunk_group, group_shift, x, x_stride, int(T), y,
-      y_stride, int(w.N), int(w.K), int(w.n_chunks), n_kb, n_ct, kbpw, tune.rotate != 0);
+      y_stride, int(w.N), int(w.K), int(w.n_chunks), n_kb, n_ct, kbpw, tune.rotate != 0, accumulate);
 }
 
 template <int CT>
 void launch_mma4_span(const GptqDeviceMatrix& w, const float* x, int64_t x_stride, int64_t T, float* y,
-                      int64_t y_stride, const Gemv4Tuning& tune, cudaStream_t stream) {
+                      int64_t y_stride, bool accumulate, const Gemv4Tuning& tune, cudaStream_t stream) {
   // Uniform groups of a power-of-two chunk count (g32/64/128 of every real checkpoint) or one
   // group: computed by a shift, and spans of up to 4 chunks share a scale; anything else: the
   // table, a span of 1.
@@ -653,14 +654,14 @@ void launch_mma4_span(const GptqDeviceMatrix& w, const float* x, int64_t x_strid
   }
   if (tune.span > 0) span = std::min(span, tune.span);
   switch (span) {
-    case 4: return launch_mma4<CT, 4>(w, shift, x, x_stride, T, y, y_stride, tune, stream);
-    case 2: return launch_mma4<CT, 2>(w, shift, x, x_stride, T, y, y_stride, tune, stream);
-    default: return launch_mma4<CT, 1>(w, shift, x, x_stride, T, y, y_stride, tune, stream);
+    case 4: return launch_mma4<CT, 4>(w, shift, x, x_stride, T, y, y_stride, accumulate, tune, stream);
+    case 2: return launch_mma4<CT, 2>(w, shift, x, x_stride, T, y, y_stride, accumulate, tune, stream);
+    default: return launch_mma4<CT, 1>(w, shift, x, x_stride, T, y, y_stride, accumulate, tune, stream);
   }
 }
 
 void launch_mma4_gemv(const GptqDeviceMatrix& w, const float* x, int64_t x_stride, int64_t T, float* y,
-                      int64_t y_stride, const Gemv4Tuning& tune, cudaStream_t stream) {
+                      int64_t y_stride, bool accumulate, const Gemv4Tuning& tune, cudaStream_t stream) {
   // Column tiles per block, from the H200's workbench --sweep on the Llama-2-7B layer shapes: more
   // tiles share x (its L2 traffic is blocks x T x K x 4 bytes) but leave fewer blocks to spread
   // over the SMs. 4 where that still gives 2+ blocks per SM (gate_up: best at every T), or 1+ at
@@ -672,24 +673,24 @@ void launch_mma4_gemv(const GptqDeviceMatrix& w, const float* x, int64_t x_strid
   }
   GPTQ_ASSERT(ct == 1 || ct == 2 || ct == 4, "gptq_gemv: col_tiles ", ct);
   switch (ct) {
-    case 1: return launch_mma4_span<1>(w, x, x_stride, T, y, y_stride, tune, stream);
-    case 2: return launch_mma4_span<2>(w, x, x_stride, T, y, y_stride, tune, stream);
-    case 4: return launch_mma4_span<4>(w, x, x_stride, T, y, y_stride, tune, stream);
+    case 1: return launch_mma4_span<1>(w, x, x_stride, T, y, y_stride, accumulate, tune, stream);
+    case 2: return launch_mma4_span<2>(w, x, x_stride, T, y, y_stride, accumulate, tune, stream);
+    case 4: return launch_mma4_span<4>(w, x, x_stride, T, y, y_stride, accumulate, tune, stream);
   }
 }
 
 template <int BITS>
 void launch_gemv_bits(const GptqDeviceMatrix& w, const float* x, int64_t x_stride, int64_t T, float* y,
-                      int64_t y_stride, cudaStream_t stream) {
+                      int64_t y_stride, bool accumulate, cudaStream_t stream) {
   switch (T) {
-    case 1: return launch_gemv<BITS, 1>(w, x, x_stride, y, y_stride, stream);
-    case 2: return launch_gemv<BITS, 2>(w, x, x_stride, y, y_stride, stream);
-    case 3: return launch_gemv<BITS, 3>(w, x, x_stride, y, y_stride, stream);
-    case 4: return launch_gemv<BITS, 4>(w, x, x_stride, y, y_stride, stream);
-    case 5: return launch_gemv<BITS, 5>(w, x, x_stride, y, y_stride, stream);
-    case 6: return launch_gemv<BITS, 6>(w, x, x_stride, y, y_stride, stream);
-    case 7: return launch_gemv<BITS, 7>(w, x, x_stride, y, y_stride, stream);
-    case 8: return launch_gemv<BITS, 8>(w, x, x_stride, y, y_stride, stream);
+    case 1: return launch_gemv<BITS, 1>(w, x, x_stride, y, y_stride, accumulate, stream);
+    case 2: return launch_gemv<BITS, 2>(w, x, x_stride, y, y_stride, accumulate, stream);
+    case 3: return launch_gemv<BITS, 3>(w, x, x_stride, y, y_stride, accumulate, stream);
+    case 4: return launch_gemv<BITS, 4>(w, x, x_stride, y, y_stride, accumulate, stream);
+    case 5: return launch_gemv<BITS, 5>(w, x, x_stride, y, y_stride, accumulate, stream);
+    case 6: return launch_gemv<BITS, 6>(w, x, x_stride, y, y_stride, accumulate, stream);
+    case 7: return launch_gemv<BITS, 7>(w, x, x_stride, y, y_stride, accumulate, stream);
+    case 8: return launch_gemv<BITS, 8>(w, x, x_stride, y, y_stride, accumulate, stream);
   }
 }
 
@@ -703,7 +704,7 @@ void check_matrix(const GptqDeviceMatrix& w) {
 }  // namespace
 
 void gptq_gemv(const GptqDeviceMatrix& w, const float* x, int64_t x_stride, int64_t T, float* y, int64_t y_stride,
-               cudaStream_t stream, const Gemv4Tuning& tune) {
+               cudaStream_t stream, const Gemv4Tuning& tune, bool accumulate) {
   check_matrix(w);
   GPTQ_ASSERT(T >= 1 && T <= kGemvMaxRows, "T ", T);
   GPTQ_ASSERT(reinterpret_cast<uintptr_t>(x) % 16 == 0 && x_stride % 4 == 0 && (T == 1 || x_stride >= w.K),
@@ -711,10 +712,10 @@ void gptq_gemv(const GptqDeviceMatrix& w, const float* x, int64_t x_stride, int6
   GPTQ_ASSERT(T == 1 || y_stride >= w.N);
   if (w.N == 0) return;
   switch (w.bits) {
-    case 2: launch_gemv_bits<2>(w, x, x_stride, T, y, y_stride, stream); break;
-    case 3: launch_gemv_bits<3>(w, x, x_stride, T, y, y_stride, stream); break;
-    case 4: launch_mma4_gemv(w, x, x_stride, T, y, y_stride, tune, stream); break;
-    case 8: launch_gemv_bits<8>(w, x, x_stride, T, y, y_stride, stream); break;
+    case 2: launch_gemv_bits<2>(w, x, x_stride, T, y, y_stride, accumulate, stream); break;
+    case 3: launch_gemv_bits<3>(w, x, x_stride, T, y, y_stride, accumulate, stream); break;
+    case 4: launch_mma4_gemv(w, x, x_stride, T, y, y_stride, accumulate, tune, stream); break;
+    case 8: launch_gemv_bits<8>(w, x, x_stride, T, y, y_stride, accumulate, stream); break;
   }
   CUDA_CHECK(cudaGetLastError());
 }

@@ -81,7 +81,8 @@ struct GptqDeviceMatrix {  // views of the uploaded layout
 constexpr int64_t kGemvMaxRows = 8;
 
 // y[T, N] = x[T, K] · Wᵀ (fp32 out, fp32 accumulation), 1 <= T <= kGemvMaxRows; x in the
-// reordered input order, rows x_stride floats apart; y rows y_stride apart, overwritten.
+// reordered input order, rows x_stride floats apart; y rows y_stride apart, overwritten (added to
+// when accumulate: y += x · Wᵀ, one fp32 add per output).
 // 4 bits (tensor cores): x is rounded to fp16 (as every GPTQ engine's activations are), the
 // products (q - zero) * x are exact and summed in fp32, then scaled per group in fp32.
 // 2, 3, 8 bits: all in fp32 (x not rounded).
@@ -96,7 +97,7 @@ struct Gemv4Tuning {
   int span = 0;       // at most this many chunks (32 inputs) of a group scaled at once: 1, 2, 4 (0: all it can)
 };
 void gptq_gemv(const GptqDeviceMatrix& w, const float* x, int64_t x_stride, int64_t T, float* y, int64_t y_stride,
-               cudaStream_t stream, const Gemv4Tuning& tune = {});
+               cudaStream_t stream, const Gemv4Tuning& tune = {}, bool accumulate = false);
 
 // out[N][K] fp16 row-major (reordered input order) = W, for cuBLAS at larger T: each value is
 // scale * (q - zero) computed exactly in fp32 and rounded once to fp16. out 8-byte aligned.

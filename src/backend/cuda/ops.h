@@ -20,10 +20,11 @@ void rms_norm(const float* x, int64_t x_stride, const float* w, float eps, int64
 // cs[t, i] = cos(pos[t] * inv[i]), cs[t, half + i] = sin(...), the angle rounded to fp32 first
 void rope_angles(const float* inv_freq, int64_t half, const int32_t* positions, int64_t T, float* cs,
                  int64_t cs_stride, cudaStream_t s);
-// rotate-half RoPE in place, x: [T, n_heads * hd]
-void rope(float* x, int64_t x_stride, int64_t T, int64_t n_heads, int64_t hd, const float* cs, int64_t cs_stride,
-          cudaStream_t s);
-void silu_mul(float* g, const float* u, int64_t n, cudaStream_t s);  // contiguous
+// rotate-half RoPE in place, q: [T, nq * hd] and k: [T, nk * hd] (nk may be 0), in one launch
+void rope(float* q, int64_t q_stride, int64_t nq, float* k, int64_t k_stride, int64_t nk, int64_t T, int64_t hd,
+          const float* cs, int64_t cs_stride, cudaStream_t s);
+// g = silu(g) * u, [rows, cols] each with its row stride
+void silu_mul(float* g, int64_t g_stride, const float* u, int64_t u_stride, int64_t rows, int64_t cols, cudaStream_t s);
 void add(float* x, int64_t x_stride, const float* y, int64_t y_stride, int64_t rows, int64_t cols, cudaStream_t s);
 // y[i, :] = x[rows[i], :]
 void gather_rows(const float* x, int64_t x_stride, const int64_t* rows, int64_t n, int64_t cols, float* y,
@@ -44,7 +45,7 @@ void fill_uniform(void* dst, ElemType t, int64_t n, float scale, uint64_t seed, 
 constexpr int64_t kDenseGemvMaxRows = 8;
 bool dense_gemv_ok(const void* W, int64_t K, const float* x, int64_t xs, int64_t T);
 void dense_gemv(const void* W, ElemType wt, int64_t K, int64_t N, const float* x, int64_t xs, int64_t T, float* y,
-                int64_t ys, cudaStream_t s);
+                int64_t ys, cudaStream_t s, bool accumulate = false);  // accumulate: y += x · Wᵀ
 
 // ---- attention over the paged KV cache (attention.cu)
 struct PagedKV {
