@@ -27,7 +27,8 @@ class ServerProcess {
     log_ = testing::TempDir() + "/gptq_serve_" + std::to_string(::getpid()) + "_" + std::to_string(counter++) + ".err";
     const char* env = std::getenv("GPTQ_CLI");
     const std::string bin = env && *env ? env : GPTQ_CLI_PATH;
-    std::vector<std::string> argv = {bin, "serve", "-m", model, "--port", "0", "-t", "1"};
+    std::vector<std::string> argv = {bin, "serve", "--port", "0", "-t", "1"};
+    if (!model.empty()) argv.insert(argv.begin() + 2, {"-m", model});  // empty: args name the model
     argv.insert(argv.end(), args.begin(), args.end());
     pid_ = fork();
     if (pid_ == 0) {

@@ -163,6 +163,36 @@ TEST(Serve, CompletionsEqualGenerateAlone) {
   EXPECT_EQ(s.terminate(), 0) << s.log();
 }
 
+// --synthetic: random weights of a real architecture's shapes behind the real API (how serving
+// speed is measured without the weights), with another model's tokenizer; and its usage errors.
+TEST(Serve, SyntheticModelServesCompletions) {
+  SHARED_MODEL_OR_SKIP(tok, "llama-gutenberg-22m");
+  ServerProcess s("", {"--synthetic", "llama2-7b", "--layers", "1", "--bits", "4", "--tokenizer", tok, "--device", "cpu",
+                       "-c", "128", "--max-batch", "2"});
+  ASSERT_GT(s.port(), 0) << s.log();
+  int status = 0;
+  json r = post(s, "/v1/completions", completion("Once upon a time", 6).dump(), &status);
+  ASSERT_EQ(status, 200) << r;
+  EXPECT_EQ(r["model"], "synthetic:llama2-7b");
+  EXPECT_GE(r["usage"]["prompt_tokens"].get<int>(), 4);
+  EXPECT_LE(r["usage"]["completion_tokens"].get<int>(), 6);
+  EXPECT_GE(r["usage"]["completion_tokens"].get<int>(), 1);
+  auto models = s.client().Get("/v1/models");
+  ASSERT_TRUE(models);
+  EXPECT_EQ(json::parse(models->body)["data"][0]["id"], "synthetic:llama2-7b");
+  EXPECT_EQ(s.terminate(), 0) << s.log();
+
+  auto bad = run_cli({"serve", "--synthetic", "llama2-7b", "--port", "0"});
+  EXPECT_NE(bad.rc, 0);
+  EXPECT_NE(bad.err.find("--tokenizer"), std::string::npos) << bad.err;
+  bad = run_cli({"serve", "--port", "0"});
+  EXPECT_NE(bad.rc, 0);
+  EXPECT_NE(bad.err.find("-m MODEL or --synthetic"), std::string::npos) << bad.err;
+  bad = run_cli({"serve", "--synthetic", "tiny", "--tokenizer", tok, "--device", "cpu", "--port", "0"});
+  EXPECT_NE(bad.rc, 0);  // 32000 tokens for a vocabulary of 512
+  EXPECT_NE(bad.err.find("vocabulary of 512"), std::string::npos) << bad.err;
+}
+
 TEST(Serve, SixteenConcurrentStreamsEqualTheirAloneRuns) {
   SHARED_MODEL_OR_SKIP(m, "babyllama-361");
   ServerProcess s(m, {"--max-batch", "16"});

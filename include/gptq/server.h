@@ -17,6 +17,7 @@ struct ServerOptions {
   std::string model_name;            // what clients name in "model"
   std::string api_key;               // non-empty: /v1/* need "Authorization: Bearer KEY"
   std::string chat_template_file;    // overrides the model's tokenizer_config.json chat_template
+  std::string template_dir;          // folder of that tokenizer_config.json (empty: the model's)
   int max_batch = 32;
   int64_t max_tokens_in_flight = 0;  // 0: max_batch × ctx
   int64_t ctx = 0;                   // 0: the model's context

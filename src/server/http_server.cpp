@@ -94,7 +94,7 @@ std::string endpoint_label(const std::string& path) {
 struct Server::Impl {
   Impl(Model& model, const Tokenizer& tok, const ServerOptions& o) : opt(o), tok(tok) {
     declare_server_metrics(metrics);
-    chat_template = load_chat_template(model.dir(), tok, o.chat_template_file);
+    chat_template = load_chat_template(o.template_dir.empty() ? model.dir() : o.template_dir, tok, o.chat_template_file);
     if (!(o.timeout_s > 0)) fail("--timeout must be > 0 seconds, got ", o.timeout_s);
     EngineOptions e;
     e.max_batch = o.max_batch;

@@ -28,6 +28,10 @@ struct ServeArgs {
   std::string kv_cache = "auto";
   ServerOptions server;
   int threads = 0;
+  // --synthetic: random weights of an architecture's shapes (speed under load without the files)
+  std::string synthetic, tokenizer, dtype = "f16";
+  int bits = 0, group_size = 128;
+  int64_t layers = 0;
 };
 }  // namespace
 
@@ -35,7 +39,18 @@ Runner add_serve(CLI::App& app) {
   auto a = std::make_shared<ServeArgs>();
   ServerOptions& s = a->server;
   CLI::App* c = app.add_subcommand("serve", "Serve the model over an OpenAI-compatible HTTP API");
-  c->add_option("-m,--model", a->model, "Model folder (Hugging Face layout)")->required();
+  c->add_option("-m,--model", a->model, "Model folder (Hugging Face layout)");
+  c->add_option("--synthetic", a->synthetic,
+                "Instead of -m: random weights of this architecture's shapes, made on the device (llama2-7b, "
+                "llama2-13b, llama2-70b, llama3-8b), to measure speed under load; needs --tokenizer");
+  c->add_option("--tokenizer", a->tokenizer, "--synthetic: a model folder whose tokenizer (and chat template) to use");
+  c->add_option("--dtype", a->dtype, "--synthetic: dtype of the embeddings, lm_head and (without --bits) the linears")
+      ->check(CLI::IsMember({"f16", "bf16", "f32"}));
+  c->add_option("--bits", a->bits, "--synthetic: GPTQ linears of this many bits (symmetric, no act-order)")
+      ->check(CLI::IsMember({2, 3, 4, 8}));
+  c->add_option("--group-size", a->group_size, "--synthetic with --bits: GPTQ group size (-1: one group per row)")
+      ->check(int_in(-1, INT32_MAX));
+  c->add_option("--layers", a->layers, "--synthetic: only its first N decoder layers (0: all)")->check(int_in(0, 1 << 20));
   c->add_option("--host", s.host, "Address to listen on");
   c->add_option("--port", s.port, "Port (0: any free port)")->check(int_in(0, 65535));
   c->add_option("--max-batch", s.max_batch, "Sequences decoded together")->check(int_in(1, 4096));
@@ -59,14 +74,36 @@ Runner add_serve(CLI::App& app) {
     sigaction(SIGINT, &sa, nullptr);
     signal(SIGPIPE, SIG_IGN);  // a client gone mid-write is an error return, not the end of the server
 
-    LoadOptions lo;
-    lo.threads = cap_threads(a->threads);
-    lo.backend = make_backend(a->device, lo.threads);
-    lo.kv_fp16 = kv_cache_fp16(a->kv_cache);
-    auto model = Model::load(a->model, lo);
-    Tokenizer tok = Tokenizer::from_model_dir(a->model);
+    if (a->synthetic.empty() == a->model.empty()) fail("serve needs -m MODEL or --synthetic NAME (one of them)");
+    if (!a->synthetic.empty() && a->tokenizer.empty())
+      fail("serve --synthetic needs --tokenizer DIR (a model folder whose tokenizer to use)");
+    if (a->synthetic.empty() && !a->tokenizer.empty()) fail("--tokenizer goes with --synthetic (-m has its own)");
+    const int threads = cap_threads(a->threads);
+    std::shared_ptr<Backend> be = make_backend(a->device, threads);
+    std::unique_ptr<Model> model;
     ServerOptions o = a->server;
-    if (o.model_name.empty()) o.model_name = model_name(a->model);
+    if (!a->synthetic.empty()) {
+      SyntheticOptions so;
+      so.dtype = a->dtype == "bf16" ? DType::kBF16 : a->dtype == "f32" ? DType::kF32 : DType::kF16;
+      so.bits = a->bits;
+      so.group_size = a->group_size;
+      so.layers = a->layers;
+      so.backend = be;
+      so.kv_fp16 = kv_cache_fp16(a->kv_cache);
+      model = Model::synthetic(a->synthetic, so);
+      o.template_dir = a->tokenizer;
+    } else {
+      LoadOptions lo;
+      lo.threads = threads;
+      lo.backend = be;
+      lo.kv_fp16 = kv_cache_fp16(a->kv_cache);
+      model = Model::load(a->model, lo);
+    }
+    Tokenizer tok = Tokenizer::from_model_dir(a->synthetic.empty() ? a->model : a->tokenizer);
+    if (!a->synthetic.empty() && tok.vocab_size() > model->vocab_size())
+      fail("--tokenizer ", a->tokenizer, " has ", tok.vocab_size(), " tokens, more than ", model->dir(), "'s vocabulary of ",
+           model->vocab_size());
+    if (o.model_name.empty()) o.model_name = a->synthetic.empty() ? model_name(a->model) : model->dir();
     Server server(*model, tok, o);
     const int port = server.bind();
     std::fprintf(stderr, "gptq serve: %s on http://%s:%d (Ctrl-C or SIGTERM to stop)\n", o.model_name.c_str(),

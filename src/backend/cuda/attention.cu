@@ -79,8 +79,9 @@ __device__ __forceinline__ int64_t visible_keys(const AttnArgs& a, int64_t t, At
   return int64_t(S.pos0) + (t - S.row0) + 1;
 }
 
-// scratch record of one (row, head, split): acc[head_dim], m, l
-__global__ void attention_kernel(AttnArgs a, Split sp) {
+// scratch record of one (row, head, split): acc[head_dim], m, l. 4 blocks (16 warps) per SM: at
+// most 128 registers (the split arithmetic took it to 143 and 3 blocks).
+__global__ void __launch_bounds__(32 * kWarps, 4) attention_kernel(AttnArgs a, Split sp) {
   const int lane = threadIdx.x % 32;
   const int64_t item = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;
   if (item >= a.T * a.n_heads) return;
