@@ -79,8 +79,6 @@ std::vector<DecodeRate> decode_rates(const BenchResult& r, double bandwidth) {
   return out;
 }
 
-DType synthetic_dtype(const std::string& s) { return s == "bf16" ? DType::kBF16 : s == "f32" ? DType::kF32 : DType::kF16; }
-
 // The model folder `dir` or, with --synthetic, the synthetic model, on the backend --device names.
 std::unique_ptr<Model> load_model(const std::string& dir, const Args& a, const std::shared_ptr<Backend>& be) {
   if (!a.synthetic.empty()) {
@@ -406,12 +404,7 @@ Runner add_bench(CLI::App& app) {
   c->add_option("--synthetic", a->synthetic,
                 "Instead of -m: random weights of this architecture's exact shapes, made on the device "
                 "(llama2-7b, llama2-13b, llama2-70b, llama3-8b, tiny); defaults -n 256 -b 1,4,16,64");
-  c->add_option("--dtype", a->dtype, "--synthetic: dtype of the embeddings, lm_head and (without --bits) the linears")
-      ->check(CLI::IsMember({"f16", "bf16", "f32"}));
-  c->add_option("--bits", a->bits, "--synthetic: GPTQ linears of this many bits (symmetric, no act-order)")
-      ->check(CLI::IsMember({2, 3, 4, 8}));
-  c->add_option("--group-size", a->group_size, "--synthetic with --bits: GPTQ group size (-1: one group per row)")
-      ->check(int_in(-1, INT32_MAX));
+  add_synthetic_weight_options(c, a->dtype, a->bits, a->group_size);
   c->add_option("--seed", a->seed, "--synthetic: seed of the random weights");
   c->add_option("--compare", a->compare, "Compare two model folders: ORIGINAL QUANTIZED")->expected(2);
   c->add_option("-p,--n-prompt", a->n_prompt, "Prompt tokens for the prefill test (0: skip)")->check(int_in(0, INT32_MAX));

@@ -44,12 +44,7 @@ Runner add_serve(CLI::App& app) {
                 "Instead of -m: random weights of this architecture's shapes, made on the device (llama2-7b, "
                 "llama2-13b, llama2-70b, llama3-8b), to measure speed under load; needs --tokenizer");
   c->add_option("--tokenizer", a->tokenizer, "--synthetic: a model folder whose tokenizer (and chat template) to use");
-  c->add_option("--dtype", a->dtype, "--synthetic: dtype of the embeddings, lm_head and (without --bits) the linears")
-      ->check(CLI::IsMember({"f16", "bf16", "f32"}));
-  c->add_option("--bits", a->bits, "--synthetic: GPTQ linears of this many bits (symmetric, no act-order)")
-      ->check(CLI::IsMember({2, 3, 4, 8}));
-  c->add_option("--group-size", a->group_size, "--synthetic with --bits: GPTQ group size (-1: one group per row)")
-      ->check(int_in(-1, INT32_MAX));
+  add_synthetic_weight_options(c, a->dtype, a->bits, a->group_size);
   c->add_option("--layers", a->layers, "--synthetic: only its first N decoder layers (0: all)")->check(int_in(0, 1 << 20));
   c->add_option("--host", s.host, "Address to listen on");
   c->add_option("--port", s.port, "Port (0: any free port)")->check(int_in(0, 65535));
@@ -84,7 +79,7 @@ Runner add_serve(CLI::App& app) {
     ServerOptions o = a->server;
     if (!a->synthetic.empty()) {
       SyntheticOptions so;
-      so.dtype = a->dtype == "bf16" ? DType::kBF16 : a->dtype == "f32" ? DType::kF32 : DType::kF16;
+      so.dtype = synthetic_dtype(a->dtype);
       so.bits = a->bits;
       so.group_size = a->group_size;
       so.layers = a->layers;

@@ -120,6 +120,17 @@ std::optional<bool> kv_cache_fp16(const std::string& kv) {
   return kv == "f16";
 }
 
+void add_synthetic_weight_options(CLI::App* c, std::string& dtype, int& bits, int& group_size) {
+  c->add_option("--dtype", dtype, "--synthetic: dtype of the embeddings, lm_head and (without --bits) the linears")
+      ->check(CLI::IsMember({"f16", "bf16", "f32"}));
+  c->add_option("--bits", bits, "--synthetic: GPTQ linears of this many bits (symmetric, no act-order)")
+      ->check(CLI::IsMember({2, 3, 4, 8}));
+  c->add_option("--group-size", group_size, "--synthetic with --bits: GPTQ group size (-1: one group per row)")
+      ->check(int_in(-1, INT32_MAX));
+}
+
+DType synthetic_dtype(const std::string& s) { return s == "bf16" ? DType::kBF16 : s == "f32" ? DType::kF32 : DType::kF16; }
+
 std::shared_ptr<Backend> make_backend(const std::string& device, int threads) {
   auto cpu = [&]() -> std::shared_ptr<Backend> {
     CpuBackendOptions o;

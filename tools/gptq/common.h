@@ -53,6 +53,10 @@ std::shared_ptr<Backend> make_backend(const std::string& device, int threads);
 // CPU), "f16" or "f32"; kv_cache_fp16 gives it as LoadOptions::kv_fp16.
 void add_kv_cache_option(CLI::App* c, std::string& kv);
 std::optional<bool> kv_cache_fp16(const std::string& kv);
+// The weight options of --synthetic on bench and serve: --dtype f16|bf16|f32, --bits 2|3|4|8,
+// --group-size; synthetic_dtype reads --dtype.
+void add_synthetic_weight_options(CLI::App* c, std::string& dtype, int& bits, int& group_size);
+DType synthetic_dtype(const std::string& dtype);
 // The sampling options of generate and chat (--temperature, --top-k, --top-p, --min-p,
 // --repeat-penalty, --repeat-last-n, --seed), llama.cpp's defaults.
 struct SamplingArgs {
