@@ -17,3 +17,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# The official openai client from the npm registry, for Serve.OfficialOpenAiNodeClient (which is
+# skipped, saying why, when node, npm or the registry is not there).
+npm_dir="$(cd "$(dirname "$0")/.." && pwd)/build/npm"
+if command -v npm >/dev/null 2>&1 && [ ! -f "$npm_dir/node_modules/openai/package.json" ]; then
+  mkdir -p "$npm_dir"
+  timeout 180 npm install --prefix "$npm_dir" --no-audit --no-fund --silent openai@6.49.0 >/dev/null 2>&1 ||
+    echo "setup: could not install the npm openai client (Serve.OfficialOpenAiNodeClient will be skipped)" >&2
+fi

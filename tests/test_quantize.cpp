@@ -270,6 +270,32 @@ TEST(Quantize, StreamingLayersGivesTheSameBytes) {
   EXPECT_EQ(a, b);
 }
 
+// Calibration activations held in host memory, a window at a time on the backend (what a device
+// too small for them gets): the same checkpoint bytes, on the CPU and (when there is one) the GPU,
+// in both calibration orders.
+TEST(Quantize, HostActivationsGiveTheSameBytes) {
+  NEED_SHARED(kBaby);
+  const std::string src = shared_path("models/babyllama-361");
+  std::vector<std::pair<std::string, std::shared_ptr<gptq::Backend>>> backends = {{"cpu", nullptr}};
+  if (auto g = gptq_test::gpu()) backends.push_back({"cuda", g});
+  for (const auto& [name, be] : backends)
+    for (bool sequential : {true, false}) {
+      auto o = calib_options(kBaby);
+      o.nsamples = 6;
+      o.backend = be;
+      o.true_sequential = sequential;
+      std::string bytes[2];
+      for (int host : {0, 1}) {
+        o.host_activations = host;
+        const std::string out = out_dir(gptq::cat("hostacts_", name, sequential, host));
+        gptq::quantize_model(src, out, o);
+        bytes[host] = gptq::read_text_file(out + "/model.safetensors");
+        fs::remove_all(out);
+      }
+      EXPECT_EQ(bytes[0], bytes[1]) << name << (sequential ? " true-sequential" : " all Hessians first");
+    }
+}
+
 // A synthetic model streams the same way (its layers made on demand from the seed): the same report.
 TEST(Quantize, StreamingASyntheticModelGivesTheSameErrors) {
   NEED_SHARED(kBaby);

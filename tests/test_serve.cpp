@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <fstream>
 #include <functional>
 #include <map>
@@ -305,6 +306,56 @@ TEST(Serve, ChatWithTemplateFileAndApiKey) {
   ASSERT_TRUE(h);
   EXPECT_EQ(h->status, 200);
   EXPECT_EQ(s.terminate(), 0);
+  std::remove(tpl.c_str());
+}
+
+// The official `openai` client from the npm registry (node; scripts/setup.sh installs it into
+// build/npm, GPTQ_NPM_DIR elsewhere): completions and chat, plain and streamed, the model list and
+// two API errors, as tests/node/openai_client.mjs drives them; the texts equal generate's.
+TEST(Serve, OfficialOpenAiNodeClient) {
+  SHARED_MODEL_OR_SKIP(m, "babyllama-361");
+  const char* env = std::getenv("GPTQ_NPM_DIR");
+  const std::string npm = env && *env ? env : std::string(GPTQ_SOURCE_DIR) + "/build/npm";
+  if (std::system("node --version >/dev/null 2>&1") != 0) GTEST_SKIP() << "node is not installed: skipped";
+  if (access((npm + "/node_modules/openai/package.json").c_str(), R_OK) != 0)
+    GTEST_SKIP() << "the npm openai client is not in " << npm << " (scripts/setup.sh installs it when npm and its registry are reachable): skipped";
+  const std::string script = npm + "/openai_client.mjs";  // next to node_modules, where `import "openai"` resolves
+  std::ofstream(script) << slurp(std::string(GPTQ_SOURCE_DIR) + "/tests/node/openai_client.mjs");
+  const std::string tpl = testing::TempDir() + "/gptq_serve_node.jinja";
+  std::ofstream(tpl) << "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"
+                        "{% if add_generation_prompt %}assistant:{% endif %}";
+  ServerProcess s(m, {"--chat-template", tpl, "--api-key", "sekrit", "--served-model-name", "baby"});
+  ASSERT_GT(s.port(), 0) << s.log();
+  const std::string out_file = testing::TempDir() + "/gptq_serve_node.json";
+  const std::string cmd = "node " + script + " http://127.0.0.1:" + std::to_string(s.port()) + "/v1 sekrit baby >" +
+                          out_file + " 2>&1";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << slurp(out_file) << s.log();
+  const json r = json::parse(slurp(out_file));
+  const auto gen = run_cli({"generate", "-m", m, "-p", "Once upon a time", "-n", "12", "--temperature", "0", "--json", "-t", "1"});
+  ASSERT_EQ(gen.rc, 0) << gen.err;
+  const std::string expected = json::parse(gen.out)["text"];
+  EXPECT_EQ(r["completion"]["object"], "text_completion");
+  EXPECT_EQ(r["completion"]["text"], expected);
+  EXPECT_EQ(r["completion"]["finish_reason"], "length");
+  EXPECT_EQ(r["completion"]["usage"]["completion_tokens"], 12);
+  EXPECT_EQ(r["completion_stream"]["text"], expected);
+  EXPECT_EQ(r["completion_stream"]["finish_reason"], "length");
+  EXPECT_EQ(r["completion_stream"]["usage"]["completion_tokens"], 12);
+  const auto chat = run_cli({"generate", "-m", m, "-p", "user: Once upon a time\nassistant:", "--no-special", "-n", "8",
+                             "--temperature", "0", "--json", "-t", "1"});
+  ASSERT_EQ(chat.rc, 0) << chat.err;
+  const std::string answer = json::parse(chat.out)["text"];
+  EXPECT_EQ(r["chat"]["object"], "chat.completion");
+  EXPECT_EQ(r["chat"]["role"], "assistant");
+  EXPECT_EQ(r["chat"]["content"], answer);
+  EXPECT_EQ(r["chat_stream"]["content"], answer);
+  EXPECT_EQ(r["chat_stream"]["usage"]["completion_tokens"], 8);
+  EXPECT_EQ(r["models"], json::array({"baby"}));
+  EXPECT_EQ(r["error"]["status"], 400) << r;
+  EXPECT_EQ(r["error"]["is_api_error"], true);
+  EXPECT_EQ(r["auth_error"]["status"], 401) << r;
+  EXPECT_EQ(r["auth_error"]["is_auth_error"], true);
+  EXPECT_EQ(s.terminate(), 0) << s.log();
   std::remove(tpl.c_str());
 }
 

@@ -56,6 +56,11 @@ struct QuantizeOptions {
   // One decoder layer's weights in memory at a time (Model::load_layer / release_layer): 1 yes, 0 no,
   // -1 on a device backend only (the same bytes either way).
   int stream_layers = -1;
+  // Where the calibration activations (every window's layer input and attention output) live: 0 on
+  // the backend, 1 in host memory (a window at a time copied through the backend: slower, for a
+  // device they do not fit on), -1 on the backend when they fit there, else in host memory. The
+  // same bytes either way.
+  int host_activations = -1;
   const std::atomic<bool>* cancel = nullptr;  // set (e.g. by SIGINT) to stop; nothing is written
 };
 

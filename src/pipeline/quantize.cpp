@@ -250,6 +250,10 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
   // x + o(att) once o_proj is quantized); ATT: [n*T, A] the attention outputs.
   std::shared_ptr<void> x_mem, att_mem, scratch_mem;
   Tensor X, ATT, scratch;
+  // Host mode (QuantizeOptions::host_activations): X and ATT are one window each on the backend,
+  // every window's in Xh / ATTh.
+  bool host_acts = false;
+  std::vector<float> Xh, ATTh;
   auto cache = model->new_cache(std::max<int64_t>(T, 1));
   const int64_t seq = cache->add_sequence();
   // One window = one sequence at positions 0..T-1 (the cache is emptied before each).
@@ -265,14 +269,37 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
     // minutes of calibration.
     // Streaming, the first layer is still to come: it must fit next to them.
     const uint64_t layer = stream ? model->layer_file_bytes(0) : 0;
-    check_memory(uint64_t(n * T) * uint64_t(H + A) * 4 + layer, be.available_bytes(),
-                 layer ? cat("calibration on ", n, " windows of ", T, " tokens and one decoder layer (",
-                             format_bytes(layer), ")")
-                       : cat("calibration on ", n, " windows of ", T, " tokens"));
-    X = be.alloc_f32(n * T, H, x_mem);
-    ATT = be.alloc_f32(n * T, A, att_mem);
+    const uint64_t acts = uint64_t(n * T) * uint64_t(H + A) * 4;
+    const std::string what = layer ? cat("calibration on ", n, " windows of ", T, " tokens and one decoder layer (",
+                                         format_bytes(layer), ")")
+                                   : cat("calibration on ", n, " windows of ", T, " tokens");
+    host_acts = o.host_activations == 1 ||
+                (o.host_activations < 0 && be.device() != Device::kCpu && acts + layer > be.available_bytes());
+    if (host_acts) {  // the activations in host memory, one window and the layer on the backend
+      check_memory(acts, available_memory(), cat(what, ": its activations in host memory"));
+      check_memory(uint64_t(T) * uint64_t(H + A) * 4 + layer, be.available_bytes(), what);
+      Xh.resize(size_t(n * T * H));
+      ATTh.resize(size_t(n * T * A));
+      X = be.alloc_f32(T, H, x_mem);
+      ATT = be.alloc_f32(T, A, att_mem);
+      if (o.progress)
+        std::fprintf(stderr, "quantize: the calibration activations (%s) do not fit next to the layer on %s: "
+                             "held in host memory, a window at a time on the device\n",
+                     format_bytes(acts).c_str(), be.name().c_str());
+    } else {
+      check_memory(acts + layer, be.available_bytes(), what);
+      X = be.alloc_f32(n * T, H, x_mem);
+      ATT = be.alloc_f32(n * T, A, att_mem);
+    }
     if (!o.true_sequential) scratch = be.alloc_f32(T, H, scratch_mem);
-    for (int64_t w = 0; w < n; ++w) model->embed(window_plan(w), X.slice_rows(w * T, T));
+    for (int64_t w = 0; w < n; ++w) {
+      if (!host_acts) {
+        model->embed(window_plan(w), X.slice_rows(w * T, T));
+        continue;
+      }
+      model->embed(window_plan(w), X);
+      be.to_host(X, Xh.data() + w * T * H);
+    }
     // Every window is positions 0..T-1 of the same sequence, never committed: one plan (and its
     // RoPE angles) serves every window of every layer; only the embedding above needs the tokens.
     layer_plan = window_plan(0);
@@ -304,12 +331,21 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
     tap.seconds = 0;
     for (int64_t w = 0; w < n; ++w) {
       cancelled();
-      Tensor x = X.slice_rows(w * T, T);
-      if (on_copy) {  // leaves X as it was
+      float* xh = host_acts ? Xh.data() + w * T * H : nullptr;
+      float* atth = host_acts ? ATTh.data() + w * T * A : nullptr;
+      Tensor x = host_acts ? X : X.slice_rows(w * T, T), att = host_acts ? ATT : ATT.slice_rows(w * T, T);
+      if (host_acts) {
+        be.from_host(xh, x);
+        if (from == Stage::kAttnOut) be.from_host(atth, att);  // read only when resuming there
+      } else if (on_copy) {  // leaves X as it was
         be.copy(x, scratch);
         x = scratch;
       }
-      model->run_layer(l, layer_plan, *cache, x, ATT.slice_rows(w * T, T), from, &tap);
+      model->run_layer(l, layer_plan, *cache, x, att, from, &tap);
+      if (host_acts) {  // back what the run changed: att when it ran attention, x past the o add
+        if (from == Stage::kAttnIn && tap.stop != Stage::kAttnIn) be.to_host(att, atth);
+        if (!on_copy && tap.stop >= Stage::kMlpIn) be.to_host(x, xh);
+      }
     }
     be.synchronize();
     rep.seconds_hessian += tap.seconds;
