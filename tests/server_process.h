@@ -56,6 +56,7 @@ class ServerProcess {
     std::remove(log_.c_str());
   }
   int port() const { return port_; }
+  pid_t pid() const { return pid_; }
   std::string log() const { return slurp(log_); }
   // SIGTERM, then the exit code.
   int terminate() {
