@@ -24,6 +24,14 @@ struct LlamaLayer {
   std::unique_ptr<Weight>& slot(LinearSlot s) { return linears[size_t(s)]; }
   const Weight& get(LinearSlot s) const { return *linears[size_t(s)]; }
   bool loaded() const { return bool(linears[size_t(LinearSlot::kO)]); }  // o is never fused
+  std::vector<const Weight*> weights() const {  // every linear weight held, fused or not
+    std::vector<const Weight*> w;
+    for (const auto& lin : linears)
+      if (lin) w.push_back(lin.get());
+    for (const Weight* f : {qkv.get(), gate_up.get()})
+      if (f) w.push_back(f);
+    return w;
+  }
 };
 
 struct LlamaWeights {
@@ -43,9 +51,9 @@ struct Workspace {
   uint64_t generation = 0;  // new (process-wide) whenever the tensors move: keys of recorded decode steps
   std::vector<std::shared_ptr<void>> mem;
   Tensor x, h, q, k, v, att, g, u, tmp, cs;  // [rows, ...]
-  // fused: q, k, v are column ranges of qkv and g, u of gu (LlamaLayer::qkv / gate_up write them);
-  // fused_layers: some layer is fused (set at load), so the tensors are laid out that way.
-  bool fused = false, fused_layers = false;
+  // Some layer is fused (set at load): q, k, v are then column ranges of qkv and g, u of gu
+  // (LlamaLayer::qkv / gate_up write them); qkv.data is set when the tensors are laid out so.
+  bool fused_layers = false;
   Tensor qkv, gu;
   Tensor hl, logits;                          // [logit_rows, hidden], [logit_rows, vocab]
 };

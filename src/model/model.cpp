@@ -52,7 +52,7 @@ uint64_t workspace_bytes(const ModelConfig& c, int64_t rows, int64_t logit_rows)
 }
 
 void ensure_workspace(Backend& be, const ModelConfig& c, Workspace& ws, int64_t rows, int64_t logit_rows) {
-  if (rows <= ws.rows && logit_rows <= ws.logit_rows && ws.fused == ws.fused_layers) return;
+  if (rows <= ws.rows && logit_rows <= ws.logit_rows && (ws.qkv.data != nullptr) == ws.fused_layers) return;
   rows = std::max(rows, ws.rows);
   logit_rows = std::max(logit_rows, ws.logit_rows);
   const int64_t H = c.hidden_size, A = c.num_heads * c.head_dim, KV = c.num_kv_heads * c.head_dim,
@@ -64,7 +64,7 @@ void ensure_workspace(Backend& be, const ModelConfig& c, Workspace& ws, int64_t 
   static std::atomic<uint64_t> next_generation{1};
   const bool fused = ws.fused_layers;
   ws = Workspace{};
-  ws.fused = ws.fused_layers = fused;
+  ws.fused_layers = fused;
   ws.generation = next_generation++;
   ws.rows = rows;
   ws.logit_rows = logit_rows;

@@ -445,8 +445,7 @@ static size_t layer_bytes(const LlamaWeights& w) {
   size_t n = size_t(w.final_norm.t.cols) * 4;
   for (const auto& L : w.layers) {
     n += size_t(L.attn_norm.t.cols + L.mlp_norm.t.cols) * 4;
-    for (const auto& lin : L.linears) n += lin ? lin->bytes() : 0;
-    n += (L.qkv ? L.qkv->bytes() : 0) + (L.gate_up ? L.gate_up->bytes() : 0);
+    for (const Weight* lin : L.weights()) n += lin->bytes();
   }
   return n;
 }
@@ -478,9 +477,7 @@ std::string Model::weight_dtype_summary() const {
   std::set<std::string> kinds;
   kinds.insert(w_->embed->kind());
   for (const auto& L : w_->layers)
-    for (const Weight* lin : {L.linears[0].get(), L.linears[1].get(), L.linears[2].get(), L.linears[3].get(),
-                              L.linears[4].get(), L.linears[5].get(), L.linears[6].get(), L.qkv.get(), L.gate_up.get()})
-      if (lin) kinds.insert(lin->kind());
+    for (const Weight* lin : L.weights()) kinds.insert(lin->kind());
   std::string out;
   for (const auto& k : kinds) out += (out.empty() ? "" : " + ") + k;
   return out;
