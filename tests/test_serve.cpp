@@ -37,6 +37,8 @@ struct Streamed {
   std::string text, finish_reason;
   bool done = false;
   json last;
+  int status = 0;     // the HTTP status (0: no response)
+  std::string error;  // httplib's error when the exchange failed, else the non-event body
 };
 // stop_after: the client closes the connection after that many chunks (0: read to the end).
 Streamed stream(const ServerProcess& s, const std::string& path, const json& body, int stop_after = 0,
@@ -71,7 +73,11 @@ Streamed stream(const ServerProcess& s, const std::string& path, const json& bod
     }
     return true;
   };
-  c.send(req);
+  httplib::Response res;
+  httplib::Error err = httplib::Error::Success;
+  if (c.send(req, res, err)) out.status = res.status;
+  else if (stop_after == 0 || chunks < stop_after) out.error = httplib::to_string(err);
+  if (out.error.empty() && out.last.is_null()) out.error = buf;  // an error object instead of events
   return out;
 }
 
@@ -587,7 +593,8 @@ TEST(Serve, LoadTestSixtyFourStreamsWithMisbehavingClients) {
       });
     for (auto& t : clients) t.join();
     for (int i = 0; i < kStreams; ++i) {
-      EXPECT_TRUE(together[size_t(i)].done) << "round " << r << " stream " << i;
+      EXPECT_TRUE(together[size_t(i)].done) << "round " << r << " stream " << i << ": status "
+                                            << together[size_t(i)].status << " " << together[size_t(i)].error;
       EXPECT_EQ(together[size_t(i)].text, alone[size_t(i)]) << "round " << r << " stream " << i;
     }
     EXPECT_EQ(bad_ok, 8);

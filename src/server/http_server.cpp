@@ -13,6 +13,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 
 #include "chat/chat_template.h"
 #include "gptq/server.h"
@@ -36,41 +37,64 @@ void reply_error(httplib::Response& res, int status, const std::string& message,
   res.set_content(dump(error_object(status, message, param, code)), "application/json");
 }
 
-// cpp-httplib 0.11 (Debian 12's) shows a handler nothing of its connection (later versions have
-// Request::is_connection_closed). The connection's socket is found among this process's file
-// descriptors by its two ends, the request's local and remote address and port (the pair is
-// unique while the connection is open, and the handler holds it open). -1 when not found.
-int connection_fd(const httplib::Request& req) {
+bool numeric_address(const sockaddr_storage& a, socklen_t len, std::string& host, int& port) {
+  char h[NI_MAXHOST], p[NI_MAXSERV];
+  if (getnameinfo(reinterpret_cast<const sockaddr*>(&a), len, h, sizeof h, p, sizeof p, NI_NUMERICHOST | NI_NUMERICSERV) != 0)
+    return false;
+  host = h;
+  port = std::atoi(p);
+  return true;
+}
+
+// The first of this process's sockets for which pred(fd) holds, or -1.
+int find_socket(const std::function<bool(int)>& pred) {
   DIR* d = opendir("/proc/self/fd");
   if (!d) return -1;
   int found = -1;
-  const auto numeric = [](const sockaddr_storage& a, socklen_t len, std::string& host, int& port) {
-    char h[NI_MAXHOST], p[NI_MAXSERV];
-    if (getnameinfo(reinterpret_cast<const sockaddr*>(&a), len, h, sizeof h, p, sizeof p, NI_NUMERICHOST | NI_NUMERICSERV) != 0)
-      return false;
-    host = h;
-    port = std::atoi(p);
-    return true;
-  };
   while (dirent* e = readdir(d)) {
     const int fd = std::atoi(e->d_name);
     struct stat st {};
     if (e->d_name[0] < '0' || e->d_name[0] > '9' || fd == dirfd(d) || fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode)) continue;
-    sockaddr_storage local {}, peer {};
-    socklen_t llen = sizeof local, plen = sizeof peer;
-    if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &llen) != 0 ||
-        getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &plen) != 0)
-      continue;  // the listening socket has no peer
-    std::string lhost, phost;
-    int lport = -1, pport = -1;
-    if (numeric(local, llen, lhost, lport) && numeric(peer, plen, phost, pport) && lport == req.local_port &&
-        pport == req.remote_port && phost == req.remote_addr) {
+    if (pred(fd)) {
       found = fd;
       break;
     }
   }
   closedir(d);
   return found;
+}
+
+// cpp-httplib 0.11 (Debian 12's) shows a handler nothing of its connection (later versions have
+// Request::is_connection_closed). The connection's socket is found among this process's file
+// descriptors by its two ends, the request's local and remote address and port (the pair is
+// unique while the connection is open, and the handler holds it open). -1 when not found.
+int connection_fd(const httplib::Request& req) {
+  return find_socket([&](int fd) {
+    sockaddr_storage local {}, peer {};
+    socklen_t llen = sizeof local, plen = sizeof peer;
+    if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &llen) != 0 ||
+        getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &plen) != 0)
+      return false;  // the listening socket has no peer
+    std::string lhost, phost;
+    int lport = -1, pport = -1;
+    return numeric_address(local, llen, lhost, lport) && numeric_address(peer, plen, phost, pport) &&
+           lport == req.local_port && pport == req.remote_port && phost == req.remote_addr;
+  });
+}
+
+// The listening socket on `port`: one that accepts connections, bound to that port.
+int listening_fd(int port) {
+  return find_socket([&](int fd) {
+    int accepting = 0;
+    socklen_t alen = sizeof accepting;
+    sockaddr_storage local {};
+    socklen_t llen = sizeof local;
+    std::string host;
+    int lport = -1;
+    return getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &accepting, &alen) == 0 && accepting &&
+           getsockname(fd, reinterpret_cast<sockaddr*>(&local), &llen) == 0 &&
+           numeric_address(local, llen, host, lport) && lport == port;
+  });
 }
 
 // Whether the client closed its end: a hang-up or error, or end-of-file waiting to be read (httplib
@@ -245,6 +269,14 @@ int Server::bind() {
   const int port = impl_->opt.port == 0 ? impl_->http.bind_to_any_port(impl_->opt.host)
                                         : (impl_->http.bind_to_port(impl_->opt.host, impl_->opt.port) ? impl_->opt.port : -1);
   if (port < 0) fail("cannot listen on ", impl_->opt.host, ":", impl_->opt.port, ": ", std::strerror(errno));
+  // Debian's libcpp-httplib listens with a backlog of 5 (CPPHTTPLIB_LISTEN_BACKLOG, compiled into
+  // the library): a burst of new connections overflows it, the kernel drops their handshakes, and
+  // a client whose request then arrives more than httplib's 5-second keep-alive wait after the
+  // accept is closed unanswered. listen() again on a listening socket only raises its backlog
+  // (to what net.core.somaxconn allows).
+  const int fd = listening_fd(port);
+  if (fd < 0 || ::listen(fd, SOMAXCONN) != 0)
+    fail("cannot raise the listen backlog on ", impl_->opt.host, ":", port, ": ", fd < 0 ? "socket not found" : std::strerror(errno));
   return port;
 }
 
