@@ -4,7 +4,7 @@
 //
 //   gptq_cuda_workbench [--reps R] [--json FILE] [--sweep]
 //
-// --sweep: also the 4-bit kernel's launch choices (gptq_kernels.h Gemv4Tuning) one by one.
+// --sweep: also the 4-bit kernels' launch choices (gptq_kernels.h Gemv4Tuning, GemmTuning) one by one.
 // --shape NAME: that layer shape only (qkv, o, gate_up, down), e.g. under ncu.
 //
 // Per (kernel, shape K x N, T): the median over R samples of one pass over C weight copies
@@ -99,7 +99,8 @@ struct GptqConfig {
 };
 const GptqConfig kGptq[] = {{4, 128}, {8, 128}, {3, 128}, {4, 32}};
 const int64_t kGemvT[] = {1, 2, 4, 8};
-const int64_t kCublasT[] = {1, 2, 4, 8, 16, 64, 512};
+const int64_t kCublasT[] = {1, 2, 4, 8, 16, 32, 64, 512};
+const int64_t kGemmT[] = {16, 32, 64};  // the batched 4-bit kernel
 
 // One GPTQ matrix on the device, random (a valid layout: any codes, contiguous groups of G).
 struct DevGptq {
@@ -351,6 +352,40 @@ int main(int argc, char** argv) {
           });
           results.push_back({vname, sh.name, K, N, T, us, wbytes + double(T * K) * 4 + double(T * N) * 4, err});
         }
+      // The batched tensor-core kernel (T > 8, 4 bits), its default launch; with --sweep also the
+      // launch choices (column tiles per warp, warps, K splits) it picks from.
+      if (g.bits == 4) {
+        std::vector<std::pair<std::string, gptq::cuda::GemmTuning>> gvariants{{g.name() + " tc", {}}};
+        if (g.group == 128 && sweep)
+          for (int ctw : {1, 2, 4})
+            for (int wp : {4, 8})
+              for (int sp : {0, 1, 2, 4})
+                gvariants.push_back({g.name() + " tc c" + std::to_string(ctw) + " w" + std::to_string(wp) + " s" +
+                                         std::to_string(sp),
+                                     {ctw, wp, sp}});
+        for (const auto& [vname, tune] : gvariants)
+          for (int64_t T : kGemmT) {
+            if (tune.col_tiles * ((T + 7) / 8 <= 2 ? 2 : (T + 7) / 8 <= 4 ? 4 : 8) > 16) continue;  // spills: refused
+            const auto need = gptq::cuda::gptq_gemm_scratch(W[0].m, T, tune);
+            void* ws;
+            int* cnt;
+            CUDA_CHECK(cudaMalloc(&ws, std::max<size_t>(need.bytes, 1)));
+            CUDA_CHECK(cudaMalloc(&cnt, size_t(std::max<int64_t>(need.counters, 1)) * 4));
+            CUDA_CHECK(cudaMemset(cnt, 0, size_t(std::max<int64_t>(need.counters, 1)) * 4));
+            cublas_gemm(h, Wd, xh, yref, K, N, T);
+            CUDA_CHECK(cudaMemsetAsync(y, 0xff, size_t(T * N) * 4, s));
+            gptq::cuda::gptq_gemm(W[0].m, xf, K, T, y, N, ws, need.bytes, cnt, need.counters, s, tune);
+            CUDA_CHECK(cudaStreamSynchronize(s));
+            const double err = nmse(download(y, size_t(T * N)), download(yref, size_t(T * N)));
+            const double us = time_passes(s, copies, reps, [&](cudaStream_t st) {
+              for (int c = 0; c < copies; ++c)
+                gptq::cuda::gptq_gemm(W[size_t(c)].m, xf, K, T, y, N, ws, need.bytes, cnt, need.counters, st, tune);
+            });
+            results.push_back({vname, sh.name, K, N, T, us, wbytes + double(T * K) * 4 + double(T * N) * 4, err});
+            CUDA_CHECK(cudaFree(ws));
+            CUDA_CHECK(cudaFree(cnt));
+          }
+      }
       // Dequantization alone (what T > 8 pays before cuBLAS): reads the GPTQ bytes, writes fp16.
       {
         // One output for all copies: at N*K*2 >= 33 MB per write it gains little from L2.

@@ -757,6 +757,11 @@ void add_gptq_linear_cases() {
       add_gptq_case({bits, 128, GOrder::kActOrder, false, QuantFormat::kGptqV1, 352, n_for(bits), T, true});
       add_gptq_case({bits, 32, GOrder::kIdentity, true, QuantFormat::kGptqV2, 352, n_for(bits), T, true});
     }
+  // T = 16 and 33: the batched 4-bit kernel's first two n-tile counts on CUDA (GPTQ_CUDA_TC_GEMM=1).
+  for (int64_t T : {16, 33}) {
+    add_gptq_case({4, 128, GOrder::kActOrder, false, QuantFormat::kGptqV1, 352, 72, T, true});
+    add_gptq_case({4, 32, GOrder::kIdentity, true, QuantFormat::kGptqV2, 352, 72, T, false});
+  }
   // K = 320 with G = 128 (groups of 128, 128, 64); no g_idx tensor.
   for (int64_t T : {1, 65}) {
     add_gptq_case({4, 128, GOrder::kIdentity, false, QuantFormat::kGptqV1, 320, 256, T, true});

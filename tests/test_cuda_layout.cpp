@@ -6,13 +6,16 @@
 //    checks) and must equal quant::dequantize (inputs permuted) exactly.
 //  - CudaGptq.*: on the GPU (skipped without one): gptq_gemv for T = 1..8 against a float64 host
 //    product (x rounded to fp16 first at 4 bits, as the tensor-core kernel does),
-//    gptq_dequant_f16 against the host's fp16 rounding of the same weights.
+//    gptq_dequant_f16 against the host's fp16 rounding of the same weights, gptq_gemm (T > 8)
+//    against the float64 product of the fp16 x and fp16 weights.
 #if defined(GPTQ_WITH_CUDA)
 
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <numeric>
 #include <random>
@@ -222,6 +225,33 @@ void upload(DeviceBuf<V>& d, const std::vector<V>& h) {
   }
 }
 
+// The device layout of a random layer of case c.
+GptqLayout fast_layout(const LayoutCase& c, uint32_t seed) {
+  const PackedQuant p = random_layer(c, seed);
+  return gptq::cuda::make_gptq_layout(gptq::cpu::prepare(p.view(), test_pool()));
+}
+
+// A layout uploaded, and the kernels' view of it.
+struct DeviceLayout {
+  DeviceBuf<uint32_t> q, sz;
+  DeviceBuf<int32_t> cg;
+  gptq::cuda::GptqDeviceMatrix m;
+  explicit DeviceLayout(const GptqLayout& L) : q(L.qweight.size()), sz(L.scale_zero.size()), cg(L.chunk_group.size()) {
+    upload(q, L.qweight);
+    upload(sz, L.scale_zero);
+    upload(cg, L.chunk_group);
+    m.bits = L.bits;
+    m.K = L.K;
+    m.N = L.N;
+    m.n_chunks = L.n_chunks;
+    m.n_groups = L.n_groups;
+    m.qweight = q.p;
+    m.scale_zero = sz.p;
+    m.chunk_group = cg.p;
+    m.chunks_per_group = L.chunks_per_group;
+  }
+};
+
 TEST(CudaGptq, GemvMatchesReference) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
   const LayoutCase cases[] = {
@@ -241,27 +271,12 @@ TEST(CudaGptq, GemvMatchesReference) {
   uint32_t seed = 100;
   for (const LayoutCase& c : cases) {
     SCOPED_TRACE(describe(c));
-    const PackedQuant p = random_layer(c, seed++);
-    const auto prep = gptq::cpu::prepare(p.view(), test_pool());
-    const GptqLayout L = gptq::cuda::make_gptq_layout(prep);
+    const GptqLayout L = fast_layout(c, seed++);
     ASSERT_TRUE(L.fast);
     const std::vector<float> W = decode_layout(L);  // [N, K] reordered order, = dequantize (test above)
     const int64_t K = c.K, N = c.N;
-    DeviceBuf<uint32_t> dq(L.qweight.size()), dsz(L.scale_zero.size());
-    DeviceBuf<int32_t> dcg(L.chunk_group.size());
-    upload(dq, L.qweight);
-    upload(dsz, L.scale_zero);
-    upload(dcg, L.chunk_group);
-    gptq::cuda::GptqDeviceMatrix dm;
-    dm.bits = L.bits;
-    dm.K = K;
-    dm.N = N;
-    dm.n_chunks = L.n_chunks;
-    dm.n_groups = L.n_groups;
-    dm.qweight = dq.p;
-    dm.scale_zero = dsz.p;
-    dm.chunk_group = dcg.p;
-    dm.chunks_per_group = L.chunks_per_group;
+    const DeviceLayout dl(L);
+    const gptq::cuda::GptqDeviceMatrix& dm = dl.m;
 
     for (int64_t T = 1; T <= gptq::cuda::kGemvMaxRows; ++T) {
       SCOPED_TRACE("T " + std::to_string(T));
@@ -330,6 +345,100 @@ TEST(CudaGptq, GemvMatchesReference) {
         ADD_FAILURE() << "dequant n " << i / K << " k " << i % K << ": " << out[size_t(i)] << " != " << want;
     }
     EXPECT_EQ(bad, 0);
+  }
+}
+
+// The batched 4-bit kernel (gptq_gemm, T > 8 on tensor cores) against a float64 host product of
+// the fp16-rounded x and the fp16-rounded weights (what it multiplies, as dequantize + cuBLAS
+// does), at every n-tile count (T 9..16, 17..32, 33..64), T past one launch's 64 rows, with
+// forced K splits (the last-block reduction), partial column blocks, warps 1..8, the table path,
+// and accumulate. A second identical call must give the same bits (counters reset, fixed order).
+TEST(CudaGptq, BatchedKernelMatchesReference) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  const LayoutCase cases[] = {
+      {4, 128, true, true, QuantFormat::kGptqV1, 1000, 200},    // K, N off 32 and 64; act-order
+      {4, 32, false, false, QuantFormat::kGptqV2, 4096, 4096},  // a real shape
+      {4, 128, false, true, QuantFormat::kGptqV2, 11008, 96},   // long K: splits
+      {4, 32, true, false, QuantFormat::kGptqV1, 200, 40},      // odd chunk count, a partial column tile
+      {4, -1, false, false, QuantFormat::kGptqV2, 2048, 1536},  // one group
+      {4, 64, true, false, QuantFormat::kGptqV1, 576, 48},
+  };
+  std::mt19937 rng(54321);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  uint32_t seed = 300;
+  for (const LayoutCase& c : cases) {
+    SCOPED_TRACE(describe(c));
+    const GptqLayout L = fast_layout(c, seed++);
+    ASSERT_TRUE(L.fast);
+    std::vector<float> W = decode_layout(L);
+    for (auto& v : W) v = gptq::fp16_to_fp32(gptq::fp32_to_fp16(v));  // the fp16 weight it multiplies
+    const int64_t K = c.K, N = c.N;
+    const DeviceLayout dl(L);
+    const gptq::cuda::GptqDeviceMatrix& dm = dl.m;
+    for (int64_t T : {9, 16, 17, 29, 32, 40, 64, 100}) {
+      SCOPED_TRACE("T " + std::to_string(T));
+      const int64_t xs = K + 4, ys = N + 3;
+      std::vector<float> x(size_t(T * xs)), y0(size_t(T * ys));
+      for (auto& v : x) v = nd(rng);
+      for (auto& v : y0) v = nd(rng);
+      std::vector<float> xr = x;
+      for (auto& v : xr) v = gptq::fp16_to_fp32(gptq::fp32_to_fp16(v));
+      std::vector<double> ref(size_t(T * N));
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t n = 0; n < N; ++n) {
+          double r = 0;
+          for (int64_t k = 0; k < K; ++k) r += double(xr[size_t(t * xs + k)]) * double(W[size_t(n * K + k)]);
+          ref[size_t(t * N + n)] = r;
+        }
+      DeviceBuf<float> dx(x.size()), dy(size_t(T * ys));
+      upload(dx, x);
+      // {col_tiles, warps, splits}: the defaults, then forced choices (col_tiles 4 only to 32 rows).
+      std::vector<gptq::cuda::GemmTuning> tunings{{}, {1, 1, 3}, {2, 8, 2}, {1, 3, 1}, {2, 5, 7}};
+      if (T <= 32) tunings.push_back({4, 2, 4});
+      for (size_t ti = 0; ti < tunings.size(); ++ti) {
+        const auto& tune = tunings[ti];
+        const bool accumulate = ti % 2 == 1;
+        SCOPED_TRACE("col_tiles " + std::to_string(tune.col_tiles) + " warps " + std::to_string(tune.warps) +
+                     " splits " + std::to_string(tune.splits) + " accumulate " + std::to_string(accumulate));
+        auto dm_used = dm;
+        if (ti == 3) dm_used.chunks_per_group = 0;  // the chunk -> group table
+        const auto need = gptq::cuda::gptq_gemm_scratch(dm_used, T, tune);
+        DeviceBuf<char> ws(need.bytes);
+        DeviceBuf<int> cnt(size_t(need.counters));
+        CUDA_OK(cudaMemset(cnt.p, 0, size_t(need.counters) * sizeof(int)));
+        std::vector<std::vector<float>> outs;
+        for (int rep = 0; rep < 2; ++rep) {
+          std::vector<float> y(size_t(T * ys), std::numeric_limits<float>::quiet_NaN());
+          if (accumulate)
+            for (int64_t t = 0; t < T; ++t)
+              for (int64_t n = 0; n < N; ++n) y[size_t(t * ys + n)] = y0[size_t(t * ys + n)];
+          upload(dy, y);
+          gptq::cuda::gptq_gemm(dm_used, dx.p, xs, T, dy.p, ys, ws.p, need.bytes, cnt.p, need.counters, nullptr, tune,
+                                accumulate);
+          CUDA_OK(cudaDeviceSynchronize());
+          CUDA_OK(cudaMemcpy(y.data(), dy.p, y.size() * sizeof(float), cudaMemcpyDeviceToHost));
+          outs.push_back(y);
+        }
+        const std::vector<float>& y = outs[0];
+        double num = 0, den = 0;
+        for (int64_t t = 0; t < T; ++t)
+          for (int64_t n = 0; n < N; ++n) {
+            const double r = ref[size_t(t * N + n)] + (accumulate ? double(y0[size_t(t * ys + n)]) : 0.0);
+            const double d = double(y[size_t(t * ys + n)]) - r;
+            num += d * d;
+            den += r * r;
+          }
+        ASSERT_TRUE(std::isfinite(num)) << "NaN or inf in y (an output not written?)";
+        EXPECT_LE(num / den, 64.0 * double(K) * std::ldexp(1.0, -48));
+        for (int64_t t = 0; t < T; ++t)
+          for (int64_t n = N; n < ys; ++n) EXPECT_TRUE(std::isnan(y[size_t(t * ys + n)]));
+        EXPECT_EQ(std::memcmp(outs[0].data(), outs[1].data(), outs[0].size() * sizeof(float)), 0)
+            << "two identical calls differ";
+        std::vector<int> left(size_t(need.counters));
+        CUDA_OK(cudaMemcpy(left.data(), cnt.p, left.size() * sizeof(int), cudaMemcpyDeviceToHost));
+        EXPECT_EQ(std::count(left.begin(), left.end(), 0), int64_t(left.size())) << "counters left nonzero";
+      }
+    }
   }
 }
 

@@ -18,6 +18,8 @@
 #   prefill    prefill A/B: synthetic Llama-2-7B GPTQ 4-bit pp512 and pp2048 with the tensor-core
 #              prefill attention and with GPTQ_CUDA_PREFILL_TC=0 (the fp32 kernel), same binary
 #   ncu        ncu --set full of the 4-bit GEMV's first workbench launch (GPTQ_NCU_SHAPE, default qkv; T = 1)
+#   tcgemm     the batched 4-bit kernel (T 9..64): its test (also under memcheck and racecheck), the
+#              backend's GPTQ ops and batches with GPTQ_CUDA_TC_GEMM=1, and bench -b 16,32,64 without/with it
 #   ncuattn    ncu of one decode-step attention kernel (synthetic Llama-2-7B GPTQ 4-bit, batch 1, ~40 keys)
 set -uo pipefail
 w=/tmp/gptq-gpu
@@ -44,6 +46,22 @@ for what in ${@:-tests bench}; do
         --gtest_filter="${GPTQ_SANITIZE_FILTER:-BackendOps.*_T1/cuda:BackendOps.*_T5/cuda:BackendOps.*_T65/cuda:BackendOps.attention*/cuda:CudaBatch.*}" \
         --gtest_brief=1 >"$out/sanitize.log" 2>&1 || rc=1
       grep -E 'ERROR SUMMARY|FAIL|tests? ran' "$out/sanitize.log" | head -20 ;;
+    tcgemm)  # the batched 4-bit kernel (cuda::gptq_gemm): its own test, under memcheck and racecheck too, the
+      # backend's ops and batches on it (GPTQ_CUDA_TC_GEMM=1), then decode at batch 16-64 without and with it
+      "$w/gptq_tests" --gtest_filter='CudaGptq.Batched*' --gtest_brief=1 >"$out/tcgemm_tests.log" 2>&1 || rc=1
+      GPTQ_CUDA_TC_GEMM=1 "$w/gptq_tests" --gtest_brief=1 \
+        --gtest_filter='BackendOps.linear_gptq_b4*/cuda:BackendOps.linear_add*/cuda:BackendOps.fuse*/cuda:CudaBatch.*:*GenerateBatch*:Layouts/CudaGptq.*' \
+        >>"$out/tcgemm_tests.log" 2>&1 || rc=1
+      for tool in memcheck racecheck; do
+        compute-sanitizer --tool $tool --error-exitcode 9 "$w/gptq_tests" --gtest_filter='CudaGptq.Batched*' \
+          --gtest_brief=1 >>"$out/tcgemm_tests.log" 2>&1 || rc=1
+      done
+      grep -E 'FAIL|tests? ran|PASSED|ERROR SUMMARY|RACECHECK SUMMARY' "$out/tcgemm_tests.log" | head -40
+      for v in 0 1; do
+        echo "GPTQ_CUDA_TC_GEMM=$v" | tee -a "$out/bench_tc.txt"
+        GPTQ_CUDA_TC_GEMM=$v "$w/gptq" bench --synthetic llama2-7b --bits 4 --group-size 128 -p 512 -n 64 -r 3 \
+          -b 16,32,64 --device cuda 2>&1 | tee -a "$out/bench_tc.txt" | grep -E 'pp|tg|roofline'
+      done ;;
     workbench)
       "$w/gptq_cuda_workbench" ${GPTQ_WORKBENCH_ARGS:-} 2>&1 | tee "$out/workbench.txt" | tail -60 ;;
     bench)

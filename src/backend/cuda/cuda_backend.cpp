@@ -145,6 +145,19 @@ class CudaDenseWeight final : public Weight {
   std::shared_ptr<void> data_, bias_dev_;
 };
 
+// The parts' biases side by side (zeros for a part without one), or empty when none has one.
+std::vector<float> fused_bias(const std::vector<const Weight*>& parts) {
+  bool any = false;
+  for (const Weight* w : parts) any |= !w->bias().empty();
+  std::vector<float> b;
+  if (!any) return b;
+  for (const Weight* w : parts) {
+    if (w->bias().empty()) b.insert(b.end(), size_t(w->out_features()), 0.f);
+    else b.insert(b.end(), w->bias().begin(), w->bias().end());
+  }
+  return b;
+}
+
 class CudaGptqWeight final : public Weight {
  public:
   CudaGptqWeight(const cuda::GptqLayout& L, const float* bias, std::string kind)
@@ -240,8 +253,7 @@ class CudaGptqWeight final : public Weight {
     const size_t row_q = bits == 4 ? size_t(N / 16) * 512 : size_t(N) * size_t(bits) * 4;
     const size_t rows_q = size_t(bits == 4 ? (m0.n_chunks + 1) / 2 : m0.n_chunks);
     int64_t n0 = 0;
-    bool bias = false;
-    for (const CudaGptqWeight* p : parts) bias |= !p->bias_.empty();
+    f->bias_ = fused_bias(std::vector<const Weight*>(parts.begin(), parts.end()));
     for (const CudaGptqWeight* p : parts) {
       const cuda::GptqDeviceMatrix& m = p->m_;
       const size_t wq = bits == 4 ? size_t(m.N / 16) * 512 : size_t(m.N) * size_t(bits) * 4,
@@ -252,19 +264,13 @@ class CudaGptqWeight final : public Weight {
       if (m0.n_groups && m.N)
         CUDA_CHECK(cudaMemcpy2D(static_cast<char*>(f->sz_.get()) + size_t(n0) * 4, size_t(N) * 4, m.scale_zero,
                                 size_t(m.N) * 4, size_t(m.N) * 4, size_t(m0.n_groups), cudaMemcpyDeviceToDevice));
-      if (bias) {
-        if (p->bias_.empty())
-          f->bias_.insert(f->bias_.end(), size_t(m.N), 0.f);
-        else
-          f->bias_.insert(f->bias_.end(), p->bias_.begin(), p->bias_.end());
-      }
       n0 += m.N;
     }
     f->m_.qweight = static_cast<const uint32_t*>(f->qweight_.get());
     f->m_.scale_zero = static_cast<const uint32_t*>(f->sz_.get());
     f->m_.chunk_group = static_cast<const int32_t*>(f->cg_.get());
     f->bytes_ = qw + sz + cg0.size() * 4 + (a.perm_ ? size_t(m0.K) * 4 : 0);
-    if (bias) {
+    if (!f->bias_.empty()) {
       f->bias_dev_ = device_alloc(f->bias_.size() * 4, "a bias");
       CUDA_CHECK(cudaMemcpy(f->bias_dev_.get(), f->bias_.data(), f->bias_.size() * 4, cudaMemcpyHostToDevice));
       f->bytes_ += f->bias_.size() * 4;
@@ -302,7 +308,8 @@ class CudaBackend final : public Backend {
       CUDA_CHECK(cudaMallocHost(&p.ptr, kStagingBytes));
       CUDA_CHECK(cudaEventCreateWithFlags(&p.done, cudaEventDisableTiming));
     }
-    for (Scratch* s : {&x16_, &xperm_, &wdeq_, &attn_, &plan_mem_, &blocks_dev_}) s->moved = &scratch_moves_;
+    for (Scratch* s : {&x16_, &xperm_, &wdeq_, &attn_, &plan_mem_, &blocks_dev_, &gemm_ws_, &gemm_cnt_})
+      s->moved = &scratch_moves_;
   }
   ~CudaBackend() override {
     cudaStreamSynchronize(stream_);
@@ -445,29 +452,21 @@ class CudaBackend final : public Backend {
     if (q.size() == parts.size()) return CudaGptqWeight::concat(q);
     if (d.size() != parts.size()) return nullptr;
     int64_t N = 0;
-    bool bias = false;
     for (const CudaDenseWeight* w : d) {
       if (w->dtype() != d[0]->dtype() || w->kind() != d[0]->kind()) return nullptr;
       N += w->out_features();
-      bias |= !w->bias().empty();
     }
     const int64_t K = d[0]->in_features();
     const size_t es = dtype_size(d[0]->dtype());
     auto mem = device_alloc(size_t(N * K) * es, "a fused weight");
-    std::vector<float> b;
     size_t off = 0;
     for (const CudaDenseWeight* w : d) {
       const size_t n = size_t(w->out_features() * K) * es;
       if (n) CUDA_CHECK(cudaMemcpy(static_cast<char*>(mem.get()) + off, w->data(), n, cudaMemcpyDeviceToDevice));
       off += n;
-      if (bias) {
-        if (w->bias().empty())
-          b.insert(b.end(), size_t(w->out_features()), 0.f);
-        else
-          b.insert(b.end(), w->bias().begin(), w->bias().end());
-      }
     }
-    auto f = std::make_unique<CudaDenseWeight>(K, N, d[0]->dtype(), std::move(mem), bias ? b.data() : nullptr);
+    const std::vector<float> b = fused_bias(parts);
+    auto f = std::make_unique<CudaDenseWeight>(K, N, d[0]->dtype(), std::move(mem), b.empty() ? nullptr : b.data());
     f->kind_ = d[0]->kind_;
     return f;
   }
@@ -526,6 +525,11 @@ class CudaBackend final : public Backend {
     }
     if (T <= cuda::kGemvMaxRows) {
       cuda::gptq_gemv(g->matrix(), xin, xs, T, y.f32(), y.stride, stream_, {}, acc);
+    } else if (use_gptq_gemm_ && g->matrix().bits == 4 && T <= cuda::kGemmMaxRows) {
+      const cuda::GemmScratch need = cuda::gptq_gemm_scratch(g->matrix(), T);
+      void* ws = gemm_ws_.get(need.bytes, true);
+      cuda::gptq_gemm(g->matrix(), xin, xs, T, y.f32(), y.stride, ws, gemm_ws_.bytes, gemm_counters(need.counters),
+                      int64_t(gemm_cnt_.bytes / 4), stream_, {}, acc);
     } else {
       void* wh = wdeq_.get(size_t(N * K) * 2);
       cuda::gptq_dequant_f16(g->matrix(), wh, stream_);
@@ -854,6 +858,13 @@ class CudaBackend final : public Backend {
   cublasHandle_t calib_blas_ = nullptr;
   Pinned pinned_[2];
   Scratch x16_, xperm_, wdeq_, attn_, plan_mem_, blocks_dev_;
+  Scratch gemm_ws_, gemm_cnt_;  // cuda::gptq_gemm's scratch and its split-K counters (kept zeroed)
+  int* gemm_counters(int64_t n) {
+    const size_t before = gemm_cnt_.bytes;
+    void* p = gemm_cnt_.get(size_t(n) * 4);
+    if (gemm_cnt_.bytes != before) CUDA_CHECK(cudaMemsetAsync(p, 0, gemm_cnt_.bytes, stream_));
+    return static_cast<int*>(p);
+  }
   uint64_t scratch_moves_ = 0;
   std::vector<char> host_plan_;
   std::vector<void*> blocks_host_;
@@ -872,6 +883,13 @@ class CudaBackend final : public Backend {
   const bool use_graphs_ = env_on("GPTQ_CUDA_GRAPHS");
   // GPTQ_CUDA_PREFILL_TC=0: prefill rows on the fp32 attention kernel too (A/B measurements).
   const bool use_prefill_tc_ = env_on("GPTQ_CUDA_PREFILL_TC");
+  // GPTQ_CUDA_TC_GEMM=1: 4-bit linears of 9..64 rows on the batched tensor-core kernel
+  // (cuda::gptq_gemm) instead of dequantize + cuBLAS. Off until it has been measured on a GPU.
+  const bool use_gptq_gemm_ = env_set("GPTQ_CUDA_TC_GEMM");
+  static bool env_set(const char* name) {
+    const char* e = std::getenv(name);
+    return e && std::string(e) == "1";
+  }
   static bool env_on(const char* name) {
     const char* e = std::getenv(name);
     return !(e && std::string(e) == "0");

@@ -556,6 +556,210 @@ __global__ void __launch_bounds__(256)
   }
 }
 
+// ---- 4 bits at 9..64 rows: gptq4_mma_gemm ---------------------------------------------------
+//
+// Batched decode (T = 9..64 rows) reads every weight once per step, as T <= 8 does, but each
+// decoded weight now feeds T / 8 mma.sync instead of one, and x is T times larger: staging it per
+// warp, as gptq4_mma_gemv does, would not fit. So here a block's warps share one k-range and x.
+// Tiling. Block = W warps x CTW column tiles each (BN = 16 W CTW output columns), k-range
+// [kb_begin, kb_end) of split blockIdx.y. Per stage (one k-block: 64 inputs) it copies with
+// cp.async, kStages deep: each warp's codes of its CTW tiles (512 contiguous bytes per tile), the
+// scale/zero words of the stage's 2 chunks for the BN columns, and NT * 8 rows of x in fp16 (rows
+// >= T zero-filled; rows 144 bytes apart so ldmatrix hits 32 distinct banks). Per 16-input
+// sub-tile: the B fragments of the NT 8-row n-tiles by ldmatrix.x4 (two n-tiles each, shared by
+// the warp's tiles), then per tile the word is decoded (exact q - zero, decode_a) and multiplied by
+// the scale in fp16 (exactly the fp16 weight of gptq_dequant_f16: (q - zero) and scale are fp16
+// values, their product rounded once), and NT mma.sync m16n8k16 accumulate in fp32 across groups.
+// So the results are those of the dequantize + cuBLAS path (fp16 W, fp16 x, fp32 sums) up to the
+// order of the fp32 additions.
+// x is converted to fp16 once per call (x_to_half_k64, rows padded with zeros to whole k-blocks)
+// so that cp.async can copy it; rows >= T read as zero.
+// Split-K (splits > 1, chosen when the column blocks alone leave SMs idle): every block writes its
+// fp32 partial sums [split][T][N] to the workspace (L2), then the last block of its column range
+// to finish (a counter per column block, reset by that block) adds the partials in split order and
+// writes y: deterministic, no atomics on the data, capturable in a CUDA graph.
+// Limits: T <= 64 per launch (gptq_gemm loops over larger T), K % 4 == 0.
+constexpr int kGemmStages = 4;
+constexpr int kXRowU4 = 9;  // uint4 per staged x row: 64 halves + 8 of padding
+__host__ __device__ constexpr int gemm_stage_u4(int warps, int ctw, int nt) {
+  return warps * ctw * 32 + warps * ctw * 8 + nt * 8 * kXRowU4;  // codes, scale/zero [2][BN], x
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
+  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
+// out[t][k] = fp16(x[t][k]) for k < K, 0 for K <= k < K64 (K64: whole k-blocks). 8 halves per thread.
+__global__ void x_to_half_k64(const float* __restrict__ x, int64_t x_stride, int T, int K, int K64,
+                              __half* __restrict__ out) {
+  const int per_row = K64 / 8;
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < T * per_row; i += gridDim.x * blockDim.x) {
+    const int t = i / per_row, k = (i % per_row) * 8;
+    float v[8];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {  // K % 4 == 0: a float4 is all in or all out
+      float4 f = make_float4(0.f, 0.f, 0.f, 0.f);
+      if (k + 4 * h < K) f = __ldg(reinterpret_cast<const float4*>(x + t * x_stride + k + 4 * h));
+      v[4 * h] = f.x, v[4 * h + 1] = f.y, v[4 * h + 2] = f.z, v[4 * h + 3] = f.w;
+    }
+    uint4 o;
+    o.x = h2_as_u32(__floats2half2_rn(v[0], v[1]));
+    o.y = h2_as_u32(__floats2half2_rn(v[2], v[3]));
+    o.z = h2_as_u32(__floats2half2_rn(v[4], v[5]));
+    o.w = h2_as_u32(__floats2half2_rn(v[6], v[7]));
+    *reinterpret_cast<uint4*>(out + int64_t(t) * K64 + k) = o;
+  }
+}
+
+template <int NT, int CTW>
+__global__ void __launch_bounds__(256)
+    gptq4_mma_gemm_kernel(const uint4* __restrict__ qw,             // [n_kb][n_ct][32]
+                          const uint32_t* __restrict__ scale_zero,  // [n_groups][n_ct * 16]
+                          const int32_t* __restrict__ chunk_group,  // [n_chunks]
+                          int group_shift,                          // >= 0: group = chunk >> shift
+                          const __half* __restrict__ x16,           // [T][n_kb * 64]
+                          int T, float* __restrict__ y, int64_t y_stride, int N, int n_chunks, int n_kb, int n_ct,
+                          int kb_per_split, float* __restrict__ partials, int* __restrict__ counters,
+                          bool accumulate) {
+  extern __shared__ uint4 smem[];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+  const int g = lane >> 2, c = lane & 3;
+  const int BN = n_warps * CTW * 16;
+  const int ct_block = blockIdx.x * n_warps * CTW;  // the block's first column tile
+  const int codes_u4 = n_warps * CTW * 32, sz_u4 = n_warps * CTW * 8;
+  const int stage_u4 = gemm_stage_u4(n_warps, CTW, NT);
+  const int64_t sz_stride = int64_t(n_ct) * 16, x_row = int64_t(n_kb) * 64;
+  const int kb_begin = blockIdx.y * kb_per_split, kb_end = min(kb_begin + kb_per_split, n_kb);
+  const int n_iter = max(kb_end - kb_begin, 0);
+
+  const uint4* qw_lane[CTW];  // this lane's uint4 of each of the warp's tiles in k-block 0
+#pragma unroll
+  for (int t = 0; t < CTW; ++t) qw_lane[t] = qw + int64_t(min(ct_block + warp * CTW + t, n_ct - 1)) * 32 + lane;
+  auto issue = [&](int i) {
+    uint4* st = smem + (i % kGemmStages) * stage_u4;
+    const int kb = kb_begin + i;
+#pragma unroll
+    for (int t = 0; t < CTW; ++t)
+      cp_async16(st + (warp * CTW + t) * 32 + lane, qw_lane[t] + int64_t(kb) * n_ct * 32);
+    for (int p = threadIdx.x; p < sz_u4; p += blockDim.x) {  // [chunk h][BN columns], 4 words a piece
+      const int h = p / (sz_u4 / 2), col = min(ct_block * 16 + (p % (sz_u4 / 2)) * 4, int(sz_stride) - 4);
+      const int chunk = min(2 * kb + h, n_chunks - 1);
+      const int grp = group_shift >= 0 ? chunk >> group_shift : __ldg(chunk_group + chunk);
+      cp_async16(st + codes_u4 + p, scale_zero + int64_t(grp) * sz_stride + col);
+    }
+    for (int p = threadIdx.x; p < NT * 8 * 8; p += blockDim.x) {  // x: NT*8 rows x 8 pieces of 8 halves
+      const int r = p >> 3, piece = p & 7;
+      const bool valid = r < T;
+      cp_async16_zfill(st + codes_u4 + sz_u4 + r * kXRowU4 + piece,
+                       x16 + (valid ? r : 0) * x_row + int64_t(kb) * 64 + piece * 8, valid);
+    }
+  };
+#pragma unroll
+  for (int s = 0; s < kGemmStages - 1; ++s) {
+    if (s < n_iter) issue(s);
+    cp_async_commit();  // empty groups too: the wait below counts groups
+  }
+
+  float acc[CTW][NT][4];
+#pragma unroll
+  for (int t = 0; t < CTW; ++t)
+#pragma unroll
+    for (int n = 0; n < NT; ++n) acc[t][n][0] = acc[t][n][1] = acc[t][n][2] = acc[t][n][3] = 0.f;
+
+  for (int i = 0; i < n_iter; ++i) {
+    cp_async_wait<kGemmStages - 2>();  // stage i has landed (this thread's copies) ...
+    __syncthreads();                   // ... and everyone's; stage i - 1's slot is free again
+    if (i + kGemmStages - 1 < n_iter) issue(i + kGemmStages - 1);
+    cp_async_commit();
+    const uint4* st = smem + (i % kGemmStages) * stage_u4;
+    const uint32_t* sz = reinterpret_cast<const uint32_t*>(st + codes_u4);  // [2][BN]
+    const uint4* xs = st + codes_u4 + sz_u4;
+    uint4 wq[CTW];
+#pragma unroll
+    for (int t = 0; t < CTW; ++t) wq[t] = st[(warp * CTW + t) * 32 + lane];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {  // chunk h of the k-block: sub-tiles 2h, 2h + 1
+      Mma4Zero z[CTW][2];
+      __half2 sc[CTW][2];
+#pragma unroll
+      for (int t = 0; t < CTW; ++t) {
+        const uint32_t* s = sz + h * BN + (warp * CTW + t) * 16;
+        const uint32_t s0 = s[g], s1 = s[g + 8];
+        z[t][0] = mma4_zero(s0);
+        z[t][1] = mma4_zero(s1);
+        sc[t][0] = u32_as_h2(__byte_perm(s0, 0u, 0x1010));  // the low half (scale) twice
+        sc[t][1] = u32_as_h2(__byte_perm(s1, 0u, 0x1010));
+      }
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int kt = 2 * h + j;
+        // B of n-tiles 2p, 2p + 1: matrix q = lane / 8 is rows 8 (2p + q / 2) .. + 8, inputs
+        // 16 kt + 8 (q % 2) .. + 8 of the staged x.
+        uint32_t b[NT][2];
+#pragma unroll
+        for (int p = 0; p < NT / 2; ++p) {
+          uint32_t r[4];
+          const int q = lane >> 3, row = 16 * p + 8 * (q >> 1) + (lane & 7);
+          ldmatrix_x4(r, reinterpret_cast<const __half*>(xs + row * kXRowU4) + 16 * kt + 8 * (q & 1));
+          b[2 * p][0] = r[0], b[2 * p][1] = r[1], b[2 * p + 1][0] = r[2], b[2 * p + 1][1] = r[3];
+        }
+#pragma unroll
+        for (int t = 0; t < CTW; ++t) {
+          const uint32_t words[4] = {wq[t].x, wq[t].y, wq[t].z, wq[t].w};
+          uint32_t a[4];
+          decode_a(words[kt], z[t][0], z[t][1], a);
+          a[0] = h2_as_u32(__hmul2(u32_as_h2(a[0]), sc[t][0]));  // column g
+          a[2] = h2_as_u32(__hmul2(u32_as_h2(a[2]), sc[t][0]));
+          a[1] = h2_as_u32(__hmul2(u32_as_h2(a[1]), sc[t][1]));  // column g + 8
+          a[3] = h2_as_u32(__hmul2(u32_as_h2(a[3]), sc[t][1]));
+#pragma unroll
+          for (int n = 0; n < NT; ++n)
+            if (8 * n < T) mma_16816(acc[t][n], a, b[n][0], b[n][1]);  // n-tiles all past T: skipped
+        }
+      }
+    }
+  }
+  cp_async_wait<0>();
+
+  // acc[t][n]: (row 8n + 2c, column g), (8n + 2c + 1, g), (8n + 2c, g + 8), (8n + 2c + 1, g + 8)
+  // of tile t, columns counted from the tile's first.
+  const int splits = gridDim.y;
+  float* out = splits > 1 ? partials + int64_t(blockIdx.y) * T * N : y;
+  const int64_t out_stride = splits > 1 ? N : y_stride;
+#pragma unroll
+  for (int t = 0; t < CTW; ++t)
+#pragma unroll
+    for (int n = 0; n < NT; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int r = 8 * n + 2 * c + (e & 1), col = (ct_block + warp * CTW + t) * 16 + g + 8 * (e >> 1);
+        if (r >= T || col >= N) continue;
+        float* p = out + r * out_stride + col;
+        if (splits > 1) __stcg(p, acc[t][n][e]);
+        else *p = accumulate ? *p + acc[t][n][e] : acc[t][n][e];
+      }
+  if (splits == 1) return;
+  __shared__ int last;
+  __threadfence();  // the partials are visible device-wide before the count says so
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(counters + blockIdx.x, 1) == splits - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  for (int i = threadIdx.x; i < T * BN; i += blockDim.x) {
+    const int r = i / BN, col = ct_block * 16 + i % BN;
+    if (col >= N) continue;
+    float s = 0.f;
+    for (int sp = 0; sp < splits; ++sp) s += __ldcg(partials + (int64_t(sp) * T + r) * N + col);
+    float* p = y + r * y_stride + col;
+    *p = accumulate ? *p + s : s;
+  }
+  if (threadIdx.x == 0) counters[blockIdx.x] = 0;  // ready for the next launch
+}
+
 // What the launchers need of the current device, read once per device (callers may be on any
 // thread, and one process may drive several GPUs).
 struct DeviceLimits {
@@ -638,20 +842,25 @@ void launch_mma4(const GptqDeviceMatrix& w, int group_shift, const float* x, int
       y_stride, int(w.N), int(w.K), int(w.n_chunks), n_kb, n_ct, kbpw, tune.rotate != 0, accumulate);
 }
 
+// group = chunk >> shift: uniform groups of a power-of-two chunk count (g32/64/128 of every real
+// checkpoint), or one group (30); -1: anything else, read from the chunk -> group table.
+int uniform_group_shift(const GptqDeviceMatrix& w) {
+  const int64_t cpg = w.chunks_per_group;
+  if (cpg > 0 && cpg >= w.n_chunks) return 30;
+  if (cpg <= 0 || (cpg & (cpg - 1)) != 0) return -1;
+  int shift = 0;
+  while ((int64_t(1) << shift) < cpg) ++shift;
+  return shift;
+}
+
 template <int CT>
 void launch_mma4_span(const GptqDeviceMatrix& w, const float* x, int64_t x_stride, int64_t T, float* y,
                       int64_t y_stride, bool accumulate, const Gemv4Tuning& tune, cudaStream_t stream) {
   // Uniform groups of a power-of-two chunk count (g32/64/128 of every real checkpoint) or one
   // group: computed by a shift, and spans of up to 4 chunks share a scale; anything else: the
   // table, a span of 1.
-  const int64_t cpg = w.chunks_per_group;
-  int shift = -1, span = 1;
-  if (cpg > 0 && cpg >= w.n_chunks) {
-    shift = 30, span = 4;
-  } else if (cpg > 0 && (cpg & (cpg - 1)) == 0) {
-    for (shift = 0; (int64_t(1) << shift) < cpg;) ++shift;
-    span = int(std::min<int64_t>(cpg, 4));
-  }
+  const int shift = uniform_group_shift(w);
+  int span = shift < 0 ? 1 : shift == 30 ? 4 : int(std::min<int64_t>(w.chunks_per_group, 4));
   if (tune.span > 0) span = std::min(span, tune.span);
   switch (span) {
     case 4: return launch_mma4<CT, 4>(w, shift, x, x_stride, T, y, y_stride, accumulate, tune, stream);
@@ -694,6 +903,74 @@ void launch_gemv_bits(const GptqDeviceMatrix& w, const float* x, int64_t x_strid
   }
 }
 
+struct GemmPlan {
+  int rows = 0, nt = 0, ctw = 0, warps = 0;    // rows per launch, n-tiles, column tiles per warp, warps
+  int col_blocks = 0, splits = 0, kb_per_split = 0;
+  size_t smem = 0, x16_bytes = 0, partial_bytes = 0;
+};
+
+// The batched kernel's launch for `rows` rows (<= kGemmMaxRows): n-tiles NT from the rows; CTW
+// column tiles per warp and W warps (defaults: NT * CTW = 8, so 32 fp32 accumulators per lane, and
+// 8 warps); splits of K so that the column blocks times the splits fill whole waves of the SMs,
+// capped where the partial sums' traffic (splits x rows x N x 8 bytes) would pass half the weights'.
+GemmPlan plan_gemm(const GptqDeviceMatrix& w, int64_t rows, const GemmTuning& tune) {
+  const DeviceLimits& dl = device_limits();
+  GemmPlan p;
+  p.rows = int(std::min<int64_t>(rows, kGemmMaxRows));
+  p.nt = p.rows <= 16 ? 2 : p.rows <= 32 ? 4 : 8;
+  p.ctw = tune.col_tiles > 0 ? tune.col_tiles : 8 / p.nt;
+  p.warps = tune.warps > 0 ? tune.warps : 8;
+  GPTQ_ASSERT(p.ctw == 1 || p.ctw == 2 || p.ctw == 4, "gptq_gemm: col_tiles ", p.ctw);
+  GPTQ_ASSERT(p.warps >= 1 && p.warps <= 8, "gptq_gemm: warps ", p.warps);
+  const int n_ct = int((w.N + 15) / 16), n_kb = int((w.n_chunks + 1) / 2);
+  p.col_blocks = (n_ct + p.warps * p.ctw - 1) / (p.warps * p.ctw);
+  p.smem = size_t(kGemmStages) * gemm_stage_u4(p.warps, p.ctw, p.nt) * 16;
+  GPTQ_ASSERT(p.smem <= size_t(dl.smem_block), "gptq_gemm: ", p.smem, " bytes of shared memory per block");
+  int splits = tune.splits;
+  if (splits <= 0) {
+    const int resident = std::max(1, std::min({int(size_t(dl.smem_sm) / (p.smem + 1024)), 64 / p.warps, 2}));
+    const int64_t slots = int64_t(resident) * dl.sms;
+    const int cap = int(std::max<int64_t>(1, std::min<int64_t>({16, n_kb / 4, w.K / (32 * int64_t(p.rows))})));
+    double best = 0;
+    splits = 1;
+    for (int s = 1; s <= cap; ++s) {
+      const int64_t blocks = int64_t(p.col_blocks) * s, waves = (blocks + slots - 1) / slots;
+      const double fill = double(blocks) / double(waves * slots);
+      if (fill > best + 0.05) best = fill, splits = s;
+    }
+  }
+  splits = std::max(1, std::min(splits, n_kb));
+  p.kb_per_split = (n_kb + splits - 1) / splits;
+  p.splits = (n_kb + p.kb_per_split - 1) / p.kb_per_split;  // no split without a k-block
+  const size_t k64 = size_t(n_kb) * 64;
+  p.x16_bytes = (size_t(p.rows) * k64 * 2 + 255) / 256 * 256;
+  p.partial_bytes = p.splits > 1 ? size_t(p.splits) * size_t(p.rows) * size_t(w.N) * 4 : 0;
+  return p;
+}
+
+template <int NT, int CTW>
+void launch_gemm(const GptqDeviceMatrix& w, const GemmPlan& p, int group_shift, const __half* x16, int rows, float* y,
+                 int64_t y_stride, float* partials, int* counters, bool accumulate, cudaStream_t stream) {
+  const void* k = reinterpret_cast<const void*>(&gptq4_mma_gemm_kernel<NT, CTW>);
+  allow_max_smem(k, device_limits().smem_block);
+  const int n_ct = int((w.N + 15) / 16), n_kb = int((w.n_chunks + 1) / 2);
+  gptq4_mma_gemm_kernel<NT, CTW><<<dim3(unsigned(p.col_blocks), unsigned(p.splits)), p.warps * 32, p.smem, stream>>>(
+      reinterpret_cast<const uint4*>(w.qweight), w.scale_zero, w.chunk_group, group_shift, x16, rows, y, y_stride,
+      int(w.N), int(w.n_chunks), n_kb, n_ct, p.kb_per_split, partials, counters, accumulate);
+}
+
+template <int NT>
+void launch_gemm_nt(const GptqDeviceMatrix& w, const GemmPlan& p, int shift, const __half* x16, int rows, float* y,
+                    int64_t ys, float* partials, int* counters, bool acc, cudaStream_t s) {
+  switch (p.ctw) {
+    case 1: return launch_gemm<NT, 1>(w, p, shift, x16, rows, y, ys, partials, counters, acc, s);
+    case 2: return launch_gemm<NT, 2>(w, p, shift, x16, rows, y, ys, partials, counters, acc, s);
+    case 4:
+      if constexpr (NT * 4 <= 16) return launch_gemm<NT, 4>(w, p, shift, x16, rows, y, ys, partials, counters, acc, s);
+  }
+  GPTQ_ASSERT(false, "gptq_gemm: ", p.ctw, " column tiles per warp at ", NT * 8, " rows spill (at most ", 16 / NT, ")");
+}
+
 void check_matrix(const GptqDeviceMatrix& w) {
   GPTQ_ASSERT(w.bits == 2 || w.bits == 3 || w.bits == 4 || w.bits == 8, "bits ", w.bits);
   GPTQ_ASSERT(w.K >= 0 && w.N >= 0 && w.K % 4 == 0 && w.n_chunks == (w.K + 31) / 32, "K ", w.K);
@@ -716,6 +993,47 @@ void gptq_gemv(const GptqDeviceMatrix& w, const float* x, int64_t x_stride, int6
     case 3: launch_gemv_bits<3>(w, x, x_stride, T, y, y_stride, accumulate, stream); break;
     case 4: launch_mma4_gemv(w, x, x_stride, T, y, y_stride, accumulate, tune, stream); break;
     case 8: launch_gemv_bits<8>(w, x, x_stride, T, y, y_stride, accumulate, stream); break;
+  }
+  CUDA_CHECK(cudaGetLastError());
+}
+
+GemmScratch gptq_gemm_scratch(const GptqDeviceMatrix& w, int64_t T, const GemmTuning& tune) {
+  check_matrix(w);
+  GPTQ_ASSERT(w.bits == 4 && T >= 1, "gptq_gemm: 4 bits, T >= 1");
+  if (w.N == 0) return {};
+  const GemmPlan p = plan_gemm(w, T, tune);
+  return {p.x16_bytes + p.partial_bytes, p.col_blocks};
+}
+
+void gptq_gemm(const GptqDeviceMatrix& w, const float* x, int64_t x_stride, int64_t T, float* y, int64_t y_stride,
+               void* scratch, size_t scratch_bytes, int* counters, int64_t n_counters, cudaStream_t stream,
+               const GemmTuning& tune, bool accumulate) {
+  check_matrix(w);
+  GPTQ_ASSERT(w.bits == 4, "gptq_gemm: 4 bits only, got ", w.bits);
+  GPTQ_ASSERT(T >= 1, "T ", T);
+  GPTQ_ASSERT(reinterpret_cast<uintptr_t>(x) % 16 == 0 && x_stride % 4 == 0 && (T == 1 || x_stride >= w.K),
+              "x must be 16-byte aligned with rows a multiple of 4 floats apart");
+  GPTQ_ASSERT(T == 1 || y_stride >= w.N);
+  if (w.N == 0) return;
+  const GemmPlan p = plan_gemm(w, T, tune);
+  GPTQ_ASSERT(scratch_bytes >= p.x16_bytes + p.partial_bytes && n_counters >= p.col_blocks && counters,
+              "gptq_gemm: scratch ", scratch_bytes, " bytes and ", n_counters, " counters, needs ",
+              p.x16_bytes + p.partial_bytes, " and ", p.col_blocks, " (gptq_gemm_scratch)");
+  auto* x16 = static_cast<__half*>(scratch);
+  float* partials = reinterpret_cast<float*>(static_cast<char*>(scratch) + p.x16_bytes);
+  const int shift = uniform_group_shift(w), K64 = int((w.n_chunks + 1) / 2 * 64);
+  // Row chunks of p.rows (the last may be shorter: the same plan, rows past it skipped).
+  for (int64_t r0 = 0; r0 < T; r0 += p.rows) {
+    const int rows = int(std::min<int64_t>(p.rows, T - r0));
+    const int64_t pieces = int64_t(rows) * (K64 / 8);
+    x_to_half_k64<<<unsigned(std::min<int64_t>((pieces + 255) / 256, 4096)), 256, 0, stream>>>(
+        x + r0 * x_stride, x_stride, rows, int(w.K), K64, x16);
+    float* yr = y + r0 * y_stride;
+    switch (p.nt) {
+      case 2: launch_gemm_nt<2>(w, p, shift, x16, rows, yr, y_stride, partials, counters, accumulate, stream); break;
+      case 4: launch_gemm_nt<4>(w, p, shift, x16, rows, yr, y_stride, partials, counters, accumulate, stream); break;
+      case 8: launch_gemm_nt<8>(w, p, shift, x16, rows, yr, y_stride, partials, counters, accumulate, stream); break;
+    }
   }
   CUDA_CHECK(cudaGetLastError());
 }

@@ -99,6 +99,30 @@ struct Gemv4Tuning {
 void gptq_gemv(const GptqDeviceMatrix& w, const float* x, int64_t x_stride, int64_t T, float* y, int64_t y_stride,
                cudaStream_t stream, const Gemv4Tuning& tune = {}, bool accumulate = false);
 
+// The batched 4-bit kernel (tensor cores; for 8 < T, where the GEMV's one mma per weight would
+// leave the tensor cores idle and dequantize + cuBLAS would write and read W in fp16): y[T, N] =
+// x[T, K] · Wᵀ with W in fp16 exactly as gptq_dequant_f16 rounds it and x rounded to fp16, fp32
+// sums — the numbers of the dequantize + cuBLAS path up to the order of the additions. At most
+// kGemmMaxRows rows per launch (larger T: row chunks, each reading W again). x, y as gptq_gemv's;
+// accumulate: y += x · Wᵀ. Needs a scratch buffer (x in fp16, split-K partial sums) and
+// `counters` ints, zeroed once before first use and left zeroed by every call, of the sizes
+// gptq_gemm_scratch gives for (w, T, tune). Deterministic; capturable in a CUDA graph. Kernel
+// design: gptq_gemm.cu.
+constexpr int64_t kGemmMaxRows = 64;
+struct GemmTuning {
+  int col_tiles = 0;  // 16-column tiles per warp: 1, 2, 4 (at most 16 / n-tiles; 0: 8 / n-tiles)
+  int warps = 0;      // warps per block, 1..8 (0: 8)
+  int splits = 0;     // K split over this many blocks per column range (0: to fill the SMs)
+};
+struct GemmScratch {
+  size_t bytes = 0;
+  int64_t counters = 0;
+};
+GemmScratch gptq_gemm_scratch(const GptqDeviceMatrix& w, int64_t T, const GemmTuning& tune = {});
+void gptq_gemm(const GptqDeviceMatrix& w, const float* x, int64_t x_stride, int64_t T, float* y, int64_t y_stride,
+               void* scratch, size_t scratch_bytes, int* counters, int64_t n_counters, cudaStream_t stream,
+               const GemmTuning& tune = {}, bool accumulate = false);
+
 // out[N][K] fp16 row-major (reordered input order) = W, for cuBLAS at larger T: each value is
 // scale * (q - zero) computed exactly in fp32 and rounded once to fp16. out 8-byte aligned.
 void gptq_dequant_f16(const GptqDeviceMatrix& w, void* out, cudaStream_t stream);
