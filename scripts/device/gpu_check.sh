@@ -20,6 +20,8 @@
 #   ncu        ncu --set full of the 4-bit GEMV's first workbench launch (GPTQ_NCU_SHAPE, default qkv; T = 1)
 #   tcgemm     the batched 4-bit kernel (T 9..64): its test (also under memcheck and racecheck), the
 #              backend's GPTQ ops and batches with GPTQ_CUDA_TC_GEMM=1, and bench -b 16,32,64 without/with it
+#   pdl        the 4-bit GEMVs as programmatic dependent launches (GPTQ_CUDA_PDL=1): the GPU tests of the
+#              decode path with it, and bench tg128 at batch 1 and 4 without/with it (twice each)
 #   ncuattn    ncu of one decode-step attention kernel (synthetic Llama-2-7B GPTQ 4-bit, batch 1, ~40 keys)
 set -uo pipefail
 w=/tmp/gptq-gpu
@@ -61,6 +63,16 @@ for what in ${@:-tests bench}; do
         echo "GPTQ_CUDA_TC_GEMM=$v" | tee -a "$out/bench_tc.txt"
         GPTQ_CUDA_TC_GEMM=$v "$w/gptq" bench --synthetic llama2-7b --bits 4 --group-size 128 -p 512 -n 64 -r 3 \
           -b 16,32,64 --device cuda 2>&1 | tee -a "$out/bench_tc.txt" | grep -E 'pp|tg|roofline'
+      done ;;
+    pdl)  # the 4-bit GEMVs as programmatic dependent launches: tests with GPTQ_CUDA_PDL=1, decode b1/b4 without/with
+      GPTQ_CUDA_PDL=1 "$w/gptq_tests" --gtest_brief=1 \
+        --gtest_filter='BackendOps.linear_gptq_b4*/cuda:BackendOps.linear_add*/cuda:CudaBatch.*:*GenerateBatch*:Layouts/CudaGptq.*:Models/CudaGolden.*' \
+        >"$out/pdl_tests.log" 2>&1 || rc=1
+      grep -E 'FAIL|tests? ran|PASSED' "$out/pdl_tests.log" | head -20
+      for v in 0 1 0 1; do
+        echo "GPTQ_CUDA_PDL=$v" | tee -a "$out/bench_pdl.txt"
+        GPTQ_CUDA_PDL=$v "$w/gptq" bench --synthetic llama2-7b --bits 4 --group-size 128 -p 0 -n 128 -r 3 -b 1,4 \
+          --device cuda 2>&1 | tee -a "$out/bench_pdl.txt" | grep -E 'tg|roofline'
       done ;;
     workbench)
       "$w/gptq_cuda_workbench" ${GPTQ_WORKBENCH_ARGS:-} 2>&1 | tee "$out/workbench.txt" | tail -60 ;;

@@ -82,6 +82,7 @@ __device__ __forceinline__ int64_t visible_keys(const AttnArgs& a, int64_t t, At
 // scratch record of one (row, head, split): acc[head_dim], m, l. 4 blocks (16 warps) per SM: at
 // most 128 registers (the split arithmetic took it to 143 and 3 blocks).
 __global__ void __launch_bounds__(32 * kWarps, 4) attention_kernel(AttnArgs a, Split sp) {
+  allow_dependents();  // the next kernel may launch (PDL: device_util.cuh)
   const int lane = threadIdx.x % 32;
   const int64_t item = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;
   if (item >= a.T * a.n_heads) return;
@@ -179,6 +180,7 @@ __global__ void __launch_bounds__(32 * kWarps, 4) attention_kernel(AttnArgs a, S
 
 // The splits of each (row, head) that hold keys: 0 .. used_splits - 1 (none when one split did it all).
 __global__ void combine_kernel(AttnArgs a, Split sp) {
+  allow_dependents();  // the next kernel may launch (PDL: device_util.cuh)
   const int lane = threadIdx.x % 32;
   const int64_t item = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;
   if (item >= a.T * a.n_heads) return;

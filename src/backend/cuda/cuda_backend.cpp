@@ -524,7 +524,7 @@ class CudaBackend final : public Backend {
       xs = ks;
     }
     if (T <= cuda::kGemvMaxRows) {
-      cuda::gptq_gemv(g->matrix(), xin, xs, T, y.f32(), y.stride, stream_, {}, acc);
+      cuda::gptq_gemv(g->matrix(), xin, xs, T, y.f32(), y.stride, stream_, gemv_tune_, acc);
     } else if (use_gptq_gemm_ && g->matrix().bits == 4 && T <= cuda::kGemmMaxRows) {
       const cuda::GemmScratch need = cuda::gptq_gemm_scratch(g->matrix(), T);
       void* ws = gemm_ws_.get(need.bytes, true);
@@ -886,6 +886,13 @@ class CudaBackend final : public Backend {
   // GPTQ_CUDA_TC_GEMM=1: 4-bit linears of 9..64 rows on the batched tensor-core kernel
   // (cuda::gptq_gemm) instead of dequantize + cuBLAS. Off until it has been measured on a GPU.
   const bool use_gptq_gemm_ = env_set("GPTQ_CUDA_TC_GEMM");
+  // GPTQ_CUDA_PDL=1: the 4-bit GEMVs as programmatic dependent launches (their first weights load
+  // while the kernel before finishes). Off until measured on a GPU.
+  const cuda::Gemv4Tuning gemv_tune_ = [] {
+    cuda::Gemv4Tuning t;
+    t.pdl = env_set("GPTQ_CUDA_PDL");
+    return t;
+  }();
   static bool env_set(const char* name) {
     const char* e = std::getenv(name);
     return e && std::string(e) == "1";

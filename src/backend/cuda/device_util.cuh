@@ -22,6 +22,22 @@ __device__ __forceinline__ uint32_t h2_as_u32(__half2 h) {
   return u;
 }
 
+// Programmatic dependent launch (sm_90+; no-ops below and when the launch did not ask for it):
+// a kernel launched with cudaLaunchAttributeProgrammaticStreamSerialization may start once every
+// block of the kernel before it has called allow_dependents() (or exited); it must call
+// wait_for_inputs() before it reads anything that kernel (or one before it) wrote, or writes
+// anything they read. Loads of data no kernel writes (weights) may go before the wait.
+__device__ __forceinline__ void allow_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wait_for_inputs() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 // d += a · b: A 16x16 row-major, B 16x8 column-major, fp16 operands, fp32 accumulation.
 __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"

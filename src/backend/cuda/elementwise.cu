@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "backend/cuda/cuda_common.h"
+#include "backend/cuda/device_util.cuh"
 #include "backend/cuda/ops.h"
 #include "core/synthetic.h"
 
@@ -38,6 +39,7 @@ __global__ void embed_kernel(const void* table, ElemType tt, int64_t H, const in
 template <int kThreads, int VEC>
 __global__ void rms_norm_kernel(const float* x, int64_t x_stride, const float* w, float eps, int64_t D, float* y,
                                 int64_t y_stride) {
+  allow_dependents();  // the next kernel may launch (PDL: device_util.cuh)
   const float* xr = x + blockIdx.x * x_stride;
   float* yr = y + blockIdx.x * y_stride;
   float ss = 0.f;
@@ -107,6 +109,7 @@ __global__ void rope_kernel(float* q, int64_t q_stride, int64_t nq, float* k, in
 }
 
 __global__ void silu_mul_kernel(float* g, int64_t g_stride, const float* u, int64_t u_stride, int64_t cols) {
+  allow_dependents();  // the next kernel may launch (PDL: device_util.cuh)
   const int64_t r = blockIdx.y;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < cols; i += int64_t(gridDim.x) * blockDim.x) {
     const float x = g[r * g_stride + i];
@@ -130,6 +133,7 @@ __global__ void gather_rows_kernel(const float* x, int64_t x_stride, const int64
 
 __global__ void permute_cols_kernel(const float* x, int64_t x_stride, const int32_t* perm, int64_t K, float* y,
                                     int64_t y_stride) {
+  allow_dependents();  // the next kernel may launch (PDL: device_util.cuh)
   const int64_t t = blockIdx.y;
   for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < K; k += int64_t(gridDim.x) * blockDim.x)
     y[t * y_stride + k] = x[t * x_stride + perm[k]];

@@ -385,7 +385,9 @@ __global__ void __launch_bounds__(kMaxWarps * 32)
   // x: 16-byte pieces l, l + 32, ... of each of the T rows over the batch's inputs (zero-filled past
   // K). Past kb_end (the last warp's last batch only: ranges are whole batches otherwise): the
   // last k-block's codes and scales again, against x = 0.
-  auto issue = [&](int s) {
+  // Weights (codes, scale/zero) and x are issued apart so that the first stages' weights can go
+  // before wait_for_inputs (a PDL launch: the kernel before may still be writing x).
+  auto issue_weights = [&](int s) {
     uint4* st = ring + (s % kStages) * su4;
     const int kb0 = first_kb(s);
 #pragma unroll
@@ -402,7 +404,10 @@ __global__ void __launch_bounds__(kMaxWarps * 32)
       const int col = min(ct0 + piece / 4, n_ct - 1) * 16 + (piece % 4) * 4;
       cp_async16(st + kCodes + i, scale_zero + int64_t(grp) * sz_stride + col);
     }
-    float* xs = reinterpret_cast<float*>(st + kCodes + kSz);
+  };
+  auto issue_x = [&](int s) {
+    float* xs = reinterpret_cast<float*>(ring + (s % kStages) * su4 + kCodes + kSz);
+    const int kb0 = first_kb(s);
     for (int t = 0; t < T; ++t)
 #pragma unroll
       for (int h = 0; h < KB / 2; ++h) {
@@ -410,9 +415,17 @@ __global__ void __launch_bounds__(kMaxWarps * 32)
         cp_async16_zfill(xs + t * kXPitch + 4 * p, x + t * x_stride + (k < K ? k : 0), k < K);
       }
   };
+  // The first kStages - 1 stages: all their weights, then (inputs ready) x stage by stage. Copy
+  // group s then holds x of stage s (and group 0 the weights of all of them), so the wait in the
+  // loop below still means "stage s has landed".
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s)
+    if (s < n_batches) issue_weights(s);
+  wait_for_inputs();
+  allow_dependents();
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
-    if (s < n_batches) issue(s);
+    if (s < n_batches) issue_x(s);
     cp_async_commit();  // empty groups too: the wait below counts groups
   }
 
@@ -423,7 +436,10 @@ __global__ void __launch_bounds__(kMaxWarps * 32)
   for (int s = 0; s < n_batches; ++s) {
     cp_async_wait<kStages - 2>();  // batch s has landed (for this lane's copies) ...
     __syncwarp();                  // ... and for every lane's; stage (s - 1) % kStages is free again
-    if (s + kStages - 1 < n_batches) issue(s + kStages - 1);
+    if (s + kStages - 1 < n_batches) {
+      issue_weights(s + kStages - 1);
+      issue_x(s + kStages - 1);
+    }
     cp_async_commit();
     const uint4* st = ring + (s % kStages) * su4;
     const uint32_t* sz = reinterpret_cast<const uint32_t*>(st + kCodes);  // [2 KB chunks][CT * 16 columns]
@@ -764,6 +780,7 @@ __global__ void __launch_bounds__(256)
 // thread, and one process may drive several GPUs).
 struct DeviceLimits {
   int sms = 0, smem_block = 0, smem_sm = 0;  // SMs; opt-in shared memory per block; per SM
+  int major = 0;                             // compute capability (PDL needs 9.0)
 };
 std::mutex g_device_mutex;
 const DeviceLimits& device_limits() {
@@ -777,6 +794,7 @@ const DeviceLimits& device_limits() {
     CUDA_CHECK(cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, dev));
     CUDA_CHECK(cudaDeviceGetAttribute(&d.smem_block, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
     CUDA_CHECK(cudaDeviceGetAttribute(&d.smem_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev));
+    CUDA_CHECK(cudaDeviceGetAttribute(&d.major, cudaDevAttrComputeCapabilityMajor, dev));
   }
   return it->second;
 }
@@ -837,9 +855,21 @@ void launch_mma4(const GptqDeviceMatrix& w, int group_shift, const float* x, int
   // k-blocks per warp: whole batches (so spans never straddle a range), then only the warps that get one.
   const int kbpw = std::max(1, ((n_kb + warps - 1) / warps + KB - 1) / KB * KB);
   warps = std::max(1, (n_kb + kbpw - 1) / kbpw);
-  gptq4_mma_gemv_kernel<CT, SPAN><<<blocks, warps * 32, mma4_smem(CT, warps, T, w.n_chunks, table), stream>>>(
-      reinterpret_cast<const uint4*>(w.qweight), w.scale_zero, w.chunk_group, group_shift, x, x_stride, int(T), y,
-      y_stride, int(w.N), int(w.K), int(w.n_chunks), n_kb, n_ct, kbpw, tune.rotate != 0, accumulate);
+  // tune.pdl: a programmatic dependent launch (device_util.cuh), so the first stages' weights
+  // stream in while the kernel before finishes.
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(unsigned(blocks));
+  cfg.blockDim = dim3(unsigned(warps * 32));
+  cfg.dynamicSmemBytes = mma4_smem(CT, warps, T, w.n_chunks, table);
+  cfg.stream = stream;
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = &attr;
+  cfg.numAttrs = tune.pdl && dl.major >= 9 ? 1 : 0;
+  CUDA_CHECK(cudaLaunchKernelEx(&cfg, gptq4_mma_gemv_kernel<CT, SPAN>, reinterpret_cast<const uint4*>(w.qweight),
+                                w.scale_zero, w.chunk_group, group_shift, x, x_stride, int(T), y, y_stride, int(w.N),
+                                int(w.K), int(w.n_chunks), n_kb, n_ct, kbpw, tune.rotate != 0, accumulate));
 }
 
 // group = chunk >> shift: uniform groups of a power-of-two chunk count (g32/64/128 of every real
