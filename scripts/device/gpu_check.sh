@@ -64,15 +64,17 @@ for what in ${@:-tests bench}; do
         GPTQ_CUDA_TC_GEMM=$v "$w/gptq" bench --synthetic llama2-7b --bits 4 --group-size 128 -p 512 -n 64 -r 3 \
           -b 16,32,64 --device cuda 2>&1 | tee -a "$out/bench_tc.txt" | grep -E 'pp|tg|roofline'
       done ;;
-    pdl)  # the 4-bit GEMVs as programmatic dependent launches: tests with GPTQ_CUDA_PDL=1, decode b1/b4 without/with
+    pdl)  # the decode GEMVs (4-bit, fp16) as programmatic dependent launches: tests with GPTQ_CUDA_PDL=1, tg b1/b4 without/with
       GPTQ_CUDA_PDL=1 "$w/gptq_tests" --gtest_brief=1 \
-        --gtest_filter='BackendOps.linear_gptq_b4*/cuda:BackendOps.linear_add*/cuda:CudaBatch.*:*GenerateBatch*:Layouts/CudaGptq.*:Models/CudaGolden.*' \
+        --gtest_filter='BackendOps.linear*/cuda:CudaBatch.*:*GenerateBatch*:Layouts/CudaGptq.*:Models/CudaGolden.*' \
         >"$out/pdl_tests.log" 2>&1 || rc=1
       grep -E 'FAIL|tests? ran|PASSED' "$out/pdl_tests.log" | head -20
-      for v in 0 1 0 1; do
-        echo "GPTQ_CUDA_PDL=$v" | tee -a "$out/bench_pdl.txt"
-        GPTQ_CUDA_PDL=$v "$w/gptq" bench --synthetic llama2-7b --bits 4 --group-size 128 -p 0 -n 128 -r 3 -b 1,4 \
-          --device cuda 2>&1 | tee -a "$out/bench_pdl.txt" | grep -E 'tg|roofline'
+      for s in "--bits 4 --group-size 128" "--dtype f16"; do
+        for v in 0 1 0 1; do
+          echo "GPTQ_CUDA_PDL=$v $s" | tee -a "$out/bench_pdl.txt"
+          GPTQ_CUDA_PDL=$v "$w/gptq" bench --synthetic llama2-7b $s -p 0 -n 128 -r 3 -b 1,4 --device cuda 2>&1 |
+            tee -a "$out/bench_pdl.txt" | grep -E 'tg|roofline'
+        done
       done ;;
     workbench)
       "$w/gptq_cuda_workbench" ${GPTQ_WORKBENCH_ARGS:-} 2>&1 | tee "$out/workbench.txt" | tail -60 ;;

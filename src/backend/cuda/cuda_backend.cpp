@@ -300,6 +300,8 @@ class CudaBackend final : public Backend {
     if (!probe(dev_, &why)) fail("cannot use CUDA: ", why);
     CUDA_CHECK(cudaSetDevice(dev_));
     CUDA_CHECK(cudaGetDeviceProperties(&prop_, dev_));
+    pdl_ = env_set("GPTQ_CUDA_PDL") && prop_.major >= 9;
+    gemv_tune_.pdl = pdl_ ? 1 : 0;
     CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     CUBLAS_CHECK(cublasLtCreate(&lt_));
     lt_ws_bytes_ = size_t(32) << 20;
@@ -497,7 +499,7 @@ class CudaBackend final : public Backend {
       if (d->dtype() == DType::kF32) {
         matmul(d->data(), DType::kF32, x.data, x.stride, T, K, N, y.f32(), y.stride, acc);
       } else if (use_gemv_ && cuda::dense_gemv_ok(d->data(), K, x.f32(), x.stride, T)) {
-        cuda::dense_gemv(d->data(), elem(d->dtype()), K, N, x.f32(), x.stride, T, y.f32(), y.stride, stream_, acc);
+        cuda::dense_gemv(d->data(), elem(d->dtype()), K, N, x.f32(), x.stride, T, y.f32(), y.stride, stream_, acc, pdl_);
       } else {
         void* xh = x16_.get(size_t(T * K) * 2);
         cuda::convert_rows(x.f32(), x.stride, T, K, xh, elem(d->dtype()), stream_);
@@ -886,13 +888,11 @@ class CudaBackend final : public Backend {
   // GPTQ_CUDA_TC_GEMM=1: 4-bit linears of 9..64 rows on the batched tensor-core kernel
   // (cuda::gptq_gemm) instead of dequantize + cuBLAS. Off until it has been measured on a GPU.
   const bool use_gptq_gemm_ = env_set("GPTQ_CUDA_TC_GEMM");
-  // GPTQ_CUDA_PDL=1: the 4-bit GEMVs as programmatic dependent launches (their first weights load
-  // while the kernel before finishes). Off until measured on a GPU.
-  const cuda::Gemv4Tuning gemv_tune_ = [] {
-    cuda::Gemv4Tuning t;
-    t.pdl = env_set("GPTQ_CUDA_PDL");
-    return t;
-  }();
+  // GPTQ_CUDA_PDL=1 (compute capability 9.0+): the decode GEMVs (4-bit and dense) as programmatic
+  // dependent launches, their first weights loading while the kernel before finishes. Off until
+  // measured on a GPU. Set in the constructor, from the device.
+  bool pdl_ = false;
+  cuda::Gemv4Tuning gemv_tune_;
   static bool env_set(const char* name) {
     const char* e = std::getenv(name);
     return e && std::string(e) == "1";

@@ -6,11 +6,13 @@
 // row, and kUnroll steps are loaded before they are used. x is read as float4 through L1 (every
 // row of W reuses it: kRows rows per warp cut its traffic). Partial sums are reduced across the
 // warp with shuffles at the end. Needs K % 8 == 0 and 16-byte aligned W, x rows (checked by the
-// caller, dense_gemv_ok); other shapes take cuBLASLt.
+// caller, dense_gemv_ok); other shapes take cuBLASLt. pdl: a programmatic dependent launch (the
+// warp's first weights load before the kernel before it has finished; device_util.cuh).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include "backend/cuda/cuda_common.h"
+#include "backend/cuda/device_util.cuh"
 #include "backend/cuda/ops.h"
 
 namespace gptq::cuda {
@@ -53,6 +55,15 @@ __global__ void __launch_bounds__(kWarps * 32) dense_gemv_kernel(const uint16_t*
 #pragma unroll
   for (int r = 0; r < kRows; ++r) rows[r] = reinterpret_cast<const uint4*>(W + (n0 + r < N ? n0 + r : n0) * K);
   const int64_t steps = K / 8;  // 16-byte pieces per row
+  // The first batch of weights (no kernel writes them) prefetched into L2 before the inputs are
+  // ready: with a PDL launch this overlaps the kernel before (registers stay free for the loop).
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u)
+#pragma unroll
+    for (int r = 0; r < kRows; ++r)
+      if (lane + 32 * u < steps) asm volatile("prefetch.global.L2 [%0];" ::"l"(rows[r] + lane + 32 * u));
+  wait_for_inputs();
+  allow_dependents();
   for (int64_t s0 = lane; s0 < steps; s0 += 32 * kUnroll) {
     uint4 wv[kUnroll][kRows];
 #pragma unroll
@@ -96,11 +107,13 @@ __global__ void __launch_bounds__(kWarps * 32) dense_gemv_kernel(const uint16_t*
 
 template <bool kBf16>
 void launch(const uint16_t* W, int64_t K, int64_t N, const float* x, int64_t xs, int64_t T, float* y, int64_t ys,
-            bool accumulate, cudaStream_t s) {
-  const unsigned grid = unsigned((N + kWarps * kRows - 1) / (kWarps * kRows));
+            bool accumulate, bool pdl, cudaStream_t s) {
+  const dim3 grid(unsigned((N + kWarps * kRows - 1) / (kWarps * kRows)));
   switch (T) {
-#define GPTQ_GEMV_CASE(n) \
-  case n: dense_gemv_kernel<n, kBf16><<<grid, kWarps * 32, 0, s>>>(W, K, N, x, xs, y, ys, accumulate); break;
+#define GPTQ_GEMV_CASE(n)                                                                                   \
+  case n:                                                                                                   \
+    launch_kernel(dense_gemv_kernel<n, kBf16>, grid, dim3(kWarps * 32), 0, s, pdl, W, K, N, x, xs, y, ys, accumulate); \
+    break;
     GPTQ_GEMV_CASE(1) GPTQ_GEMV_CASE(2) GPTQ_GEMV_CASE(3) GPTQ_GEMV_CASE(4)
     GPTQ_GEMV_CASE(5) GPTQ_GEMV_CASE(6) GPTQ_GEMV_CASE(7) GPTQ_GEMV_CASE(8)
 #undef GPTQ_GEMV_CASE
@@ -117,12 +130,12 @@ bool dense_gemv_ok(const void* W, int64_t K, const float* x, int64_t xs, int64_t
 }
 
 void dense_gemv(const void* W, ElemType wt, int64_t K, int64_t N, const float* x, int64_t xs, int64_t T, float* y,
-                int64_t ys, cudaStream_t s, bool accumulate) {
+                int64_t ys, cudaStream_t s, bool accumulate, bool pdl) {
   GPTQ_ASSERT(dense_gemv_ok(W, K, x, xs, T) && wt != ElemType::kF32);
   if (wt == ElemType::kBF16)
-    launch<true>(static_cast<const uint16_t*>(W), K, N, x, xs, T, y, ys, accumulate, s);
+    launch<true>(static_cast<const uint16_t*>(W), K, N, x, xs, T, y, ys, accumulate, pdl, s);
   else
-    launch<false>(static_cast<const uint16_t*>(W), K, N, x, xs, T, y, ys, accumulate, s);
+    launch<false>(static_cast<const uint16_t*>(W), K, N, x, xs, T, y, ys, accumulate, pdl, s);
 }
 
 }  // namespace gptq::cuda

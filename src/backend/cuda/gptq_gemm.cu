@@ -780,7 +780,6 @@ __global__ void __launch_bounds__(256)
 // thread, and one process may drive several GPUs).
 struct DeviceLimits {
   int sms = 0, smem_block = 0, smem_sm = 0;  // SMs; opt-in shared memory per block; per SM
-  int major = 0;                             // compute capability (PDL needs 9.0)
 };
 std::mutex g_device_mutex;
 const DeviceLimits& device_limits() {
@@ -794,7 +793,6 @@ const DeviceLimits& device_limits() {
     CUDA_CHECK(cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, dev));
     CUDA_CHECK(cudaDeviceGetAttribute(&d.smem_block, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
     CUDA_CHECK(cudaDeviceGetAttribute(&d.smem_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev));
-    CUDA_CHECK(cudaDeviceGetAttribute(&d.major, cudaDevAttrComputeCapabilityMajor, dev));
   }
   return it->second;
 }
@@ -857,19 +855,11 @@ void launch_mma4(const GptqDeviceMatrix& w, int group_shift, const float* x, int
   warps = std::max(1, (n_kb + kbpw - 1) / kbpw);
   // tune.pdl: a programmatic dependent launch (device_util.cuh), so the first stages' weights
   // stream in while the kernel before finishes.
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(unsigned(blocks));
-  cfg.blockDim = dim3(unsigned(warps * 32));
-  cfg.dynamicSmemBytes = mma4_smem(CT, warps, T, w.n_chunks, table);
-  cfg.stream = stream;
-  cudaLaunchAttribute attr{};
-  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr.val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = &attr;
-  cfg.numAttrs = tune.pdl && dl.major >= 9 ? 1 : 0;
-  CUDA_CHECK(cudaLaunchKernelEx(&cfg, gptq4_mma_gemv_kernel<CT, SPAN>, reinterpret_cast<const uint4*>(w.qweight),
-                                w.scale_zero, w.chunk_group, group_shift, x, x_stride, int(T), y, y_stride, int(w.N),
-                                int(w.K), int(w.n_chunks), n_kb, n_ct, kbpw, tune.rotate != 0, accumulate));
+  launch_kernel(gptq4_mma_gemv_kernel<CT, SPAN>, dim3(unsigned(blocks)), dim3(unsigned(warps * 32)),
+                mma4_smem(CT, warps, T, w.n_chunks, table), stream, tune.pdl != 0,
+                reinterpret_cast<const uint4*>(w.qweight), w.scale_zero, w.chunk_group, group_shift, x, x_stride,
+                int(T), y, y_stride, int(w.N), int(w.K), int(w.n_chunks), n_kb, n_ct, kbpw, tune.rotate != 0,
+                accumulate);
 }
 
 // group = chunk >> shift: uniform groups of a power-of-two chunk count (g32/64/128 of every real

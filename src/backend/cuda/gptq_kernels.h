@@ -95,8 +95,8 @@ struct Gemv4Tuning {
   int warps = 0;      // warps per block splitting K (0: by shape and shared memory)
   int rotate = -1;    // start each block's warps at a different batch of K (-1: yes, 0: no)
   int span = 0;       // at most this many chunks (32 inputs) of a group scaled at once: 1, 2, 4 (0: all it can)
-  int pdl = 0;        // 1: a programmatic dependent launch (sm_90): the first weights load while the kernel
-                      // before it finishes (that kernel and the one after stay ordered as usual)
+  int pdl = 0;        // 1: a programmatic dependent launch (compute capability 9.0+ only: the caller checks):
+                      // the first weights load while the kernel before finishes (the rest stays ordered)
 };
 void gptq_gemv(const GptqDeviceMatrix& w, const float* x, int64_t x_stride, int64_t T, float* y, int64_t y_stride,
                cudaStream_t stream, const Gemv4Tuning& tune = {}, bool accumulate = false);

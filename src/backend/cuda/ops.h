@@ -45,7 +45,8 @@ void fill_uniform(void* dst, ElemType t, int64_t n, float scale, uint64_t seed, 
 constexpr int64_t kDenseGemvMaxRows = 8;
 bool dense_gemv_ok(const void* W, int64_t K, const float* x, int64_t xs, int64_t T);
 void dense_gemv(const void* W, ElemType wt, int64_t K, int64_t N, const float* x, int64_t xs, int64_t T, float* y,
-                int64_t ys, cudaStream_t s, bool accumulate = false);  // accumulate: y += x · Wᵀ
+                int64_t ys, cudaStream_t s, bool accumulate = false,  // accumulate: y += x · Wᵀ
+                bool pdl = false);  // a programmatic dependent launch (device_util.cuh; compute capability 9.0+)
 
 // ---- attention over the paged KV cache (attention.cu)
 struct PagedKV {
