@@ -3,7 +3,7 @@
 set -euo pipefail
 pkgs=(build-essential cmake ninja-build ccache pkg-config git
       nlohmann-json3-dev libcli11-dev libpcre2-dev libopenblas-dev liblapacke-dev libssl-dev
-      libgtest-dev libgmock-dev libbenchmark-dev libcpp-httplib-dev
+      libgtest-dev libgmock-dev libbenchmark-dev libcpp-httplib-dev prometheus-cpp-dev
       python3-jinja2  # the reference renderer of tests/test_chat_template.cpp
       clang libclang-rt-14-dev)  # clang + its libFuzzer runtime: scripts/fuzz.sh
 missing=()

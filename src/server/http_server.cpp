@@ -242,8 +242,7 @@ void Server::Impl::routes() {
     }
   });
   http.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
-    metrics.add("gptq_requests_total", 1,
-                Metrics::label("endpoint", endpoint_label(req.path)) + "," + Metrics::label("status", std::to_string(res.status)));
+    metrics.add("gptq_requests_total", 1, {{"endpoint", endpoint_label(req.path)}, {"status", std::to_string(res.status)}});
   });
 
   http.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) { generate(Endpoint::kCompletions, req, res); });

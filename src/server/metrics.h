@@ -1,11 +1,12 @@
-// The server's metrics in the Prometheus text exposition format (version 0.0.4): counters, gauges
-// and histograms, with labels. Written here because Debian has no prometheus-cpp; the format is
-// small: "# HELP", "# TYPE", then one "name{labels} value" line per series, histograms as
-// cumulative name_bucket{le="..."} series ending in le="+Inf", plus name_sum and name_count.
+// The server's metrics: counters, gauges and histograms with labels, kept and exposed in the
+// Prometheus text format (version 0.0.4) by Debian's prometheus-cpp (core: a Registry and its
+// TextSerializer; /metrics is served by the HTTP side). Builds without the server (GPTQ_NO_SERVE:
+// the static GPU build, which Debian's shared-only prometheus-cpp cannot link into) get
+// metrics_off.cpp instead: the same interface recording nothing, for gptq chat's engine.
 #pragma once
 
 #include <map>
-#include <mutex>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -13,36 +14,27 @@ namespace gptq::server {
 
 class Metrics {
  public:
-  // Families must be declared before use; a label string is `key="value",...` (already escaped,
-  // see label()), empty for none.
+  using Labels = std::map<std::string, std::string>;
+  Metrics();
+  ~Metrics();
+  Metrics(const Metrics&) = delete;
+  Metrics& operator=(const Metrics&) = delete;
+
+  // Families must be declared before use, before other threads report into them (the reports
+  // themselves are thread-safe). Help texts are one line.
   void counter(const std::string& name, const std::string& help);
-  void gauge(const std::string& name, const std::string& help);
+  void gauge(const std::string& name, const std::string& help);  // starts as one unlabelled series at 0
   void histogram(const std::string& name, const std::string& help, std::vector<double> upper_bounds);
 
-  void add(const std::string& name, double v, const std::string& labels = "");  // counter += v
-  void set(const std::string& name, double v, const std::string& labels = "");  // gauge = v
-  void observe(const std::string& name, double v);                              // histogram
+  void add(const std::string& name, double v, const Labels& labels = {});  // counter += v
+  void set(const std::string& name, double v, const Labels& labels = {});  // gauge = v
+  void observe(const std::string& name, double v);                        // histogram (le inclusive)
 
-  std::string text() const;  // the exposition, families in name order
-
-  // `key="value"` with the value escaped as the format asks (backslash, quote, newline).
-  static std::string label(const std::string& key, const std::string& value);
+  std::string text() const;  // the exposition, families in declaration order
 
  private:
-  struct Histogram {
-    std::vector<double> bounds;    // upper bounds, ascending (+Inf implied)
-    std::vector<uint64_t> counts;  // per bucket, not cumulative; the last is +Inf
-    double sum = 0;
-    uint64_t count = 0;
-  };
-  struct Family {
-    std::string type, help;
-    std::map<std::string, double> series;  // labels -> value (counters, gauges)
-    Histogram hist;
-  };
-  Family& family(const std::string& name, const char* type);
-  mutable std::mutex mu_;
-  std::map<std::string, Family> families_;
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
 };
 
 // The families gptq serve exposes (the engine's and the HTTP side's); gptq chat declares them too,
