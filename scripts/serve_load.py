@@ -7,6 +7,14 @@ tokens/s over the wall time, and time to first token and inter-token latency p50
 clients saw them (one sample per SSE chunk).
 
   scripts/serve_load.py --port 8080 --concurrency 1,8,32,64 --max-tokens 64 --requests 2
+
+--long-prompt N instead: what a long prompt arriving does to a running stream. One stream of
+--max-tokens tokens runs; after its 16th token a request with an N-token prompt (token ids, max_tokens
+1) arrives. Prints the stream's inter-token gaps before the long prompt (p50) and while it is
+prefilled (from its send to its answer: max and count), and the long prompt's time to its answer.
+With the server's --prefill-chunk C, a gap should stay near one step with C prompt tokens in it.
+
+  scripts/serve_load.py --port 8080 --long-prompt 4000 --max-tokens 512
 """
 import argparse
 import http.client
@@ -73,6 +81,46 @@ def run(host, port, concurrency, max_tokens, requests):
     return sum(totals), wall, ttft, itl, errors
 
 
+def long_prompt(host, port, n_prompt, max_tokens):
+    """The stream's token arrival times and the long request's [send, answer] window."""
+    arrivals, window, errors = [], [], []
+    started = threading.Event()
+
+    def stream():
+        try:
+            conn = http.client.HTTPConnection(host, port, timeout=600)
+            body = json.dumps({"prompt": "Once upon a time", "max_tokens": max_tokens, "temperature": 0,
+                               "stream": True})
+            conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            for line in resp:
+                line = line.strip()
+                if line.startswith(b"data: ") and line != b"data: [DONE]":
+                    arrivals.append(time.perf_counter())
+                    if len(arrivals) == 16:
+                        started.set()
+            conn.close()
+        except Exception as e:
+            errors.append(str(e))
+        started.set()
+
+    t = threading.Thread(target=stream)
+    t.start()
+    started.wait()
+    conn = http.client.HTTPConnection(host, port, timeout=600)
+    body = json.dumps({"prompt": [100 + i % 1000 for i in range(n_prompt)], "max_tokens": 1, "temperature": 0})
+    t0 = time.perf_counter()
+    conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    answer = json.loads(resp.read())
+    t1 = time.perf_counter()
+    conn.close()
+    t.join()
+    if resp.status != 200:
+        errors.append(f"HTTP {resp.status}: {answer}")
+    return arrivals, (t0, t1), answer.get("usage", {}).get("prompt_tokens"), errors
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--host", default="127.0.0.1")
@@ -80,7 +128,18 @@ def main():
     ap.add_argument("--concurrency", default="1,8,32,64")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--requests", type=int, default=2, help="requests per client")
+    ap.add_argument("--long-prompt", type=int, default=0, help="the long-prompt measurement with this many tokens")
     a = ap.parse_args()
+    if a.long_prompt:
+        arrivals, (t0, t1), n, errors = long_prompt(a.host, a.port, a.long_prompt, a.max_tokens)
+        gaps = [(b, b - p) for p, b in zip(arrivals, arrivals[1:])]
+        before = [g for at, g in gaps if at < t0]
+        during = [g for at, g in gaps if at >= t0 and at - g <= t1]  # gaps overlapping the prefill window
+        print("| prompt tokens | answer ms | stream gap p50 before ms | stream gaps during | max gap during ms | errors |")
+        print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+        print(f"| {n} | {(t1 - t0) * 1e3:.1f} | {percentile(before, 50) * 1e3:.1f} | {len(during)} | "
+              f"{max(during, default=float('nan')) * 1e3:.1f} | {len(errors)} |", flush=True)
+        return
     print("| streams | requests | tokens | wall s | tokens/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | errors |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for c in (int(x) for x in a.concurrency.split(",")):

@@ -199,6 +199,9 @@ TEST(Serve, SyntheticModelServesCompletions) {
   bad = run_cli({"serve", "--synthetic", "tiny", "--tokenizer", tok, "--device", "cpu", "--port", "0"});
   EXPECT_NE(bad.rc, 0);  // 32000 tokens for a vocabulary of 512
   EXPECT_NE(bad.err.find("vocabulary of 512"), std::string::npos) << bad.err;
+  bad = run_cli({"serve", "--synthetic", "tiny", "--tokenizer", tok, "--prefill-chunk", "0", "--port", "0"});
+  EXPECT_NE(bad.rc, 0);
+  EXPECT_NE(bad.err.find("--prefill-chunk"), std::string::npos) << bad.err;
 }
 
 TEST(Serve, SixteenConcurrentStreamsEqualTheirAloneRuns) {
@@ -239,17 +242,21 @@ TEST(Serve, ChunkedPrefillEqualsGenerateAlone) {
   ASSERT_EQ(gen.rc, 0) << gen.err;
   const json expected = json::parse(gen.out);
   ASSERT_GT(expected["prompt_ids"].size(), 512u);
-  ServerProcess s(m, {});
-  ASSERT_GT(s.port(), 0) << s.log();
-  json other = completion("Once upon a time", 64);
-  other["stream"] = true;
-  json r;
-  int status = 0;
-  stream(s, "/v1/completions", other, 0, [&] { r = post(s, "/v1/completions", completion(prompt, 12).dump(), &status); });
-  ASSERT_EQ(status, 200) << r;
-  EXPECT_EQ(r["usage"]["prompt_tokens"], expected["prompt_ids"].size());
-  EXPECT_EQ(r["choices"][0]["text"], expected["text"]);
-  EXPECT_EQ(s.terminate(), 0);
+  // The default chunk (256 tokens per step: the prompt in 3) and chunks of 37 (17 of them, ragged).
+  for (const char* chunk : {"256", "37"}) {
+    SCOPED_TRACE(std::string("--prefill-chunk ") + chunk);
+    ServerProcess s(m, {"--prefill-chunk", chunk});
+    ASSERT_GT(s.port(), 0) << s.log();
+    json other = completion("Once upon a time", 64);
+    other["stream"] = true;
+    json r;
+    int status = 0;
+    stream(s, "/v1/completions", other, 0, [&] { r = post(s, "/v1/completions", completion(prompt, 12).dump(), &status); });
+    ASSERT_EQ(status, 200) << r;
+    EXPECT_EQ(r["usage"]["prompt_tokens"], expected["prompt_ids"].size());
+    EXPECT_EQ(r["choices"][0]["text"], expected["text"]);
+    EXPECT_EQ(s.terminate(), 0);
+  }
 }
 
 TEST(Serve, BadRequestsAreOpenAiErrors) {

@@ -22,6 +22,7 @@ struct ServerOptions {
   int64_t max_tokens_in_flight = 0;  // 0: max_batch × ctx
   int64_t ctx = 0;                   // 0: the model's context
   int max_queue = 64;
+  int64_t prefill_chunk = 256;       // prompt tokens prefilled per engine step, all requests together
   double timeout_s = 600;            // a request's limit, from arrival to its last token
   size_t max_body_bytes = 1 << 20;
 };

@@ -125,6 +125,7 @@ struct Server::Impl {
     e.max_tokens_in_flight = o.max_tokens_in_flight;
     e.ctx = o.ctx;
     e.max_queue = o.max_queue;
+    e.prefill_chunk = o.prefill_chunk;
     engine = std::make_unique<Engine>(model, tok, e, metrics);
     ctx.tok = &tok;
     ctx.chat_template = chat_template ? &*chat_template : nullptr;

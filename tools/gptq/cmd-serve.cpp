@@ -55,6 +55,10 @@ Runner add_serve(CLI::App& app) {
   c->add_option("-c,--ctx", s.ctx, "Context per sequence (0: the model's)")->check(int_in(0, int64_t(1) << 32));
   c->add_option("--api-key", s.api_key, "Require \"Authorization: Bearer KEY\" on /v1/*");
   c->add_option("--max-queue", s.max_queue, "Requests that may wait for a slot; more get 429")->check(int_in(0, 1 << 20));
+  c->add_option("--prefill-chunk", s.prefill_chunk,
+                "Prompt tokens prefilled per step, all requests together: long prompts go in chunks so that "
+                "running streams keep flowing")
+      ->check(int_in(1, int64_t(1) << 30));
   c->add_option("--timeout", s.timeout_s, "Seconds a request may take, queue included")->check(number_in(0.001, 1e9));
   c->add_option("--served-model-name", s.model_name, "The model's name in the API (default: the folder's name)");
   c->add_option("--chat-template", s.chat_template_file, "Jinja chat template file (default: tokenizer_config.json's)");
