@@ -33,13 +33,6 @@ constexpr int kPad = 8;     // halves of padding per shared row: conflict-free f
 
 __device__ __forceinline__ uint32_t pack_half2(float lo, float hi) { return h2_as_u32(__floats2half2_rn(lo, hi)); }
 
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const __half* p) {
-  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(p));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-
 // Position j's key (which 0) or value (1) row of head kvh in the layer's cache blocks.
 __device__ __forceinline__ const char* key_row(const AttnArgs& a, const int32_t* table, int which, int64_t kvh,
                                                int64_t j) {

@@ -601,13 +601,6 @@ __host__ __device__ constexpr int gemm_stage_u4(int warps, int ctw, int nt) {
   return warps * ctw * 32 + warps * ctw * 8 + nt * 8 * kXRowU4;  // codes, scale/zero [2][BN], x
 }
 
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
-  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(p));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-
 // out[t][k] = fp16(x[t][k]) for k < K, 0 for K <= k < K64 (K64: whole k-blocks). 8 halves per thread.
 __global__ void x_to_half_k64(const float* __restrict__ x, int64_t x_stride, int T, int K, int K64,
                               __half* __restrict__ out) {
