@@ -2,9 +2,10 @@
 // the device's measured copy bandwidth as the roofline. Validation and timing in one program
 // (llm.c style); never asserts on speed.
 //
-//   gptq_cuda_workbench [--reps R] [--json FILE] [--sweep]
+//   gptq_cuda_workbench [--reps R] [--json FILE] [--sweep[=gemv|gemm]] [--shape NAME]
 //
-// --sweep: also the 4-bit kernels' launch choices (gptq_kernels.h Gemv4Tuning, GemmTuning) one by one.
+// --sweep: also the 4-bit kernels' launch choices (gptq_kernels.h Gemv4Tuning, GemmTuning) one by one;
+// --sweep=gemv only the GEMVs' (both kernels), --sweep=gemm only the batched kernel's.
 // --shape NAME: that layer shape only (qkv, o, gate_up, down), e.g. under ncu.
 //
 // Per (kernel, shape K x N, T): the median over R samples of one pass over C weight copies
@@ -236,11 +237,13 @@ struct Result {
 int main(int argc, char** argv) {
   int reps = 50;
   std::string json;
-  bool sweep = false;
+  bool sweep_gemv = false, sweep_gemm = false;
   std::string only_shape;
   for (int i = 1; i < argc; ++i) {
-    if (!std::strcmp(argv[i], "--sweep")) {
-      sweep = true;
+    if (!std::strcmp(argv[i], "--sweep") || !std::strcmp(argv[i], "--sweep=gemv") ||
+        !std::strcmp(argv[i], "--sweep=gemm")) {
+      sweep_gemv = std::strcmp(argv[i], "--sweep=gemm") != 0;
+      sweep_gemm = std::strcmp(argv[i], "--sweep=gemv") != 0;
     } else if (!std::strcmp(argv[i], "--shape") && i + 1 < argc) {
       only_shape = argv[++i];
     } else if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) {
@@ -248,7 +251,7 @@ int main(int argc, char** argv) {
     } else if (!std::strcmp(argv[i], "--json") && i + 1 < argc) {
       json = argv[++i];
     } else {
-      std::fprintf(stderr, "usage: %s [--reps R] [--json FILE] [--sweep] [--shape NAME]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--reps R] [--json FILE] [--sweep[=gemv|gemm]] [--shape NAME]\n", argv[0]);
       return 2;
     }
   }
@@ -335,11 +338,21 @@ int main(int argc, char** argv) {
       gptq::cuda::gptq_dequant_f16(W[0].m, Wd, s);
       // The dispatch's launch; for 4-bit g128 also the launch choices it picks from (column tiles per
       // block sharing x, chunks per scale), so the dispatch table can be read off this output.
+      // Each 4-bit kernel alone (the ring, gptq4_mma_gemv; the registers, gptq4_reg_gemv) at the
+      // dispatch's column tiles, and with --sweep their column tiles, spans and warps per block.
       std::vector<std::pair<std::string, gptq::cuda::Gemv4Tuning>> variants{{g.name(), {}}};
-      if (g.bits == 4 && g.group == 128 && sweep)
+      if (g.bits == 4) {
+        variants.push_back({g.name() + " ring", {0, 0, -1, 0, 0, 1}});
+        variants.push_back({g.name() + " reg", {0, 0, -1, 0, 0, 2}});
+      }
+      if (g.bits == 4 && g.group == 128 && sweep_gemv) {
         for (int ct : {1, 2, 4})
           for (int span : {1, 4})
-            variants.push_back({g.name() + " ct" + std::to_string(ct) + " span" + std::to_string(span), {ct, 0, 1, span}});
+            variants.push_back({g.name() + " ct" + std::to_string(ct) + " span" + std::to_string(span), {ct, 0, 1, span, 0, 1}});
+        for (int ct : {1, 2, 4})
+          for (int wp : {0, 4, 8, 16})
+            variants.push_back({g.name() + " reg ct" + std::to_string(ct) + " w" + std::to_string(wp), {ct, wp, -1, 0, 0, 2}});
+      }
       for (const auto& [vname, tune] : variants)
         for (int64_t T : kGemvT) {
           cublas_gemm(h, Wd, xh, yref, K, N, T);
@@ -356,7 +369,7 @@ int main(int argc, char** argv) {
       // launch choices (column tiles per warp, warps, K splits) it picks from.
       if (g.bits == 4) {
         std::vector<std::pair<std::string, gptq::cuda::GemmTuning>> gvariants{{g.name() + " tc", {}}};
-        if (g.group == 128 && sweep)
+        if (g.group == 128 && sweep_gemm)
           for (int ctw : {1, 2, 4})
             for (int wp : {4, 8})
               for (int sp : {0, 1, 2, 4})

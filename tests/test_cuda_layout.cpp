@@ -303,16 +303,23 @@ TEST(CudaGptq, GemvMatchesReference) {
       std::vector<gptq::cuda::Gemv4Tuning> tunings{{}};
       // {col_tiles, warps, rotate, span}
       if (c.bits == 4)
-        tunings.insert(tunings.end(), {{1, 3, 1, 0}, {1, 0, 0, 1}, {2, 3, 0, 2}, {2, 0, 1, 1}, {4, 5, 1, 0}, {4, 0, 0, 2}});
+        tunings.insert(tunings.end(), {{1, 3, 1, 0, 0, 1}, {1, 0, 0, 1, 0, 1}, {2, 3, 0, 2, 0, 1}, {2, 0, 1, 1, 0, 1},
+                                       {4, 5, 1, 0, 0, 1}, {4, 0, 0, 2, 0, 1}, {0, 0, -1, 0, 0, 1},  // the ring kernel
+                                       // gptq4_reg_gemv (the ring kernel where it does not apply: the table)
+                                       {1, 0, -1, 0, 0, 2}, {1, 3, -1, 1, 0, 2}, {2, 0, -1, 0, 0, 2},
+                                       {2, 5, -1, 2, 0, 2}, {4, 0, -1, 0, 0, 2}, {4, 7, -1, 1, 0, 2}});
       for (const auto& tune : tunings) {
         SCOPED_TRACE("col_tiles " + std::to_string(tune.col_tiles) + " warps " + std::to_string(tune.warps) +
-                     " rotate " + std::to_string(tune.rotate) + " span " + std::to_string(tune.span));
+                     " rotate " + std::to_string(tune.rotate) + " span " + std::to_string(tune.span) +
+                     " kernel " + std::to_string(tune.kernel));
         std::fill(y.begin(), y.end(), std::numeric_limits<float>::quiet_NaN());
         upload(dy, y);
         // The chunk -> group table path as well (irregular groups read it; these are uniform).
         auto dm_table = dm;
         dm_table.chunks_per_group = 0;
-        gptq::cuda::gptq_gemv(T % 2 ? dm : dm_table, dx.p, xs, T, dy.p, ys, nullptr, tune);
+        // The register kernel on the uniform groups at every T but 2, where the table sends it to the ring.
+        const bool table = tune.kernel == 2 ? T == 2 : T % 2 == 0;
+        gptq::cuda::gptq_gemv(table ? dm_table : dm, dx.p, xs, T, dy.p, ys, nullptr, tune);
         CUDA_OK(cudaDeviceSynchronize());
         CUDA_OK(cudaMemcpy(y.data(), dy.p, y.size() * sizeof(float), cudaMemcpyDeviceToHost));
         double num = 0, den = 0;

@@ -19,9 +19,13 @@
 #              prefill attention and with GPTQ_CUDA_PREFILL_TC=0 (the fp32 kernel), same binary
 #   ncu        ncu --set full of the 4-bit GEMV's first workbench launch (GPTQ_NCU_SHAPE, default qkv; T = 1)
 #   tcgemm     the batched 4-bit kernel (T 9..64): its test (also under memcheck and racecheck), the
-#              backend's GPTQ ops and batches with GPTQ_CUDA_TC_GEMM=1, and bench -b 16,32,64 without/with it
+#              backend's GPTQ ops and batches with GPTQ_CUDA_TC_GEMM=1, and bench -b 16,32,64 with it 0 and 1
+#   tcbench    that bench alone
 #   pdl        the 4-bit GEMVs as programmatic dependent launches (GPTQ_CUDA_PDL=1): the GPU tests of the
 #              decode path with it, and bench tg128 at batch 1 and 4 without/with it (twice each)
+#   reg        the 4-bit GEMV kernels end to end: bench tg128 of synthetic Llama-2-7B GPTQ 4-bit at batch
+#              1, 4 and 8 with GPTQ_CUDA_GEMV_REG=0 (the ring), unset (the dispatch) and 1 (registers), twice
+#              each, alternating (bench_reg.txt)
 #   ncuattn    ncu of one decode-step attention kernel (synthetic Llama-2-7B GPTQ 4-bit, batch 1, ~40 keys)
 set -uo pipefail
 w=/tmp/gptq-gpu
@@ -59,6 +63,8 @@ for what in ${@:-tests bench}; do
           --gtest_brief=1 >>"$out/tcgemm_tests.log" 2>&1 || rc=1
       done
       grep -E 'FAIL|tests? ran|PASSED|ERROR SUMMARY|RACECHECK SUMMARY' "$out/tcgemm_tests.log" | head -40
+      ;&
+    tcbench)
       for v in 0 1; do
         echo "GPTQ_CUDA_TC_GEMM=$v" | tee -a "$out/bench_tc.txt"
         GPTQ_CUDA_TC_GEMM=$v "$w/gptq" bench --synthetic llama2-7b --bits 4 --group-size 128 -p 512 -n 64 -r 3 \
@@ -75,6 +81,12 @@ for what in ${@:-tests bench}; do
           GPTQ_CUDA_PDL=$v "$w/gptq" bench --synthetic llama2-7b $s -p 0 -n 128 -r 3 -b 1,4 --device cuda 2>&1 |
             tee -a "$out/bench_pdl.txt" | grep -E 'tg|roofline'
         done
+      done ;;
+    reg)  # the register 4-bit GEMV against the ring kernel, end to end, same binary, alternating
+      for v in 0 "" 1 0 "" 1; do
+        echo "GPTQ_CUDA_GEMV_REG=$v" | tee -a "$out/bench_reg.txt"
+        env ${v:+GPTQ_CUDA_GEMV_REG=$v} "$w/gptq" bench --synthetic llama2-7b --bits 4 --group-size 128 -p 0 -n 128 -r 3 \
+          -b 1,4,8 --device cuda 2>&1 | tee -a "$out/bench_reg.txt" | grep -E 'tg|roofline'
       done ;;
     workbench)
       "$w/gptq_cuda_workbench" ${GPTQ_WORKBENCH_ARGS:-} 2>&1 | tee "$out/workbench.txt" | tail -60 ;;

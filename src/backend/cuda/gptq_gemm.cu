@@ -337,6 +337,31 @@ size_t mma4_smem(int CT, int warps, int64_t T, int64_t n_chunks, bool table) {
   return size_t(warps) * kStages * mma_stage_u4(CT, int(T)) * 16 + (table ? size_t(n_chunks) * 4 : 0);
 }
 
+// The end of both 4-bit GEMVs: each warp's partial sums yv (lane (g, c) of tile t: rows 2c, 2c + 1
+// of columns g, g + 8) through shared memory `red` ([warp][8 rows][CT * 16 columns], reusing the
+// kernel's space: the caller has synchronized the block), added in warp order (deterministic) and
+// written to y (or added to it).
+template <int CT>
+__device__ __forceinline__ void reduce_warps_store(float* red, const float (&yv)[CT][4], int T, int ct0, int N,
+                                                   float* __restrict__ y, int64_t y_stride, bool accumulate) {
+  constexpr int W = CT * 16;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+  const int g = lane >> 2, c = lane & 3;
+#pragma unroll
+  for (int t = 0; t < CT; ++t) {
+    float* r = red + warp * 8 * W + t * 16 + g;
+    if (2 * c < T) r[2 * c * W] = yv[t][0], r[2 * c * W + 8] = yv[t][2];
+    if (2 * c + 1 < T) r[(2 * c + 1) * W] = yv[t][1], r[(2 * c + 1) * W + 8] = yv[t][3];
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < T * W; i += blockDim.x) {
+    const int t = i / W, j = i % W, col = ct0 * 16 + j;
+    float sum = red[t * W + j];
+    for (int v = 1; v < n_warps; ++v) sum += red[(v * 8 + t) * W + j];
+    if (col < N) y[t * y_stride + col] = accumulate ? y[t * y_stride + col] + sum : sum;
+  }
+}
+
 // SPAN: consecutive chunks of a stage that share a group (1, 2 or 4, dividing the stage's 2 KB
 // chunks and the group's chunk count): their products are summed in one fp32 accumulator and
 // scaled once, and their zero constants made once (at g128: once per 128 inputs, not per 32).
@@ -492,22 +517,183 @@ __global__ void __launch_bounds__(kMaxWarps * 32)
   cp_async_wait<0>();  // nothing left in flight (the trailing groups are empty)
   __syncthreads();     // every warp is done with its ring: the reduction reuses the space
 
-  // Partial sums of the warps through shared memory, added in warp order (deterministic).
-  constexpr int W = CT * 16;
-  float* red = reinterpret_cast<float*>(smem);  // [warp][8 rows][W columns]
+  reduce_warps_store<CT>(reinterpret_cast<float*>(smem), yv, T, ct0, N, y, y_stride, accumulate);
+}
+
+// ---- 4 bits, T <= 8, weights straight into registers: gptq4_reg_gemv -------------------------
+//
+// The same mma.sync work as gptq4_mma_gemv over the same layout, without its shared-memory ring:
+// gptq4_mma_gemv spends ~130 issue slots per (k-block, tile) on copying codes, scale/zero and fp32
+// x through cp.async and converting x to fp16 at every use, which makes it issue-bound at ~2x the
+// memory floor. Here:
+// - Weights go global -> registers (ld.global.nc.L1::no_allocate.v4: streamed once, no L1 line
+//   kept), U k-blocks x CT tiles per load batch, two batches live in registers (A and B, the loop
+//   unrolled by two so no register moves): batch i + 1 is in flight while batch i is decoded. The
+//   scale/zero words of a span (SPAN chunks of one group, uniform groups only) are loaded with it.
+// - x: each warp stages its own k-range once, in shared memory, already in fp16 and in the order
+//   of the B fragments: per k-block and row 32 words, [c][kt 0..3][b0, b1] with the two 16-byte
+//   halves of a lane's 8 words swapped on odd rows (rows 0 and 1 of a quarter-warp's loads then
+//   hit different banks); zero past K. Lane (g, c) reads one 16-byte word per chunk (the B
+//   fragments of its two 16-input sub-tiles). Rows >= T read row T - 1: the mma's output columns
+//   are independent, and those columns are never stored.
+// - Per word: decode_a (exact q - zero in fp16) + one mma.sync; per span the fp32 accumulators
+//   are scaled by the column's scale into y (as gptq4_mma_gemv: identical products and sums).
+// Instruction budget per (k-block, tile): ~36 decode + 4 mma + 1 load + ~2 x loads + ~8 per span
+// of scale/zero work, ~50 issue slots against ~126 the SM's 4 schedulers have in the 31.5 clk its
+// share of the bandwidth takes for the 512 bytes: memory-bound with room for latency.
+// The first two batches are issued before wait_for_inputs (a PDL launch: the kernel before may
+// still be writing x); x is staged after it.
+// Limits: uniform groups (group_shift >= 0); T <= 8; the staged x (warps x k-blocks per warp x T x
+// 128 bytes ~ T x K x 2) within the block's shared memory; otherwise gptq4_mma_gemv runs.
+__device__ __forceinline__ uint4 ld_stream_u4(const uint4* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+constexpr int kRegXKbRowU32 = 32;  // staged x words per k-block and row
+
+template <int CT, int U, int SPAN>
+__global__ void __launch_bounds__(kMaxWarps * 32)
+    gptq4_reg_gemv_kernel(const uint4* __restrict__ qw,             // [n_kb][n_ct][32]
+                          const uint32_t* __restrict__ scale_zero,  // [n_groups][n_ct * 16]
+                          int group_shift, const float* __restrict__ x, int64_t x_stride, int T,
+                          float* __restrict__ y, int64_t y_stride, int N, int K, int n_chunks, int n_kb, int n_ct,
+                          int kb_per_warp, bool accumulate) {
+  static_assert(SPAN == 1 || SPAN == 2 || SPAN == 4, "SPAN");
+  static_assert((2 * U) % SPAN == 0, "a span lies in one batch");
+  constexpr int kSpans = 2 * U / SPAN;
+  extern __shared__ uint4 smem[];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int ct0 = blockIdx.x * CT, g = lane >> 2, c = lane & 3;
+  const int kb_begin = warp * kb_per_warp, kb_end = min(kb_begin + kb_per_warp, n_kb);
+  const int n_batches = kb_begin < kb_end ? (kb_end - kb_begin + U - 1) / U : 0;
+  const int64_t sz_stride = int64_t(n_ct) * 16, kb_stride = int64_t(n_ct) * 32;
+
+  // This lane's uint4 of tile t (tiles past n_ct read the last one: never stored) and its
+  // scale/zero words (column g of the tile; g + 8 is 8 words on) in group 0.
+  const uint4* qw_lane[CT];
+  const uint32_t* sz_lane[CT];
 #pragma unroll
   for (int t = 0; t < CT; ++t) {
-    float* r = red + warp * 8 * W + t * 16 + g;
-    if (2 * c < T) r[2 * c * W] = yv[t][0], r[2 * c * W + 8] = yv[t][2];
-    if (2 * c + 1 < T) r[(2 * c + 1) * W] = yv[t][1], r[(2 * c + 1) * W + 8] = yv[t][3];
+    const int ct = min(ct0 + t, n_ct - 1);
+    qw_lane[t] = qw + int64_t(ct) * 32 + lane;
+    sz_lane[t] = scale_zero + ct * 16 + g;
   }
-  __syncthreads();
-  for (int i = threadIdx.x; i < T * W; i += blockDim.x) {
-    const int t = i / W, j = i % W, col = ct0 * 16 + j;
-    float sum = red[t * W + j];
-    for (int v = 1; v < n_warps; ++v) sum += red[(v * 8 + t) * W + j];
-    if (col < N) y[t * y_stride + col] = accumulate ? y[t * y_stride + col] + sum : sum;
+  struct Batch {
+    uint4 w[U][CT];
+    uint32_t sz[kSpans][CT][2];  // per span: column g, g + 8
+  };
+  // Batch i: k-blocks kb_begin + i U .. + U (past n_kb: the last again, against staged x = 0).
+  auto load = [&](Batch& b, int i) {
+    const int kb0 = kb_begin + i * U;
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t off = int64_t(min(kb0 + u, n_kb - 1)) * kb_stride;
+#pragma unroll
+      for (int t = 0; t < CT; ++t) b.w[u][t] = ld_stream_u4(qw_lane[t] + off);
+    }
+#pragma unroll
+    for (int sp = 0; sp < kSpans; ++sp) {
+      const int64_t grp = int64_t(min(2 * kb0 + sp * SPAN, n_chunks - 1) >> group_shift) * sz_stride;
+#pragma unroll
+      for (int t = 0; t < CT; ++t) {
+        b.sz[sp][t][0] = __ldg(sz_lane[t] + grp);
+        b.sz[sp][t][1] = __ldg(sz_lane[t] + grp + 8);
+      }
+    }
+  };
+  Batch A, B;
+  if (n_batches > 0) load(A, 0);
+  if (n_batches > 1) load(B, 1);
+  wait_for_inputs();
+  allow_dependents();
+
+  // Stage x: piece p (4 inputs) = row p / (kb_per_warp * 16), input 4 (p % (kb_per_warp * 16)) of
+  // the warp's range; 8 loads in flight per lane before any is converted.
+  uint32_t* xw = reinterpret_cast<uint32_t*>(smem) + warp * kb_per_warp * T * kRegXKbRowU32;
+  {
+    const int per_row = kb_per_warp * 16, pieces = T * per_row;
+    for (int p0 = 0; p0 < pieces; p0 += 32 * 8) {
+      float4 v[8];
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const int p = p0 + 32 * j + lane, row = p / per_row, k = kb_begin * 64 + 4 * (p % per_row);
+        v[j] = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (p < pieces && k < K) v[j] = __ldg(reinterpret_cast<const float4*>(x + row * x_stride + k));
+      }
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const int p = p0 + 32 * j + lane;
+        if (p >= pieces) break;
+        const int row = p / per_row, q = p % per_row, kbl = q >> 4, kt = (q >> 2) & 3, kk = (q & 3) * 4;
+        // inputs kk, kk + 1 -> lane c = (kk % 8) / 2, b = kk / 8; kk + 2, kk + 3 -> lane c + 1
+        const int slot = kt * 2 + (kk >> 3), half = (slot >> 2) ^ (row & 1);
+        uint32_t* base = xw + (kbl * T + row) * kRegXKbRowU32 + half * 4 + (slot & 3);
+        const int cc = (kk & 7) >> 1;
+        base[cc * 8] = h2_as_u32(__floats2half2_rn(v[j].x, v[j].y));
+        base[(cc + 1) * 8] = h2_as_u32(__floats2half2_rn(v[j].z, v[j].w));
+      }
+    }
   }
+  __syncwarp();
+
+  const int r = min(g, T - 1), rpar = r & 1;
+  const uint32_t* x_lane = xw + r * kRegXKbRowU32 + c * 8;
+  float yv[CT][4];  // per tile: (t 2c, column g), (2c+1, g), (2c, g+8), (2c+1, g+8)
+#pragma unroll
+  for (int t = 0; t < CT; ++t) yv[t][0] = yv[t][1] = yv[t][2] = yv[t][3] = 0.f;
+  auto compute = [&](const Batch& b, int i) {
+    const uint32_t* xb = x_lane + i * U * T * kRegXKbRowU32;
+#pragma unroll
+    for (int sp = 0; sp < kSpans; ++sp) {
+      Mma4Zero z[CT][2];
+      float acc[CT][4];
+#pragma unroll
+      for (int t = 0; t < CT; ++t) {
+        z[t][0] = mma4_zero(b.sz[sp][t][0]);
+        z[t][1] = mma4_zero(b.sz[sp][t][1]);
+        acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.f;
+      }
+#pragma unroll
+      for (int ch = sp * SPAN; ch < sp * SPAN + SPAN; ++ch) {  // chunk ch of the batch: k-block ch / 2, half ch % 2
+        const int u = ch >> 1, h = ch & 1;
+        const uint4 xq = *reinterpret_cast<const uint4*>(xb + u * T * kRegXKbRowU32 + 4 * (h ^ rpar));
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int kt = 2 * h + j;
+          const uint32_t b0 = j ? xq.z : xq.x, b1 = j ? xq.w : xq.y;
+#pragma unroll
+          for (int t = 0; t < CT; ++t) {
+            const uint32_t words[4] = {b.w[u][t].x, b.w[u][t].y, b.w[u][t].z, b.w[u][t].w};
+            uint32_t a[4];
+            decode_a(words[kt], z[t][0], z[t][1], a);
+            mma_16816(acc[t], a, b0, b1);
+          }
+        }
+      }
+#pragma unroll
+      for (int t = 0; t < CT; ++t) {
+        const float s0 = half_bits_to_float(b.sz[sp][t][0] & 0xffffu), s1 = half_bits_to_float(b.sz[sp][t][1] & 0xffffu);
+        yv[t][0] = __fmaf_rn(s0, acc[t][0], yv[t][0]);
+        yv[t][1] = __fmaf_rn(s0, acc[t][1], yv[t][1]);
+        yv[t][2] = __fmaf_rn(s1, acc[t][2], yv[t][2]);
+        yv[t][3] = __fmaf_rn(s1, acc[t][3], yv[t][3]);
+      }
+    }
+  };
+  for (int i = 0; i < n_batches; i += 2) {
+    compute(A, i);
+    if (i + 2 < n_batches) load(A, i + 2);
+    if (i + 1 < n_batches) {
+      compute(B, i + 1);
+      if (i + 3 < n_batches) load(B, i + 3);
+    }
+  }
+  __syncthreads();  // every warp is done with its x: the reduction reuses the space
+
+  reduce_warps_store<CT>(reinterpret_cast<float*>(smem), yv, T, ct0, N, y, y_stride, accumulate);
 }
 
 // out[n][k] = scale * (q - zero) rounded to fp16 (the product in fp32, as the host computes it),
@@ -789,15 +975,21 @@ const DeviceLimits& device_limits() {
   }
   return it->second;
 }
-// Grants `kernel` the device's opt-in shared memory per block, once per (device, kernel): the
-// attribute belongs to the device's context, so a second GPU needs its own call.
-void allow_max_smem(const void* kernel, int bytes) {
+// Grants `kernel` the device's opt-in shared memory per block less its static shared memory (the
+// limit counts both: asking for all of it fails for a kernel with a __shared__ variable), once per
+// (device, kernel): the attribute belongs to the device's context, so a second GPU needs its own call.
+void allow_max_smem(const void* kernel) {
+  const int opt_in = device_limits().smem_block;
   int dev = 0;
   CUDA_CHECK(cudaGetDevice(&dev));
   static std::set<std::pair<int, const void*>> done;
   std::lock_guard<std::mutex> lock(g_device_mutex);
-  if (done.insert({dev, kernel}).second)
-    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  if (done.insert({dev, kernel}).second) {
+    cudaFuncAttributes attr{};
+    CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));
+    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    opt_in - int(attr.sharedSizeBytes)));
+  }
 }
 
 template <int BITS, int T>
@@ -824,7 +1016,7 @@ template <int CT, int SPAN>
 void launch_mma4(const GptqDeviceMatrix& w, int group_shift, const float* x, int64_t x_stride, int64_t T, float* y,
                  int64_t y_stride, bool accumulate, const Gemv4Tuning& tune, cudaStream_t stream) {
   const DeviceLimits& dl = device_limits();
-  allow_max_smem(reinterpret_cast<const void*>(&gptq4_mma_gemv_kernel<CT, SPAN>), dl.smem_block);
+  allow_max_smem(reinterpret_cast<const void*>(&gptq4_mma_gemv_kernel<CT, SPAN>));
   const int n_ct = int((w.N + 15) / 16), n_kb = int((w.n_chunks + 1) / 2), KB = mma_kb<CT>();
   const int blocks = (n_ct + CT - 1) / CT;
   const bool table = group_shift < 0;
@@ -853,6 +1045,64 @@ void launch_mma4(const GptqDeviceMatrix& w, int group_shift, const float* x, int
                 reinterpret_cast<const uint4*>(w.qweight), w.scale_zero, w.chunk_group, group_shift, x, x_stride,
                 int(T), y, y_stride, int(w.N), int(w.K), int(w.n_chunks), n_kb, n_ct, kbpw, tune.rotate != 0,
                 accumulate);
+}
+
+// The register kernel's launch (gptq4_reg_gemv): CT tiles per block, U k-blocks per load batch,
+// SPAN chunks per scale; warps (below) never more than batches of k-blocks, k-blocks per warp
+// whole batches. False (nothing launched) when
+// the staged x does not fit the block's shared memory.
+template <int CT, int U, int SPAN>
+bool launch_reg4(const GptqDeviceMatrix& w, int group_shift, const float* x, int64_t x_stride, int64_t T, float* y,
+                 int64_t y_stride, bool accumulate, const Gemv4Tuning& tune, cudaStream_t stream) {
+  const DeviceLimits& dl = device_limits();
+  const int n_ct = int((w.N + 15) / 16), n_kb = int((w.n_chunks + 1) / 2);
+  const int blocks = (n_ct + CT - 1) / CT;
+  // Warps: ~12 per SM over the grid (the sweep: 4-5 per block on qkv and gate_up beat 8-16 by
+  // 10-25 %, 8-16 on o and down beat 4 by 10-40 %; ~16 per SM is at most what 128 registers allow).
+  int warps = tune.warps;
+  if (warps <= 0) {
+    warps = 1;
+    while (warps < kMaxWarps && int64_t(blocks) * (warps + 1) <= int64_t(dl.sms) * 12) ++warps;
+  }
+  warps = std::max(1, std::min({warps, kMaxWarps, (n_kb + U - 1) / U}));
+  const int kbpw = ((n_kb + warps - 1) / warps + U - 1) / U * U;
+  warps = (n_kb + kbpw - 1) / kbpw;
+  const size_t smem = std::max(size_t(warps) * kbpw * size_t(T) * kRegXKbRowU32 * 4, size_t(warps) * 8 * CT * 16 * 4);
+  if (smem > size_t(dl.smem_block)) return false;
+  const void* k = reinterpret_cast<const void*>(&gptq4_reg_gemv_kernel<CT, U, SPAN>);
+  if (smem > 48 * 1024) allow_max_smem(k);
+  launch_kernel(gptq4_reg_gemv_kernel<CT, U, SPAN>, dim3(unsigned(blocks)), dim3(unsigned(warps * 32)), smem, stream,
+                tune.pdl != 0, reinterpret_cast<const uint4*>(w.qweight), w.scale_zero, group_shift, x, x_stride,
+                int(T), y, y_stride, int(w.N), int(w.K), int(w.n_chunks), n_kb, n_ct, kbpw, accumulate);
+  return true;
+}
+
+template <int CT, int U>
+bool launch_reg4_span(const GptqDeviceMatrix& w, int shift, const float* x, int64_t x_stride, int64_t T, float* y,
+                      int64_t y_stride, bool accumulate, const Gemv4Tuning& tune, cudaStream_t stream) {
+  int span = shift == 30 ? 4 : int(std::min<int64_t>(w.chunks_per_group, 4));
+  span = std::min(span, 2 * U);
+  if (tune.span > 0) span = std::min(span, tune.span);
+  switch (span) {
+    case 4:
+      if constexpr (2 * U >= 4) return launch_reg4<CT, U, 4>(w, shift, x, x_stride, T, y, y_stride, accumulate, tune, stream);
+      [[fallthrough]];
+    case 2: return launch_reg4<CT, U, 2>(w, shift, x, x_stride, T, y, y_stride, accumulate, tune, stream);
+    default: return launch_reg4<CT, U, 1>(w, shift, x, x_stride, T, y, y_stride, accumulate, tune, stream);
+  }
+}
+
+// gptq4_reg_gemv at ct tiles per block and 4 / ct k-blocks per load batch (16 weight registers per
+// batch; 8 spilled at the 128 registers of 16-warp blocks, measured with -Xptxas -v); false when it
+// does not apply (irregular groups, x too large for shared memory).
+bool launch_reg4_gemv(const GptqDeviceMatrix& w, int shift, int ct, const float* x, int64_t x_stride, int64_t T,
+                      float* y, int64_t y_stride, bool accumulate, const Gemv4Tuning& tune, cudaStream_t stream) {
+  if (shift < 0) return false;
+  switch (ct) {
+    case 1: return launch_reg4_span<1, 4>(w, shift, x, x_stride, T, y, y_stride, accumulate, tune, stream);
+    case 2: return launch_reg4_span<2, 2>(w, shift, x, x_stride, T, y, y_stride, accumulate, tune, stream);
+    default: return launch_reg4_span<4, 1>(w, shift, x, x_stride, T, y, y_stride, accumulate, tune, stream);
+  }
 }
 
 // group = chunk >> shift: uniform groups of a power-of-two chunk count (g32/64/128 of every real
@@ -884,16 +1134,22 @@ void launch_mma4_span(const GptqDeviceMatrix& w, const float* x, int64_t x_strid
 
 void launch_mma4_gemv(const GptqDeviceMatrix& w, const float* x, int64_t x_stride, int64_t T, float* y,
                       int64_t y_stride, bool accumulate, const Gemv4Tuning& tune, cudaStream_t stream) {
-  // Column tiles per block, from the H200's workbench --sweep on the Llama-2-7B layer shapes: more
-  // tiles share x (its L2 traffic is blocks x T x K x 4 bytes) but leave fewer blocks to spread
-  // over the SMs. 4 where that still gives 2+ blocks per SM (gate_up: best at every T), or 1+ at
-  // T >= 8 (qkv); else 1 at T = 1 (o, qkv, down: 2 is 3-10 % slower there) and 2 above.
+  // Which kernel, from the H100's workbench --sweep=gemv on the Llama-2-7B layer shapes (the
+  // closing note of issue 10): the register kernel at T = 1 (51-58 us per layer against the ring's
+  // 60.6), the ring above (at T = 4 and 8 it is 10-25 % faster: its x staging is per stage, the
+  // register kernel's all at once, T x K x 2 bytes per block).
+  const int64_t blocks4 = (w.N + 63) / 64, sms = device_limits().sms;
+  const bool reg = tune.kernel == 2 || (tune.kernel == 0 && T == 1);
+  // Column tiles per block: more tiles share x (its L2 traffic is blocks x T x K x 4 bytes) but
+  // leave fewer blocks to spread over the SMs. Ring (the H200's sweep): 4 where that still gives
+  // 2+ blocks per SM (gate_up: best at every T), or 1+ at T >= 8 (qkv); else 1 at T = 1 (o, qkv,
+  // down: 2 is 3-10 % slower there) and 2 above. Register kernel: 4 where 2+ blocks per SM
+  // (gate_up), else 2 (qkv, o, down: 1 is 1-17 % slower, 4 is 16-35 % slower).
   int ct = tune.col_tiles;
-  if (ct <= 0) {
-    const int64_t blocks4 = (w.N + 63) / 64, sms = device_limits().sms;
-    ct = blocks4 >= 2 * sms || (T >= 8 && blocks4 >= sms) ? 4 : T == 1 ? 1 : 2;
-  }
+  if (ct <= 0) ct = blocks4 >= 2 * sms ? 4 : reg ? 2 : (T >= 8 && blocks4 >= sms) ? 4 : T == 1 ? 1 : 2;
   GPTQ_ASSERT(ct == 1 || ct == 2 || ct == 4, "gptq_gemv: col_tiles ", ct);
+  if (reg && launch_reg4_gemv(w, uniform_group_shift(w), ct, x, x_stride, T, y, y_stride, accumulate, tune, stream))
+    return;
   switch (ct) {
     case 1: return launch_mma4_span<1>(w, x, x_stride, T, y, y_stride, accumulate, tune, stream);
     case 2: return launch_mma4_span<2>(w, x, x_stride, T, y, y_stride, accumulate, tune, stream);
@@ -965,7 +1221,7 @@ template <int NT, int CTW>
 void launch_gemm(const GptqDeviceMatrix& w, const GemmPlan& p, int group_shift, const __half* x16, int rows, float* y,
                  int64_t y_stride, float* partials, int* counters, bool accumulate, cudaStream_t stream) {
   const void* k = reinterpret_cast<const void*>(&gptq4_mma_gemm_kernel<NT, CTW>);
-  allow_max_smem(k, device_limits().smem_block);
+  allow_max_smem(k);
   const int n_ct = int((w.N + 15) / 16), n_kb = int((w.n_chunks + 1) / 2);
   gptq4_mma_gemm_kernel<NT, CTW><<<dim3(unsigned(p.col_blocks), unsigned(p.splits)), p.warps * 32, p.smem, stream>>>(
       reinterpret_cast<const uint4*>(w.qweight), w.scale_zero, w.chunk_group, group_shift, x16, rows, y, y_stride,

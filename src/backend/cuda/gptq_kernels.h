@@ -97,6 +97,8 @@ struct Gemv4Tuning {
   int span = 0;       // at most this many chunks (32 inputs) of a group scaled at once: 1, 2, 4 (0: all it can)
   int pdl = 0;        // 1: a programmatic dependent launch (compute capability 9.0+ only: the caller checks):
                       // the first weights load while the kernel before finishes (the rest stays ordered)
+  int kernel = 0;     // 1: gptq4_mma_gemv (the cp.async ring), 2: gptq4_reg_gemv (weights into registers;
+                      // uniform groups and x within shared memory, else 1); 0: the dispatch's (2 at T = 1)
 };
 void gptq_gemv(const GptqDeviceMatrix& w, const float* x, int64_t x_stride, int64_t T, float* y, int64_t y_stride,
                cudaStream_t stream, const Gemv4Tuning& tune = {}, bool accumulate = false);
