@@ -337,6 +337,16 @@ size_t mma4_smem(int CT, int warps, int64_t T, int64_t n_chunks, bool table) {
   return size_t(warps) * kStages * mma_stage_u4(CT, int(T)) * 16 + (table ? size_t(n_chunks) * 4 : 0);
 }
 
+// Both 4-bit GEMVs, per span: y += scale * acc for one tile, acc = (row 2c, column g), (2c+1, g),
+// (2c, g+8), (2c+1, g+8), scaled by the scale of column g (sz_g: its scale/zero word) or g + 8.
+__device__ __forceinline__ void add_scaled(float (&yv)[4], const float (&acc)[4], uint32_t sz_g, uint32_t sz_g8) {
+  const float s0 = half_bits_to_float(sz_g & 0xffffu), s1 = half_bits_to_float(sz_g8 & 0xffffu);
+  yv[0] = __fmaf_rn(s0, acc[0], yv[0]);
+  yv[1] = __fmaf_rn(s0, acc[1], yv[1]);
+  yv[2] = __fmaf_rn(s1, acc[2], yv[2]);
+  yv[3] = __fmaf_rn(s1, acc[3], yv[3]);
+}
+
 // The end of both 4-bit GEMVs: each warp's partial sums yv (lane (g, c) of tile t: rows 2c, 2c + 1
 // of columns g, g + 8) through shared memory `red` ([warp][8 rows][CT * 16 columns], reusing the
 // kernel's space: the caller has synchronized the block), added in warp order (deterministic) and
@@ -506,11 +516,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32)
 #pragma unroll
       for (int t = 0; t < CT; ++t) {
         const uint32_t* szc = sz + c0 * (CT * 16) + t * 16;
-        const float s0 = half_bits_to_float(szc[g] & 0xffffu), s1 = half_bits_to_float(szc[g + 8] & 0xffffu);
-        yv[t][0] = __fmaf_rn(s0, acc[t][0], yv[t][0]);
-        yv[t][1] = __fmaf_rn(s0, acc[t][1], yv[t][1]);
-        yv[t][2] = __fmaf_rn(s1, acc[t][2], yv[t][2]);
-        yv[t][3] = __fmaf_rn(s1, acc[t][3], yv[t][3]);
+        add_scaled(yv[t], acc[t], szc[g], szc[g + 8]);
       }
     }
   }
@@ -674,13 +680,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32)
         }
       }
 #pragma unroll
-      for (int t = 0; t < CT; ++t) {
-        const float s0 = half_bits_to_float(b.sz[sp][t][0] & 0xffffu), s1 = half_bits_to_float(b.sz[sp][t][1] & 0xffffu);
-        yv[t][0] = __fmaf_rn(s0, acc[t][0], yv[t][0]);
-        yv[t][1] = __fmaf_rn(s0, acc[t][1], yv[t][1]);
-        yv[t][2] = __fmaf_rn(s1, acc[t][2], yv[t][2]);
-        yv[t][3] = __fmaf_rn(s1, acc[t][3], yv[t][3]);
-      }
+      for (int t = 0; t < CT; ++t) add_scaled(yv[t], acc[t], b.sz[sp][t][0], b.sz[sp][t][1]);
     }
   };
   for (int i = 0; i < n_batches; i += 2) {
@@ -992,6 +992,12 @@ void allow_max_smem(const void* kernel) {
   }
 }
 
+// Warps per block (1..kMaxWarps) so that `blocks` blocks give about `per_sm` warps per SM.
+int warps_per_block(int64_t blocks, int per_sm) {
+  const int64_t target = int64_t(device_limits().sms) * per_sm;
+  return int(std::clamp<int64_t>(target / std::max<int64_t>(blocks, 1), 1, kMaxWarps));
+}
+
 template <int BITS, int T>
 void launch_gemv(const GptqDeviceMatrix& w, const float* x, int64_t x_stride, float* y, int64_t y_stride,
                  bool accumulate, cudaStream_t stream) {
@@ -1028,9 +1034,7 @@ void launch_mma4(const GptqDeviceMatrix& w, int group_shift, const float* x, int
   };
   int warps = tune.warps;
   if (warps <= 0) {
-    warps = 1;
-    while (warps < kMaxWarps && int64_t(blocks) * (warps + 1) <= int64_t(dl.sms) * 16) ++warps;
-    warps = std::min(warps, (n_kb + KB - 1) / KB);
+    warps = std::min(warps_per_block(blocks, 16), (n_kb + KB - 1) / KB);
     while (warps > 1 && !fits(warps)) --warps;
   }
   GPTQ_ASSERT(warps >= 1 && warps <= kMaxWarps && mma4_smem(CT, warps, T, w.n_chunks, table) <= size_t(dl.smem_block),
@@ -1047,10 +1051,18 @@ void launch_mma4(const GptqDeviceMatrix& w, int group_shift, const float* x, int
                 accumulate);
 }
 
+// SPAN, the chunks of one group scaled at once: 1 with the chunk -> group table (shift < 0), 4 for
+// one group, else the group's chunk count (1, 2, 4 or more); at most `most` (what the kernel can
+// hold) and tune.span when set.
+int group_span(const GptqDeviceMatrix& w, int shift, int most, const Gemv4Tuning& tune) {
+  int span = shift < 0 ? 1 : shift == 30 ? 4 : int(std::min<int64_t>(w.chunks_per_group, 4));
+  span = std::min(span, most);
+  return tune.span > 0 ? std::min(span, tune.span) : span;
+}
+
 // The register kernel's launch (gptq4_reg_gemv): CT tiles per block, U k-blocks per load batch,
 // SPAN chunks per scale; warps (below) never more than batches of k-blocks, k-blocks per warp
-// whole batches. False (nothing launched) when
-// the staged x does not fit the block's shared memory.
+// whole batches. False (nothing launched) when the staged x does not fit the block's shared memory.
 template <int CT, int U, int SPAN>
 bool launch_reg4(const GptqDeviceMatrix& w, int group_shift, const float* x, int64_t x_stride, int64_t T, float* y,
                  int64_t y_stride, bool accumulate, const Gemv4Tuning& tune, cudaStream_t stream) {
@@ -1059,11 +1071,7 @@ bool launch_reg4(const GptqDeviceMatrix& w, int group_shift, const float* x, int
   const int blocks = (n_ct + CT - 1) / CT;
   // Warps: ~12 per SM over the grid (the sweep: 4-5 per block on qkv and gate_up beat 8-16 by
   // 10-25 %, 8-16 on o and down beat 4 by 10-40 %; ~16 per SM is at most what 128 registers allow).
-  int warps = tune.warps;
-  if (warps <= 0) {
-    warps = 1;
-    while (warps < kMaxWarps && int64_t(blocks) * (warps + 1) <= int64_t(dl.sms) * 12) ++warps;
-  }
+  int warps = tune.warps > 0 ? tune.warps : warps_per_block(blocks, 12);
   warps = std::max(1, std::min({warps, kMaxWarps, (n_kb + U - 1) / U}));
   const int kbpw = ((n_kb + warps - 1) / warps + U - 1) / U * U;
   warps = (n_kb + kbpw - 1) / kbpw;
@@ -1080,10 +1088,7 @@ bool launch_reg4(const GptqDeviceMatrix& w, int group_shift, const float* x, int
 template <int CT, int U>
 bool launch_reg4_span(const GptqDeviceMatrix& w, int shift, const float* x, int64_t x_stride, int64_t T, float* y,
                       int64_t y_stride, bool accumulate, const Gemv4Tuning& tune, cudaStream_t stream) {
-  int span = shift == 30 ? 4 : int(std::min<int64_t>(w.chunks_per_group, 4));
-  span = std::min(span, 2 * U);
-  if (tune.span > 0) span = std::min(span, tune.span);
-  switch (span) {
+  switch (group_span(w, shift, 2 * U, tune)) {
     case 4:
       if constexpr (2 * U >= 4) return launch_reg4<CT, U, 4>(w, shift, x, x_stride, T, y, y_stride, accumulate, tune, stream);
       [[fallthrough]];
@@ -1123,9 +1128,7 @@ void launch_mma4_span(const GptqDeviceMatrix& w, const float* x, int64_t x_strid
   // group: computed by a shift, and spans of up to 4 chunks share a scale; anything else: the
   // table, a span of 1.
   const int shift = uniform_group_shift(w);
-  int span = shift < 0 ? 1 : shift == 30 ? 4 : int(std::min<int64_t>(w.chunks_per_group, 4));
-  if (tune.span > 0) span = std::min(span, tune.span);
-  switch (span) {
+  switch (group_span(w, shift, 4, tune)) {
     case 4: return launch_mma4<CT, 4>(w, shift, x, x_stride, T, y, y_stride, accumulate, tune, stream);
     case 2: return launch_mma4<CT, 2>(w, shift, x, x_stride, T, y, y_stride, accumulate, tune, stream);
     default: return launch_mma4<CT, 1>(w, shift, x, x_stride, T, y, y_stride, accumulate, tune, stream);
@@ -1138,7 +1141,6 @@ void launch_mma4_gemv(const GptqDeviceMatrix& w, const float* x, int64_t x_strid
   // closing note of issue 10): the register kernel at T = 1 (51-58 us per layer against the ring's
   // 60.6), the ring above (at T = 4 and 8 it is 10-25 % faster: its x staging is per stage, the
   // register kernel's all at once, T x K x 2 bytes per block).
-  const int64_t blocks4 = (w.N + 63) / 64, sms = device_limits().sms;
   const bool reg = tune.kernel == 2 || (tune.kernel == 0 && T == 1);
   // Column tiles per block: more tiles share x (its L2 traffic is blocks x T x K x 4 bytes) but
   // leave fewer blocks to spread over the SMs. Ring (the H200's sweep): 4 where that still gives
@@ -1146,7 +1148,10 @@ void launch_mma4_gemv(const GptqDeviceMatrix& w, const float* x, int64_t x_strid
   // down: 2 is 3-10 % slower there) and 2 above. Register kernel: 4 where 2+ blocks per SM
   // (gate_up), else 2 (qkv, o, down: 1 is 1-17 % slower, 4 is 16-35 % slower).
   int ct = tune.col_tiles;
-  if (ct <= 0) ct = blocks4 >= 2 * sms ? 4 : reg ? 2 : (T >= 8 && blocks4 >= sms) ? 4 : T == 1 ? 1 : 2;
+  if (ct <= 0) {
+    const int64_t blocks4 = (w.N + 63) / 64, sms = device_limits().sms;
+    ct = blocks4 >= 2 * sms ? 4 : reg ? 2 : (T >= 8 && blocks4 >= sms) ? 4 : T == 1 ? 1 : 2;
+  }
   GPTQ_ASSERT(ct == 1 || ct == 2 || ct == 4, "gptq_gemv: col_tiles ", ct);
   if (reg && launch_reg4_gemv(w, uniform_group_shift(w), ct, x, x_stride, T, y, y_stride, accumulate, tune, stream))
     return;
