@@ -216,6 +216,28 @@ TEST(CudaGptqSolver, MatchesTheCpuSolverAcrossBlocksAndBlockSizes) {
     }
 }
 
+// A stage's linears solved stacked on the GPU (pipeline/quantize.cpp), each part sliced out: what
+// the CPU solver gives that part alone, within the GPU-vs-CPU limits above; parts of 45 and 21 rows
+// (no multiple of the kernel's 8 rows per CTA), act-order and not.
+TEST(CudaGptqSolver, StackedSolveSlicesMatchTheCpuPerPart) {
+  NEED_GPU();
+  const Problem p = make_problem(66, 200, 256, {7}, 111);
+  for (bool act : {false, true}) {
+    QuantSpec spec;
+    spec.desc_act = act;
+    spec.static_groups = act;
+    spec.grid = Grid::kMse;
+    const QuantResult all = gpu_solve(p.W, p.H, p.N, p.K, spec);
+    int64_t r0 = 0;
+    for (int64_t n : {45, 21}) {
+      const std::vector<float> w(p.W.begin() + r0 * p.K, p.W.begin() + (r0 + n) * p.K);
+      const QuantResult c = gptq_quantize(test_pool(), w.data(), p.H.data(), n, p.K, spec);
+      expect_same_solution(slice_rows(all, r0, n), c, w, p.H, n, p.K, spec);
+      r0 += n;
+    }
+  }
+}
+
 // The same inputs on the same GPU give the same bytes (no atomics, deterministic cuSOLVER).
 TEST(CudaGptqSolver, SameBytesTwice) {
   NEED_GPU();

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 #include <random>
 #include <vector>
@@ -17,6 +18,9 @@
 #include "quant/gptq_plan.h"
 #include "backend/cpu/hessian.h"
 #include "quant/quantizer.h"
+#include "quant/solver.h"
+#include "backend/cpu/cpu_features.h"
+#include "backend/backend.h"
 
 using namespace gptq::quant;
 using gptq_test::correlated_inputs;
@@ -182,6 +186,78 @@ TEST(QuantGrid, MseSearchNeverRaisesAndUsuallyLowersTheHessianWeightedGroupError
         EXPECT_GT(lowered, rows / 2) << "G " << G << " bits " << bits << " sym " << sym;
         EXPECT_LT(sum_mse, 0.9 * sum_minmax) << "G " << G << " bits " << bits << " sym " << sym;
       }
+}
+
+// The shrink search scores 8 candidates at once with AVX2: the same grids, bit for bit, as the
+// scalar loop, on random and outlier groups, all-zero and constant groups, tiny values (denormal
+// scales), with and without Hessian weights (zero weights included), every width.
+TEST(QuantGrid, MseSearchIsTheSameAtEverySimdLevel) {
+  using gptq::cpu::SimdLevel;
+  if (gptq::cpu::detected_simd() < SimdLevel::kAvx2) GTEST_SKIP() << "this CPU has no AVX2: only the scalar loop runs";
+  struct Scope {
+    ~Scope() { gptq::cpu::force_simd(SimdLevel::kAvx512); }
+  } restore;
+  int cases = 0;
+  for (int64_t G : {int64_t(1), int64_t(7), int64_t(32), int64_t(128), int64_t(300)})
+    for (int kind = 0; kind < 5; ++kind) {
+      std::vector<float> x = kind == 0 ? randn(size_t(G), uint32_t(G + 1)) : weights_with_outliers(size_t(G), uint32_t(G + 2));
+      if (kind == 2) std::fill(x.begin(), x.end(), 0.f);
+      if (kind == 3) std::fill(x.begin(), x.end(), -0.25f);
+      if (kind == 4)
+        for (auto& v : x) v *= 1e-39f;  // denormal values and scales
+      std::vector<float> h = randn(size_t(G), uint32_t(G + 3), 1.f);
+      for (size_t i = 0; i < h.size(); ++i) h[i] = i % 5 == 0 ? 0.f : h[i] * h[i];
+      for (int bits : {2, 3, 4, 8})
+        for (bool sym : {true, false})
+          for (const float* hw : {static_cast<const float*>(nullptr), static_cast<const float*>(h.data())}) {
+            const int maxq = max_code(bits);
+            gptq::cpu::force_simd(SimdLevel::kScalar);
+            const GridParams a = find_params_mse(x.data(), hw, G, maxq, sym);
+            gptq::cpu::force_simd(SimdLevel::kAvx512);
+            const GridParams b = find_params_mse(x.data(), hw, G, maxq, sym);
+            EXPECT_EQ(0, std::memcmp(&a, &b, sizeof(a)))
+                << "G " << G << " kind " << kind << " bits " << bits << " sym " << sym << ": scale " << a.scale
+                << " vs " << b.scale << ", zero " << a.zero << " vs " << b.zero;
+            ++cases;
+          }
+    }
+  EXPECT_EQ(cases, 5 * 5 * 4 * 2 * 2);
+}
+
+// The CPU solver's module error, tr((W-Q) H (W-Q)ᵀ) / tr(W H Wᵀ) from H's block triangle, against
+// the full product in double: K below, at and across its 256-input blocks (608: a partial last one).
+TEST(QuantGptq, HostModuleErrorMatchesTheFullProduct) {
+  auto be = gptq::make_cpu_backend({2});
+  const auto solver = make_solver(*be, test_pool());
+  for (int64_t K : {int64_t(96), int64_t(256), int64_t(608)}) {
+    const int64_t N = 64, n = 2 * K;
+    const auto X = correlated_inputs(n, K, uint32_t(K));
+    auto acc = be->hessian(K);
+    std::shared_ptr<void> mem;
+    const gptq::Tensor dx = be->alloc_f32(n, K, mem);
+    be->from_host(X.data(), dx);
+    acc->add(dx, 1);
+    const std::vector<float> H = acc->host();
+    const auto W = weights_with_outliers(size_t(N * K), uint32_t(K + 1));
+    QuantSpec spec;
+    spec.bits = 3;
+    spec.group_size = 32;
+    const QuantResult r = solver->solve(W.data(), *acc, N, K, spec);
+    const PackedQuant pq = pack_result(r, QuantFormat::kGptqV2);
+    const std::vector<float> Q = dequantize(pq.view());
+    double num = 0, den = 0;
+    for (int64_t row = 0; row < N; ++row)
+      for (int64_t i = 0; i < K; ++i)
+        for (int64_t j = 0; j < K; ++j) {
+          const double h = H[size_t(i * K + j)];
+          const double wi = W[size_t(row * K + i)], wj = W[size_t(row * K + j)];
+          num += (wi - Q[size_t(row * K + i)]) * h * (wj - Q[size_t(row * K + j)]);
+          den += wi * h * wj;
+        }
+    const double got = solver->module_error(W.data(), pq.view(), *acc);
+    EXPECT_NEAR(got, num / den, 1e-5 * num / den) << "K " << K;
+    EXPECT_GT(got, 0) << "K " << K;
+  }
 }
 
 TEST(QuantGrid, MseSearchKeepsMinMaxWhenNothingIsBetter) {
@@ -438,6 +514,60 @@ TEST(QuantGptq, DeadColumnsAndDampingRetries) {
   EXPECT_NEAR(r.damp_percent, 1.0, 1e-12);
   spec.max_damp_retries = 1;
   EXPECT_THROW(gptq_quantize(test_pool(), W.data(), Hi.data(), N, K, spec), gptq::Error);
+}
+
+// The linears of one stage share the Hessian and are solved stacked (pipeline/quantize.cpp):
+// each part's rows sliced out of the stacked result are exactly its own solve's, in every order
+// and grid, with a dead input, on part heights that split the solver's row chunks unevenly.
+TEST(QuantGptq, StackedSolveSlicesAreTheSeparateSolves) {
+  const int64_t K = 96, Ns[3] = {24, 7, 40};
+  auto X = correlated_inputs(192, K, 61);
+  for (int64_t t = 0; t < 192; ++t) X[size_t(t * K + 9)] = 0.f;
+  const auto H = hessian_of(X, 192, K);
+  std::vector<std::vector<float>> parts;
+  std::vector<float> stacked;
+  for (int i = 0; i < 3; ++i) {
+    parts.push_back(weights_with_outliers(size_t(Ns[i] * K), 62 + i));
+    stacked.insert(stacked.end(), parts.back().begin(), parts.back().end());
+  }
+  for (int order = 0; order < 4; ++order)
+    for (int G : {32, -1}) {
+      if (G == -1 && order == 2) continue;
+      QuantSpec spec;
+      spec.group_size = G;
+      spec.sym = order % 2 == 0;
+      spec.grid = order < 2 ? Grid::kMse : Grid::kMinMax;
+      spec.desc_act = order == 1 || order == 2;
+      spec.static_groups = order == 2;
+      spec.group_order = order == 3;
+      const std::string what = gptq::cat("order ", order, " g", G);
+      const QuantResult all = gptq_quantize(test_pool(), stacked.data(), H.data(), 71, K, spec);
+      ASSERT_EQ(all.row_loss.size(), 71u);
+      int64_t r0 = 0;
+      for (int i = 0; i < 3; ++i) {
+        const QuantResult one = gptq_quantize(test_pool(), parts[size_t(i)].data(), H.data(), Ns[i], K, spec);
+        const QuantResult s = slice_rows(all, r0, Ns[i]);
+        r0 += Ns[i];
+        EXPECT_EQ(s.N, one.N) << what;
+        EXPECT_EQ(s.codes, one.codes) << what << " part " << i;
+        EXPECT_EQ(s.scales, one.scales) << what << " part " << i;
+        EXPECT_EQ(s.zeros, one.zeros) << what << " part " << i;
+        EXPECT_EQ(s.g_idx, one.g_idx) << what << " part " << i;
+        EXPECT_EQ(s.Wq, one.Wq) << what << " part " << i;
+        EXPECT_EQ(s.row_loss, one.row_loss) << what << " part " << i;
+        EXPECT_EQ(s.loss, one.loss) << what << " part " << i;
+        EXPECT_EQ(s.dead_columns, 1) << what;
+        EXPECT_EQ(s.damp_percent, one.damp_percent) << what;
+      }
+    }
+  // RTN's rows are independent too (the pipeline stacks it the same way).
+  const QuantResult all = rtn_quantize(test_pool(), stacked.data(), 71, K, QuantSpec{});
+  const QuantResult one = rtn_quantize(test_pool(), parts[2].data(), 40, K, QuantSpec{});
+  const QuantResult s = slice_rows(all, 31, 40);
+  EXPECT_EQ(s.codes, one.codes);
+  EXPECT_EQ(s.scales, one.scales);
+  EXPECT_EQ(s.zeros, one.zeros);
+  EXPECT_EQ(s.Wq, one.Wq);
 }
 
 // The host plan both solvers share (quant/gptq_plan.h). The CUDA column kernel finds group starts

@@ -296,6 +296,38 @@ TEST(Quantize, HostActivationsGiveTheSameBytes) {
     }
 }
 
+// Down's inputs kept from the pass that accumulates its Hessian (the pass after down's solve then
+// runs down alone) or the MLP run again: the same checkpoint bytes, on the CPU and the GPU; and the
+// report names every module in the true-sequential order with its share of the stacked solves.
+TEST(Quantize, KeepingDownsInputsGivesTheSameBytes) {
+  NEED_SHARED(kBaby);
+  const std::string src = shared_path("models/babyllama-361");
+  std::vector<std::pair<std::string, std::shared_ptr<gptq::Backend>>> backends = {{"cpu", nullptr}};
+  if (auto g = gptq_test::gpu()) backends.push_back({"cuda", g});
+  for (const auto& [name, be] : backends) {
+    auto o = calib_options(kBaby);
+    o.nsamples = 6;
+    o.backend = be;
+    std::string bytes[2];
+    for (int keep : {0, 1}) {
+      o.keep_mlp_inputs = keep;
+      const std::string out = out_dir(gptq::cat("keepmlp_", name, keep));
+      const gptq::QuantizeReport r = gptq::quantize_model(src, out, o);
+      bytes[keep] = gptq::read_text_file(out + "/model.safetensors");
+      fs::remove_all(out);
+      ASSERT_EQ(r.modules.size() % 7, 0u);
+      const char* order[7] = {"k_proj", "v_proj", "q_proj", "o_proj", "up_proj", "gate_proj", "down_proj"};
+      for (size_t i = 0; i < r.modules.size(); ++i) {
+        EXPECT_NE(r.modules[i].name.find(gptq::cat("layers.", i / 7, ".")), std::string::npos) << r.modules[i].name;
+        EXPECT_NE(r.modules[i].name.find(order[i % 7]), std::string::npos) << r.modules[i].name;
+        EXPECT_GT(r.modules[i].seconds, 0) << r.modules[i].name;
+        EXPECT_GT(r.modules[i].rel_error, 0) << r.modules[i].name;
+      }
+    }
+    EXPECT_EQ(bytes[0], bytes[1]) << name;
+  }
+}
+
 // A synthetic model streams the same way (its layers made on demand from the seed): the same report.
 TEST(Quantize, StreamingASyntheticModelGivesTheSameErrors) {
   NEED_SHARED(kBaby);

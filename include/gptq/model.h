@@ -189,7 +189,10 @@ class Model {
   void commit(const Batch& batch, KVCache& cache);
   void embed(const BatchPlan& plan, const Tensor& x);  // x: [T, hidden]
   // Runs decoder layer `layer` from stage `from` on the plan's rows; returns the stage it stopped
-  // at (kDone when it ran to the end). x (and att when resuming at kAttnOut) are the caller's.
+  // at (kDone when it ran to the end). x: [T, hidden], updated in place. att: [T, heads x head_dim]
+  // where attention writes its output, read when resuming at kAttnOut; resuming at kMlpOut it is
+  // down's input instead, silu(gate(h)) * up(h): [T, intermediate] (calibration keeps it from the
+  // pass that stopped there). Both are the caller's.
   Stage run_layer(int64_t layer, const BatchPlan& plan, KVCache& cache, const Tensor& x, const Tensor& att,
                   Stage from, LayerObserver* obs);
   const Weight& linear(int64_t layer, LinearSlot s) const;

@@ -61,6 +61,12 @@ struct QuantizeOptions {
   // device they do not fit on), -1 on the backend when they fit there, else in host memory. The
   // same bytes either way.
   int host_activations = -1;
+  // True-sequential: down's inputs (silu(gate) * up of every window, windows x seqlen x
+  // intermediate fp32) kept on the backend from the pass that accumulates down's Hessian, so that
+  // the pass after down's solve runs down alone instead of the whole MLP again (gate and up are two
+  // thirds of its work): 1 yes, 0 no, -1 when they take at most half of the backend memory left
+  // beside the other activations and the layer (never with host activations). The same bytes either way.
+  int keep_mlp_inputs = -1;
   const std::atomic<bool>* cancel = nullptr;  // set (e.g. by SIGINT) to stop; nothing is written
 };
 
@@ -71,7 +77,7 @@ struct ModuleReport {
   double rel_error = 0;      // ||(W-Q)X||^2 / ||WX||^2 on the calibration inputs
   double damp_percent = 0;   // damping that succeeded (raised when the Cholesky failed)
   int64_t dead_columns = 0;
-  double seconds = 0;
+  double seconds = 0;         // its share (by rows) of its stage's stacked solve, and its own packing and error
 };
 
 struct QuantizeReport {

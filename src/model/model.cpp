@@ -151,7 +151,7 @@ void Model::embed(const BatchPlan& plan, const Tensor& x) { backend_->embed(*w_-
 Stage Model::run_layer(int64_t l, const BatchPlan& plan, KVCache& cache, const Tensor& x, const Tensor& att, Stage from,
                        LayerObserver* obs) {
   GPTQ_ASSERT(ws_->plan_id == plan.id, "run_layer: the plan is not the model's latest (call plan() first)");
-  GPTQ_ASSERT(from <= Stage::kMlpIn, "a layer resumes at kAttnIn, kAttnOut or kMlpIn");
+  GPTQ_ASSERT(from <= Stage::kMlpOut, "a layer resumes at kAttnIn, kAttnOut, kMlpIn or kMlpOut");
   const ModelConfig& c = config_;
   Backend& be = *backend_;
   const LlamaLayer& L = w_->layers.at(size_t(l));
@@ -181,18 +181,22 @@ Stage Model::run_layer(int64_t l, const BatchPlan& plan, KVCache& cache, const T
     be.linear_add(L.get(LinearSlot::kO), att, x, tmp);  // x += o(att)
     s = Stage::kMlpIn;
   }
-  be.rms_norm(x, L.mlp_norm.t, eps, h);
-  if (obs && !obs->observe(l, Stage::kMlpIn, h)) return Stage::kMlpIn;
-  const Tensor g = rows_of(ws.g, T), u = rows_of(ws.u, T);
-  if (L.gate_up) {
-    be.linear(*L.gate_up, h, rows_of(ws.gu, T));  // g | u
-  } else {
-    be.linear(L.get(LinearSlot::kGate), h, g);  // g: [T, F]
-    be.linear(L.get(LinearSlot::kUp), h, u);
+  Tensor act = att;  // resuming at kMlpOut: down's input, the caller's
+  if (s == Stage::kMlpIn) {
+    be.rms_norm(x, L.mlp_norm.t, eps, h);
+    if (obs && !obs->observe(l, Stage::kMlpIn, h)) return Stage::kMlpIn;
+    const Tensor g = rows_of(ws.g, T), u = rows_of(ws.u, T);
+    if (L.gate_up) {
+      be.linear(*L.gate_up, h, rows_of(ws.gu, T));  // g | u
+    } else {
+      be.linear(L.get(LinearSlot::kGate), h, g);  // g: [T, F]
+      be.linear(L.get(LinearSlot::kUp), h, u);
+    }
+    be.silu_mul(g, u);  // g = silu(gate(h)) * up(h)
+    if (obs && !obs->observe(l, Stage::kMlpOut, g)) return Stage::kMlpOut;
+    act = g;
   }
-  be.silu_mul(g, u);  // g = silu(gate(h)) * up(h)
-  if (obs && !obs->observe(l, Stage::kMlpOut, g)) return Stage::kMlpOut;
-  be.linear_add(L.get(LinearSlot::kDown), g, x, tmp);  // x += down(g)
+  be.linear_add(L.get(LinearSlot::kDown), act, x, tmp);  // x += down(act)
   return Stage::kDone;
 }
 

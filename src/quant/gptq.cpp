@@ -188,8 +188,31 @@ QuantResult gptq_quantize(ThreadPool& pool, const float* W, const float* H, int6
       },
       16);
   for (double l : row_loss) res.loss += l / 2;
+  res.row_loss = std::move(row_loss);
   res.seconds_solve = seconds_since(t0);
   return res;
+}
+
+QuantResult slice_rows(const QuantResult& r, int64_t r0, int64_t n) {
+  GPTQ_ASSERT(r0 >= 0 && n > 0 && r0 + n <= r.N, "rows ", r0, "..", r0 + n, " of a ", r.N, "-row result");
+  QuantResult s = r;  // the statistics and g_idx; the per-row arrays are replaced below
+  const int64_t K = r.K;
+  s.N = n;
+  s.codes.assign(r.codes.begin() + r0 * K, r.codes.begin() + (r0 + n) * K);
+  if (!r.Wq.empty()) s.Wq.assign(r.Wq.begin() + r0 * K, r.Wq.begin() + (r0 + n) * K);
+  s.scales.resize(size_t(r.n_groups * n));
+  s.zeros.resize(size_t(r.n_groups * n));
+  for (int64_t g = 0; g < r.n_groups; ++g) {
+    std::copy_n(r.scales.begin() + g * r.N + r0, n, s.scales.begin() + g * n);
+    std::copy_n(r.zeros.begin() + g * r.N + r0, n, s.zeros.begin() + g * n);
+  }
+  s.loss = 0;
+  s.row_loss.clear();
+  if (!r.row_loss.empty()) {
+    s.row_loss.assign(r.row_loss.begin() + r0, r.row_loss.begin() + r0 + n);
+    for (double l : s.row_loss) s.loss += l / 2;  // in row order, as the solvers sum
+  }
+  return s;
 }
 
 QuantResult rtn_quantize(ThreadPool& pool, const float* W, int64_t N, int64_t K, const QuantSpec& spec) {

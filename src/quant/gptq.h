@@ -68,6 +68,7 @@ struct QuantResult {
   int damp_retries = 0;
   int64_t dead_columns = 0;
   double loss = 0;              // sum (w - q)^2 / Hinv[i,i]^2 / 2, fasterquant's "error"
+  std::vector<double> row_loss; // [N] each row's sum (w - q)^2 / Hinv[i,i]^2; loss = sum of row_loss / 2 in row order
   double seconds_factor = 0;    // Cholesky + triangular inverse
   double seconds_solve = 0;     // column loop
 };
@@ -79,6 +80,12 @@ QuantResult gptq_quantize(ThreadPool& pool, const float* W, const float* H, int6
 // Round-to-nearest on the same grid (per row, per group of group_size columns), no error feedback.
 // Grid::kMse weighs every column alike (there is no Hessian).
 QuantResult rtn_quantize(ThreadPool& pool, const float* W, int64_t N, int64_t K, const QuantSpec& spec);
+
+// Rows [r0, r0 + n) of a result (codes, Wq, scales, zeros, row losses and their loss; g_idx and
+// the solver's statistics as they are). The parts of one stage share a Hessian (q, k, v; gate, up)
+// and GPTQ's rows are independent given it, so they are solved stacked, as one [sum N, K] problem,
+// and split here: on the CPU each part gets exactly what its own solve gives it, bit for bit.
+QuantResult slice_rows(const QuantResult& r, int64_t r0, int64_t n);
 
 // Packs a result for the checkpoint writer. bias: [N] fp32 or nullptr. pool: packed in parallel
 // on it (the same bytes).

@@ -1,5 +1,7 @@
 #include "quant/solver.h"
 
+#include <algorithm>
+
 #include "backend/cpu/fixed_gemm.h"
 #include "gptq/error.h"
 #include "io/gptq_format.h"
@@ -34,15 +36,31 @@ class HostSolver final : public Solver {
   }
 
  private:
-  // sum_i (A H Aᵀ)_ii for A: [N, K]: one fixed-order fp32 GEMM, the products summed in double in
-  // element order.
+  // sum_i (A H Aᵀ)_ii for A: [N, K], from H's lower block triangle: H is symmetric, so with
+  // column blocks b of kBlock inputs the sum is sum_b a_b·(H_bb a_bᵀ) + 2 sum_b a_b·(H[>b, b]ᵀ a_>bᵀ):
+  // per block one fixed-order fp32 GEMM of A's columns past it and one of its diagonal block,
+  // N·K²/2 multiply-adds in all instead of the full product's N·K². The products are summed in
+  // double in a fixed order (block, row, column): the same value for any pool size and CPU.
   double hessian_norm(const float* A, HessianAccumulator& H, int64_t N, int64_t K) {
-    const std::vector<float>& h = hessian(H, K);
-    std::vector<float> AH(size_t(N * K));
-    cpu::gemm_nn_fixed(&pool_, N, K, K, 1.f, A, K, h.data(), K, 0.f, AH.data(), K);
-    double s = 0;
-    for (size_t i = 0; i < AH.size(); ++i) s += double(AH[i]) * A[i];
-    return s;
+    constexpr int64_t kBlock = 256;
+    const float* h = hessian(H, K).data();
+    std::vector<float> C(size_t(N * std::min(K, kBlock)));
+    double diag = 0, off = 0;
+    for (int64_t j0 = 0; j0 < K; j0 += kBlock) {
+      const int64_t j1 = std::min(K, j0 + kBlock), bw = j1 - j0;
+      auto add = [&](double& s) {
+        for (int64_t n = 0; n < N; ++n)
+          for (int64_t j = 0; j < bw; ++j) s += double(C[size_t(n * bw + j)]) * A[n * K + j0 + j];
+      };
+      // C = A[:, b] · H[b, b]
+      cpu::gemm_nn_fixed(&pool_, N, bw, bw, 1.f, A + j0, K, h + j0 * K + j0, K, 0.f, C.data(), bw);
+      add(diag);
+      if (j1 == K) continue;
+      // C = A[:, j1:] · H[j1:, b]
+      cpu::gemm_nn_fixed(&pool_, N, bw, K - j1, 1.f, A + j1, K, h + j1 * K + j0, K, 0.f, C.data(), bw);
+      add(off);
+    }
+    return diag + 2 * off;
   }
 
   static const std::vector<float>& hessian(HessianAccumulator& H, int64_t K) {

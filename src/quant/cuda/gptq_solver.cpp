@@ -261,6 +261,7 @@ quant::QuantResult CudaSolver::gptq_solve(const float* W, const float* H, int64_
   std::memcpy(res.scales.data(), h_scales, res.scales.size() * sizeof(float));
   std::memcpy(res.zeros.data(), h_zeros, res.zeros.size() * sizeof(int32_t));
   const double* row_loss = reinterpret_cast<const double*>(h_loss);
+  res.row_loss.assign(row_loss, row_loss + N);
   for (int64_t n = 0; n < N; ++n) res.loss += row_loss[n] / 2;  // in row order, as the CPU sums
   res.seconds_solve = seconds_since(t0);
   return res;
