@@ -259,6 +259,30 @@ TEST(HostileCheckpoint, NanOrInfScaleIsRefusedAtLoad) {
   }
 }
 
+// Activations that overflow (a norm weight of 3e38 in layer 1): the Hessian of that layer's q, k, v
+// is not finite, every damping retry fails, and quantize stops naming the stage's linears, writing
+// nothing (no -o, no temporary folder beside it).
+TEST(HostileCheckpoint, AHessianThatStaysIndefiniteStopsQuantizeNamingTheStage) {
+  if (shared_dir().empty()) GTEST_SKIP() << "../shared not found: skipped";
+  const std::string dir = model_copy("overflow_norm");
+  std::string bytes = gptq::read_text_file(dir + "/model.safetensors");
+  uint64_t n = 0;
+  std::memcpy(&n, bytes.data(), 8);
+  const json h = json::parse(bytes.substr(8, n));
+  const auto& t = h["model.layers.1.input_layernorm.weight"];
+  ASSERT_EQ(t["dtype"], "F32");
+  const size_t o0 = 8 + n + t["data_offsets"][0].get<size_t>(), o1 = 8 + n + t["data_offsets"][1].get<size_t>();
+  const float big = 3e38f;
+  for (size_t o = o0; o < o1; o += 4) std::memcpy(bytes.data() + o, &big, 4);
+  write(dir + "/model.safetensors", bytes);
+  const std::string out = temp_dir("overflow_norm_out") + "/q";
+  expect_cli_error(run_cli({"quantize", "-m", dir, "-o", out, "--calibration",
+                            shared_path("data/tinystories-sample/tiny.utf8"), "--nsamples", "4", "--seqlen", "64", "-q"}),
+                   {"model.layers.1.self_attn.k_proj, v_proj, q_proj: ", "not positive definite"});
+  EXPECT_FALSE(fs::exists(out));
+  EXPECT_TRUE(fs::is_empty(fs::path(out).parent_path()));
+}
+
 // ---- command-line options ---------------------------------------------------------------------
 
 TEST(HostileCli, OptionArithmeticAndRangesGiveOneShortLine) {
