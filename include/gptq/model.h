@@ -203,6 +203,9 @@ class Model {
   void release_layer(int64_t layer);
   bool layer_loaded(int64_t layer) const;
   size_t layer_file_bytes(int64_t layer) const;  // its linears' tensors in the files (0: synthetic)
+  // Starts reading layer l's linears from the files into the page cache in the background (a
+  // streaming run asks for layer l + 1 while layer l works); no-op for a synthetic model.
+  void prefetch_layer(int64_t layer) const;
 
   // Bytes of the weights as held in memory (mapped file bytes of used tensors + repacked copies).
   size_t weight_bytes() const;

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -31,6 +32,16 @@ MappedFile::MappedFile(const std::string& path) {
 
 void MappedFile::drop_pages() const {
   if (data_) ::madvise(const_cast<uint8_t*>(data_), size_, MADV_DONTNEED);
+}
+
+void prefetch_pages(const void* p, size_t n) {
+  if (!p || n == 0) return;
+  const uintptr_t page = uintptr_t(::sysconf(_SC_PAGESIZE));
+  const uintptr_t e = uintptr_t(p) + n;
+  // In chunks: Linux reads at most its read-ahead window (8 MiB here) per call.
+  constexpr uintptr_t kChunk = uintptr_t(2) << 20;
+  for (uintptr_t b = uintptr_t(p) & ~(page - 1); b < e; b += kChunk)
+    (void)::madvise(reinterpret_cast<void*>(b), std::min(kChunk, e - b), MADV_WILLNEED);
 }
 
 MappedFile::~MappedFile() {

@@ -25,4 +25,8 @@ class MappedFile {
   size_t size_ = 0;
 };
 
+// Asks the kernel to start reading [p, p + n) of a mapping in (madvise MADV_WILLNEED in 2 MiB
+// chunks: read-ahead in the background, nothing waits); a hint, so errors (memory that is not a file mapping) are ignored.
+void prefetch_pages(const void* p, size_t n);
+
 }  // namespace gptq

@@ -6,6 +6,7 @@
 
 #include "backend/backend.h"
 #include "core/fs.h"
+#include "core/mapped_file.h"
 #include "core/memory.h"
 #include "core/synthetic.h"
 #include "gptq/error.h"
@@ -412,6 +413,17 @@ size_t Model::layer_file_bytes(int64_t l) const {
       if (store_->has(name)) n += store_->get(name).nbytes;
     }
   return n;
+}
+
+void Model::prefetch_layer(int64_t l) const {
+  GPTQ_ASSERT(l >= 0 && l < config_.num_layers);
+  if (synthetic_ || !store_) return;
+  const std::string p = layer_prefix(l);
+  for (const auto& sh : layer_linears(config_))
+    for (const char* part : {".weight", ".bias"}) {
+      const std::string name = p + linear_slot_name(sh.slot) + part;
+      if (store_->has(name)) prefetch_pages(store_->get(name).data, store_->get(name).nbytes);
+    }
 }
 
 void Model::release_layer(int64_t l) {

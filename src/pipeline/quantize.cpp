@@ -457,7 +457,11 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
 
   const int64_t stage_k[4] = {H, A, H, cfg.intermediate_size};
   for (int64_t l = 0; l < cfg.num_layers; ++l) {
-    if (stream) model->load_layer(l);
+    if (stream) {
+      model->load_layer(l);
+      // The next layer's file pages are read in while this one works.
+      if (l + 1 < cfg.num_layers) model->prefetch_layer(l + 1);
+    }
     if (n == 0) {  // RTN needs no inputs
       for (int s = 0; s < 4; ++s) quantize_slots(l, stage_slots(Stage(s)), nullptr);
       if (stream) model->release_layer(l);
