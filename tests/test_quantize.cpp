@@ -297,9 +297,10 @@ TEST(Quantize, HostActivationsGiveTheSameBytes) {
 }
 
 // Down's inputs kept from the pass that accumulates its Hessian (the pass after down's solve then
-// runs down alone) or the MLP run again: the same checkpoint bytes, on the CPU and the GPU; and the
-// report names every module in the true-sequential order with its share of the stacked solves.
-TEST(Quantize, KeepingDownsInputsGivesTheSameBytes) {
+// runs down alone) or the MLP run again, and a stage's linears solved stacked or one by one: the
+// same checkpoint bytes on the CPU (on the GPU, keeping or not, stacked); and the report names every
+// module in the true-sequential order with its time and error.
+TEST(Quantize, KeepingDownsInputsAndStackingGiveTheSameBytes) {
   NEED_SHARED(kBaby);
   const std::string src = shared_path("models/babyllama-361");
   std::vector<std::pair<std::string, std::shared_ptr<gptq::Backend>>> backends = {{"cpu", nullptr}};
@@ -308,12 +309,13 @@ TEST(Quantize, KeepingDownsInputsGivesTheSameBytes) {
     auto o = calib_options(kBaby);
     o.nsamples = 6;
     o.backend = be;
-    std::string bytes[2];
-    for (int keep : {0, 1}) {
-      o.keep_mlp_inputs = keep;
-      const std::string out = out_dir(gptq::cat("keepmlp_", name, keep));
+    std::string bytes[3];
+    for (int run = 0; run < (name == "cpu" ? 3 : 2); ++run) {
+      o.keep_mlp_inputs = run == 1 ? 1 : 0;
+      o.stack_stages = run != 2;
+      const std::string out = out_dir(gptq::cat("keepmlp_", name, run));
       const gptq::QuantizeReport r = gptq::quantize_model(src, out, o);
-      bytes[keep] = gptq::read_text_file(out + "/model.safetensors");
+      bytes[run] = gptq::read_text_file(out + "/model.safetensors");
       fs::remove_all(out);
       ASSERT_EQ(r.modules.size() % 7, 0u);
       const char* order[7] = {"k_proj", "v_proj", "q_proj", "o_proj", "up_proj", "gate_proj", "down_proj"};
@@ -324,7 +326,10 @@ TEST(Quantize, KeepingDownsInputsGivesTheSameBytes) {
         EXPECT_GT(r.modules[i].rel_error, 0) << r.modules[i].name;
       }
     }
-    EXPECT_EQ(bytes[0], bytes[1]) << name;
+    EXPECT_EQ(bytes[0], bytes[1]) << name << ": down's inputs kept or not";
+    if (name == "cpu") {
+      EXPECT_EQ(bytes[0], bytes[2]) << "stacked or one by one";
+    }
   }
 }
 

@@ -67,6 +67,9 @@ struct QuantizeOptions {
   // thirds of its work): 1 yes, 0 no, -1 when they take at most half of the backend memory left
   // beside the other activations and the layer (never with host activations). The same bytes either way.
   int keep_mlp_inputs = -1;
+  // A stage's linears (k, v, q; up, gate: one input, one Hessian) solved as one stacked problem, or
+  // one by one (for A/B timing). The same bytes on the CPU either way.
+  bool stack_stages = true;
   const std::atomic<bool>* cancel = nullptr;  // set (e.g. by SIGINT) to stop; nothing is written
 };
 

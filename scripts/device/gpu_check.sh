@@ -12,6 +12,7 @@
 #   sass       cuobjdump -sass of the 4-bit GEMV kernels and their opcode counts
 #   quantize   gptq quantize of llama-gutenberg-22m (4-bit g128, 128 x 1024 calibration tokens) on the GPU
 #              and on this machine's CPU, timed (quantize_*.txt: the report with its per-phase times)
+#   quantizeab the quantizer's stacked solves and kept down inputs, A/B (env knobs), Llama-2-7B shapes, 8 layers
 #   quantize7b gptq quantize --synthetic (issue 11's targets): Llama-2-7B shapes, 4-bit g128, 128 x 2048
 #              calibration tokens of WikiText-2 test, then the first 4 decoder layers of Llama-2-70B
 #              (quantize_7b.txt, quantize_70b4.txt: per-module errors, per-phase times, peak memory)
@@ -170,6 +171,18 @@ PY
         /usr/bin/time -f "wall %e s, max rss %M KB" "$w/gptq" quantize --synthetic $s --tokenizer "$t" --calibration "$cal" \
           --nsamples 128 --seqlen 2048 --device cuda -q >"$f" 2>&1 || rc=1
         tail -14 "$f"
+      done ;;
+    quantizeab)
+      # The quantizer's stacked solves and kept down inputs, A/B on Llama-2-7B shapes (8 layers,
+      # 128 x 2048): the default, then GPTQ_QUANTIZE_STACK=0, then GPTQ_QUANTIZE_KEEP_MLP=0, twice.
+      t="$w/shared/models/llama-gutenberg-22m" cal="$w/shared/data/wikitext-2-raw/wiki.test.raw"
+      for rep in 1 2; do
+        for v in "" "GPTQ_QUANTIZE_STACK=0" "GPTQ_QUANTIZE_KEEP_MLP=0"; do
+          f="$out/quantizeab_${rep}_$(echo "${v:-default}" | tr -dc 'A-Za-z0-9').txt"
+          env $v "$w/gptq" quantize --synthetic llama2-7b --layers 8 --tokenizer "$t" --calibration "$cal" \
+            --nsamples 128 --seqlen 2048 --device cuda --json -q >"$f" 2>"$f.err" || rc=1
+          python3 -c "import json,sys; d=json.load(open(sys.argv[1])); s=d['seconds']; print(sys.argv[2], ' '.join(f'{k}={v:.2f}' for k,v in s.items()), 'peak_gpu=%.2fGiB' % (d['peak_device_bytes']/2**30))" "$f" "${v:-default}" || tail -3 "$f.err"
+        done
       done ;;
     *) echo "unknown: $what"; rc=1 ;;
   esac

@@ -455,6 +455,11 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
     }
   };
 
+  auto quantize_stage = [&](int64_t l, Stage st, HessianAccumulator* acc) {
+    if (o.stack_stages) return quantize_slots(l, stage_slots(st), acc);
+    for (LinearSlot s : stage_slots(st)) quantize_slots(l, {s}, acc);
+  };
+
   const int64_t stage_k[4] = {H, A, H, cfg.intermediate_size};
   for (int64_t l = 0; l < cfg.num_layers; ++l) {
     if (stream) {
@@ -463,7 +468,7 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
       if (l + 1 < cfg.num_layers) model->prefetch_layer(l + 1);
     }
     if (n == 0) {  // RTN needs no inputs
-      for (int s = 0; s < 4; ++s) quantize_slots(l, stage_slots(Stage(s)), nullptr);
+      for (int s = 0; s < 4; ++s) quantize_stage(l, Stage(s), nullptr);
       if (stream) model->release_layer(l);
       continue;
     }
@@ -477,7 +482,7 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
         tap.acc[s] = be.hessian(stage_k[s]);
         tap.stop = Stage(s);
         run_windows(l, from[s], false);
-        quantize_slots(l, stage_slots(Stage(s)), tap.acc[s].get());
+        quantize_stage(l, Stage(s), tap.acc[s].get());
       }
       // x already holds x + o(att): the quantized MLP completes the layer (down alone, from its
       // inputs kept by the last pass, when they were).
@@ -489,7 +494,7 @@ QuantizeReport quantize_model(const std::string& model_dir, const std::string& o
       for (int s = 0; s < 4; ++s) tap.acc[s] = be.hessian(stage_k[s]);
       tap.stop = Stage::kDone;
       run_windows(l, Stage::kAttnIn, true);
-      for (int s = 0; s < 4; ++s) quantize_slots(l, stage_slots(Stage(s)), tap.acc[s].get());
+      for (int s = 0; s < 4; ++s) quantize_stage(l, Stage(s), tap.acc[s].get());
       for (auto& a : tap.acc) a.reset();
       if (l + 1 < cfg.num_layers) run_windows(l, Stage::kAttnIn, false);
     }

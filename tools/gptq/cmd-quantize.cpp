@@ -1,5 +1,6 @@
 // gptq quantize: a model folder in, a GPTQ checkpoint out.
 #include <csignal>
+#include <cstdlib>
 #include <cstdio>
 
 #include "common.h"
@@ -75,6 +76,12 @@ Runner add_quantize(CLI::App& app) {
     o.backend = make_backend(a->device, o.threads);
     if (!a->max_shard.empty()) o.max_shard_bytes = parse_size(a->max_shard);
     o.progress = !a->quiet;
+    // A/B timing knobs (the same bytes either way; scripts/device/gpu_check.sh quantizeab):
+    // GPTQ_QUANTIZE_STACK=0 solves a stage's linears one by one, GPTQ_QUANTIZE_KEEP_MLP=0|1 sets
+    // QuantizeOptions::keep_mlp_inputs.
+    if (const char* e = std::getenv("GPTQ_QUANTIZE_STACK"); e && std::string(e) == "0") o.stack_stages = false;
+    if (const char* e = std::getenv("GPTQ_QUANTIZE_KEEP_MLP"); e && (std::string(e) == "0" || std::string(e) == "1"))
+      o.keep_mlp_inputs = std::string(e) == "1" ? 1 : 0;
     o.cancel = &g_interrupted;
     std::signal(SIGINT, on_signal);
     std::signal(SIGTERM, on_signal);
