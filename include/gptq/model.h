@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -219,6 +220,7 @@ class Model {
  private:
   Model();
   void run_rows(const BatchPlan& plan, KVCache& cache, std::vector<float>& logits);
+  void for_layer_tensors(int64_t layer, const std::function<void(const TensorView&)>& fn) const;
   ModelConfig config_;
   std::string dir_;
   std::shared_ptr<Backend> backend_;

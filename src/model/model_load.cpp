@@ -398,32 +398,30 @@ void Model::load_layer(int64_t l) {
   if (L.qkv || L.gate_up) ws_->fused_layers = true;
 }
 
-size_t Model::layer_file_bytes(int64_t l) const {
-  if (synthetic_) {  // what load_layer(l) makes
-    size_t n = 0;
-    for (const auto& sh : layer_linears(config_)) n += size_t(synthetic_linear_bytes(*synthetic_, sh.out, sh.in));
-    return n;
-  }
-  if (!store_) return 0;
+// Calls fn(view) for each of layer l's linears' tensors (weights and biases) in the files.
+void Model::for_layer_tensors(int64_t l, const std::function<void(const TensorView&)>& fn) const {
+  if (!store_) return;
   const std::string p = layer_prefix(l);
-  size_t n = 0;
   for (const auto& sh : layer_linears(config_))
     for (const char* part : {".weight", ".bias"}) {
       const std::string name = p + linear_slot_name(sh.slot) + part;
-      if (store_->has(name)) n += store_->get(name).nbytes;
+      if (store_->has(name)) fn(store_->get(name));
     }
+}
+
+size_t Model::layer_file_bytes(int64_t l) const {
+  size_t n = 0;
+  if (synthetic_) {  // what load_layer(l) makes
+    for (const auto& sh : layer_linears(config_)) n += size_t(synthetic_linear_bytes(*synthetic_, sh.out, sh.in));
+    return n;
+  }
+  for_layer_tensors(l, [&](const TensorView& t) { n += t.nbytes; });
   return n;
 }
 
 void Model::prefetch_layer(int64_t l) const {
   GPTQ_ASSERT(l >= 0 && l < config_.num_layers);
-  if (synthetic_ || !store_) return;
-  const std::string p = layer_prefix(l);
-  for (const auto& sh : layer_linears(config_))
-    for (const char* part : {".weight", ".bias"}) {
-      const std::string name = p + linear_slot_name(sh.slot) + part;
-      if (store_->has(name)) prefetch_pages(store_->get(name).data, store_->get(name).nbytes);
-    }
+  if (!synthetic_) for_layer_tensors(l, [](const TensorView& t) { prefetch_pages(t.data, t.nbytes); });
 }
 
 void Model::release_layer(int64_t l) {

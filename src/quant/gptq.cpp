@@ -195,9 +195,21 @@ QuantResult gptq_quantize(ThreadPool& pool, const float* W, const float* H, int6
 
 QuantResult slice_rows(const QuantResult& r, int64_t r0, int64_t n) {
   GPTQ_ASSERT(r0 >= 0 && n > 0 && r0 + n <= r.N, "rows ", r0, "..", r0 + n, " of a ", r.N, "-row result");
-  QuantResult s = r;  // the statistics and g_idx; the per-row arrays are replaced below
-  const int64_t K = r.K;
+  // The statistics and g_idx as they are; the per-row arrays (not copied whole) from the rows.
+  QuantResult s;
   s.N = n;
+  s.K = r.K;
+  s.bits = r.bits;
+  s.group_size = r.group_size;
+  s.n_groups = r.n_groups;
+  s.g_idx = r.g_idx;
+  s.damp = r.damp;
+  s.damp_percent = r.damp_percent;
+  s.damp_retries = r.damp_retries;
+  s.dead_columns = r.dead_columns;
+  s.seconds_factor = r.seconds_factor;
+  s.seconds_solve = r.seconds_solve;
+  const int64_t K = r.K;
   s.codes.assign(r.codes.begin() + r0 * K, r.codes.begin() + (r0 + n) * K);
   if (!r.Wq.empty()) s.Wq.assign(r.Wq.begin() + r0 * K, r.Wq.begin() + (r0 + n) * K);
   s.scales.resize(size_t(r.n_groups * n));
@@ -206,8 +218,6 @@ QuantResult slice_rows(const QuantResult& r, int64_t r0, int64_t n) {
     std::copy_n(r.scales.begin() + g * r.N + r0, n, s.scales.begin() + g * n);
     std::copy_n(r.zeros.begin() + g * r.N + r0, n, s.zeros.begin() + g * n);
   }
-  s.loss = 0;
-  s.row_loss.clear();
   if (!r.row_loss.empty()) {
     s.row_loss.assign(r.row_loss.begin() + r0, r.row_loss.begin() + r0 + n);
     for (double l : s.row_loss) s.loss += l / 2;  // in row order, as the solvers sum
